@@ -1,0 +1,285 @@
+"""Model and generation configs: one flat dataclass for the three transformer families, plus presets.
+
+Standard library only (layer L0), so `llmkit plan` and `--help` import in milliseconds.
+Precedence when a config is assembled: dataclass defaults < preset < config file < CLI flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import LlmkitError
+
+FAMILIES = ("decoder", "encoder", "encoder_decoder")
+POSITIONS = ("learned", "rope", "relative", "sinusoidal")
+NORMS = ("layernorm", "rmsnorm")
+NORM_PLACEMENTS = ("pre", "post")
+MLPS = ("standard", "gated")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+ENCODER_HEADS = ("mlm", "classifier", "none")
+
+
+@dataclass
+class ModelConfig:
+    """Shape and variant switches of a transformer; validated and completed in ``__post_init__``.
+
+    ``None`` fields are derived: ``n_kv_head = n_head``, ``head_dim = d_model // n_head``,
+    ``d_ff = 4 * d_model``, ``n_decoder_layer = n_layer``.
+    """
+
+    family: str = "decoder"  # decoder | encoder | encoder_decoder
+    name: str = ""  # preset this config came from, for display only
+    vocab_size: int = 50257
+    d_model: int = 768
+    n_layer: int = 12  # encoder layers for encoder_decoder
+    n_decoder_layer: int | None = None  # encoder_decoder only
+    n_head: int = 12
+    n_kv_head: int | None = None  # < n_head: grouped-query attention
+    head_dim: int | None = None  # T5 sets it apart from d_model // n_head (flan-t5-small: 6 x 64)
+    d_ff: int | None = None
+    max_seq_len: int = 1024  # context window
+    pos: str = "learned"  # learned | rope | relative | sinusoidal
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    norm_placement: str = "pre"  # pre (GPT, Llama, T5) | post (BERT)
+    mlp: str = "standard"  # standard: down(act(up x)) | gated: down(act(gate x) * up x)
+    activation: str = "gelu_tanh"  # gelu (erf) | gelu_tanh | relu | silu
+    bias: bool = True  # biases on linear layers (and LayerNorm)
+    tie_embeddings: bool = True  # lm head shares the token embedding matrix
+    scale_attn: bool = True  # divide scores by sqrt(head_dim); T5 folds that into its init
+    scale_decoder_output: bool = False  # T5 v1.0: hidden * d_model**-0.5 before the tied head
+    rope_theta: float = 10000.0
+    rel_buckets: int = 32  # T5 relative position buckets
+    rel_max_distance: int = 128
+    type_vocab_size: int = 0  # BERT token-type (segment) embeddings; 0 = none
+    encoder_head: str = "mlm"  # encoder only: mlm | classifier | none (base model)
+    pooler: bool = False  # encoder only: dense + tanh on the first token
+    num_labels: int = 2  # encoder classifier head
+    dropout: float = 0.0
+    init_std: float = 0.02
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    decoder_start_token_id: int | None = None  # encoder_decoder: first decoder token (T5: pad, 0)
+
+    def __post_init__(self) -> None:
+        _check_choice("family", self.family, FAMILIES)
+        _check_choice("pos", self.pos, POSITIONS)
+        _check_choice("norm", self.norm, NORMS)
+        _check_choice("norm_placement", self.norm_placement, NORM_PLACEMENTS)
+        _check_choice("mlp", self.mlp, MLPS)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("encoder_head", self.encoder_head, ENCODER_HEADS)
+        for name in ("vocab_size", "d_model", "n_layer", "n_head", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise LlmkitError(f"{name}={getattr(self, name)} must be >= 1", f"change --model.{name}")
+        if self.head_dim is None:
+            if self.d_model % self.n_head:
+                raise LlmkitError(
+                    f"d_model={self.d_model} not divisible by n_head={self.n_head}",
+                    "change --model.n_head or set --model.head_dim",
+                )
+            self.head_dim = self.d_model // self.n_head
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
+            raise LlmkitError(
+                f"n_head={self.n_head} not divisible by n_kv_head={self.n_kv_head}",
+                "change --model.n_kv_head to a divisor of n_head",
+            )
+        if self.pos == "rope" and self.head_dim % 2:
+            raise LlmkitError(f"rope needs an even head_dim, got {self.head_dim}", "change --model.n_head")
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        if self.n_decoder_layer is None:
+            self.n_decoder_layer = self.n_layer
+        if self.family == "encoder_decoder" and self.decoder_start_token_id is None:
+            self.decoder_start_token_id = self.pad_token_id if self.pad_token_id is not None else 0
+        if self.family == "encoder" and self.encoder_head == "classifier" and self.num_labels < 1:
+            raise LlmkitError(f"num_labels={self.num_labels} must be >= 1", "change --model.num_labels")
+
+    # ---- io -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
+        """Build from a dict, rejecting unknown keys with the list of known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LlmkitError(
+                f"{source}: unknown model config field(s) {', '.join(unknown)}",
+                f"known fields are: {', '.join(sorted(known))}",
+            )
+        return cls(**data)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
+        """A named preset with overrides, e.g. ``ModelConfig.from_name("t5-small", n_layer=2)``."""
+        if name not in PRESETS:
+            raise LlmkitError(f"unknown model preset '{name}'", f"choose one of: {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], "name": name, **overrides}, source=f"preset {name}")
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise LlmkitError(f"{name}='{value}' is not valid", f"choose one of: {', '.join(choices)}")
+
+
+@dataclass
+class GenerationConfig:
+    """Default decoding settings saved beside a model as generation_config.json."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    eos_token_id: list[int] = field(default_factory=list)
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    decoder_start_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.eos_token_id, int):
+            self.eos_token_id = [self.eos_token_id]
+        if self.eos_token_id is None:
+            self.eos_token_id = []
+        checks = [
+            (self.max_new_tokens >= 0, "max_new_tokens", "must be >= 0"),
+            (self.temperature >= 0, "temperature", "must be >= 0"),
+            (self.top_k >= 0, "top_k", "must be >= 0 (0 turns it off)"),
+            (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
+        ]
+        for ok, name, rule in checks:
+            if not ok:
+                raise LlmkitError(f"generation config: {name}={getattr(self, name)} {rule}", f"change {name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationConfig:
+        """Keep the keys we know; Hugging Face files carry many more (they are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+
+    @classmethod
+    def for_model(cls, cfg: ModelConfig) -> GenerationConfig:
+        return cls(
+            eos_token_id=[] if cfg.eos_token_id is None else [cfg.eos_token_id],
+            pad_token_id=cfg.pad_token_id,
+            bos_token_id=cfg.bos_token_id,
+            decoder_start_token_id=cfg.decoder_start_token_id,
+        )
+
+
+# ---- presets ------------------------------------------------------------------------------
+# Shapes of public checkpoints (values from their config.json) and tiny shapes for CPU training.
+_GPT2 = dict(
+    family="decoder",
+    vocab_size=50257,
+    max_seq_len=1024,
+    pos="learned",
+    norm="layernorm",
+    norm_eps=1e-5,
+    activation="gelu_tanh",
+    bias=True,
+    tie_embeddings=True,
+    bos_token_id=50256,
+    eos_token_id=50256,
+)
+_LLAMA = dict(
+    family="decoder",
+    pos="rope",
+    norm="rmsnorm",
+    norm_eps=1e-5,
+    mlp="gated",
+    activation="silu",
+    bias=False,
+    tie_embeddings=True,
+)
+_BERT = dict(
+    family="encoder",
+    vocab_size=30522,
+    max_seq_len=512,
+    pos="learned",
+    norm="layernorm",
+    norm_eps=1e-12,
+    norm_placement="post",
+    activation="gelu",
+    bias=True,
+    tie_embeddings=True,
+    type_vocab_size=2,
+    encoder_head="mlm",
+    pad_token_id=0,
+)
+_T5 = dict(
+    family="encoder_decoder",
+    vocab_size=32128,
+    max_seq_len=512,
+    pos="relative",
+    norm="rmsnorm",
+    norm_eps=1e-6,
+    bias=False,
+    scale_attn=False,
+    head_dim=64,
+    rel_buckets=32,
+    rel_max_distance=128,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
+_T5_V10 = dict(_T5, mlp="standard", activation="relu", tie_embeddings=True, scale_decoder_output=True)
+_T5_V11 = dict(_T5, mlp="gated", activation="gelu_tanh", tie_embeddings=False, scale_decoder_output=False)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(_GPT2, d_model=768, n_layer=12, n_head=12, d_ff=3072),
+    "gpt2-medium": dict(_GPT2, d_model=1024, n_layer=24, n_head=16, d_ff=4096),
+    "bert-base-uncased": dict(_BERT, d_model=768, n_layer=12, n_head=12, d_ff=3072, pooler=True),
+    "t5-small": dict(_T5_V10, d_model=512, n_layer=6, n_head=8, d_ff=2048),
+    "flan-t5-small": dict(_T5_V11, d_model=512, n_layer=8, n_head=6, d_ff=1024),
+    "flan-t5-base": dict(_T5_V11, d_model=768, n_layer=12, n_head=12, d_ff=2048),
+    "smollm2-135m": dict(
+        _LLAMA,
+        vocab_size=49152,
+        d_model=576,
+        n_layer=30,
+        n_head=9,
+        n_kv_head=3,
+        d_ff=1536,
+        max_seq_len=8192,
+        rope_theta=100000.0,
+        bos_token_id=1,
+        eos_token_id=2,
+        init_std=0.041666666666666664,
+    ),
+    # Tiny shapes for CPU training, vocab 8192 (a tokenizer trained on a small corpus); the
+    # embedding is a large share at this size, so the counts include it.
+    "tiny-gpt-1m": dict(_GPT2, vocab_size=8192, d_model=64, n_layer=4, n_head=4, max_seq_len=256),
+    "tiny-gpt-10m": dict(_GPT2, vocab_size=8192, d_model=256, n_layer=8, n_head=8, max_seq_len=512),
+    "tiny-gpt-50m": dict(_GPT2, vocab_size=8192, d_model=512, n_layer=14, n_head=8, max_seq_len=1024),
+    "tiny-llama-10m": dict(
+        _LLAMA, vocab_size=8192, d_model=256, n_layer=8, n_head=8, n_kv_head=2, d_ff=704, max_seq_len=512
+    ),
+    "tiny-bert-1m": dict(_BERT, vocab_size=8192, d_model=64, n_layer=4, n_head=4, d_ff=256, max_seq_len=256),
+    "tiny-bert-10m": dict(_BERT, vocab_size=8192, d_model=256, n_layer=8, n_head=8, d_ff=1024),
+    "tiny-bert-50m": dict(_BERT, vocab_size=8192, d_model=512, n_layer=14, n_head=8, d_ff=2048),
+    "tiny-t5-1m": dict(
+        _T5_V11, vocab_size=8192, d_model=64, n_layer=3, n_head=4, head_dim=16, d_ff=128, max_seq_len=256
+    ),
+    "tiny-t5-10m": dict(_T5_V11, vocab_size=8192, d_model=256, n_layer=5, n_head=4, d_ff=512),
+    "tiny-t5-50m": dict(_T5_V11, vocab_size=8192, d_model=512, n_layer=8, n_head=8, d_ff=1024),
+}

@@ -1,0 +1,143 @@
+"""Convert checkpoint directories to and from transformers layouts, for every family we map.
+
+transformers itself is never imported here: the maps are plain tensor renames and reshapes,
+checked against transformers in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from llmkit import checkpoint
+from llmkit.config import GenerationConfig, ModelConfig
+from llmkit.data.tokenizer import Tokenizer
+from llmkit.errors import LlmkitError
+from llmkit.hf.base import FamilyConverter, StateDict
+from llmkit.hf.bert import CONVERTER as BERT
+from llmkit.hf.gpt2 import CONVERTER as GPT2
+from llmkit.hf.llama import CONVERTER as LLAMA
+from llmkit.hf.t5 import CONVERTER as T5
+from llmkit.models import build_model
+
+CONVERTERS: dict[str, FamilyConverter] = {c.model_type: c for c in (GPT2, LLAMA, BERT, T5)}
+# model_types whose layout is the same as one we convert
+ALIASES = {"mistral": "llama", "qwen2": "llama"}
+
+__all__ = ["CONVERTERS", "from_hf", "to_hf", "load_hf_state_dict", "converter_for_config"]
+
+
+def read_hf_config(directory: Path) -> dict[str, Any]:
+    data = checkpoint.read_json(directory / "config.json")
+    if data.get("format") == checkpoint.FORMAT:
+        raise LlmkitError(f"{directory}: already an llmkit checkpoint", "use it directly, or convert with --to-hf")
+    return data
+
+
+def converter_for_hf(hf: dict[str, Any], source: str) -> FamilyConverter:
+    model_type = ALIASES.get(hf.get("model_type", ""), hf.get("model_type", ""))
+    if model_type not in CONVERTERS:
+        raise LlmkitError(
+            f"{source}: unknown architecture '{hf.get('model_type')}'",
+            f"llmkit converts model_type {', '.join(CONVERTERS)}",
+        )
+    return CONVERTERS[model_type]
+
+
+def converter_for_config(cfg: ModelConfig) -> FamilyConverter:
+    for conv in CONVERTERS.values():
+        if conv.matches(cfg):
+            return conv
+    raise LlmkitError(
+        f"no Hugging Face architecture matches this config (family={cfg.family}, pos={cfg.pos}, norm={cfg.norm})",
+        "to-hf supports GPT-2, Llama, BERT and T5 shapes",
+    )
+
+
+def load_hf_state_dict(directory: str | os.PathLike) -> StateDict:
+    """All tensors of a transformers checkpoint: safetensors (single or sharded) or pytorch_model.bin
+    (read with ``weights_only=True``: never unpickle arbitrary objects)."""
+    directory = Path(directory)
+    for index_name, reader in (
+        ("model.safetensors.index.json", _read_safetensors),
+        ("pytorch_model.bin.index.json", _read_bin),
+    ):
+        index = directory / index_name
+        if index.exists():
+            shards = sorted(set(checkpoint.read_json(index).get("weight_map", {}).values()))
+            return {k: v for shard in shards for k, v in reader(directory / shard).items()}
+    if (directory / "model.safetensors").exists():
+        return _read_safetensors(directory / "model.safetensors")
+    if (directory / "pytorch_model.bin").exists():
+        return _read_bin(directory / "pytorch_model.bin")
+    raise LlmkitError(
+        f"{directory}: no weights found", "expected model.safetensors or pytorch_model.bin (or a sharded index)"
+    )
+
+
+def _read_safetensors(path: Path) -> StateDict:
+    if not path.exists():
+        raise LlmkitError(f"{path}: file not found", "the shard index names a file that is missing")
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise LlmkitError(f"{path}: corrupt or truncated safetensors file ({err})", "download it again") from None
+
+
+def _read_bin(path: Path) -> StateDict:
+    if not path.exists():
+        raise LlmkitError(f"{path}: file not found", "the shard index names a file that is missing")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise LlmkitError(f"{path}: unreadable PyTorch weights ({err})", "download it again") from None
+    return data.get("state_dict", data) if isinstance(data, dict) else data
+
+
+def from_hf(src: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Convert a transformers checkpoint directory (GPT-2, Llama, BERT, T5) into an llmkit one."""
+    src = Path(src)
+    if not src.is_dir():
+        raise LlmkitError(f"{src}: no such directory", "pass a directory saved by transformers save_pretrained")
+    hf = read_hf_config(src)
+    conv = converter_for_hf(hf, str(src / "config.json"))
+    hf_sd = load_hf_state_dict(src)
+    cfg = conv.config_from_hf(hf, hf_sd)
+    model = build_model(cfg, init=False)
+    checkpoint.load_state_dict_checked(model, conv.state_dict_from_hf(hf_sd, cfg), f"{src} (converted)")
+    tokenizer = _hf_tokenizer(src)
+    gen = GenerationConfig.for_model(cfg)
+    if (src / "generation_config.json").exists():
+        gen = GenerationConfig.from_dict({**gen.to_dict(), **checkpoint.read_json(src / "generation_config.json")})
+    return checkpoint.save(model, out, tokenizer=tokenizer, generation_config=gen)
+
+
+def _hf_tokenizer(src: Path) -> Tokenizer | None:
+    names = ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model")
+    return Tokenizer.from_hf_dir(src) if any((src / n).exists() for n in names) else None
+
+
+def to_hf(src: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Convert an llmkit checkpoint into the layout transformers ``from_pretrained`` reads."""
+    model = checkpoint.load(src)
+    cfg = model.config
+    conv = converter_for_config(cfg)
+    hf_sd = conv.state_dict_to_hf(checkpoint.unique_state_dict(model), cfg)
+    gen = model.generation_config
+    hf_gen = {k: v for k, v in gen.to_dict().items() if v not in (None, [])}
+    if len(hf_gen.get("eos_token_id", [])) == 1:
+        hf_gen["eos_token_id"] = hf_gen["eos_token_id"][0]
+    with checkpoint.atomic_directory(out) as tmp:
+        (tmp / "config.json").write_text(json.dumps(conv.config_to_hf(cfg), indent=2))
+        save_file(
+            {k: v.contiguous() for k, v in hf_sd.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"}
+        )
+        (tmp / "generation_config.json").write_text(json.dumps(hf_gen, indent=2))
+        if model.tokenizer is not None:
+            model.tokenizer.save(tmp)
+    return Path(out)

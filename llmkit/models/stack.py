@@ -1,0 +1,116 @@
+"""Transformer blocks and a stack of them with its position handling: the core all families share."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmkit.config import ModelConfig
+from llmkit.models.layers import MLP, Attention, RelativePositionBias, Rotary, attention_bias, make_norm
+
+Weights = torch.Tensor | None
+
+
+class PreNormBlock(nn.Module):
+    """x + attn(norm x) [+ cross(norm x, memory)] + mlp(norm x): GPT-2, Llama, T5."""
+
+    def __init__(self, cfg: ModelConfig, cross: bool) -> None:
+        super().__init__()
+        self.attn_norm, self.attn = make_norm(cfg), Attention(cfg)
+        self.cross_norm = make_norm(cfg) if cross else None
+        self.cross_attn = Attention(cfg) if cross else None
+        self.mlp_norm, self.mlp = make_norm(cfg), MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, *, bias, is_causal, rope, memory, memory_bias, need_weights):
+        h, weights = self.attn(self.attn_norm(x), bias=bias, is_causal=is_causal, rope=rope, need_weights=need_weights)
+        x = x + self.drop(h)
+        cross_weights = None
+        if self.cross_attn is not None:
+            h, cross_weights = self.cross_attn(
+                self.cross_norm(x), memory=memory, bias=memory_bias, need_weights=need_weights
+            )
+            x = x + self.drop(h)
+        x = x + self.drop(self.mlp(self.mlp_norm(x)))
+        return x, weights, cross_weights
+
+
+class PostNormBlock(nn.Module):
+    """norm(x + attn x) [-> norm(x + cross(x, memory))] -> norm(x + mlp x): BERT, original Transformer."""
+
+    def __init__(self, cfg: ModelConfig, cross: bool) -> None:
+        super().__init__()
+        self.attn, self.attn_norm = Attention(cfg), make_norm(cfg)
+        self.cross_attn = Attention(cfg) if cross else None
+        self.cross_norm = make_norm(cfg) if cross else None
+        self.mlp, self.mlp_norm = MLP(cfg), make_norm(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, *, bias, is_causal, rope, memory, memory_bias, need_weights):
+        h, weights = self.attn(x, bias=bias, is_causal=is_causal, rope=rope, need_weights=need_weights)
+        x = self.attn_norm(x + self.drop(h))
+        cross_weights = None
+        if self.cross_attn is not None:
+            h, cross_weights = self.cross_attn(x, memory=memory, bias=memory_bias, need_weights=need_weights)
+            x = self.cross_norm(x + self.drop(h))
+        x = self.mlp_norm(x + self.drop(self.mlp(x)))
+        return x, weights, cross_weights
+
+
+class Stack(nn.Module):
+    """Blocks plus what positions need inside attention (RoPE angles, T5 relative bias) and the
+    final norm of pre-norm models. Embeddings live outside: T5 shares one between two stacks."""
+
+    def __init__(self, cfg: ModelConfig, n_layer: int, *, causal: bool, cross: bool = False) -> None:
+        super().__init__()
+        self.causal = causal
+        self.rope = Rotary(cfg.head_dim, cfg.rope_theta) if cfg.pos == "rope" else None
+        # T5 computes the bias in the first layer and shares it with the others: one table per stack
+        self.rel_bias = RelativePositionBias(cfg, bidirectional=not causal) if cfg.pos == "relative" else None
+        block = PreNormBlock if cfg.norm_placement == "pre" else PostNormBlock
+        self.layers = nn.ModuleList(block(cfg, cross) for _ in range(n_layer))
+        self.final_norm = make_norm(cfg) if cfg.norm_placement == "pre" else nn.Identity()
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple[Weights, ...], tuple[Weights, ...]]:
+        """x (B, T, C) -> (hidden (B, T, C), self-attention weights, cross-attention weights)."""
+        B, T, _ = x.shape
+        bias = None
+        # The explicit path and the relative bias need a dense mask; otherwise SDPA's is_causal is faster
+        if attention_mask is not None or output_attentions or self.rel_bias is not None:
+            bias = attention_bias(attention_mask, T, T, self.causal, x.dtype, x.device)
+        if self.rel_bias is not None:
+            rel = self.rel_bias(T, T).to(x.dtype)  # (1, H, T, T)
+            bias = rel if bias is None else bias + rel
+        rope = None
+        if self.rope is not None:
+            if position_ids is None:
+                position_ids = torch.arange(T, device=x.device)[None]
+            rope = self.rope(position_ids)
+        memory_bias = None
+        if memory is not None:
+            memory_bias = attention_bias(memory_mask, T, memory.shape[1], False, x.dtype, x.device)
+        attentions, cross_attentions = [], []
+        x = self.drop(x)
+        for layer in self.layers:
+            x, w, cw = layer(
+                x,
+                bias=bias,
+                is_causal=self.causal,
+                rope=rope,
+                memory=memory,
+                memory_bias=memory_bias,
+                need_weights=output_attentions,
+            )
+            attentions.append(w)
+            cross_attentions.append(cw)
+        return self.drop(self.final_norm(x)), tuple(attentions), tuple(cross_attentions)

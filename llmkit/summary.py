@@ -1,0 +1,90 @@
+"""What `llmkit inspect` shows: architecture, parameters by component, weight memory per precision.
+
+Counts come from the built model (on the meta device for presets, so no memory is allocated);
+tied weights are counted once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from torch import nn
+
+from llmkit.config import ModelConfig
+
+# bytes per parameter of the weights alone (int4 packs two per byte; per-group scales not included)
+BYTES_PER_PARAM = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
+
+_COMPONENTS = (  # (name fragment, component): first match wins
+    ("mlm_head", "mlm head"),
+    ("lm_head", "lm head"),
+    ("pooler", "pooler"),
+    ("classifier", "classifier"),
+    ("rel_bias", "position bias"),
+    ("embed.positions", "position embeddings"),
+    ("embed.token_types", "token-type embeddings"),
+    ("embed.tokens", "token embeddings"),
+    ("embed.norm", "norms"),
+    ("cross_attn.", "cross-attention"),
+    ("attn.", "attention"),
+    ("mlp.", "feed-forward"),
+    ("norm", "norms"),
+)
+
+
+def component_of(name: str) -> str:
+    for fragment, component in _COMPONENTS:
+        if fragment in name:
+            return component
+    return "other"
+
+
+def parameter_breakdown(model: nn.Module) -> dict[str, int]:
+    """Parameters per component, each tensor counted once (tied heads add nothing)."""
+    counts: Counter[str] = Counter()
+    for name, param in model.named_parameters():  # named_parameters skips tied aliases
+        counts[component_of(name)] += param.numel()
+    return dict(counts)
+
+
+@dataclass
+class ModelSummary:
+    config: ModelConfig
+    parameters: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.parameters.values())
+
+    def weight_bytes(self) -> dict[str, float]:
+        return {dtype: self.total * b for dtype, b in BYTES_PER_PARAM.items()}
+
+    def architecture(self) -> str:
+        c = self.config
+        attn = "multi-head" if c.n_kv_head == c.n_head else f"grouped-query ({c.n_kv_head} kv heads)"
+        layers = f"{c.n_layer} encoder + {c.n_decoder_layer} decoder" if c.family == "encoder_decoder" else c.n_layer
+        return (
+            f"{c.family} | layers {layers} | d_model {c.d_model} | heads {c.n_head} x {c.head_dim} ({attn}) | "
+            f"d_ff {c.d_ff} {c.mlp} {c.activation} | {c.norm_placement}-{c.norm} | positions {c.pos} | "
+            f"tied embeddings {c.tie_embeddings}"
+        )
+
+
+def summarize(model: nn.Module) -> ModelSummary:
+    return ModelSummary(config=model.config, parameters=parameter_breakdown(model))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_count(n: int) -> str:
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.2f}{suffix}"
+    return str(n)

@@ -1,0 +1,198 @@
+"""The transformer core on its own: configs, presets, positions, masks, fast vs reference attention."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from llmkit.config import PRESETS, ModelConfig
+from llmkit.errors import LlmkitError
+from llmkit.models import build_model
+from llmkit.models.layers import RelativePositionBias, sinusoidal_table
+from llmkit.summary import summarize
+
+TINY = dict(vocab_size=97, d_model=32, n_layer=2, n_head=4, max_seq_len=64)
+FAMILIES = {
+    "gpt": ModelConfig.from_name("tiny-gpt-1m", **TINY),
+    "llama-gqa": ModelConfig.from_name("tiny-llama-10m", **TINY, n_kv_head=2, d_ff=48),
+    "bert": ModelConfig.from_name("tiny-bert-1m", **TINY),
+    "t5": ModelConfig.from_name("tiny-t5-1m", **TINY, head_dim=8, d_ff=48),
+    "sinusoidal": ModelConfig.from_name("tiny-gpt-1m", **TINY, pos="sinusoidal"),
+}
+
+
+def _forward(model, ids, mask=None, **kw):
+    if model.config.family == "encoder_decoder":
+        return model(ids, attention_mask=mask, decoder_input_ids=ids[:, :5], **kw)
+    return model(ids, attention_mask=mask, **kw)
+
+
+# Published parameter counts (model cards / papers); ours must be within 1%.
+@pytest.mark.parametrize(
+    "name,published",
+    [
+        ("gpt2", 124.44e6),
+        ("gpt2-medium", 354.8e6),
+        ("bert-base-uncased", 110e6),
+        ("t5-small", 60.5e6),
+        ("flan-t5-small", 77.0e6),
+        ("flan-t5-base", 247.6e6),
+        ("smollm2-135m", 134.5e6),
+    ],
+)
+def test_preset_parameter_counts_match_published(name, published):
+    total = summarize(build_model(ModelConfig.from_name(name), "meta")).total
+    assert abs(total - published) / published < 0.01, total
+
+
+@pytest.mark.parametrize(
+    "name,target",
+    [
+        ("tiny-gpt-1m", 1e6),
+        ("tiny-gpt-10m", 10e6),
+        ("tiny-gpt-50m", 50e6),
+        ("tiny-bert-10m", 10e6),
+        ("tiny-t5-50m", 50e6),
+    ],
+)
+def test_tiny_presets_are_about_their_size(name, target):
+    total = summarize(build_model(ModelConfig.from_name(name), "meta")).total
+    assert 0.6 * target < total < 1.4 * target, total
+
+
+def test_every_preset_builds():
+    for name in PRESETS:
+        assert summarize(build_model(ModelConfig.from_name(name), "meta")).total > 0
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(d_model=100, n_head=3), "d_model=100 not divisible by n_head=3"),
+        (dict(n_head=4, n_kv_head=3), "n_head=4 not divisible by n_kv_head=3"),
+        (dict(family="rnn"), "family='rnn' is not valid"),
+        (dict(pos="alibi"), "pos='alibi' is not valid"),
+        (dict(vocab_size=0), "vocab_size=0 must be >= 1"),
+    ],
+)
+def test_config_errors_name_the_field_and_fix(overrides, message):
+    with pytest.raises(LlmkitError) as err:
+        ModelConfig(**overrides)
+    assert message in str(err.value) and "; " in str(err.value)
+
+
+def test_unknown_preset_and_field():
+    with pytest.raises(LlmkitError, match="unknown model preset 'gpt5'"):
+        ModelConfig.from_name("gpt5")
+    with pytest.raises(LlmkitError, match="unknown model config field"):
+        ModelConfig.from_name("gpt2", n_layers=3)
+
+
+def test_sinusoidal_table_closed_form():
+    table = sinusoidal_table(50, 16)
+    for pos, i in [(0, 0), (3, 2), (17, 5), (49, 7)]:
+        angle = pos / 10000 ** (2 * i / 16)
+        assert table[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+        assert table[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+def test_t5_relative_buckets_by_hand():
+    cfg = ModelConfig.from_name("t5-small")  # 32 buckets, max distance 128
+    enc = RelativePositionBias(cfg, bidirectional=True)
+    dec = RelativePositionBias(cfg, bidirectional=False)
+    rel = torch.tensor([-200, -20, -8, -1, 0, 1, 7, 8, 20, 200])
+    # bidirectional: 16 buckets per sign, 8 exact; beyond: 8 + floor(log(d/8)/log(128/8) * 8)
+    expected_enc = [15, 10, 8, 1, 0, 17, 23, 24, 26, 31]
+    # causal: future maps to 0; past: 16 exact, then 16 + floor(log(d/16)/log(128/16) * 16)
+    expected_dec = [31, 17, 8, 1, 0, 0, 0, 0, 0, 0]
+    assert enc.bucket(rel).tolist() == expected_enc
+    assert dec.bucket(rel).tolist() == expected_dec
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_padded_rows_equal_unpadded(family):
+    """A row padded on the right gives the same outputs on its real tokens as the row alone."""
+    torch.manual_seed(0)
+    model = build_model(FAMILIES[family]).eval()
+    ids = torch.randint(3, 97, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    with torch.no_grad():
+        batch = _forward(model, ids, mask).logits
+        alone = _forward(model, ids[1:, :7], mask[1:, :7]).logits
+    if model.config.family == "encoder_decoder":
+        torch.testing.assert_close(batch[1], alone[0], atol=1e-5, rtol=0)
+    else:
+        torch.testing.assert_close(batch[1, :7], alone[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fast_attention_equals_reference_path(family):
+    """SDPA (default) and the explicit softmax path that returns weights agree; weights are distributions."""
+    torch.manual_seed(0)
+    model = build_model(FAMILIES[family]).eval()
+    ids = torch.randint(3, 97, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    with torch.no_grad():
+        fast = _forward(model, ids, mask)
+        ref = _forward(model, ids, mask, output_attentions=True)
+    torch.testing.assert_close(fast.logits, ref.logits, atol=1e-5, rtol=0)
+    assert fast.attentions is None
+    assert len(ref.attentions) == model.config.n_layer if family != "t5" else model.config.n_decoder_layer
+    for weights in ref.attentions:
+        assert weights.shape[:2] == (2, model.config.n_head)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]), atol=1e-5, rtol=0)
+    if model.config.family == "decoder":  # causal: nothing above the diagonal
+        assert torch.all(ref.attentions[0].triu(1) == 0)
+        assert torch.all(ref.attentions[0][0, :, :6, 6:] == 0)  # padding keys get no weight
+
+
+def test_gqa_equals_repeated_heads():
+    """Grouped-query attention equals full multi-head attention with each K/V head repeated."""
+    torch.manual_seed(0)
+    gqa_cfg = FAMILIES["llama-gqa"]
+    gqa = build_model(gqa_cfg).eval()
+    mha = build_model(gqa_cfg.replace(n_kv_head=gqa_cfg.n_head)).eval()
+    state = gqa.state_dict()
+    groups = gqa_cfg.n_head // gqa_cfg.n_kv_head
+    for name, tensor in state.items():
+        if name.endswith(("attn.k.weight", "attn.v.weight")):
+            heads = tensor.view(gqa_cfg.n_kv_head, gqa_cfg.head_dim, -1)
+            state[name] = heads.repeat_interleave(groups, dim=0).reshape(-1, tensor.shape[-1])
+    mha.load_state_dict(state)
+    ids = torch.randint(0, 97, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(gqa(ids).logits, mha(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_context_window_is_enforced_for_absolute_positions():
+    model = build_model(FAMILIES["gpt"])
+    with pytest.raises(LlmkitError, match="exceeds the context window of 64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_encoder_heads():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 97, (3, 8))
+    base = build_model(FAMILIES["bert"].replace(encoder_head="none", pooler=True)).eval()
+    out = base(ids)
+    assert out.logits is None and out.pooled.shape == (3, 32)
+    torch.testing.assert_close(out.pooled, torch.tanh(base.pooler.dense(out.last_hidden_state[:, 0])))
+    clf = build_model(FAMILIES["bert"].replace(encoder_head="classifier", num_labels=5)).eval()
+    assert clf(ids).logits.shape == (3, 5)
+    mlm = build_model(FAMILIES["bert"]).eval()
+    assert mlm(ids).logits.shape == (3, 8, 97)
+    assert mlm.mlm_head.decoder.weight is mlm.embed.tokens.weight
+
+
+def test_t5_output_scaling_rule():
+    torch.manual_seed(0)
+    cfg = FAMILIES["t5"].replace(tie_embeddings=True, scale_decoder_output=True)
+    model = build_model(cfg).eval()
+    ids = torch.randint(0, 97, (1, 6))
+    out = model(ids, decoder_input_ids=ids[:, :3])
+    expected = (out.last_hidden_state * cfg.d_model**-0.5) @ model.embed.tokens.weight.T
+    torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=0)
