@@ -100,6 +100,13 @@ class ModelConfig:
             self.n_decoder_layer = self.n_layer
         if self.family == "encoder_decoder" and self.decoder_start_token_id is None:
             self.decoder_start_token_id = self.pad_token_id if self.pad_token_id is not None else 0
+        for role in ("pad", "bos", "eos", "decoder_start"):
+            token_id = getattr(self, f"{role}_token_id")
+            if token_id is not None and not 0 <= token_id < self.vocab_size:
+                raise LlmkitError(
+                    f"{role}_token_id={token_id} is outside the vocabulary of {self.vocab_size}",
+                    f"set --model.{role}_token_id from the tokenizer (llmkit init --tokenizer DIR does it)",
+                )
         if self.family == "encoder" and self.encoder_head == "classifier" and self.num_labels < 1:
             raise LlmkitError(f"num_labels={self.num_labels} must be >= 1", "change --model.num_labels")
 
@@ -198,8 +205,6 @@ _GPT2 = dict(
     activation="gelu_tanh",
     bias=True,
     tie_embeddings=True,
-    bos_token_id=50256,
-    eos_token_id=50256,
 )
 _LLAMA = dict(
     family="decoder",
@@ -246,8 +251,8 @@ _T5_V10 = dict(_T5, mlp="standard", activation="relu", tie_embeddings=True, scal
 _T5_V11 = dict(_T5, mlp="gated", activation="gelu_tanh", tie_embeddings=False, scale_decoder_output=False)
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "gpt2": dict(_GPT2, d_model=768, n_layer=12, n_head=12, d_ff=3072),
-    "gpt2-medium": dict(_GPT2, d_model=1024, n_layer=24, n_head=16, d_ff=4096),
+    "gpt2": dict(_GPT2, d_model=768, n_layer=12, n_head=12, d_ff=3072, bos_token_id=50256, eos_token_id=50256),
+    "gpt2-medium": dict(_GPT2, d_model=1024, n_layer=24, n_head=16, d_ff=4096, bos_token_id=50256, eos_token_id=50256),
     "bert-base-uncased": dict(_BERT, d_model=768, n_layer=12, n_head=12, d_ff=3072, pooler=True),
     "t5-small": dict(_T5_V10, d_model=512, n_layer=6, n_head=8, d_ff=2048),
     "flan-t5-small": dict(_T5_V11, d_model=512, n_layer=8, n_head=6, d_ff=1024),

@@ -27,7 +27,7 @@ from llmkit.models import build_model
 
 CONVERTERS: dict[str, FamilyConverter] = {c.model_type: c for c in (GPT2, LLAMA, BERT, T5)}
 # model_types whose layout is the same as one we convert
-ALIASES = {"mistral": "llama", "qwen2": "llama"}
+ALIASES = {"mistral": "llama"}
 
 __all__ = ["CONVERTERS", "from_hf", "to_hf", "load_hf_state_dict", "converter_for_config"]
 
@@ -122,16 +122,23 @@ def _hf_tokenizer(src: Path) -> Tokenizer | None:
     return Tokenizer.from_hf_dir(src) if any((src / n).exists() for n in names) else None
 
 
+def _hf_generation_config(gen: GenerationConfig) -> dict[str, Any]:
+    """Token ids, and only the decoding settings that differ from the defaults: transformers warns
+    about sampling flags set while sampling is off, and keeps its own default length otherwise."""
+    defaults = GenerationConfig().to_dict()
+    out = {k: v for k, v in gen.to_dict().items() if v not in (None, []) and (k.endswith("_id") or v != defaults[k])}
+    if len(out.get("eos_token_id", [])) == 1:
+        out["eos_token_id"] = out["eos_token_id"][0]
+    return out
+
+
 def to_hf(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Convert an llmkit checkpoint into the layout transformers ``from_pretrained`` reads."""
     model = checkpoint.load(src)
     cfg = model.config
     conv = converter_for_config(cfg)
     hf_sd = conv.state_dict_to_hf(checkpoint.unique_state_dict(model), cfg)
-    gen = model.generation_config
-    hf_gen = {k: v for k, v in gen.to_dict().items() if v not in (None, [])}
-    if len(hf_gen.get("eos_token_id", [])) == 1:
-        hf_gen["eos_token_id"] = hf_gen["eos_token_id"][0]
+    hf_gen = _hf_generation_config(model.generation_config)
     with checkpoint.atomic_directory(out) as tmp:
         (tmp / "config.json").write_text(json.dumps(conv.config_to_hf(cfg), indent=2))
         save_file(

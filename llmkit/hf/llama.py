@@ -1,0 +1,196 @@
+"""Llama (transformers ``model_type: llama``; Mistral and Qwen2 share the layout) <-> llmkit decoder
+with RoPE, RMSNorm, SwiGLU and grouped-query attention.
+
+Hugging Face Llama checkpoints already use the rotate-half RoPE layout llmkit uses (Meta's original
+files interleave pairs and need a permutation of q/k rows; those are not read here), so weights are
+renamed only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from llmkit.config import ModelConfig
+from llmkit.errors import LlmkitError
+from llmkit.hf.base import StateDict
+
+PREFIX = "model."  # LlamaForCausalLM; LlamaModel checkpoints have none
+# ours -> theirs, per layer
+LAYER = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn.q.weight": "self_attn.q_proj.weight",
+    "attn.k.weight": "self_attn.k_proj.weight",
+    "attn.v.weight": "self_attn.v_proj.weight",
+    "attn.o.weight": "self_attn.o_proj.weight",
+    "mlp_norm.weight": "post_attention_layernorm.weight",
+    "mlp.gate.weight": "mlp.gate_proj.weight",
+    "mlp.up.weight": "mlp.up_proj.weight",
+    "mlp.down.weight": "mlp.down_proj.weight",
+}
+GLOBAL = {"embed.tokens.weight": "embed_tokens.weight", "stack.final_norm.weight": "norm.weight"}
+BUFFER_SUFFIXES = (".rotary_emb.inv_freq",)  # saved by transformers < 4.32; recomputed from rope_theta
+ACTIVATIONS = ("silu", "swish")  # the same function under two names
+
+
+class LlamaConverter:
+    model_type = "llama"
+
+    def matches(self, cfg: ModelConfig) -> bool:
+        return (
+            cfg.family == "decoder"
+            and cfg.pos == "rope"
+            and cfg.norm == "rmsnorm"
+            and cfg.norm_placement == "pre"
+            and cfg.mlp == "gated"
+            and cfg.activation == "silu"
+            and not cfg.bias
+            and cfg.scale_attn
+            and not cfg.type_vocab_size
+            and not cfg.scale_decoder_output
+        )
+
+    # ---- config ---------------------------------------------------------------------------
+    def config_from_hf(self, hf: dict[str, Any], state_dict: StateDict) -> ModelConfig:
+        """Read a LlamaConfig dict; absent keys take LlamaConfig's defaults."""
+        _check_supported(hf)
+        n_head = hf.get("num_attention_heads", 32)
+        return ModelConfig(
+            family="decoder",
+            vocab_size=hf.get("vocab_size", 32000),
+            d_model=hf.get("hidden_size", 4096),
+            n_layer=hf.get("num_hidden_layers", 32),
+            n_head=n_head,
+            n_kv_head=hf.get("num_key_value_heads") or n_head,
+            head_dim=hf.get("head_dim"),  # None: derived as d_model // n_head, as transformers does
+            d_ff=hf.get("intermediate_size", 11008),
+            max_seq_len=_context(hf),
+            pos="rope",
+            norm="rmsnorm",
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            mlp="gated",
+            activation="silu",
+            bias=False,
+            tie_embeddings=hf.get("tie_word_embeddings", False),
+            rope_theta=float(_rope_parameters(hf).get("rope_theta", hf.get("rope_theta", 10000.0))),
+            init_std=hf.get("initializer_range", 0.02),
+            bos_token_id=hf.get("bos_token_id", 1),
+            eos_token_id=_first(hf.get("eos_token_id", 2)),
+            pad_token_id=_first(hf.get("pad_token_id")),
+        )
+
+    def config_to_hf(self, cfg: ModelConfig) -> dict[str, Any]:
+        """A config LlamaForCausalLM.from_pretrained reads: RoPE as 5.x ``rope_parameters`` and, for
+        transformers 4.x, the same theta as top-level ``rope_theta``."""
+        return {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.d_model,
+            "intermediate_size": cfg.d_ff,
+            "num_hidden_layers": cfg.n_layer,
+            "num_attention_heads": cfg.n_head,
+            "num_key_value_heads": cfg.n_kv_head,
+            "head_dim": cfg.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": cfg.max_seq_len,
+            "rms_norm_eps": cfg.norm_eps,
+            "rope_parameters": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
+            "rope_theta": cfg.rope_theta,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "attention_dropout": cfg.dropout,
+            "initializer_range": cfg.init_std,
+            "tie_word_embeddings": cfg.tie_embeddings,
+            "bos_token_id": cfg.bos_token_id,
+            "eos_token_id": cfg.eos_token_id,
+            "pad_token_id": cfg.pad_token_id,
+        }
+
+    # ---- weights --------------------------------------------------------------------------
+    def state_dict_from_hf(self, sd: StateDict, cfg: ModelConfig) -> StateDict:
+        """LlamaForCausalLM (``model.`` prefix) or LlamaModel (no prefix) names -> ours."""
+        base = {n.removeprefix(PREFIX): t for n, t in sd.items() if not n.endswith(BUFFER_SUFFIXES)}
+        lm_head = base.pop("lm_head.weight", None)
+        out = {mine: _take(base, hf) for mine, hf in GLOBAL.items()}
+        for i in range(cfg.n_layer):
+            out.update({f"stack.layers.{i}.{mine}": _take(base, f"layers.{i}.{hf}") for mine, hf in LAYER.items()})
+        if base:
+            name = sorted(base)[0]
+            raise LlmkitError(
+                f"Llama checkpoint: unexpected tensor '{name}' ({len(base)} unexpected)",
+                "llmkit converts LlamaForCausalLM and LlamaModel checkpoints without biases; "
+                "check num_hidden_layers in config.json",
+            )
+        # a tied head is the embedding itself: some files store it anyway, keep one copy
+        if lm_head is not None and not cfg.tie_embeddings:
+            out["lm_head.weight"] = lm_head
+        return out
+
+    def state_dict_to_hf(self, sd: StateDict, cfg: ModelConfig) -> StateDict:
+        """Our names -> exactly the keys LlamaForCausalLM.save_pretrained writes (no lm_head when tied)."""
+        out = {PREFIX + hf: sd[mine] for mine, hf in GLOBAL.items()}
+        for i in range(cfg.n_layer):
+            out.update({f"{PREFIX}layers.{i}.{hf}": sd[f"stack.layers.{i}.{mine}"] for mine, hf in LAYER.items()})
+        if not cfg.tie_embeddings:
+            out["lm_head.weight"] = sd["lm_head.weight"]
+        return out
+
+
+def _context(hf: dict[str, Any]) -> int:
+    """max_position_embeddings, capped by Mistral's sliding window: within the window, windowed
+    attention is plain causal attention, so the converted model is exact up to that length."""
+    n = hf.get("max_position_embeddings", 2048)
+    window = hf.get("sliding_window") if hf.get("use_sliding_window", True) else None
+    return min(n, window) if window else n
+
+
+def _rope_parameters(hf: dict[str, Any]) -> dict[str, Any]:
+    """RoPE settings as transformers 5.x reads them: old ``rope_scaling`` wins over ``rope_parameters``."""
+    return hf.get("rope_scaling") or hf.get("rope_parameters") or {}
+
+
+def _check_supported(hf: dict[str, Any]) -> None:
+    if hf.get("model_type") == "qwen2":  # same names as Llama, but q/k/v projections always carry biases
+        raise LlmkitError(
+            "Qwen2 config: q/k/v projection biases are unsupported", "llmkit's Llama has no linear biases"
+        )
+    rope = _rope_parameters(hf)
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type != "default":
+        raise LlmkitError(
+            f"Llama config: rope type '{rope_type}' is unsupported",
+            "llmkit implements plain RoPE (rope_type 'default') only",
+        )
+    partial = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise LlmkitError(
+            f"Llama config: partial_rotary_factor={partial} is unsupported", "llmkit rotates the whole head dimension"
+        )
+    act = hf.get("hidden_act", "silu")
+    if act not in ACTIVATIONS:
+        raise LlmkitError(f"Llama config: hidden_act '{act}' is unsupported", "llmkit's Llama uses SiLU (SwiGLU)")
+    for flag in ("attention_bias", "mlp_bias"):
+        if hf.get(flag):
+            raise LlmkitError(f"Llama config: {flag}=true is unsupported", "llmkit's Llama has no linear biases")
+
+
+def _first(ids: int | list[int] | None) -> int | None:
+    """The first of several ids (Llama 3 lists several eos ids), or the one id."""
+    if isinstance(ids, list):
+        return ids[0] if ids else None
+    return ids
+
+
+def _take(base: StateDict, name: str) -> torch.Tensor:
+    """Pop ``name`` (so leftovers can be reported as unexpected), or say which tensor is missing."""
+    if name not in base:
+        raise LlmkitError(
+            f"Llama checkpoint: missing tensor '{name}'",
+            "config.json and the weights do not belong together; re-download the checkpoint",
+        )
+    return base.pop(name)
+
+
+CONVERTER = LlamaConverter()
