@@ -324,3 +324,15 @@ def test_old_style_rope_theta_is_read():
 )
 def test_presets_map_to_their_architecture(name, model_type):
     assert converter_for_config(ModelConfig.from_name(name)).model_type == model_type
+
+
+def test_bf16_checkpoint_keeps_its_dtype(tmp_path):
+    """A bf16 hub checkpoint converts to a bf16 llmkit one (same size, exact values)."""
+    torch.manual_seed(0)
+    hf = randomize(transformers.LlamaForCausalLM(llama_config())).to(torch.bfloat16)
+    hf.save_pretrained(tmp_path / "hf")
+    from_hf(tmp_path / "hf", tmp_path / "ours")
+    stored = checkpoint.read_weights(tmp_path / "ours" / "model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.bfloat16}
+    ours = checkpoint.load(tmp_path / "ours", dtype=torch.bfloat16)
+    assert torch.equal(ours.stack.layers[0].attn.q.weight, hf.model.layers[0].self_attn.q_proj.weight)

@@ -110,11 +110,21 @@ def from_hf(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     cfg = conv.config_from_hf(hf, hf_sd)
     model = build_model(cfg, init=False)
     checkpoint.load_state_dict_checked(model, conv.state_dict_from_hf(hf_sd, cfg), f"{src} (converted)")
+    model.to(_stored_dtype(hf_sd))  # keep bf16/fp16 checkpoints at their size; the casts are exact
     tokenizer = _hf_tokenizer(src)
     gen = GenerationConfig.for_model(cfg)
     if (src / "generation_config.json").exists():
         gen = GenerationConfig.from_dict({**gen.to_dict(), **checkpoint.read_json(src / "generation_config.json")})
     return checkpoint.save(model, out, tokenizer=tokenizer, generation_config=gen)
+
+
+def _stored_dtype(sd: StateDict) -> torch.dtype:
+    """The floating dtype most of the checkpoint's elements use."""
+    counts: dict[torch.dtype, int] = {}
+    for t in sd.values():
+        if t.is_floating_point():
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
 
 
 def _hf_tokenizer(src: Path) -> Tokenizer | None:
