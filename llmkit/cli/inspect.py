@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"  {report['architecture']}")
     print(f"  context window {cfg.max_seq_len} tokens | vocabulary {cfg.vocab_size}")
     for key, value in stored.items():
-        print(f"  {key}: {value}")
+        print(f"  {key}: {human_bytes(value) if key == 'file size' else value}")
     print(f"  {'component':<24}{'parameters':>16}{'share':>9}")
     for name, count in sorted(summary.parameters.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<24}{count:>16,}{count / summary.total:>9.1%}")

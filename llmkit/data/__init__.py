@@ -1,0 +1,1 @@
+"""Data: built-in corpora, tokenizers, and (elsewhere) curation and token datasets."""

@@ -1,0 +1,445 @@
+"""Tokenizers: train GPT-2, BERT and T5 style tokenizers with HF `tokenizers`, and load/save them.
+
+Every algorithm comes from the `tokenizers` library; this module only chooses the pieces
+(normalizer, pre-tokenizer, model, post-processor, decoder) per family and remembers which token
+plays which role (bos, eos, pad, ...). Directories are Hugging Face compatible: ``tokenizer.json``
+plus ``tokenizer_config.json``, so `transformers` can load what we save and we can load what it
+saves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from llmkit.errors import LlmkitError
+
+ROLES = ("bos", "eos", "pad", "unk", "mask", "cls", "sep")
+KINDS = ("bpe", "wordpiece", "unigram")
+
+# Token strings whose role is clear from the name alone, for directories without a roles file.
+_WELL_KNOWN: dict[str, tuple[str, ...]] = {
+    "<|endoftext|>": ("bos", "eos"),
+    "<|pad|>": ("pad",),
+    "<s>": ("bos",),
+    "</s>": ("eos",),
+    "<pad>": ("pad",),
+    "<unk>": ("unk",),
+    "<mask>": ("mask",),
+    "[PAD]": ("pad",),
+    "[UNK]": ("unk",),
+    "[CLS]": ("cls",),
+    "[SEP]": ("sep",),
+    "[MASK]": ("mask",),
+}
+
+_HF_SAVE_HINT = (
+    "convert it with transformers: AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR) writes tokenizer.json"
+)
+
+
+class Tokenizer:
+    """A `tokenizers.Tokenizer` (``self.backend``) plus the roles of its special tokens."""
+
+    def __init__(self, backend: tokenizers.Tokenizer, special_tokens: dict[str, str]) -> None:
+        unknown_roles = set(special_tokens) - set(ROLES)
+        if unknown_roles:
+            raise LlmkitError(f"unknown special-token roles {sorted(unknown_roles)}", f"use roles from {ROLES}")
+        for role, token in special_tokens.items():
+            if backend.token_to_id(token) is None:
+                raise LlmkitError(
+                    f"the {role} token {token!r} is not in the tokenizer's vocabulary",
+                    "fix the special tokens in tokenizer_config.json or add the token to tokenizer.json",
+                )
+        self.backend = backend
+        self._roles = dict(special_tokens)
+
+    # --- encoding -------------------------------------------------------------------------------
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; ``add_special_tokens`` applies the post-processor (BERT [CLS]/[SEP], T5 </s>)."""
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+        """Token ids of each text, encoded in parallel by `tokenizers` (no padding)."""
+        encodings = self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        return [encoding.ids for encoding in encodings]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """The text of ``ids``; special tokens are dropped unless ``skip_special_tokens`` is False."""
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    # --- vocabulary -----------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, added tokens (e.g. T5 sentinels) included: the size an embedding needs."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def token_to_id(self, token: str) -> int | None:
+        """The id of ``token``, or None when it is not in the vocabulary."""
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        """The token string of ``token_id``, or None when out of range."""
+        return self.backend.id_to_token(token_id)
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        """Role -> token string, e.g. ``{"bos": "<|endoftext|>", ...}`` (a copy)."""
+        return dict(self._roles)
+
+    def _role_id(self, role: str) -> int | None:
+        token = self._roles.get(role)
+        return None if token is None else self.backend.token_to_id(token)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._role_id("bos")
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._role_id("eos")
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self._role_id("pad")
+
+    @property
+    def unk_token_id(self) -> int | None:
+        return self._role_id("unk")
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return self._role_id("mask")
+
+    @property
+    def cls_token_id(self) -> int | None:
+        return self._role_id("cls")
+
+    @property
+    def sep_token_id(self) -> int | None:
+        return self._role_id("sep")
+
+    @property
+    def sentinel_token_ids(self) -> list[int]:
+        """Ids of ``<extra_id_0>``, ``<extra_id_1>``, ... (T5 span-corruption sentinels), in that order."""
+        ids = []
+        while (token_id := self.backend.token_to_id(f"<extra_id_{len(ids)}>")) is not None:
+            ids.append(token_id)
+        return ids
+
+    # --- files ----------------------------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike, model_max_length: int | None = None) -> None:
+        """Write ``tokenizer.json`` and ``tokenizer_config.json`` into ``directory`` (created if needed).
+
+        Each file is written to a temporary file in the same directory and renamed into place, so a
+        crash never leaves a half-written file behind.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config: dict[str, Any] = {f"{role}_token": token for role, token in self._roles.items()}
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        if model_max_length is not None:
+            config["model_max_length"] = model_max_length
+        _atomic_write(directory / "tokenizer.json", self.backend.to_str(pretty=True))
+        _atomic_write(directory / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def from_dir(cls, directory: str | os.PathLike) -> Tokenizer:
+        """Load ``tokenizer.json``; roles come from tokenizer_config.json / special_tokens_map.json.
+
+        Without either roles file, roles are inferred from well-known token strings in the vocabulary
+        (``<|endoftext|>``, ``<s>``, ``[CLS]``, ...).
+        """
+        directory = _existing_dir(directory)
+        path = directory / "tokenizer.json"
+        if not path.is_file():
+            raise LlmkitError(f"no tokenizer.json in {directory}", "train one with `llmkit tokenizer train`")
+        try:
+            backend = tokenizers.Tokenizer.from_file(str(path))
+        except Exception as err:  # tokenizers raises a bare Exception for any parse error
+            raise LlmkitError(f"cannot read {path}: {err}", "the file is corrupt; save or download it again") from err
+        return cls(backend, _roles_for(directory, backend))
+
+    @classmethod
+    def from_hf_dir(cls, directory: str | os.PathLike) -> Tokenizer:
+        """Load a Hugging Face tokenizer directory, building tokenizer.json from older files if needed.
+
+        Order: ``tokenizer.json`` if present; else ``vocab.json`` + ``merges.txt`` (byte-level BPE as
+        GPT-2); else ``vocab.txt`` (BERT WordPiece, lowercased unless ``do_lower_case`` is false).
+        A SentencePiece-only directory (``spiece.model``) is refused with the conversion command.
+        """
+        directory = _existing_dir(directory)
+        if (directory / "tokenizer.json").is_file():
+            return cls.from_dir(directory)
+        config = _read_json(directory / "tokenizer_config.json") or {}
+        if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+            backend = _byte_level_bpe_from_files(directory, add_prefix_space=bool(config.get("add_prefix_space")))
+        elif (directory / "vocab.txt").is_file():
+            backend = _wordpiece_from_file(directory, lowercase=config.get("do_lower_case", True))
+        elif (directory / "spiece.model").is_file() or (directory / "tokenizer.model").is_file():
+            raise LlmkitError(f"{directory} has only a SentencePiece model; llmkit needs tokenizer.json", _HF_SAVE_HINT)
+        else:
+            raise LlmkitError(
+                f"no tokenizer files in {directory} (looked for tokenizer.json, vocab.json+merges.txt, vocab.txt)",
+                _HF_SAVE_HINT,
+            )
+        roles = _roles_for(directory, backend)
+        # Built from a bare vocabulary, the special tokens are plain entries: register them as
+        # special so they are never split and decode(skip_special_tokens=True) drops them.
+        extra = _additional_special_tokens(directory)
+        backend.add_special_tokens([t for t in [*roles.values(), *extra] if backend.token_to_id(t) is not None])
+        if "cls" in roles and "sep" in roles:
+            backend.post_processor = _bert_post_processor(backend, roles["cls"], roles["sep"])
+        return cls(backend, roles)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, special_tokens={self._roles})"
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    kind: str,
+    vocab_size: int,
+    min_frequency: int = 2,
+    n_sentinels: int = 100,
+    show_progress: bool = False,
+) -> Tokenizer:
+    """Train a tokenizer of family ``kind`` on ``texts``; ``vocab_size`` counts every id, specials included.
+
+    - ``"bpe"`` (GPT-2): byte-level BPE, lossless on any text; ``<|endoftext|>`` is bos and eos,
+      ``<|pad|>`` a separate pad so padding never looks like an end of text. Adds no tokens on encode.
+    - ``"wordpiece"`` (BERT): lowercasing BERT normalizer, ``##`` continuations, ``[PAD]`` = 0,
+      then ``[UNK] [CLS] [SEP] [MASK]``; encode wraps text as ``[CLS] text [SEP]``.
+    - ``"unigram"`` (T5): SentencePiece-style unigram with ``▁`` for spaces; ``<pad>`` = 0,
+      ``</s>`` = 1, ``<unk>`` = 2; ``n_sentinels`` ``<extra_id_i>`` tokens take the last ids with
+      ``<extra_id_0>`` the highest, as in T5; encode appends ``</s>``. ``min_frequency`` is unused.
+    """
+    if kind not in _BUILDERS:
+        raise LlmkitError(f"unknown tokenizer kind {kind!r}", f"choose one of {', '.join(KINDS)}")
+    minimum = _MIN_VOCAB[kind] + (n_sentinels if kind == "unigram" else 0)
+    if vocab_size < minimum:
+        raise LlmkitError(
+            f"vocab_size={vocab_size} is too small for a {kind} tokenizer (its fixed tokens need {minimum})",
+            f"use --vocab-size {max(minimum * 2, 1000)} or more",
+        )
+    return _BUILDERS[kind](iter(texts), vocab_size, min_frequency, n_sentinels, show_progress)
+
+
+def _train_bpe(texts: Iterator[str], vocab_size: int, min_frequency: int, _: int, progress: bool) -> Tokenizer:
+    backend = tokenizers.Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    # GPT-2 ships this post-processor; it only adjusts offsets and never adds tokens.
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        show_progress=progress,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        # All 256 byte symbols up front, so no input can ever be unknown.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator(texts, trainer)
+    return Tokenizer(backend, {"bos": "<|endoftext|>", "eos": "<|endoftext|>", "pad": "<|pad|>"})
+
+
+def _train_wordpiece(texts: Iterator[str], vocab_size: int, min_frequency: int, _: int, progress: bool) -> Tokenizer:
+    backend = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        show_progress=progress,
+        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+        continuing_subword_prefix="##",
+        # Without a cap, every distinct character gets an id (and a ## twin), which on multilingual text
+        # can exceed vocab_size; BERT capped its alphabet at 1000 and left the rarest characters [UNK].
+        limit_alphabet=min(1000, vocab_size // 4),
+    )
+    backend.train_from_iterator(texts, trainer)
+    backend.post_processor = _bert_post_processor(backend, "[CLS]", "[SEP]")
+    roles = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
+    return Tokenizer(backend, roles)
+
+
+def _train_unigram(texts: Iterator[str], vocab_size: int, _: int, n_sentinels: int, progress: bool) -> Tokenizer:
+    backend = tokenizers.Tokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size - n_sentinels,  # the sentinels are added after training
+        show_progress=progress,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
+    )
+    try:
+        backend.train_from_iterator(texts, trainer)
+    except Exception as err:  # tokenizers raises a bare Exception; errors from `texts` pass through as they are
+        if "not large enough" not in str(err):
+            raise
+        raise LlmkitError(
+            f"vocab_size={vocab_size} cannot hold every distinct character of the text (unigram needs one id each)",
+            "raise --vocab-size, or drop text in rarely used scripts",
+        ) from err
+    # T5 numbers sentinels downward from the top id (<extra_id_0> = vocab_size - 1), and span-corruption
+    # code written for T5 relies on that; adding them highest index first reproduces it.
+    backend.add_special_tokens([f"<extra_id_{i}>" for i in reversed(range(n_sentinels))])
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", backend.token_to_id("</s>"))]
+    )
+    return Tokenizer(backend, {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"})
+
+
+_BUILDERS = {"bpe": _train_bpe, "wordpiece": _train_wordpiece, "unigram": _train_unigram}
+# Fixed tokens per kind: BPE's 256 byte symbols + 2 specials; 5 BERT specials + a few characters;
+# 3 T5 specials + a few pieces (sentinels are added on top).
+_MIN_VOCAB = {"bpe": 258, "wordpiece": 16, "unigram": 16}
+
+
+def _bert_post_processor(backend: tokenizers.Tokenizer, cls: str, sep: str) -> processors.TemplateProcessing:
+    """``[CLS] $A [SEP]`` and ``[CLS] $A [SEP] $B [SEP]`` with BERT's token-type ids 0 / 1."""
+    return processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, backend.token_to_id(cls)), (sep, backend.token_to_id(sep))],
+    )
+
+
+# --- input files ----------------------------------------------------------------------------------
+
+
+def iter_text_files(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
+    """Yield the contents of each file; a folder contributes its ``.txt`` and ``.md`` files, recursively, sorted.
+
+    Every path is checked when this is called, before anything is read, so a typo fails at once
+    rather than after a progress bar has started.
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file())
+            if not found:
+                raise LlmkitError(f"no .txt or .md files under {path}", "point at text files or a folder of them")
+            files.extend(found)
+        else:
+            raise LlmkitError(f"no such file or directory: {path}", "check the path")
+    # Real corpora carry stray bytes; a replacement character is better than aborting a long run.
+    return (file.read_text(encoding="utf-8", errors="replace") for file in files)
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _existing_dir(directory: str | os.PathLike) -> Path:
+    path = Path(directory)
+    if not path.is_dir():
+        raise LlmkitError(f"tokenizer directory not found: {path}", "pass a directory holding tokenizer.json")
+    return path
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, None when the file does not exist."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LlmkitError(f"cannot read {path}: {err}", "the file is corrupt; save or download it again") from err
+    if not isinstance(data, dict):
+        raise LlmkitError(f"{path} does not hold a JSON object", "the file is corrupt; save or download it again")
+    return data
+
+
+def _token_content(value: Any) -> str | None:
+    """HF stores a special token as a string or as an AddedToken dict ``{"content": ...}``."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def _roles_for(directory: Path, backend: tokenizers.Tokenizer) -> dict[str, str]:
+    """Roles from tokenizer_config.json then special_tokens_map.json; inferred from the vocab if neither exists."""
+    files = [_read_json(directory / name) for name in ("tokenizer_config.json", "special_tokens_map.json")]
+    if all(f is None for f in files):
+        return _infer_roles(backend)
+    roles: dict[str, str] = {}
+    for data in filter(None, files):
+        for role in ROLES:
+            token = _token_content(data.get(f"{role}_token"))
+            if token is not None:
+                roles[role] = token
+    return roles
+
+
+def _infer_roles(backend: tokenizers.Tokenizer) -> dict[str, str]:
+    roles: dict[str, str] = {}
+    for token, token_roles in _WELL_KNOWN.items():
+        if backend.token_to_id(token) is not None:
+            for role in token_roles:
+                roles.setdefault(role, token)
+    return roles
+
+
+def _additional_special_tokens(directory: Path) -> list[str]:
+    tokens: list[str] = []
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        for value in (_read_json(directory / name) or {}).get("additional_special_tokens") or []:
+            if (token := _token_content(value)) is not None:
+                tokens.append(token)
+    return tokens
+
+
+def _byte_level_bpe_from_files(directory: Path, add_prefix_space: bool) -> tokenizers.Tokenizer:
+    """GPT-2's layout: vocab.json + merges.txt, byte-level pre-tokenizer and decoder, no normalizer."""
+    try:
+        model = models.BPE.from_file(str(directory / "vocab.json"), str(directory / "merges.txt"))
+    except Exception as err:
+        raise LlmkitError(f"cannot read vocab.json/merges.txt in {directory}: {err}", _HF_SAVE_HINT) from err
+    backend = tokenizers.Tokenizer(model)
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    return backend
+
+
+def _wordpiece_from_file(directory: Path, lowercase: bool) -> tokenizers.Tokenizer:
+    """BERT's layout: vocab.txt, BERT normalizer and pre-tokenizer, ``##`` continuations."""
+    path = directory / "vocab.txt"
+    try:
+        model = models.WordPiece.from_file(str(path), unk_token="[UNK]")
+    except Exception as err:
+        raise LlmkitError(f"cannot read {path}: {err}", _HF_SAVE_HINT) from err
+    backend = tokenizers.Tokenizer(model)
+    backend.normalizer = normalizers.BertNormalizer(lowercase=bool(lowercase))
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    return backend
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
