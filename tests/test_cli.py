@@ -70,3 +70,29 @@ def test_bad_override_is_one_line_exit_2(tmp_path):
     out = run_cli("init", "tiny-gpt-1m", str(tmp_path / "m"), "--model.n_head", "3")
     assert out.returncode == 2
     assert "d_model=64 not divisible by n_head=3" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_convert_both_ways(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            n_embd=32, n_layer=1, n_head=4, vocab_size=64, n_positions=16, bos_token_id=0, eos_token_id=0
+        )
+    )
+    hf.save_pretrained(tmp_path / "hf")
+    assert main(["convert", "--from-hf", str(tmp_path / "hf"), str(tmp_path / "ours")]) == 0
+    assert "decoder model" in capsys.readouterr().out
+    assert main(["convert", "--to-hf", str(tmp_path / "ours"), str(tmp_path / "back")]) == 0
+    back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "back")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert torch.equal(hf.eval()(ids).logits, back.eval()(ids).logits)
+
+
+def test_convert_missing_source_is_one_line_exit_2(tmp_path):
+    out = run_cli("convert", "--from-hf", str(tmp_path / "nope"), str(tmp_path / "out"))
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "no such directory" in out.stderr
+    assert not (tmp_path / "out").exists()
