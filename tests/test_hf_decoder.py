@@ -336,3 +336,14 @@ def test_bf16_checkpoint_keeps_its_dtype(tmp_path):
     assert {t.dtype for t in stored.values()} == {torch.bfloat16}
     ours = checkpoint.load(tmp_path / "ours", dtype=torch.bfloat16)
     assert torch.equal(ours.stack.layers[0].attn.q.weight, hf.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_leftover_tensor_is_named_with_a_hint(case):
+    from llmkit.hf.convert import CONVERTERS
+
+    conv = CONVERTERS["gpt2" if case.name == "gpt2" else "llama"]
+    sd = {**case.hf.state_dict(), "extra.weight": torch.zeros(2)}
+    with pytest.raises(LlmkitError) as err:
+        conv.state_dict_from_hf(sd, case.ours.config)
+    assert "unexpected tensor 'extra.weight' (1 unexpected)" in str(err.value)
+    assert err.value.hint.startswith("llmkit converts")

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 import torch
 
 from llmkit.config import ModelConfig
+from llmkit.errors import LlmkitError
 
 StateDict = dict[str, torch.Tensor]
 
@@ -31,3 +32,27 @@ class FamilyConverter(Protocol):
     def state_dict_from_hf(self, sd: StateDict, cfg: ModelConfig) -> StateDict: ...
 
     def state_dict_to_hf(self, sd: StateDict, cfg: ModelConfig) -> StateDict: ...
+
+
+# ---- helpers the family maps share ----------------------------------------------------------
+MISMATCH_HINT = "config.json and the weights do not belong together; re-download the checkpoint"
+
+
+def first_id(ids: int | list[int] | None) -> int | None:
+    """The first of several token ids (Llama 3 lists several eos ids), or the one id."""
+    if isinstance(ids, list):
+        return ids[0] if ids else None
+    return ids
+
+
+def take(sd: StateDict, name: str, family: str) -> torch.Tensor:
+    """Pop ``name`` (so leftovers can be reported as unexpected), or say which tensor is missing."""
+    if name not in sd:
+        raise LlmkitError(f"{family} checkpoint: missing tensor '{name}'", MISMATCH_HINT)
+    return sd.pop(name)
+
+
+def reject_leftovers(sd: StateDict, family: str, hint: str) -> None:
+    """After every expected tensor was taken, anything left means config and weights disagree."""
+    if sd:
+        raise LlmkitError(f"{family} checkpoint: unexpected tensor '{sorted(sd)[0]}' ({len(sd)} unexpected)", hint)

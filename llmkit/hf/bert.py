@@ -19,8 +19,9 @@ import torch
 
 from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
-from llmkit.hf.base import StateDict
+from llmkit.hf.base import StateDict, first_id, reject_leftovers, take
 
+FAMILY = "BERT"
 PREFIX = "bert."  # the task models; BertModel checkpoints have none
 # Buffers (position ids, all-zero token types) that some transformers versions persist: not parameters
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
@@ -105,7 +106,7 @@ class BertConverter:
             init_std=hf.get("initializer_range", 0.02),
             pad_token_id=hf.get("pad_token_id", 0),
             bos_token_id=hf.get("bos_token_id"),
-            eos_token_id=_first(hf.get("eos_token_id")),
+            eos_token_id=first_id(hf.get("eos_token_id")),
         )
 
     def config_to_hf(self, cfg: ModelConfig) -> dict[str, Any]:
@@ -144,13 +145,13 @@ class BertConverter:
         """BertForMaskedLM / BertForPreTraining / BertForSequenceClassification (``bert.`` prefix) or
         BertModel (no prefix) names -> ours. Tied aliases and the NSP head are dropped."""
         sd = _normalize(sd)
-        out = {mine: _take(sd, hf) for mine, hf in EMBED.items()}
+        out = {mine: take(sd, hf, FAMILY) for mine, hf in EMBED.items()}
         for i in range(cfg.n_layer):
             for mine, hf in LAYER.items():
                 for p in ("weight", "bias"):
-                    out[f"stack.layers.{i}.{mine}.{p}"] = _take(sd, f"encoder.layer.{i}.{hf}.{p}")
+                    out[f"stack.layers.{i}.{mine}.{p}"] = take(sd, f"encoder.layer.{i}.{hf}.{p}", FAMILY)
         if cfg.pooler or cfg.encoder_head == "classifier":
-            out.update({mine: _take(sd, hf) for mine, hf in POOLER.items()})
+            out.update({mine: take(sd, hf, FAMILY) for mine, hf in POOLER.items()})
         if cfg.encoder_head == "mlm":
             # The decoder's own bias is the one the forward adds: 4.x files store it as a copy of
             # cls.predictions.bias, and 5.x unties the two with the head (cls.predictions.bias is
@@ -158,20 +159,22 @@ class BertConverter:
             decoder_bias = sd.pop(DECODER_BIAS, None)
             if decoder_bias is not None:
                 sd[MLM_HEAD["mlm_head.bias"]] = decoder_bias
-            out.update({mine: _take(sd, hf) for mine, hf in MLM_HEAD.items()})
+            out.update({mine: take(sd, hf, FAMILY) for mine, hf in MLM_HEAD.items()})
             if not cfg.tie_embeddings:
-                out["mlm_head.decoder.weight"] = _take(sd, DECODER_WEIGHT)
+                out["mlm_head.decoder.weight"] = take(sd, DECODER_WEIGHT, FAMILY)
             sd.pop(DECODER_WEIGHT, None)  # tied: absent, or a copy of the word embeddings
         if cfg.encoder_head == "classifier":
-            out.update({mine: _take(sd, hf) for mine, hf in CLASSIFIER.items()})
+            out.update({mine: take(sd, hf, FAMILY) for mine, hf in CLASSIFIER.items()})
         for name in [n for n in sd if n.startswith(NSP_HEAD)]:
             sd.pop(name)
-        if sd:
-            raise LlmkitError(
-                f"BERT checkpoint: unexpected tensor '{sorted(sd)[0]}' ({len(sd)} unexpected)",
+        reject_leftovers(
+            sd,
+            FAMILY,
+            (
                 "llmkit converts BertModel, BertForMaskedLM, BertForPreTraining and BertForSequenceClassification "
-                "checkpoints; check num_hidden_layers in config.json",
-            )
+                "checkpoints; check num_hidden_layers in config.json"
+            ),
+        )
         return out
 
     def state_dict_to_hf(self, sd: StateDict, cfg: ModelConfig) -> StateDict:
@@ -272,22 +275,6 @@ def _num_labels(hf: dict[str, Any], sd: StateDict) -> int:
             "config.json and the weights do not belong together; re-download the checkpoint",
         )
     return n
-
-
-def _first(ids: int | list[int] | None) -> int | None:
-    if isinstance(ids, list):
-        return ids[0] if ids else None
-    return ids
-
-
-def _take(sd: StateDict, name: str) -> torch.Tensor:
-    """Pop ``name`` (so leftovers can be reported as unexpected), or say which tensor is missing."""
-    if name not in sd:
-        raise LlmkitError(
-            f"BERT checkpoint: missing tensor '{name}'",
-            "config.json and the weights do not belong together; re-download the checkpoint",
-        )
-    return sd.pop(name)
 
 
 CONVERTER = BertConverter()

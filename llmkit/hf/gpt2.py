@@ -12,8 +12,9 @@ import torch
 
 from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
-from llmkit.hf.base import StateDict
+from llmkit.hf.base import StateDict, first_id, reject_leftovers, take
 
+FAMILY = "GPT-2"
 PREFIX = "transformer."  # GPT2LMHeadModel; GPT2Model and the hub's `gpt2` checkpoint have none
 # Causal-mask buffers that checkpoints written by transformers < 4.27 carry: not parameters
 BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -66,7 +67,7 @@ class GPT2Converter:
             scale_attn=hf.get("scale_attn_weights", True),
             init_std=hf.get("initializer_range", 0.02),
             bos_token_id=hf.get("bos_token_id", 50256),
-            eos_token_id=_first(hf.get("eos_token_id", 50256)),
+            eos_token_id=first_id(hf.get("eos_token_id", 50256)),
             pad_token_id=hf.get("pad_token_id"),
         )
 
@@ -103,19 +104,16 @@ class GPT2Converter:
         """GPT2LMHeadModel (``transformer.`` prefix) or GPT2Model / hub (no prefix) names -> ours."""
         base, lm_head = _split_base(sd)
         out = {
-            "embed.tokens.weight": _take(base, "wte.weight"),
-            "embed.positions.weight": _take(base, "wpe.weight"),
-            "stack.final_norm.weight": _take(base, "ln_f.weight"),
-            "stack.final_norm.bias": _take(base, "ln_f.bias"),
+            "embed.tokens.weight": take(base, "wte.weight", FAMILY),
+            "embed.positions.weight": take(base, "wpe.weight", FAMILY),
+            "stack.final_norm.weight": take(base, "ln_f.weight", FAMILY),
+            "stack.final_norm.bias": take(base, "ln_f.bias", FAMILY),
         }
         for i in range(cfg.n_layer):
             out.update(_layer_from_hf(base, i, cfg.d_model))
-        if base:
-            name = sorted(base)[0]
-            raise LlmkitError(
-                f"GPT-2 checkpoint: unexpected tensor '{name}' ({len(base)} unexpected)",
-                "llmkit converts GPT2LMHeadModel and GPT2Model checkpoints; check n_layer in config.json",
-            )
+        reject_leftovers(
+            base, FAMILY, ("llmkit converts GPT2LMHeadModel and GPT2Model checkpoints; check n_layer in config.json")
+        )
         # a tied head is the embedding itself (old .bin files saved it twice): keep one copy
         if lm_head is not None and not cfg.tie_embeddings:
             out["lm_head.weight"] = lm_head
@@ -154,10 +152,6 @@ def _check_supported(hf: dict[str, Any]) -> None:
         )
 
 
-def _first(ids: int | list[int] | None) -> int | None:
-    return ids[0] if isinstance(ids, list) else ids
-
-
 def _split_base(sd: StateDict) -> tuple[StateDict, torch.Tensor | None]:
     """(base-model tensors without prefix or buffers, lm_head.weight or None)."""
     base = {}
@@ -168,31 +162,21 @@ def _split_base(sd: StateDict) -> tuple[StateDict, torch.Tensor | None]:
     return base, sd.get("lm_head.weight")
 
 
-def _take(base: StateDict, name: str) -> torch.Tensor:
-    """Pop ``name`` (so leftovers can be reported as unexpected), or say which tensor is missing."""
-    if name not in base:
-        raise LlmkitError(
-            f"GPT-2 checkpoint: missing tensor '{name}'",
-            "config.json and the weights do not belong together; re-download the checkpoint",
-        )
-    return base.pop(name)
-
-
 def _layer_from_hf(base: StateDict, i: int, d_model: int) -> StateDict:
     theirs, ours = f"h.{i}.", f"stack.layers.{i}."
     out = {}
     # c_attn: weight (C, 3C) and bias (3C,) hold q | k | v side by side
-    qkv_w = _take(base, theirs + "attn.c_attn.weight").t()  # (3C, C)
-    qkv_b = _take(base, theirs + "attn.c_attn.bias")
+    qkv_w = take(base, theirs + "attn.c_attn.weight", FAMILY).t()  # (3C, C)
+    qkv_b = take(base, theirs + "attn.c_attn.bias", FAMILY)
     for name, w, b in zip("qkv", qkv_w.split(d_model, dim=0), qkv_b.split(d_model), strict=True):
         out[f"{ours}attn.{name}.weight"] = w.contiguous()
         out[f"{ours}attn.{name}.bias"] = b.contiguous()
     for mine, hf in CONV1D.items():
-        out[f"{ours}{mine}.weight"] = _take(base, f"{theirs}{hf}.weight").t().contiguous()
-        out[f"{ours}{mine}.bias"] = _take(base, f"{theirs}{hf}.bias")
+        out[f"{ours}{mine}.weight"] = take(base, f"{theirs}{hf}.weight", FAMILY).t().contiguous()
+        out[f"{ours}{mine}.bias"] = take(base, f"{theirs}{hf}.bias", FAMILY)
     for mine, hf in NORMS.items():
         for p in ("weight", "bias"):
-            out[f"{ours}{mine}.{p}"] = _take(base, f"{theirs}{hf}.{p}")
+            out[f"{ours}{mine}.{p}"] = take(base, f"{theirs}{hf}.{p}", FAMILY)
     return out
 
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
-from llmkit.hf.base import StateDict
+from llmkit.hf.base import StateDict, first_id, reject_leftovers, take
 
+FAMILY = "Llama"
 PREFIX = "model."  # LlamaForCausalLM; LlamaModel checkpoints have none
 # ours -> theirs, per layer
 LAYER = {
@@ -76,8 +75,8 @@ class LlamaConverter:
             rope_theta=float(_rope_parameters(hf).get("rope_theta", hf.get("rope_theta", 10000.0))),
             init_std=hf.get("initializer_range", 0.02),
             bos_token_id=hf.get("bos_token_id", 1),
-            eos_token_id=_first(hf.get("eos_token_id", 2)),
-            pad_token_id=_first(hf.get("pad_token_id")),
+            eos_token_id=first_id(hf.get("eos_token_id", 2)),
+            pad_token_id=first_id(hf.get("pad_token_id")),
         )
 
     def config_to_hf(self, cfg: ModelConfig) -> dict[str, Any]:
@@ -113,16 +112,18 @@ class LlamaConverter:
         """LlamaForCausalLM (``model.`` prefix) or LlamaModel (no prefix) names -> ours."""
         base = {n.removeprefix(PREFIX): t for n, t in sd.items() if not n.endswith(BUFFER_SUFFIXES)}
         lm_head = base.pop("lm_head.weight", None)
-        out = {mine: _take(base, hf) for mine, hf in GLOBAL.items()}
+        out = {mine: take(base, hf, FAMILY) for mine, hf in GLOBAL.items()}
         for i in range(cfg.n_layer):
-            out.update({f"stack.layers.{i}.{mine}": _take(base, f"layers.{i}.{hf}") for mine, hf in LAYER.items()})
-        if base:
-            name = sorted(base)[0]
-            raise LlmkitError(
-                f"Llama checkpoint: unexpected tensor '{name}' ({len(base)} unexpected)",
+            layer = {f"stack.layers.{i}.{mine}": take(base, f"layers.{i}.{hf}", FAMILY) for mine, hf in LAYER.items()}
+            out.update(layer)
+        reject_leftovers(
+            base,
+            FAMILY,
+            (
                 "llmkit converts LlamaForCausalLM and LlamaModel checkpoints without biases; "
-                "check num_hidden_layers in config.json",
-            )
+                "check num_hidden_layers in config.json"
+            ),
+        )
         # a tied head is the embedding itself: some files store it anyway, keep one copy
         if lm_head is not None and not cfg.tie_embeddings:
             out["lm_head.weight"] = lm_head
@@ -174,23 +175,6 @@ def _check_supported(hf: dict[str, Any]) -> None:
     for flag in ("attention_bias", "mlp_bias"):
         if hf.get(flag):
             raise LlmkitError(f"Llama config: {flag}=true is unsupported", "llmkit's Llama has no linear biases")
-
-
-def _first(ids: int | list[int] | None) -> int | None:
-    """The first of several ids (Llama 3 lists several eos ids), or the one id."""
-    if isinstance(ids, list):
-        return ids[0] if ids else None
-    return ids
-
-
-def _take(base: StateDict, name: str) -> torch.Tensor:
-    """Pop ``name`` (so leftovers can be reported as unexpected), or say which tensor is missing."""
-    if name not in base:
-        raise LlmkitError(
-            f"Llama checkpoint: missing tensor '{name}'",
-            "config.json and the weights do not belong together; re-download the checkpoint",
-        )
-    return base.pop(name)
 
 
 CONVERTER = LlamaConverter()

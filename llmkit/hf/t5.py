@@ -20,8 +20,9 @@ import torch
 
 from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
-from llmkit.hf.base import StateDict
+from llmkit.hf.base import MISMATCH_HINT, StateDict, first_id, reject_leftovers, take
 
+FAMILY = "T5"
 # feed_forward_proj -> (mlp, activation); transformers maps "gated-gelu" to gelu_new (tanh GELU)
 FEED_FORWARD = {
     "relu": ("standard", "relu"),
@@ -95,7 +96,7 @@ class T5Converter:
             rel_buckets=hf.get("relative_attention_num_buckets", 32),
             rel_max_distance=hf.get("relative_attention_max_distance", 128),
             pad_token_id=pad,
-            eos_token_id=_first(hf.get("eos_token_id", 1)),
+            eos_token_id=first_id(hf.get("eos_token_id", 1)),
             decoder_start_token_id=pad if start is None else start,
         )
 
@@ -148,20 +149,22 @@ class T5Converter:
                     "llmkit's T5 shares one token embedding between encoder and decoder",
                 )
         if shared is None:
-            raise LlmkitError("T5 checkpoint: missing tensor 'shared.weight'", _MISMATCH_HINT)
+            raise LlmkitError("T5 checkpoint: missing tensor 'shared.weight'", MISMATCH_HINT)
         lm_head = sd.pop("lm_head.weight", None)
         out = {"embed.tokens.weight": shared}
         for stack, n_layer in (("encoder", cfg.n_layer), ("decoder", cfg.n_decoder_layer)):
-            out.update({ours: _take(sd, theirs) for ours, theirs in _stack_names(stack, n_layer, cfg).items()})
-        if sd:
-            raise LlmkitError(
-                f"T5 checkpoint: unexpected tensor '{sorted(sd)[0]}' ({len(sd)} unexpected)",
+            out.update({ours: take(sd, theirs, FAMILY) for ours, theirs in _stack_names(stack, n_layer, cfg).items()})
+        reject_leftovers(
+            sd,
+            FAMILY,
+            (
                 "llmkit converts T5ForConditionalGeneration checkpoints; check num_layers and feed_forward_proj "
-                "in config.json",
-            )
+                "in config.json"
+            ),
+        )
         if not cfg.tie_embeddings:
             if lm_head is None:
-                raise LlmkitError("T5 checkpoint: missing tensor 'lm_head.weight'", _MISMATCH_HINT)
+                raise LlmkitError("T5 checkpoint: missing tensor 'lm_head.weight'", MISMATCH_HINT)
             out["lm_head.weight"] = lm_head
         return out
 
@@ -204,22 +207,6 @@ def _distinct_lm_head(sd: StateDict) -> bool:
     head = sd.get("lm_head.weight")
     shared = sd.get("shared.weight", sd.get("encoder.embed_tokens.weight"))
     return head is not None and not (shared is not None and torch.equal(head, shared))
-
-
-def _first(ids: int | list[int] | None) -> int | None:
-    if isinstance(ids, list):
-        return ids[0] if ids else None
-    return ids
-
-
-_MISMATCH_HINT = "config.json and the weights do not belong together; re-download the checkpoint"
-
-
-def _take(sd: StateDict, name: str) -> torch.Tensor:
-    """Pop ``name`` (so leftovers can be reported as unexpected), or say which tensor is missing."""
-    if name not in sd:
-        raise LlmkitError(f"T5 checkpoint: missing tensor '{name}'", _MISMATCH_HINT)
-    return sd.pop(name)
 
 
 CONVERTER = T5Converter()
