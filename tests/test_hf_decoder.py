@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers  # test-only dependency: llmkit itself never imports it
+from hf_utils import randomize, real
 from safetensors.torch import load_file
 
 from llmkit import checkpoint
@@ -67,15 +68,6 @@ class Case:
     ours: torch.nn.Module
 
 
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Noise on every parameter: norm gains leave 1 and biases leave 0, so each tensor matters."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
-
-
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, VOCAB, (len(LENGTHS), max(LENGTHS)), generator=g)
@@ -97,13 +89,6 @@ def case(request, tmp_path_factory) -> Case:
     tmp = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(tmp / "hf")
     return Case(request.param, hf, tmp / "hf", tmp / "ours", convert(tmp / "hf", tmp / "ours"))
-
-
-def real(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Positions (or query rows of (B, H, T, S) maps) that hold real tokens."""
-    if x.dim() == 4:
-        x = x.transpose(1, 2)  # (B, T, H, S)
-    return x[mask.bool()]
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_utils import randomize, real
 from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
@@ -119,15 +120,6 @@ class Case:
         return self.name.startswith("t5")
 
 
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Noise on every parameter: norm gains leave 1 and biases leave 0, so each tensor matters."""
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
-
-
 def padded(lengths: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Random ids (B, T) right-padded with 0, and the mask (B, T) of real tokens."""
     g = torch.Generator().manual_seed(seed)
@@ -151,13 +143,6 @@ def inputs(case: Case) -> dict[str, torch.Tensor]:
     ids, mask = padded(LENGTHS, seed=1)
     token_types = torch.randint(0, 3, ids.shape, generator=torch.Generator().manual_seed(3)) * mask
     return dict(input_ids=ids, attention_mask=mask, token_type_ids=token_types)
-
-
-def real(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Positions (or query rows of (B, H, T, S) maps) that hold real tokens."""
-    if x.dim() == 4:
-        x = x.transpose(1, 2)  # (B, T, H, S)
-    return x[mask.bool()]
 
 
 def hf_class(hf_dir: Path) -> type:
