@@ -26,7 +26,7 @@ _EXPORTS = {
     "load": "llmkit.checkpoint",
     "save": "llmkit.checkpoint",
     "Tokenizer": "llmkit.data.tokenizer",
-    "train_tokenizer": "llmkit.data.tokenizer",
+    "train_tokenizer": "llmkit.data.tokenizer_train",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 import llmkit
 from llmkit import checkpoint
 from llmkit.config import GenerationConfig, ModelConfig
-from llmkit.data.tokenizer import train_tokenizer
+from llmkit.data.tokenizer_train import train_tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.models import build_model
 

@@ -23,6 +23,7 @@ LAYERS = {
     "llmkit.data.builtin": 0,
     "llmkit.models": 1,
     "llmkit.data.tokenizer": 1,
+    "llmkit.data.tokenizer_train": 1,
     "llmkit.data.datasets": 1,
     "llmkit.objectives": 2,
     "llmkit.generate": 2,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from llmkit.data.builtin import BUILTIN_CORPORA, python_docs_texts, stdlib_source_files
-from llmkit.data.tokenizer import Tokenizer, iter_text_files, train_tokenizer
+from llmkit.data.tokenizer import Tokenizer
+from llmkit.data.tokenizer_train import iter_text_files, train_tokenizer
 from llmkit.errors import LlmkitError
 
 KINDS = ("bpe", "wordpiece", "unigram")

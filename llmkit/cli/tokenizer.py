@@ -117,7 +117,7 @@ def _train(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from llmkit.data.builtin import BUILTIN_CORPORA
-    from llmkit.data.tokenizer import iter_text_files, train_tokenizer
+    from llmkit.data.tokenizer_train import iter_text_files, train_tokenizer
 
     if not args.paths and not args.builtin:
         raise LlmkitError("no training text given", "pass text files/folders, or --builtin python-docs")
