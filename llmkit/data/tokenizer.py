@@ -1,10 +1,8 @@
-"""Tokenizers: train GPT-2, BERT and T5 style tokenizers with HF `tokenizers`, and load/save them.
+"""The Tokenizer llmkit models carry: encode/decode over HF `tokenizers`, special-token roles, files.
 
-Every algorithm comes from the `tokenizers` library; this module only chooses the pieces
-(normalizer, pre-tokenizer, model, post-processor, decoder) per family and remembers which token
-plays which role (bos, eos, pad, ...). Directories are Hugging Face compatible: ``tokenizer.json``
-plus ``tokenizer_config.json``, so `transformers` can load what we save and we can load what it
-saves.
+It remembers which token plays which role (bos, eos, pad, ...). Directories are Hugging Face
+compatible: ``tokenizer.json`` plus ``tokenizer_config.json``, so `transformers` can load what we
+save and we can load what it saves. Training lives in ``llmkit.data.tokenizer_train``.
 """
 
 from __future__ import annotations
