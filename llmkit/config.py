@@ -193,6 +193,86 @@ class GenerationConfig:
         )
 
 
+OBJECTIVES = ("auto", "causal_lm", "masked_lm", "span_corruption")
+TRAIN_DTYPES = ("fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Pretraining settings; ``llmkit pretrain`` reads them from the [train] table of a TOML file and
+    ``--train.FIELD VALUE`` flags. Global batch = batch_size * grad_accum * number of processes."""
+
+    data: str = ""  # directory written by `llmkit data tokenize` (train.bin, val.bin, meta.json)
+    out_dir: str = "runs/pretrain"
+    objective: str = "auto"  # auto: causal_lm / masked_lm / span_corruption by model family
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 12  # sequences per micro-batch per process
+    block_size: int = 256  # tokens per training sequence (input length)
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # cosine decay ends here
+    warmup_steps: int = 100  # linear warmup from 0
+    weight_decay: float = 0.1  # on matrices only, not on norms, biases or embeddings' positions
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
+    dtype: str = "bf16"  # autocast dtype; master weights stay fp32
+    compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    eval_interval: int = 250  # steps between validation runs (and at the start and end)
+    eval_batches: int = 20
+    save_interval: int = 500  # steps between checkpoints (and at the end)
+    log_interval: int = 10
+    seed: int = 1337
+    device: str = "auto"  # auto: cuda when available, else cpu
+    mlm_probability: float = 0.15  # masked_lm: share of tokens selected
+    noise_density: float = 0.15  # span_corruption: share of tokens corrupted
+    mean_span_length: float = 3.0  # span_corruption
+
+    def __post_init__(self) -> None:
+        _check_choice("objective", self.objective, OBJECTIVES)
+        _check_choice("dtype", self.dtype, TRAIN_DTYPES)
+        for name in (
+            "steps",
+            "batch_size",
+            "block_size",
+            "grad_accum",
+            "eval_interval",
+            "eval_batches",
+            "save_interval",
+            "log_interval",
+        ):
+            if getattr(self, name) < 1:
+                raise LlmkitError(f"{name}={getattr(self, name)} must be >= 1", f"change --train.{name}")
+        checks = [
+            (self.lr > 0, "lr", "must be > 0"),
+            (0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, lr]"),
+            (0 <= self.warmup_steps <= self.steps, "warmup_steps", "must be in [0, steps]"),
+            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+            (self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 turns clipping off)"),
+            (0 < self.mlm_probability < 1, "mlm_probability", "must be in (0, 1)"),
+            (0 < self.noise_density < 1, "noise_density", "must be in (0, 1)"),
+            (self.mean_span_length >= 1, "mean_span_length", "must be >= 1"),
+        ]
+        for ok, name, rule in checks:
+            if not ok:
+                raise LlmkitError(f"{name}={getattr(self, name)} {rule}", f"change --train.{name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "train config") -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LlmkitError(
+                f"{source}: unknown train config field(s) {', '.join(unknown)}",
+                f"known fields are: {', '.join(sorted(known))}",
+            )
+        return cls(**data)
+
+
 # ---- presets ------------------------------------------------------------------------------
 # Shapes of public checkpoints (values from their config.json) and tiny shapes for CPU training.
 _GPT2 = dict(
