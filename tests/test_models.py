@@ -196,3 +196,20 @@ def test_t5_output_scaling_rule():
     out = model(ids, decoder_input_ids=ids[:, :3])
     expected = (out.last_hidden_state * cfg.d_model**-0.5) @ model.embed.tokens.weight.T
     torch.testing.assert_close(out.logits, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["gpt", "t5"])
+def test_activation_checkpointing_gives_the_same_gradients(family):
+    from llmkit.models import set_activation_checkpointing
+
+    torch.manual_seed(0)
+    model = build_model(FAMILIES[family]).train()
+    ids = torch.randint(3, 97, (2, 10))
+    grads = []
+    for enabled in (False, True):
+        set_activation_checkpointing(model, enabled)
+        model.zero_grad()
+        _forward(model, ids).logits.float().pow(2).mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)

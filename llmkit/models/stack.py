@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from llmkit.config import ModelConfig
 from llmkit.models.layers import MLP, Attention, RelativePositionBias, Rotary, attention_bias, make_norm
@@ -71,6 +72,9 @@ class Stack(nn.Module):
         self.layers = nn.ModuleList(block(cfg, cross) for _ in range(n_layer))
         self.final_norm = make_norm(cfg) if cfg.norm_placement == "pre" else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
+        # Training switch (set_activation_checkpointing): recompute each block's activations in
+        # backward instead of storing them.
+        self.activation_checkpointing = False
 
     def forward(
         self,
@@ -101,16 +105,15 @@ class Stack(nn.Module):
             memory_bias = attention_bias(memory_mask, T, memory.shape[1], False, x.dtype, x.device)
         attentions, cross_attentions = [], []
         x = self.drop(x)
+        kwargs = dict(
+            bias=bias, is_causal=self.causal, rope=rope, memory=memory, memory_bias=memory_bias,
+            need_weights=output_attentions,
+        )  # fmt: skip
         for layer in self.layers:
-            x, w, cw = layer(
-                x,
-                bias=bias,
-                is_causal=self.causal,
-                rope=rope,
-                memory=memory,
-                memory_bias=memory_bias,
-                need_weights=output_attentions,
-            )
+            if self.activation_checkpointing and self.training:
+                x, w, cw = checkpoint(layer, x, use_reentrant=False, **kwargs)
+            else:
+                x, w, cw = layer(x, **kwargs)
             attentions.append(w)
             cross_attentions.append(cw)
         return self.drop(self.final_norm(x)), tuple(attentions), tuple(cross_attentions)
