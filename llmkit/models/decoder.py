@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from llmkit.config import ModelConfig
+from llmkit.models.cache import KVCache
 from llmkit.models.embeddings import Embeddings
 from llmkit.models.output import ModelOutput
 from llmkit.models.stack import Stack
@@ -28,12 +29,21 @@ class DecoderLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         output_attentions: bool = False,
+        cache: KVCache | None = None,
     ) -> ModelOutput:
-        """input_ids (B, T) -> logits (B, T, V) for the next token at every position."""
+        """input_ids (B, T) -> logits (B, T, V) for the next token at every position.
+
+        With a ``cache``, input_ids are the T tokens after the cached ones; positions continue
+        from ``cache.length`` unless ``position_ids`` says otherwise (left-padded batches do).
+        """
+        if position_ids is None:
+            past = cache.length if cache is not None else 0
+            position_ids = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)[None]
         x = self.embed(input_ids, position_ids)  # (B, T, C)
         x, attentions, _ = self.stack(
-            x, attention_mask=attention_mask, position_ids=position_ids, output_attentions=output_attentions
-        )
+            x, attention_mask=attention_mask, position_ids=position_ids, output_attentions=output_attentions,
+            cache=cache,
+        )  # fmt: skip
         return ModelOutput(
             logits=self.lm_head(x),  # (B, T, V)
             last_hidden_state=x,

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from llmkit.config import ModelConfig
+from llmkit.models.cache import KVCache
 from llmkit.models.embeddings import Embeddings
 from llmkit.models.output import ModelOutput
 from llmkit.models.stack import Stack
@@ -41,15 +42,19 @@ class EncoderDecoderLM(nn.Module):
         memory_mask: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
-        """decoder_input_ids (B, T) over encoder states -> (logits (B, T, V), hidden, self and cross weights)."""
+        """decoder_input_ids (B, T) over encoder states -> (logits (B, T, V), hidden, self and cross weights).
+
+        With a ``cache``: the T tokens follow the cached ones, and the cross-attention keys and
+        values of ``memory`` are computed at the first call only.
+        """
+        past = cache.length if cache is not None else 0
+        positions = torch.arange(past, past + decoder_input_ids.shape[1], device=decoder_input_ids.device)[None]
         x, attentions, cross = self.decoder(
-            self.embed(decoder_input_ids),
-            attention_mask=decoder_attention_mask,
-            memory=memory,
-            memory_mask=memory_mask,
-            output_attentions=output_attentions,
-        )
+            self.embed(decoder_input_ids, positions), attention_mask=decoder_attention_mask, position_ids=positions,
+            memory=memory, memory_mask=memory_mask, output_attentions=output_attentions, cache=cache,
+        )  # fmt: skip
         return self.lm_head(x * self.output_scale), x, attentions, cross
 
     def forward(

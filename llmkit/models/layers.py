@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmkit.config import ModelConfig
+from llmkit.models.cache import LayerCache
 
 
 # ---- norms ----------------------------------------------------------------------------------
@@ -184,33 +185,43 @@ class Attention(nn.Module):
         is_causal: bool = False,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         need_weights: bool = False,
+        kv: LayerCache | None = None,
+        past: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (B, T, C) -> (B, T, C) and the weights (B, H, T, S) when ``need_weights``.
+
+        With a cache ``kv``: self-attention writes this step's keys/values at [past, past + T) and
+        attends over all cached ones; cross-attention projects ``memory`` once and reuses it.
+        """
         B, T, _ = x.shape
-        src = x if memory is None else memory
-        S = src.shape[1]
         q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k(src).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, S, D)
-        v = self.v(src).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, S, D)
+        if memory is not None and kv is not None and kv.cross_k is not None:
+            k, v = kv.cross_k, kv.cross_v  # (B, K, S, D), from the first step
+        else:
+            k, v = self._project_kv(x if memory is None else memory)  # (B, K, S, D)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if kv is not None and memory is None:
+            k, v = kv.write(past, k, v)  # (B, K, past + T, D)
+        elif kv is not None:
+            kv.cross_k, kv.cross_v = k, v
         dropout = self.dropout if self.training else 0.0
         if need_weights:
             y, weights = self._explicit(q, k, v, bias, dropout)
         else:
-            gqa = self.n_kv_head != self.n_head
             y = F.scaled_dot_product_attention(
-                q,
-                k,
-                v,
-                attn_mask=bias,
-                dropout_p=dropout,
-                is_causal=is_causal and bias is None,
-                scale=self.scale,
-                enable_gqa=gqa,
-            )  # (B, H, T, D)
+                q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=is_causal and bias is None,
+                scale=self.scale, enable_gqa=self.n_kv_head != self.n_head,
+            )  # (B, H, T, D)  # fmt: skip
             weights = None
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*D)
         return self.o(y), weights
+
+    def _project_kv(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, S, _ = src.shape
+        k = self.k(src).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, S, D)
+        v = self.v(src).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, S, D)
+        return k, v
 
     def _explicit(self, q, k, v, bias, dropout):
         """Reference path: the weights a user can draw, softmax in fp32 as transformers does."""

@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from llmkit.config import ModelConfig
+from llmkit.models.cache import KVCache
 from llmkit.models.layers import MLP, Attention, RelativePositionBias, Rotary, attention_bias, make_norm
 
 Weights = torch.Tensor | None
@@ -23,13 +24,15 @@ class PreNormBlock(nn.Module):
         self.mlp_norm, self.mlp = make_norm(cfg), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, *, bias, is_causal, rope, memory, memory_bias, need_weights):
-        h, weights = self.attn(self.attn_norm(x), bias=bias, is_causal=is_causal, rope=rope, need_weights=need_weights)
+    def forward(self, x, *, bias, is_causal, rope, memory, memory_bias, need_weights, kv=None, past=0):
+        h, weights = self.attn(
+            self.attn_norm(x), bias=bias, is_causal=is_causal, rope=rope, need_weights=need_weights, kv=kv, past=past
+        )
         x = x + self.drop(h)
         cross_weights = None
         if self.cross_attn is not None:
             h, cross_weights = self.cross_attn(
-                self.cross_norm(x), memory=memory, bias=memory_bias, need_weights=need_weights
+                self.cross_norm(x), memory=memory, bias=memory_bias, need_weights=need_weights, kv=kv
             )
             x = x + self.drop(h)
         x = x + self.drop(self.mlp(self.mlp_norm(x)))
@@ -47,12 +50,14 @@ class PostNormBlock(nn.Module):
         self.mlp, self.mlp_norm = MLP(cfg), make_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, *, bias, is_causal, rope, memory, memory_bias, need_weights):
-        h, weights = self.attn(x, bias=bias, is_causal=is_causal, rope=rope, need_weights=need_weights)
+    def forward(self, x, *, bias, is_causal, rope, memory, memory_bias, need_weights, kv=None, past=0):
+        h, weights = self.attn(
+            x, bias=bias, is_causal=is_causal, rope=rope, need_weights=need_weights, kv=kv, past=past
+        )
         x = self.attn_norm(x + self.drop(h))
         cross_weights = None
         if self.cross_attn is not None:
-            h, cross_weights = self.cross_attn(x, memory=memory, bias=memory_bias, need_weights=need_weights)
+            h, cross_weights = self.cross_attn(x, memory=memory, bias=memory_bias, need_weights=need_weights, kv=kv)
             x = self.cross_norm(x + self.drop(h))
         x = self.mlp_norm(x + self.drop(self.mlp(x)))
         return x, weights, cross_weights
@@ -85,20 +90,31 @@ class Stack(nn.Module):
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, tuple[Weights, ...], tuple[Weights, ...]]:
-        """x (B, T, C) -> (hidden (B, T, C), self-attention weights, cross-attention weights)."""
+        """x (B, T, C) -> (hidden (B, T, C), self-attention weights, cross-attention weights).
+
+        With a ``cache`` the T new positions follow the ``cache.length`` cached ones, and
+        ``attention_mask`` (B, cache.length + T) covers all of them; the cache advances by T.
+        """
         B, T, _ = x.shape
+        past = 0
+        if cache is not None:
+            cache.check_room(T)
+            past = cache.length
+        S = past + T
         bias = None
-        # The explicit path and the relative bias need a dense mask; otherwise SDPA's is_causal is faster
-        if attention_mask is not None or output_attentions or self.rel_bias is not None:
-            bias = attention_bias(attention_mask, T, T, self.causal, x.dtype, x.device)
+        # A dense mask is needed for padding, the explicit path, the relative bias, and several new
+        # queries over cached keys (SDPA's is_causal aligns the triangle top-left, not bottom-right).
+        if attention_mask is not None or output_attentions or self.rel_bias is not None or (past and T > 1):
+            bias = attention_bias(attention_mask, T, S, self.causal, x.dtype, x.device)
         if self.rel_bias is not None:
-            rel = self.rel_bias(T, T).to(x.dtype)  # (1, H, T, T)
+            rel = self.rel_bias(T, S, q_offset=past).to(x.dtype)  # (1, H, T, S)
             bias = rel if bias is None else bias + rel
         rope = None
         if self.rope is not None:
             if position_ids is None:
-                position_ids = torch.arange(T, device=x.device)[None]
+                position_ids = torch.arange(past, S, device=x.device)[None]
             rope = self.rope(position_ids)
         memory_bias = None
         if memory is not None:
@@ -106,14 +122,17 @@ class Stack(nn.Module):
         attentions, cross_attentions = [], []
         x = self.drop(x)
         kwargs = dict(
-            bias=bias, is_causal=self.causal, rope=rope, memory=memory, memory_bias=memory_bias,
-            need_weights=output_attentions,
+            bias=bias, is_causal=self.causal and past == 0, rope=rope, memory=memory, memory_bias=memory_bias,
+            need_weights=output_attentions, past=past,
         )  # fmt: skip
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            kv = cache.layers[i] if cache is not None else None
             if self.activation_checkpointing and self.training:
-                x, w, cw = checkpoint(layer, x, use_reentrant=False, **kwargs)
+                x, w, cw = checkpoint(layer, x, use_reentrant=False, kv=kv, **kwargs)
             else:
-                x, w, cw = layer(x, **kwargs)
+                x, w, cw = layer(x, kv=kv, **kwargs)
             attentions.append(w)
             cross_attentions.append(cw)
+        if cache is not None:
+            cache.length = S
         return self.drop(self.final_norm(x)), tuple(attentions), tuple(cross_attentions)
