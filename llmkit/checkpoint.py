@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from torch import nn
 from llmkit.config import GenerationConfig, ModelConfig
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
+from llmkit.files import atomic_directory
 from llmkit.models import build_model
 
 CONFIG = "config.json"
@@ -71,30 +70,6 @@ def save(
             data = content if isinstance(content, bytes) else json.dumps(content, indent=2).encode()
             (tmp / name).write_bytes(data)
     return Path(directory)
-
-
-class atomic_directory:
-    """Context manager yielding a temporary directory that replaces ``target`` only on success."""
-
-    def __init__(self, target: str | os.PathLike) -> None:
-        self.target = Path(target)
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.target.exists():  # move the old one aside first, so a failure keeps one complete copy
-            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
-            os.replace(self.target, old)
-        os.replace(self.tmp, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 # ---- loading --------------------------------------------------------------------------------

@@ -161,3 +161,12 @@ def test_load_in_bfloat16(saved):
     model = llmkit.load(out, dtype=torch.bfloat16)
     assert model.embed.tokens.weight.dtype == torch.bfloat16
     assert model(torch.tensor([[1, 2, 3]])).logits.dtype == torch.bfloat16
+
+
+def test_saved_files_get_the_umask_modes_not_owner_only(saved):
+    _, out = saved
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask
+    for path in out.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path.name

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from llmkit.errors import LlmkitError
+from llmkit.files import atomic_write
 
 ROLES = ("bos", "eos", "pad", "unk", "mask", "cls", "sep")
 KINDS = ("bpe", "wordpiece", "unigram")
@@ -148,8 +148,8 @@ class Tokenizer:
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
         if model_max_length is not None:
             config["model_max_length"] = model_max_length
-        _atomic_write(directory / "tokenizer.json", self.backend.to_str(pretty=True))
-        _atomic_write(directory / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        atomic_write(directory / "tokenizer.json", self.backend.to_str(pretty=True))
+        atomic_write(directory / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike) -> Tokenizer:
@@ -301,15 +301,3 @@ def _wordpiece_from_file(directory: Path, lowercase: bool) -> tokenizers.Tokeniz
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece(prefix="##")
     return backend
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
