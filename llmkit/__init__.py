@@ -6,6 +6,7 @@ Public API (imported lazily, so `import llmkit.config` stays free of torch):
     build_model(cfg)                a model of any family (llmkit.models)
     load(dir), save(model, dir)     checkpoint directories (llmkit.checkpoint)
     Tokenizer, train_tokenizer      tokenizers (llmkit.data.tokenizer)
+    generate, stream                decoding: completions, or pieces as they come (llmkit.inference)
     LlmkitError                     the one user-facing error type
 """
 
@@ -27,6 +28,8 @@ _EXPORTS = {
     "save": "llmkit.checkpoint",
     "Tokenizer": "llmkit.data.tokenizer",
     "train_tokenizer": "llmkit.data.tokenizer_train",
+    "generate": "llmkit.inference",
+    "stream": "llmkit.inference",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

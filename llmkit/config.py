@@ -147,32 +147,64 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 @dataclass
 class GenerationConfig:
-    """Default decoding settings saved beside a model as generation_config.json."""
+    """Decoding settings, saved beside a model as generation_config.json (transformers' key names).
+
+    Per step (llmkit.inference): repetition penalty -> EOS masked until ``min_new_tokens`` -> [only
+    when ``do_sample``] temperature -> top-k -> top-p -> min-p -> draw; greedy and beam search take
+    the best scores instead. A row stops at an EOS id, a stop string, or ``max_new_tokens``.
+    """
 
     max_new_tokens: int = 64
-    do_sample: bool = False
-    temperature: float = 1.0
+    min_new_tokens: int = 0  # EOS is masked until this many tokens are generated
+    do_sample: bool = False  # False: greedy (num_beams=1) or beam search
+    temperature: float = 1.0  # 0 with do_sample: greedy
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1.0 = off
+    min_p: float = 0.0  # 0.0 = off; keep tokens with p >= min_p * p(top token)
+    repetition_penalty: float = 1.0  # 1.0 = off; > 1 discourages tokens already in the sequence
+    stop_strings: list[str] = field(default_factory=list)  # the returned text ends before the first one
     eos_token_id: list[int] = field(default_factory=list)
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     decoder_start_token_id: int | None = None
+    seed: int | None = None  # None: torch's global generator
+    num_return_sequences: int = 1
+    num_beams: int = 1
+    length_penalty: float = 1.0  # beam scores are sum(log p) / length**length_penalty
+    early_stopping: bool | str = False  # beam search: True, False (heuristic) or "never", as transformers
+    truncate: bool = False  # prompt too long for the context window: keep its last tokens instead of failing
 
     def __post_init__(self) -> None:
         if isinstance(self.eos_token_id, int):
             self.eos_token_id = [self.eos_token_id]
         if self.eos_token_id is None:
             self.eos_token_id = []
-        checks = [
-            (self.max_new_tokens >= 0, "max_new_tokens", "must be >= 0"),
-            (self.temperature >= 0, "temperature", "must be >= 0"),
-            (self.top_k >= 0, "top_k", "must be >= 0 (0 turns it off)"),
-            (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
-        ]
+        self.eos_token_id = list(self.eos_token_id)
+        if isinstance(self.stop_strings, str):
+            self.stop_strings = [self.stop_strings]
+        self.stop_strings = list(self.stop_strings or [])
+        # each check is a thunk, so a value of the wrong type fails its own check (see _holds)
+        least = {"max_new_tokens": 0, "min_new_tokens": 0, "top_k": 0, "num_return_sequences": 1, "num_beams": 1}
+        checks = [(lambda n=n, m=m: _is_int(getattr(self, n)) and getattr(self, n) >= m, n,
+                   f"must be an integer >= {m}") for n, m in least.items()]  # fmt: skip
+        checks += [
+            (lambda: self.min_new_tokens <= self.max_new_tokens, "min_new_tokens",
+             f"must be <= max_new_tokens={self.max_new_tokens}"),
+            (lambda: self.temperature >= 0, "temperature", "must be >= 0 (0 means greedy)"),
+            (lambda: 0 < self.top_p <= 1, "top_p", "must be in (0, 1] (1 turns it off)"),
+            (lambda: 0 <= self.min_p <= 1, "min_p", "must be in [0, 1] (0 turns it off)"),
+            (lambda: self.repetition_penalty > 0, "repetition_penalty", "must be > 0 (1 turns it off)"),
+            (lambda: all(isinstance(s, str) and s for s in self.stop_strings), "stop_strings", "must be non-empty"),
+            (lambda: all(_is_int(t) and t >= 0 for t in self.eos_token_id), "eos_token_id", "must be token ids >= 0"),
+            (lambda: self.seed is None or (_is_int(self.seed) and self.seed >= 0), "seed", "must be an integer >= 0"),
+            (lambda: self.num_beams == 1 or self.num_return_sequences <= self.num_beams, "num_return_sequences",
+             f"must be <= num_beams={self.num_beams} in beam search"),
+            (lambda: self.num_beams == 1 or not self.do_sample, "num_beams", "> 1 works with do_sample=False only"),
+            (lambda: self.early_stopping in (True, False, "never"), "early_stopping", "must be true, false or 'never'"),
+        ]  # fmt: skip
         for ok, name, rule in checks:
-            if not ok:
-                raise LlmkitError(f"generation config: {name}={getattr(self, name)} {rule}", f"change {name}")
+            if not _holds(ok):
+                raise LlmkitError(f"generation config: {name}={getattr(self, name)!r} {rule}", f"change {name}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,6 +223,28 @@ class GenerationConfig:
             bos_token_id=cfg.bos_token_id,
             decoder_start_token_id=cfg.decoder_start_token_id,
         )
+
+    def replace(self, **changes: Any) -> GenerationConfig:
+        """A validated copy with ``changes``; unknown names are an error that lists the known ones."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise LlmkitError(
+                f"unknown generation setting(s) {', '.join(unknown)}", f"known settings are: {', '.join(sorted(known))}"
+            )
+        return dataclasses.replace(self, **changes)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _holds(check: Any) -> bool:
+    """A validation check; a value of the wrong type (a string where a number belongs) fails it."""
+    try:
+        return bool(check())
+    except TypeError:
+        return False
 
 
 OBJECTIVES = ("auto", "causal_lm", "masked_lm", "span_corruption")

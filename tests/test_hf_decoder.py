@@ -332,3 +332,14 @@ def test_leftover_tensor_is_named_with_a_hint(case):
         conv.state_dict_from_hf(sd, case.ours.config)
     assert "unexpected tensor 'extra.weight' (1 unexpected)" in str(err.value)
     assert err.value.hint.startswith("llmkit converts")
+
+
+def test_generation_config_top_k_follows_transformers_defaults(case, tmp_path):
+    """transformers samples with top_k=50 when its file is silent; a converted model must too, and
+    a sampling config exported with top_k off must say 0 rather than fall back to 50."""
+    ours = checkpoint.load(case.ours_dir)
+    assert ours.generation_config.top_k == 50
+    ours.generation_config = ours.generation_config.replace(do_sample=True, top_k=0)
+    checkpoint.save(ours, tmp_path / "ours")
+    to_hf(tmp_path / "ours", tmp_path / "hf")
+    assert transformers.GenerationConfig.from_pretrained(tmp_path / "hf").top_k == 0

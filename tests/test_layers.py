@@ -29,7 +29,7 @@ LAYERS = {
     "llmkit.data.datasets": 1,
     "llmkit.data.fast_bpe": 1,
     "llmkit.objectives": 2,
-    "llmkit.generate": 2,
+    "llmkit.inference": 2,
     "llmkit.quantize": 2,
     "llmkit.checkpoint": 2,
     "llmkit.hf": 2,

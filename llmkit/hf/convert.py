@@ -28,6 +28,7 @@ from llmkit.models import build_model
 CONVERTERS: dict[str, FamilyConverter] = {c.model_type: c for c in (GPT2, LLAMA, BERT, T5)}
 # model_types whose layout is the same as one we convert
 ALIASES = {"mistral": "llama"}
+HF_DEFAULT_TOP_K = 50  # transformers GenerationConfig default
 
 __all__ = ["CONVERTERS", "from_hf", "to_hf", "load_hf_state_dict", "converter_for_config"]
 
@@ -112,9 +113,11 @@ def from_hf(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     checkpoint.load_state_dict_checked(model, conv.state_dict_from_hf(hf_sd, cfg), f"{src} (converted)")
     model.to(_stored_dtype(hf_sd))  # keep bf16/fp16 checkpoints at their size; the casts are exact
     tokenizer = _hf_tokenizer(src)
-    gen = GenerationConfig.for_model(cfg)
+    # transformers samples with top_k=50 unless its file says otherwise; ours is off by default
+    hf_gen = {"top_k": HF_DEFAULT_TOP_K}
     if (src / "generation_config.json").exists():
-        gen = GenerationConfig.from_dict({**gen.to_dict(), **checkpoint.read_json(src / "generation_config.json")})
+        hf_gen.update(checkpoint.read_json(src / "generation_config.json"))
+    gen = GenerationConfig.from_dict({**GenerationConfig.for_model(cfg).to_dict(), **hf_gen})
     return checkpoint.save(model, out, tokenizer=tokenizer, generation_config=gen)
 
 
@@ -137,6 +140,8 @@ def _hf_generation_config(gen: GenerationConfig) -> dict[str, Any]:
     about sampling flags set while sampling is off, and keeps its own default length otherwise."""
     defaults = GenerationConfig().to_dict()
     out = {k: v for k, v in gen.to_dict().items() if v not in (None, []) and (k.endswith("_id") or v != defaults[k])}
+    if gen.do_sample:  # say top_k even when off (0): transformers would otherwise sample with 50
+        out["top_k"] = gen.top_k
     if len(out.get("eos_token_id", [])) == 1:
         out["eos_token_id"] = out["eos_token_id"][0]
     return out

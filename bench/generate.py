@@ -1,0 +1,151 @@
+"""Greedy decoding speed, llmkit against transformers on the same random weights, in one run.
+
+Each case builds a transformers GPT-2 from a config with random weights, converts it with
+``llmkit.hf.from_hf`` (so both libraries hold identical weights), and times greedy generation from
+a 16-token prompt with EOS off, so every run makes exactly the number of new tokens asked. The two
+libraries alternate, and each figure is the best of ``--repeats`` runs after one warm-up, so other
+load on the machine hurts both alike. tokens/s = batch * new tokens / wall time (prefill included).
+
+    .venv/bin/python bench/generate.py                 # the table in docs/benchmarks.md
+    .venv/bin/python bench/generate.py --quick         # fewer tokens, a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+
+from llmkit import checkpoint
+from llmkit.hf import from_hf
+from llmkit.inference import generate
+
+PROMPT_LEN = 16
+
+
+@dataclass
+class Case:
+    name: str
+    hf_config: dict
+    batch: int
+    new_tokens: int
+    dtype: torch.dtype = torch.float32
+
+
+SHAPES = {
+    # GPT-2 small: 124M parameters, vocab 50257
+    "gpt2-small": dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024),
+    # the tiny shape: 4 layers, 128 wide, character vocabulary (tinyshakespeare's 65 symbols)
+    "tiny": dict(n_embd=128, n_layer=4, n_head=4, vocab_size=65, n_positions=1024),
+}
+
+
+def cases(quick: bool) -> list[Case]:
+    scale = 8 if quick else 1
+    return [
+        Case("tiny", SHAPES["tiny"], 1, 256 // scale),
+        Case("gpt2-small", SHAPES["gpt2-small"], 1, 128 // scale),
+        Case("tiny", SHAPES["tiny"], 8, 256 // scale),
+        Case("gpt2-small", SHAPES["gpt2-small"], 8, 128 // scale),
+        Case("gpt2-small", SHAPES["gpt2-small"], 1, 128 // scale, torch.bfloat16),
+    ]
+
+
+def build(case: Case, tmp: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**case.hf_config, bos_token_id=0, eos_token_id=0))
+    hf.save_pretrained(tmp / "hf")
+    from_hf(tmp / "hf", tmp / "ours")
+    ours = checkpoint.load(tmp / "ours")
+    return hf.to(case.dtype).eval(), ours.to(case.dtype).eval()
+
+
+def run_hf(model, ids: torch.Tensor, new: int) -> torch.Tensor:
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+            eos_token_id=None, pad_token_id=0,
+        )  # fmt: skip
+    return out[:, ids.shape[1] :]
+
+
+def run_ours(model, ids: torch.Tensor, new: int) -> torch.Tensor:
+    out = generate(model, ids, max_new_tokens=new, do_sample=False, eos_token_id=[], pad_token_id=0)
+    return torch.tensor([c.token_ids for c in out])
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def measure(case: Case, repeats: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        hf, ours = build(case, Path(tmp))
+    ids = torch.randint(
+        1, case.hf_config["vocab_size"], (case.batch, PROMPT_LEN), generator=torch.Generator().manual_seed(1)
+    )
+    a, b = run_hf(hf, ids, case.new_tokens), run_ours(ours, ids, case.new_tokens)  # warm-up, and a check
+    assert a.shape == b.shape == (case.batch, case.new_tokens), (a.shape, b.shape)
+    same = bool((a == b).all())
+    t_hf, t_ours = float("inf"), float("inf")
+    for _ in range(repeats):  # alternate, so load from elsewhere hits both
+        t_hf = min(t_hf, best_time(lambda: run_hf(hf, ids, case.new_tokens), 1))
+        t_ours = min(t_ours, best_time(lambda: run_ours(ours, ids, case.new_tokens), 1))
+    tokens = case.batch * case.new_tokens
+    return {
+        "shape": case.name, "dtype": str(case.dtype).replace("torch.", ""), "batch": case.batch,
+        "new_tokens": case.new_tokens, "transformers_tok_s": tokens / t_hf, "llmkit_tok_s": tokens / t_ours,
+        "speedup": t_hf / t_ours, "same_tokens": same,
+    }  # fmt: skip
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help="an eighth of the tokens, for a smoke test")
+    parser.add_argument("--only", default=None, help="run only cases whose shape is this name")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()
+    print(f"# {time.strftime('%Y-%m-%d')} | {cpu_model()} | torch {torch.__version__} | transformers "
+          f"{transformers.__version__} | {torch.get_num_threads()} threads")  # fmt: skip
+    print(f"{'shape':<12}{'dtype':<10}{'batch':>6}{'new':>6}{'transformers':>14}{'llmkit':>10}{'speedup':>9}  same")
+    rows = []
+    for case in cases(args.quick):
+        if args.only and case.name != args.only:
+            continue
+        r = measure(case, args.repeats)
+        rows.append(r)
+        print(f"{r['shape']:<12}{r['dtype']:<10}{r['batch']:>6}{r['new_tokens']:>6}{r['transformers_tok_s']:>14.1f}"
+              f"{r['llmkit_tok_s']:>10.1f}{r['speedup']:>8.2f}x  {r['same_tokens']}", flush=True)  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

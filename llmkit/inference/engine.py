@@ -1,0 +1,256 @@
+"""The decoding engine: ``stream`` yields pieces as tokens are drawn; ``generate`` collects them.
+
+Order of operations, per call: resolve the config (the model's generation_config < ``config`` <
+keyword overrides) -> tokenize and fit the prompts to the context window -> pad (left for
+decoder-only, right for the encoder) -> prefill the KV cache -> per step: repetition penalty ->
+EOS masked below min_new_tokens -> greedy argmax, or temperature -> top-k -> top-p -> min-p ->
+draw -> per row: stop at EOS, a stop string, or max_new_tokens. Beam search (num_beams > 1) runs
+the whole search first and then yields one piece per returned sequence; there stop strings cut the
+returned text (the search itself ends at EOS or max_new_tokens).
+
+Speed (gpt-fast style): one preallocated KV cache per call, one inference-mode block and one
+device-to-host copy of the chosen tokens per step, nothing else per token. On CPU the model's
+square and widening Linear weights are re-laid out column-major once (``use_decode_layout``), which
+streams them faster in one-row matmuls; values and names do not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmkit.config import GenerationConfig
+from llmkit.errors import LlmkitError
+from llmkit.inference.beam import beam_search
+from llmkit.inference.inputs import PromptInput, Prompts, pad, prepare_prompts
+from llmkit.inference.runners import DecoderRunner, EncoderDecoderRunner, use_decode_layout
+from llmkit.inference.sampling import apply_repetition_penalty, next_tokens, suppress
+from llmkit.inference.text import CompletionText
+
+# called once per step with (step, processed scores (R, V), chosen tokens (R,)); explain() records them
+Observer = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class Piece:
+    """What one step adds to one sequence: its text (may be "" while a character is incomplete or a
+    stop string may be starting) and token ids. The last piece of a sequence has a finish_reason:
+    "eos", "stop" (a stop string) or "length" (max_new_tokens)."""
+
+    index: int  # sequence number: prompt index * num_return_sequences + j
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+
+
+@dataclass
+class Completion:
+    """One generated sequence: the new text and tokens (EOS included) after its prompt."""
+
+    index: int
+    prompt_index: int
+    prompt: str | None
+    prompt_ids: list[int]
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+
+
+def resolve_config(model: nn.Module, config: GenerationConfig | None, overrides: dict[str, Any]) -> GenerationConfig:
+    """``config`` (default: the model's generation_config) with ``overrides`` applied and checked."""
+    base = config or getattr(model, "generation_config", None) or GenerationConfig.for_model(model.config)
+    cfg = base.replace(**overrides) if overrides else base
+    if model.config.family == "encoder":
+        raise LlmkitError("encoder-only models do not generate text", "use fill_mask (llmkit fill-mask) instead")
+    if cfg.num_return_sequences > 1 and not cfg.do_sample and cfg.num_beams == 1:
+        raise LlmkitError(
+            f"num_return_sequences={cfg.num_return_sequences} with greedy decoding returns the same text each time",
+            "set do_sample=True (--do-sample) or num_beams >= num_return_sequences",
+        )
+    if cfg.stop_strings and getattr(model, "tokenizer", None) is None:
+        raise LlmkitError("stop strings need a tokenizer and this model has none", "drop stop_strings")
+    return cfg
+
+
+class Stream:
+    """Iterator of ``Piece`` for a batch of prompts; prompts and config are checked on creation."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        prompts: PromptInput,
+        config: GenerationConfig | None = None,
+        observer: Observer | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.model = model
+        self.config = resolve_config(model, config, overrides)
+        self.prompts: Prompts = prepare_prompts(model, prompts, self.config)
+        self.observer = observer
+        cfg, mcfg = self.config, model.config
+        self.eos = list(cfg.eos_token_id)
+        fallback = self.eos[0] if self.eos else 0
+        self.pad_id = next(i for i in (cfg.pad_token_id, mcfg.pad_token_id, fallback) if i is not None)
+        self.per_prompt = cfg.num_beams if cfg.num_beams > 1 else cfg.num_return_sequences
+        start = cfg.decoder_start_token_id
+        self.start_id = mcfg.decoder_start_token_id if start is None else start
+        # what the repetition penalty counts as already in each prompt's sequence at the first step
+        encdec = mcfg.family == "encoder_decoder"
+        self._prefix = [[self.start_id] for _ in self.prompts.ids] if encdec else self.prompts.ids
+
+    def __iter__(self) -> Iterator[Piece]:
+        if self.config.max_new_tokens == 0:
+            n = len(self.prompts.ids) * self.config.num_return_sequences
+            return iter([Piece(i, "", [], "length") for i in range(n)])
+        return self._beam_pieces() if self.config.num_beams > 1 else self._sampled_pieces()
+
+    # ---- setup --------------------------------------------------------------------------------
+    def _runner(self):
+        """Padded prompts, each repeated per_prompt times, in a runner with a cache of the right size."""
+        family, n = self.model.config.family, self.per_prompt
+        use_decode_layout(self.model)
+        if family == "encoder_decoder":
+            ids, mask = pad(self.prompts.ids, self.pad_id, left=False)
+            return EncoderDecoderRunner(self.model, ids, mask, self.config.max_new_tokens, n, self.start_id)
+        ids, mask = pad(self.prompts.ids, self.pad_id, left=True)
+        ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
+        return DecoderRunner(self.model, ids, mask, self.config.max_new_tokens)
+
+    def _seen(self, rows: int, vocab: int, device: torch.device) -> torch.Tensor | None:
+        """Tokens the repetition penalty applies to at the first step (bool (R, V)): the real prompt
+        tokens of a decoder-only model, the decoder start token of an encoder-decoder (as transformers)."""
+        if self.config.repetition_penalty == 1.0:
+            return None
+        seen = torch.zeros(rows, vocab, dtype=torch.bool, device=device)
+        for r in range(rows):
+            seen[r, self._prefix[r // self.per_prompt]] = True
+        return seen
+
+    def _sequences(self) -> list[_Sequence]:
+        """One per returned sequence. A causal model's text continues its prompt, so the prompt is the
+        decoding context; an encoder-decoder's output starts fresh."""
+        tokenizer = getattr(self.model, "tokenizer", None)
+        n, causal = self.config.num_return_sequences, self.model.config.family == "decoder"
+        contexts = [ids if causal else [] for ids in self.prompts.ids]
+        return [_Sequence(i, contexts[i // n], tokenizer, self.config) for i in range(len(contexts) * n)]
+
+    # ---- greedy and sampling ------------------------------------------------------------------
+    def _sampled_pieces(self) -> Iterator[Piece]:
+        cfg, seqs = self.config, self._sequences()
+        with torch.inference_mode():
+            runner = self._runner()
+            logits = runner.prefill()
+            device = logits.device
+            eos_t = torch.tensor(self.eos, dtype=torch.long, device=device)
+            generator = torch.Generator(device).manual_seed(cfg.seed) if cfg.seed is not None else None
+            seen = self._seen(runner.rows, logits.shape[-1], device)
+            done = torch.zeros(runner.rows, dtype=torch.bool, device=device)
+            tokens = torch.zeros(runner.rows, dtype=torch.long, device=device)
+        finished: list[int] = []
+        for t in range(cfg.max_new_tokens):
+            with torch.inference_mode():  # one entry per step: tensors never leave inference mode
+                # feed the previous tokens back (rows that just finished get padding from now on)
+                if t > 0:
+                    if finished:
+                        done[finished] = True
+                    if seen is not None:
+                        seen.scatter_(1, tokens[:, None], True)
+                    logits = runner.step(tokens)
+                # choose each row's next token
+                scores = logits if seen is None else apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
+                if t < cfg.min_new_tokens and self.eos:
+                    scores = suppress(scores, eos_t)
+                tokens = next_tokens(scores, cfg, generator).masked_fill_(done, self.pad_id)
+                if self.observer is not None:
+                    self.observer(t, scores, tokens)
+            # per row: text piece; stop at EOS, a stop string or max_new_tokens
+            ids, finished = tokens.tolist(), []
+            for r, seq in enumerate(seqs):
+                if seq.finish_reason is None:
+                    yield seq.push(ids[r])
+                    if seq.finish_reason is not None:
+                        finished.append(r)
+            if all(seq.finish_reason is not None for seq in seqs):
+                return
+
+    # ---- beam search --------------------------------------------------------------------------
+    def _beam_pieces(self) -> Iterator[Piece]:
+        with torch.inference_mode():
+            runner = self._runner()
+            device = next(self.model.parameters()).device
+            seen = self._seen(runner.rows, self.model.config.vocab_size, device)
+            results = beam_search(runner, len(self.prompts.ids), self.config, self.eos, self.pad_id, seen)
+        for seq, (ids, _score) in zip(self._sequences(), results, strict=True):
+            yield seq.push_all(ids)
+
+
+class _Sequence:
+    """One sequence being generated: its token count, text and why it ended."""
+
+    def __init__(self, index: int, context: list[int], tokenizer, config: GenerationConfig) -> None:
+        self.index, self.max_new, self.eos = index, config.max_new_tokens, set(config.eos_token_id)
+        self.text = CompletionText(tokenizer, context, config.stop_strings) if tokenizer is not None else None
+        self.count = 0
+        self.finish_reason: str | None = None
+
+    def push(self, token: int) -> Piece:
+        """One new token -> its piece; sets finish_reason when the sequence ends here."""
+        self.count += 1
+        text = ""
+        if token in self.eos:
+            self.finish_reason = "eos"
+        elif self.text is not None:
+            text, stopped = self.text.push([token])
+            self.finish_reason = "stop" if stopped else None
+        if self.finish_reason is None and self.count == self.max_new:
+            self.finish_reason = "length"
+        if self.finish_reason in ("eos", "length") and self.text is not None:
+            text += self.text.flush()
+        return Piece(self.index, text, [token], self.finish_reason)
+
+    def push_all(self, ids: list[int]) -> Piece:
+        """A whole finished sequence (beam search) as one piece; text ends at EOS or a stop string."""
+        body = ids[:-1] if ids and ids[-1] in self.eos else ids
+        text, stopped = self.text.push(body) if self.text is not None else ("", False)
+        if not stopped and self.text is not None:
+            text += self.text.flush()
+        reason = "stop" if stopped else "eos" if len(body) < len(ids) else "length"
+        return Piece(self.index, text, ids, reason)
+
+
+def stream(model: nn.Module, prompts: PromptInput, config: GenerationConfig | None = None, **overrides: Any) -> Stream:
+    """Generate from ``prompts``, yielding a ``Piece`` (text and token ids) per new token of each sequence.
+
+    ``config`` defaults to ``model.generation_config``; keyword ``overrides`` change single settings
+    (``max_new_tokens=32, do_sample=True, seed=0``). Pieces of one sequence concatenate to its
+    completion; with several prompts the pieces of a step come in sequence order. Beam search yields
+    one piece per sequence at the end. The returned ``Stream`` also carries ``prompts`` and ``config``.
+    """
+    return Stream(model, prompts, config, **overrides)
+
+
+def generate(
+    model: nn.Module, prompts: PromptInput, config: GenerationConfig | None = None, **overrides: Any
+) -> list[Completion]:
+    """``stream`` run to the end: one ``Completion`` per sequence (prompt-major, num_return_sequences each)."""
+    s = stream(model, prompts, config, **overrides)
+    return collect(s, list(s))
+
+
+def collect(s: Stream, pieces: list[Piece]) -> list[Completion]:
+    """Join the pieces of each sequence of ``s`` into completions."""
+    n = s.config.num_return_sequences
+    count = len(s.prompts.ids) * n
+    texts, ids, reasons = [[] for _ in range(count)], [[] for _ in range(count)], ["length"] * count
+    for p in pieces:
+        texts[p.index].append(p.text)
+        ids[p.index].extend(p.token_ids)
+        reasons[p.index] = p.finish_reason or reasons[p.index]
+    return [
+        Completion(i, i // n, s.prompts.texts[i // n], s.prompts.ids[i // n], "".join(texts[i]), ids[i], reasons[i])
+        for i in range(count)
+    ]

@@ -1,0 +1,540 @@
+"""Decoding equals transformers' generate() token for token, and the engine's promises hold.
+
+Parity cases build the transformers model from a small config with random weights (noised so the
+logits have clear winners), convert it with ``llmkit.hf.from_hf`` and decode a batch of prompts of
+different lengths (left-padded for decoder-only, right-padded for T5's encoder) for 40 new tokens.
+The EOS id is a token transformers' own greedy output produces mid-way, so rows stop at different
+steps and the finished-row handling is exercised too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import transformers  # test-only dependency: llmkit itself never imports it
+from hf_utils import randomize
+
+from llmkit import checkpoint
+from llmkit.config import GenerationConfig, ModelConfig
+from llmkit.errors import LlmkitError
+from llmkit.hf import from_hf
+from llmkit.inference import generate, stream
+from llmkit.models import build_model
+
+VOCAB = 100
+NEW = 40
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12], [13, 14, 15], [16, 17, 18, 19, 20]]
+
+
+def gpt2():
+    return transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            n_embd=64,
+            n_layer=2,
+            n_head=4,
+            vocab_size=VOCAB,
+            n_positions=64,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+    )
+
+
+def llama():
+    return transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=VOCAB, max_position_embeddings=128, pad_token_id=0, tie_word_embeddings=False,
+        )
+    )  # fmt: skip
+
+
+def t5():
+    return transformers.T5ForConditionalGeneration(
+        transformers.T5Config(
+            vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
+            feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0, pad_token_id=0,
+            decoder_start_token_id=0,
+        )
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models decode faster on one thread, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@dataclass
+class Case:
+    name: str
+    hf: torch.nn.Module
+    ours: torch.nn.Module
+    eos: int  # a token transformers' greedy output produces mid-way
+
+    @property
+    def is_t5(self) -> bool:
+        return self.name == "t5"
+
+    def hf_inputs(self) -> dict[str, torch.Tensor]:
+        width = max(map(len, PROMPTS))
+        ids = torch.zeros(len(PROMPTS), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, p in enumerate(PROMPTS):
+            cols = slice(0, len(p)) if self.is_t5 else slice(width - len(p), width)
+            ids[b, cols], mask[b, cols] = torch.tensor(p), 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    @torch.no_grad()
+    def hf_new_tokens(self, **kw) -> list[list[int]]:
+        """transformers' new tokens per returned sequence, cut after the first EOS (the rest is padding)."""
+        inputs = self.hf_inputs()
+        out = self.hf.generate(**inputs, max_new_tokens=NEW, pad_token_id=0, **kw)
+        start = 1 if self.is_t5 else inputs["input_ids"].shape[1]  # T5 output opens with the start token
+        rows = []
+        for row in out[:, start:].tolist():
+            eos = kw.get("eos_token_id")
+            rows.append(row[: row.index(eos) + 1] if eos is not None and eos in row else row)
+        return rows
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama-gqa", "t5"])
+def case(request, tmp_path_factory) -> Case:
+    torch.manual_seed(0)
+    hf = randomize({"gpt2": gpt2, "llama-gqa": llama, "t5": t5}[request.param]())
+    tmp = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(tmp / "hf")
+    from_hf(tmp / "hf", tmp / "ours")
+    c = Case(request.param, hf, checkpoint.load(tmp / "ours"), eos=-1)
+    greedy = c.hf_new_tokens(do_sample=False, eos_token_id=None)
+    c.eos = greedy[0][NEW // 3]  # row 0 stops a third of the way; other rows wherever the token shows up
+    return c
+
+
+def ours(case: Case, **kw) -> list[list[int]]:
+    return [c.token_ids for c in generate(case.ours, PROMPTS, max_new_tokens=NEW, pad_token_id=0, **kw)]
+
+
+# ---- parity with transformers ------------------------------------------------------------------
+def test_greedy_matches_transformers(case):
+    expected = case.hf_new_tokens(do_sample=False, eos_token_id=case.eos)
+    assert ours(case, eos_token_id=[case.eos]) == expected
+    assert len(expected[0]) < NEW and expected[0][-1] == case.eos  # the EOS stop is exercised
+
+
+def test_greedy_without_eos_runs_to_max_new_tokens(case):
+    expected = case.hf_new_tokens(do_sample=False, eos_token_id=None)
+    assert ours(case, eos_token_id=[]) == expected
+    assert all(len(row) == NEW for row in expected)
+
+
+@pytest.mark.parametrize("early_stopping", [False, True, "never"])
+def test_beam_search_matches_transformers(case, early_stopping):
+    kw = dict(num_beams=4, length_penalty=1.3, num_return_sequences=2, early_stopping=early_stopping)
+    expected = case.hf_new_tokens(do_sample=False, eos_token_id=case.eos, **kw)
+    assert ours(case, eos_token_id=[case.eos], **kw) == expected
+
+
+def test_min_new_tokens_and_repetition_penalty_match_transformers(case):
+    kw = dict(min_new_tokens=NEW // 2, repetition_penalty=1.3)
+    expected = case.hf_new_tokens(do_sample=False, eos_token_id=case.eos, **kw)
+    got = ours(case, eos_token_id=[case.eos], **kw)
+    assert got == expected
+    assert all(case.eos not in row[: NEW // 2] for row in got)
+
+
+def test_beam_search_with_penalties_matches_transformers(case):
+    kw = dict(num_beams=3, min_new_tokens=5, repetition_penalty=1.2, length_penalty=0.8)
+    assert ours(case, eos_token_id=[case.eos], **kw) == case.hf_new_tokens(do_sample=False, eos_token_id=case.eos, **kw)
+
+
+def test_sampling_draws_what_transformers_draws_from_the_same_seed(case):
+    """Same warpers, same order, same torch.multinomial call: the global RNG gives the same tokens."""
+    kw = dict(do_sample=True, temperature=0.8, top_k=20, top_p=0.9, min_p=0.05)
+    torch.manual_seed(123)
+    expected = case.hf_new_tokens(eos_token_id=case.eos, **kw)
+    torch.manual_seed(123)
+    assert ours(case, eos_token_id=[case.eos], **kw) == expected
+
+
+# ---- the engine ---------------------------------------------------------------------------------
+def test_seed_reproduces_the_tokens(case):
+    kw = dict(do_sample=True, temperature=1.5, eos_token_id=[], num_return_sequences=2)
+    a, b, c = ours(case, seed=7, **kw), ours(case, seed=7, **kw), ours(case, seed=8, **kw)
+    assert a == b and a != c
+    assert a[0] != a[1]  # the two samples of one prompt differ
+
+
+def test_generate_is_the_stream_joined(case):
+    pieces = list(stream(case.ours, PROMPTS, max_new_tokens=NEW, eos_token_id=[case.eos], pad_token_id=0))
+    by_row = [[t for p in pieces if p.index == r for t in p.token_ids] for r in range(len(PROMPTS))]
+    assert by_row == ours(case, eos_token_id=[case.eos])
+    last = {p.index: p for p in pieces}
+    assert last[0].finish_reason == "eos"
+    assert all(p.finish_reason is None for p in pieces if p is not last[p.index])
+
+
+def test_a_prompt_alone_decodes_as_in_the_batch(case):
+    batch = ours(case, eos_token_id=[])
+    alone = generate(case.ours, PROMPTS[1], max_new_tokens=NEW, eos_token_id=[], pad_token_id=0)
+    assert alone[0].token_ids == batch[1]
+
+
+# ---- text: tokenizer-backed models ---------------------------------------------------------------
+CORPUS = [
+    "The cat ate the cake. The dog ate the donut. A banana is yellow.",
+    "Emoji: 😀 🎉 🚀 and 中文字符 日本語 테스트 mixed with plain words.",
+    "def f(x):\n    return x + 1\n",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    from llmkit.data.tokenizer_train import train_tokenizer
+
+    return train_tokenizer(CORPUS, "bpe", vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def gpt_dir(tmp_path_factory, bpe) -> Path:
+    """A tiny GPT-2 with a byte-level BPE tokenizer, saved as a checkpoint directory."""
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name(
+        "tiny-gpt-1m", vocab_size=bpe.vocab_size, d_model=32, n_layer=2, n_head=4, max_seq_len=64,
+        bos_token_id=bpe.bos_token_id, eos_token_id=bpe.eos_token_id, pad_token_id=bpe.pad_token_id,
+    )  # fmt: skip
+    model = randomize(build_model(cfg))
+    out = tmp_path_factory.mktemp("gpt") / "ckpt"
+    checkpoint.save(model, out, tokenizer=bpe, generation_config=GenerationConfig.for_model(cfg))
+    return out
+
+
+@pytest.fixture(scope="module")
+def gpt(gpt_dir):
+    return checkpoint.load(gpt_dir)
+
+
+def test_incremental_text_never_breaks_a_character(bpe):
+    """Emoji and CJK take several byte-level tokens; pieces hold back until a character is whole."""
+    from llmkit.inference.text import IncrementalDecoder
+
+    text = "Emoji: 😀 🎉 🚀 and 中文字符 日本語 테스트 😀😀"
+    ids = bpe.encode(text)
+    assert len(ids) > len(text.split())  # characters really are split over tokens
+    dec = IncrementalDecoder(bpe)
+    pieces = [dec.push([i]) for i in ids]
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) + dec.flush() == text
+    assert any(p == "" for p in pieces)  # something was held back
+
+
+def test_explain_shows_partial_characters_as_bytes(bpe):
+    from llmkit.inference.explain import _token
+
+    shown = [_token(bpe, i) for i in bpe.encode("😀")]
+    assert shown[0].startswith("<0xF0") and all(s.startswith("<0x") for s in shown)
+    assert _token(bpe, bpe.encode(" cat")[0]) in (" cat", " c", " ca")
+
+
+def test_completion_reads_as_after_the_prompt(bpe):
+    from llmkit.inference.text import CompletionText
+
+    prompt, rest = bpe.encode("The cat ate"), bpe.encode(" the cake. 😀 done")
+    full = bpe.decode(prompt + rest)
+    out = CompletionText(bpe, prompt, [])
+    pieces = [out.push([i])[0] for i in rest] + [out.flush()]
+    assert "".join(pieces) == full[len(bpe.decode(prompt)) :]
+
+
+def test_stop_string_is_cut_and_held_back(bpe):
+    from llmkit.inference.text import CompletionText
+
+    ids = bpe.encode("The dog ate the donut. A banana")
+    out = CompletionText(bpe, [], ["donut.", "zzz"])
+    pieces, stopped = [], False
+    for i in ids:
+        piece, stopped = out.push([i])
+        pieces.append(piece)
+        assert "don" not in "".join(pieces)  # a possible stop string's start waits
+        if stopped:
+            break
+    assert stopped and "".join(pieces) == "The dog ate the "
+
+
+def test_stream_text_and_stop_strings_on_a_model(gpt):
+    free = generate(gpt, "The cat", max_new_tokens=30, eos_token_id=[])[0]
+    assert free.finish_reason == "length" and len(free.token_ids) == 30
+    pieces = list(stream(gpt, "The cat", max_new_tokens=30, eos_token_id=[]))
+    assert "".join(p.text for p in pieces) == free.text
+    assert free.text == gpt.tokenizer.decode(gpt.tokenizer.encode("The cat") + free.token_ids)[len("The cat") :]
+    stop = free.text[len(free.text) // 2 :][:3]
+    if not stop.strip():
+        pytest.skip("the completion's middle is blank")
+    cut = generate(gpt, "The cat", max_new_tokens=30, eos_token_id=[], stop_strings=[stop])[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == free.text[: free.text.index(stop)]
+    assert len(cut.token_ids) < 30  # it stopped generating, not just trimmed
+
+
+def test_batch_of_texts_and_fixed_seed(gpt):
+    prompts = ["The cat ate", "A", "Emoji: 😀 and 中文"]
+    a = generate(gpt, prompts, do_sample=True, temperature=1.2, top_p=0.95, seed=3, max_new_tokens=12)
+    b = generate(gpt, prompts, do_sample=True, temperature=1.2, top_p=0.95, seed=3, max_new_tokens=12)
+    assert [c.text for c in a] == [c.text for c in b]
+    assert [c.prompt for c in a] == prompts
+    alone = generate(gpt, prompts[2], max_new_tokens=12)[0]
+    assert alone.token_ids == generate(gpt, prompts, max_new_tokens=12)[2].token_ids
+
+
+def test_context_window_error_and_truncation(gpt):
+    long = "The cat ate the cake. " * 20  # more than 64 - 16 tokens
+    n = len(gpt.tokenizer.encode(long))
+    with pytest.raises(
+        LlmkitError, match=rf"prompt 0 has {n} tokens; {n} \+ 16 new tokens = {n + 16} positions exceed"
+    ):
+        generate(gpt, long, max_new_tokens=16)
+    out = generate(gpt, long, max_new_tokens=16, truncate=True, eos_token_id=[])[0]
+    assert out.prompt_ids == gpt.tokenizer.encode(long)[-48:] and len(out.token_ids) == 16
+    with pytest.raises(LlmkitError, match="max_new_tokens=64 leaves no room"):
+        generate(gpt, "x", max_new_tokens=64)
+
+
+def test_min_new_tokens_masks_eos(gpt):
+    eos = gpt.tokenizer.eos_token_id
+    out = generate(gpt, ["The cat", "A"], max_new_tokens=20, min_new_tokens=20, eos_token_id=[eos])
+    assert all(len(c.token_ids) == 20 and eos not in c.token_ids for c in out)
+
+
+def test_zero_new_tokens_and_clear_errors(gpt):
+    assert [c.token_ids for c in generate(gpt, ["a", "b"], max_new_tokens=0)] == [[], []]
+    with pytest.raises(LlmkitError, match="temperature=-1.0 must be >= 0"):
+        generate(gpt, "a", temperature=-1.0)
+    with pytest.raises(LlmkitError, match="unknown generation setting"):
+        generate(gpt, "a", temprature=1.0)
+    with pytest.raises(LlmkitError, match="greedy decoding returns the same text"):
+        generate(gpt, "a", num_return_sequences=2)
+    with pytest.raises(LlmkitError, match="token id 999 is outside the vocabulary"):
+        generate(gpt, [[1, 999]])
+    tokenless = build_model(gpt.config)
+    with pytest.raises(LlmkitError, match="text prompts need a tokenizer"):
+        generate(tokenless, "a")
+
+
+def test_encoder_cannot_generate():
+    with pytest.raises(LlmkitError, match="encoder-only models do not generate"):
+        generate(build_model(ModelConfig.from_name("tiny-bert-1m", vocab_size=50)), [[1, 2]])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("temperature", -0.5, "must be >= 0"), ("top_p", 0.0, r"must be in \(0, 1\]"), ("top_p", 1.5, r"\(0, 1\]"),
+    ("top_k", -1, "must be an integer >= 0"), ("max_new_tokens", -1, "must be an integer >= 0"),
+    ("min_p", 1.5, r"must be in \[0, 1\]"), ("repetition_penalty", 0.0, "must be > 0"),
+    ("num_beams", 0, "must be an integer >= 1"), ("early_stopping", "sometimes", "must be true, false or 'never'"),
+    ("stop_strings", [""], "must be non-empty"), ("seed", -3, "must be an integer >= 0"),
+])  # fmt: skip
+def test_invalid_settings_name_the_field(field, value, message):
+    with pytest.raises(LlmkitError, match=rf"generation config: {field}=.*{message}"):
+        GenerationConfig(**{field: value})
+
+
+def test_generation_config_round_trips_through_the_checkpoint(tmp_path, gpt):
+    gen = GenerationConfig(max_new_tokens=9, do_sample=True, top_k=5, min_p=0.1, stop_strings=["\n\n"], seed=4,
+                           num_beams=1, eos_token_id=3, length_penalty=0.5, early_stopping="never")  # fmt: skip
+    checkpoint.save(gpt, tmp_path / "c", generation_config=gen)
+    assert checkpoint.load(tmp_path / "c").generation_config == gen
+    assert GenerationConfig.from_dict({**gen.to_dict(), "typical_p": 0.9, "top_h": None}) == gen  # HF keys ignored
+
+
+# ---- explain ------------------------------------------------------------------------------------
+def test_explain_shows_the_lecture_picture():
+    """cake 0.20, donut 0.10, banana 0.02, ...: the stages computed from a known distribution."""
+    from llmkit.inference.explain import _explain_step
+
+    probs = torch.tensor([0.20, 0.10, 0.02] + [0.68 / 97] * 97)
+    cfg = GenerationConfig(do_sample=True, temperature=0.5, top_k=2, top_p=0.9)
+    step = _explain_step(0, probs.log(), 1, cfg, top=3, tokenizer=None)
+    cake, donut, banana = step.candidates
+    assert (cake.token_id, donut.token_id, banana.token_id) == (0, 1, 2)
+    assert abs(cake.raw_prob - 0.20) < 1e-6 and abs(donut.raw_prob - 0.10) < 1e-6
+    t = probs**2 / (probs**2).sum()  # temperature 0.5 squares the probabilities
+    assert abs(cake.temperature_prob - t[0]) < 1e-6
+    assert (cake.kept_top_k, donut.kept_top_k, banana.kept_top_k) == (True, True, False)
+    assert banana.kept_top_p is None  # judged no further once top-k dropped it
+    # after top-k the two survivors have 0.8 / 0.2: top-p 0.9 needs both
+    assert abs(cake.final_prob - 0.8) < 1e-6 and abs(donut.final_prob - 0.2) < 1e-6
+    assert step.drawn_id == 1
+
+
+def test_explain_records_every_drawn_token(gpt):
+    from llmkit.inference import explain
+
+    kw = dict(do_sample=True, top_k=5, top_p=0.9, temperature=0.7, seed=1, max_new_tokens=6, eos_token_id=[])
+    ex = explain(gpt, "The cat", top=5, **kw)
+    assert [s.drawn_id for s in ex.steps] == generate(gpt, "The cat", **kw)[0].token_ids
+    for s in ex.steps:
+        drawn = next(c for c in s.candidates if c.token_id == s.drawn_id)
+        assert drawn.kept_top_k and drawn.kept_top_p and drawn.kept_min_p and drawn.final_prob > 0
+        assert sum(c.kept_top_k is True for c in s.candidates) <= 5
+    assert "position 0: drew" in ex.table() and ex.to_dict()["steps"][0]["candidates"][0]["raw_prob"] > 0
+    greedy = explain(gpt, "The cat", max_new_tokens=3)
+    assert all(s.candidates[0].token_id == s.drawn_id and s.candidates[0].final_prob == 1.0 for s in greedy.steps)
+
+
+# ---- fill-mask ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory) -> Path:
+    from llmkit.data.tokenizer_train import train_tokenizer
+
+    tok = train_tokenizer(CORPUS, "wordpiece", vocab_size=200)
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("tiny-bert-1m", vocab_size=tok.vocab_size, d_model=32, n_layer=2, n_head=4)
+    out = tmp_path_factory.mktemp("bert") / "ckpt"
+    checkpoint.save(randomize(build_model(cfg)), out, tokenizer=tok)
+    return out
+
+
+def test_fill_mask_ranks_the_mlm_head_softmax(bert_dir):
+    from llmkit.inference import fill_mask
+
+    bert = checkpoint.load(bert_dir)
+    fills = fill_mask(bert, "The cat [MASK] the cake. The [MASK] ate.", top_k=3)
+    assert len(fills) == 2 and all(len(row) == 3 for row in fills)
+    ids = bert.tokenizer.encode("The cat [MASK] the cake. The [MASK] ate.")
+    with torch.no_grad():
+        probs = bert(torch.tensor([ids])).logits[0].softmax(-1)
+    where = [i for i, t in enumerate(ids) if t == bert.tokenizer.mask_token_id]
+    for row, pos in zip(fills, where, strict=True):
+        top = probs[pos].topk(3)
+        assert [c.token_id for c in row] == top.indices.tolist()
+        assert all(abs(c.score - p) < 1e-6 for c, p in zip(row, top.values.tolist(), strict=True))
+        assert "[MASK]" not in row[0].sequence or len(fills) > 1
+    with pytest.raises(LlmkitError, match=r"no \[MASK\] in the text"):
+        fill_mask(bert, "no mask here")
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+def test_cli_generate_prints_the_completion(gpt_dir, gpt, capsys):
+    from llmkit.cli import main
+
+    assert main(["generate", str(gpt_dir), "The cat", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    expected = generate(gpt, "The cat", max_new_tokens=8)[0].text  # the checkpoint's config plus the flags
+    assert out == expected + "\n"
+    assert main(["generate", str(gpt_dir), "The cat", "--max-new-tokens", "8", "--echo"]) == 0
+    assert capsys.readouterr().out == "The cat" + expected + "\n"
+    assert main(["generate", str(gpt_dir), "The cat", "--max-new-tokens", "8", "--stream", "--echo"]) == 0
+    assert capsys.readouterr().out == "The cat" + expected + "\n"
+
+
+def test_cli_sampling_seed_file_and_json(gpt_dir, tmp_path, capsys):
+    from llmkit.cli import main
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "The cat"}\n"A banana"\n\n')
+    args = ["generate", str(gpt_dir), "--file", str(prompts), "--do-sample", "--seed", "5", "--top-k", "10",
+            "--max-new-tokens", "6", "--json"]  # fmt: skip
+    assert main(args) == 0
+    first = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(args) == 0
+    second = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert first == second and [r["prompt"] for r in first] == ["The cat", "A banana"]
+
+
+def test_cli_explain_table_and_json(gpt_dir, capsys):
+    from llmkit.cli import main
+
+    base = ["generate", str(gpt_dir), "The cat", "--max-new-tokens", "3", "--do-sample", "--seed", "1", "--explain"]
+    assert main([*base, "--top-k", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "position 2: drew" in out and "top-k" in out and "completion:" in out
+    assert main([*base, "--json", "--top", "3"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["steps"]) == 3 and len(data["steps"][0]["candidates"]) >= 3
+
+
+def test_cli_fill_mask(bert_dir, capsys):
+    from llmkit.cli import main
+
+    assert main(["fill-mask", str(bert_dir), "The cat [MASK] the cake.", "--top-k", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1 and len(rows[0]) == 2 and rows[0][0]["score"] >= rows[0][1]["score"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--temperature", "-1"], "temperature=-1.0 must be >= 0"),
+    (["--max-new-tokens", "100"], "context window"),
+    (["--stream", "--do-sample", "--num-return-sequences", "2", "--max-new-tokens", "4"], "--stream prints one"),
+])  # fmt: skip
+def test_cli_errors_are_one_line_exit_2(gpt_dir, capsys, args, message):
+    from llmkit.cli import main
+
+    assert main(["generate", str(gpt_dir), "The cat", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_public_api_from_the_package(gpt):
+    import llmkit
+    import llmkit.inference  # importing the package must not shadow the llmkit.generate function
+    from llmkit import generate as gen_export
+    from llmkit import stream as stream_export
+
+    expected = generate(gpt, "The cat", max_new_tokens=4)[0].token_ids
+    assert gen_export(gpt, "The cat", max_new_tokens=4)[0].token_ids == expected
+    assert llmkit.generate(gpt, "The cat", max_new_tokens=4)[0].token_ids == expected
+    assert [t for p in stream_export(gpt, "The cat", max_new_tokens=4) for t in p.token_ids] == expected
+
+
+def test_decode_layout_keeps_values_ties_and_checkpoints(tmp_path):
+    from llmkit.inference.runners import use_decode_layout
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("tiny-gpt-1m", vocab_size=97, d_model=32, n_layer=1, n_head=4, max_seq_len=32)
+    model = build_model(cfg).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.randint(0, 97, (2, 9))
+    ref = model(ids).logits
+    use_decode_layout(model)
+    use_decode_layout(model)  # idempotent
+    layer = model.stack.layers[0]
+    assert not model.lm_head.weight.is_contiguous() and model.lm_head.weight is model.embed.tokens.weight
+    assert not layer.mlp.up.weight.is_contiguous() and layer.mlp.down.weight.is_contiguous()  # narrowing stays
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    torch.testing.assert_close(model(ids).logits, ref, atol=1e-5, rtol=0)
+    checkpoint.save(model, tmp_path / "c")
+    assert all(torch.equal(before[k], v) for k, v in checkpoint.load(tmp_path / "c").state_dict().items())
+
+
+def test_beam_search_text_stops_at_a_stop_string(gpt):
+    free = generate(gpt, "The cat", num_beams=3, max_new_tokens=20, eos_token_id=[])[0]
+    assert free.finish_reason == "length" and len(free.token_ids) == 20
+    stop = free.text[len(free.text) // 2 :][:2]
+    if not stop.strip():
+        pytest.skip("the completion's middle is blank")
+    cut = generate(gpt, "The cat", num_beams=3, max_new_tokens=20, eos_token_id=[], stop_strings=[stop])[0]
+    assert cut.finish_reason == "stop" and cut.text == free.text[: free.text.index(stop)]
+
+
+def test_encoder_decoder_text_generation(tmp_path):
+    from llmkit.data.tokenizer_train import train_tokenizer
+
+    tok = train_tokenizer(CORPUS, "unigram", vocab_size=200, n_sentinels=4)
+    torch.manual_seed(0)
+    ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = ModelConfig.from_name(
+        "tiny-t5-1m", vocab_size=tok.vocab_size, d_model=32, n_layer=2, n_head=4, head_dim=8, d_ff=48, **ids
+    )
+    checkpoint.save(randomize(build_model(cfg)), tmp_path / "t5", tokenizer=tok)
+    t5 = checkpoint.load(tmp_path / "t5")
+    out = generate(t5, ["The cat ate", "A banana is"], max_new_tokens=10, eos_token_id=[])
+    assert all(len(c.token_ids) == 10 for c in out)
+    assert out[0].text == tok.decode(out[0].token_ids)  # the decoder starts from nothing: no prompt context
+    assert "".join(p.text for p in stream(t5, "The cat ate", max_new_tokens=10, eos_token_id=[])) == out[0].text
