@@ -1,12 +1,30 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine, no download: the Python documentation every installation carries
-# -> a byte-level BPE tokenizer -> a freshly initialized model that ships with it -> its summary.
-# (Pretraining and completions join this script with the pretraining and generation issues.)
+# The main job on a fresh machine, no download: the documentation and standard-library source every
+# Python installation carries -> a byte-level BPE tokenizer -> token shards -> a pretrained tiny
+# Llama-style decoder (validation perplexity before and after) -> completions of three prompts,
+# greedy and sampled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LLMKIT=${LLMKIT:-.venv/bin/llmkit}
-OUT=${OUT:-runs/quickstart}
+OUT=runs/quickstart
+start=$(date +%s)
 
-$LLMKIT tokenizer train --builtin python-docs --kind bpe --vocab-size 4096 --out "$OUT/tokenizer"
-$LLMKIT init tiny-gpt-1m "$OUT/model" --tokenizer "$OUT/tokenizer" --seed 0
-$LLMKIT inspect "$OUT/model"
+echo "== 1/4 tokenizer: byte-level BPE on the built-in corpus"
+$LLMKIT tokenizer train --builtin python-docs --builtin python-stdlib --kind bpe --vocab-size 4096 \
+  --out "$OUT/tokenizer"
+
+echo "== 2/4 data: token shards with a validation split"
+$LLMKIT data tokenize builtin:python-docs builtin:python-stdlib --tokenizer "$OUT/tokenizer" --out "$OUT/data"
+
+echo "== 3/4 pretrain: causal LM (configs/quickstart.toml)"
+$LLMKIT pretrain --config configs/quickstart.toml
+
+echo "== 4/4 completions"
+PROMPTS="$OUT/prompts.jsonl"
+printf '%s\n' '"The for statement"' '"def read_file(path):"' '"A dictionary is"' > "$PROMPTS"
+echo "-- greedy"
+$LLMKIT generate "$OUT/model" --file "$PROMPTS" --max-new-tokens 40 --echo
+echo "-- sampled (temperature 0.8, top-k 40, seed 0)"
+$LLMKIT generate "$OUT/model" --file "$PROMPTS" --max-new-tokens 40 --do-sample --temperature 0.8 --top-k 40 \
+  --seed 0 --echo
+echo "quickstart finished in $(( $(date +%s) - start )) s; model in $OUT/model"

@@ -1,0 +1,70 @@
+"""Training metrics: one JSON object per line (metrics.jsonl) and a loss-curve PNG."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Append-only JSONL file of records such as ``{"step": 10, "train_loss": 3.2, ...}``.
+
+    ``keep_until(step)`` drops records past ``step``: a run resumed from a checkpoint rewrites what
+    it had logged after that checkpoint, so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.records: list[dict[str, Any]] = []
+        if self.path.exists():
+            lines = self.path.read_text().splitlines()
+            self.records = [json.loads(line) for line in lines if line.strip()]
+
+    def keep_until(self, step: int) -> None:
+        self.records = [r for r in self.records if r.get("step", 0) <= step]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def plot_loss(records: list[dict[str, Any]], path: str | os.PathLike, title: str) -> Path:
+    """Train and validation loss against step, saved as a PNG.
+
+    Drawn on a bare ``Figure`` (rendered by Agg), not pyplot: no display is needed and the caller's
+    matplotlib backend is left alone.
+    """
+    from matplotlib.figure import Figure
+
+    train = [r for r in records if "train_loss" in r]
+    val = [r for r in records if "val_loss" in r]
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    ax = fig.subplots()
+    if train:
+        ax.plot([r["step"] for r in train], [r["train_loss"] for r in train], label="train", linewidth=1.2)
+    if val:
+        ax.plot(
+            [r["step"] for r in val],
+            [r["val_loss"] for r in val],
+            "o-",
+            label="validation",
+            linewidth=1.2,
+            markersize=4,
+        )
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, path)  # a reader never sees half a PNG
+    return path

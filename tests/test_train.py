@@ -1,0 +1,353 @@
+"""Pretraining: lr schedule, overfitting each family, exact resume, DDP = one process, nan stop, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llmkit import checkpoint
+from llmkit.cli import main
+from llmkit.cli.pretrain import load_run_config, tokenizer_fields
+from llmkit.config import ModelConfig, TrainConfig
+from llmkit.data.builtin import python_docs_texts
+from llmkit.data.datasets import TokenDataset, tokenize_corpus
+from llmkit.data.tokenizer_train import train_tokenizer
+from llmkit.errors import LlmkitError
+from llmkit.models import build_model
+from llmkit.train import loop, pretrain
+from llmkit.train.optim import lr_at, param_groups
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny shapes of each family, as overrides of a preset (2 layers, d_model 64)
+FAMILIES = {
+    "decoder": ("bpe", "tiny-llama-10m", dict(n_layer=2, d_model=64, n_head=4, n_kv_head=2, d_ff=128)),
+    "encoder": ("wordpiece", "tiny-bert-1m", dict(n_layer=2)),
+    "encoder_decoder": ("unigram", "tiny-t5-1m", dict(n_layer=2)),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Models this small gain nothing from a second thread, and on a busy machine OpenMP threads
+    wait for each other: one thread ran a 100-step test 5x faster there (and gives the same numbers)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---- data -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def data_dirs(tmp_path_factory) -> dict[str, Path]:
+    """One data directory per tokenizer kind, made by the real `llmkit data tokenize` code.
+
+    The corpus is one ~700-character passage of the Python docs in 32 files (documents), so train
+    and val hold the same text: a model that memorizes it drives the loss far below what any
+    context-free predictor can reach (see test_each_family_overfits).
+    """
+    root = tmp_path_factory.mktemp("train-data")
+    texts = list(python_docs_texts())
+    docs = root / "docs"
+    docs.mkdir()
+    for i in range(32):  # about a quarter of them go to val
+        (docs / f"doc{i:02d}.txt").write_text(texts[45][:700])
+    dirs = {}
+    for kind, vocab_size in (("bpe", 320), ("wordpiece", 320), ("unigram", 420)):
+        tokenizer = train_tokenizer(texts[:40], kind, vocab_size)
+        dirs[kind] = root / kind
+        cwd = os.getcwd()
+        os.chdir(root)  # the train/val split hashes the source as written: keep it the same every run
+        try:
+            tokenize_corpus([("docs", None)], tokenizer, dirs[kind], val_fraction=0.25, progress=False)
+        finally:
+            os.chdir(cwd)
+        assert TokenDataset(dirs[kind]).n_tokens("val") > 200
+    return dirs
+
+
+def configs(family: str, data_dirs, out: Path, model: dict | None = None, **train) -> tuple[ModelConfig, TrainConfig]:
+    """The tiny model of ``family`` (plus ``model`` overrides) and short-run settings (plus ``train``)."""
+    kind, preset, overrides = FAMILIES[family]
+    tokenizer = TokenDataset(data_dirs[kind]).tokenizer()
+    fields = {**tokenizer_fields(tokenizer, preset, overrides), **overrides, **(model or {})}
+    model_cfg = ModelConfig.from_name(preset, **fields)
+    settings = dict(
+        data=str(data_dirs[kind]), out_dir=str(out), steps=8, batch_size=8, block_size=32, lr=3e-3,
+        warmup_steps=2, eval_interval=4, eval_batches=2, save_interval=4, log_interval=1, dtype="fp32",
+        device="cpu",  # the guarantees below are CPU's: CUDA kernels may add in a different order per run
+    )  # fmt: skip
+    return model_cfg, TrainConfig(**{**settings, **train})
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / loop.METRICS).read_text().splitlines()]
+
+
+def losses(out: Path, key: str = "train_loss") -> dict[int, float]:
+    return {r["step"]: r[key] for r in read_metrics(out) if key in r}
+
+
+def unigram_entropy(data_dir: Path) -> float:
+    """Entropy (nats) of the train split's token frequencies: the cross-entropy of the best predictor
+    that ignores context, on the training stream itself."""
+    ids = np.asarray(TokenDataset(data_dir).tokens("train"))
+    p = np.bincount(ids) / len(ids)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+# ---- schedule and parameter groups ----------------------------------------------------------
+def test_lr_schedule_closed_form():
+    cfg = TrainConfig(steps=110, warmup_steps=10, lr=1e-3, min_lr=1e-4)
+    assert lr_at(0, cfg) == pytest.approx(1e-3 * 1 / 11)  # warmup: lr * (step + 1) / (warmup + 1)
+    assert lr_at(4, cfg) == pytest.approx(1e-3 * 5 / 11)
+    assert lr_at(10, cfg) == pytest.approx(1e-3)  # peak at the end of warmup
+    assert lr_at(60, cfg) == pytest.approx((1e-3 + 1e-4) / 2)  # cosine half way: the mean of lr and min_lr
+    assert lr_at(35, cfg) == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi / 4)) * 9e-4)
+    assert lr_at(110, cfg) == pytest.approx(1e-4) and lr_at(500, cfg) == pytest.approx(1e-4)
+    no_warmup = TrainConfig(steps=10, warmup_steps=0, lr=1.0, min_lr=0.0)
+    assert lr_at(0, no_warmup) == 1.0 and lr_at(5, no_warmup) == pytest.approx(0.5)
+    only_warmup = TrainConfig(steps=4, warmup_steps=4, lr=1.0, min_lr=0.0)
+    assert [lr_at(s, only_warmup) for s in range(4)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
+
+
+def test_weight_decay_only_on_matrices():
+    model = build_model(ModelConfig.from_name("tiny-gpt-1m", n_layer=1))  # learned positions, tied head
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
+    decayed = [names[id(p)] for p in decay["params"]]
+    assert decayed.count("embed.tokens.weight") == 1  # once, though tied to the head
+    assert {"embed.positions.weight", "stack.layers.0.attn.q.weight"} <= set(decayed)
+    assert {"stack.final_norm.weight", "stack.layers.0.attn.q.bias"} <= {names[id(p)] for p in no_decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(data_dirs, tmp_path):
+    """torch.compile (each Stack, in place) trains the same model: losses agree to float tolerance."""
+    eager = pretrain(*configs("decoder", data_dirs, tmp_path / "eager", steps=4, save_interval=4))
+    compiled = pretrain(*configs("decoder", data_dirs, tmp_path / "compiled", steps=4, save_interval=4, compile=True))
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], abs=1e-4)
+    a = checkpoint.read_weights(tmp_path / "eager" / checkpoint.WEIGHTS)
+    b = checkpoint.read_weights(tmp_path / "compiled" / checkpoint.WEIGHTS)
+    assert a.keys() == b.keys()  # compiling in place keeps the parameter names
+
+
+# ---- training ------------------------------------------------------------------------------
+# (family, steps, model overrides). The encoder takes RoPE: with learned absolute positions a BERT
+# needs several times more steps before its attention finds the neighbouring tokens (the decoder
+# has RoPE and T5 relative positions, which give that from the start); it is the trainer under test.
+OVERFIT = [
+    ("decoder", 100, {}),
+    ("encoder", 200, {"pos": "rope"}),
+    ("encoder_decoder", 100, {}),
+]
+
+
+@pytest.mark.parametrize("family,steps,model", OVERFIT, ids=[f for f, _, _ in OVERFIT])
+def test_each_family_overfits(family, steps, model, data_dirs, tmp_path):
+    out = tmp_path / "run"
+    model_cfg, train_cfg = configs(
+        family, data_dirs, out, model, steps=steps, batch_size=16, warmup_steps=10, min_lr=1e-4,
+        eval_interval=steps, save_interval=steps, log_interval=10,
+    )  # fmt: skip
+    summary = pretrain(model_cfg, train_cfg)
+    # No predictor that ignores context beats the unigram entropy H1 of the training stream (about
+    # 3.6-3.9 nats here). Half a nat below it means the model uses context: it memorizes the passage.
+    bound = unigram_entropy(Path(train_cfg.data)) - 0.5
+    assert summary["train_loss"] < bound, (summary, bound)
+    assert summary["val_loss"] < bound  # val holds the same passage
+    assert summary["init_val_loss"] > summary["val_loss"] + 1.0
+    assert summary["val_ppl"] == pytest.approx(math.exp(summary["val_loss"]))
+    # the run directory: a loadable checkpoint with the data's tokenizer, train state, metrics, plot
+    model = checkpoint.load(out)
+    assert model.tokenizer is not None and model.tokenizer.vocab_size == model.config.vocab_size
+    state = torch.load(out / loop.TRAIN_STATE, weights_only=True)
+    assert state["step"] == steps and state["train_config"]["steps"] == steps
+    records = read_metrics(out)
+    assert records[0] == {"step": 0, "val_loss": summary["init_val_loss"], "val_ppl": summary["init_val_ppl"]}
+    assert [r["step"] for r in records if "train_loss" in r] == list(range(10, steps + 1, 10))
+    assert all(math.isfinite(r["tokens_per_s"]) and r["mfu"] > 0 for r in records if "train_loss" in r)
+    assert (out / loop.LOSS_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+RESUME = [("decoder", "fp32"), ("decoder", "bf16"), ("encoder", "fp32"), ("encoder_decoder", "bf16")]
+
+
+@pytest.mark.parametrize("family,dtype", RESUME, ids=[f"{f}-{d}" for f, d in RESUME])
+def test_kill_and_resume_is_bit_identical(family, dtype, data_dirs, tmp_path, monkeypatch):
+    """8 steps straight vs. killed after step 6 (checkpoint at 4) and resumed: same weights and
+    losses, bit for bit. Dropout is on, and masking / span noise draw randoms, so every source of
+    randomness must be a function of the step."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    pretrain(*configs(family, data_dirs, straight, {"dropout": 0.1}, dtype=dtype))
+
+    real_step = loop.train_step
+
+    def dies_after_six(state, batches):
+        if state.step == 6:
+            raise KeyboardInterrupt  # the process is killed after step 6, the checkpoint is of step 4
+        return real_step(state, batches)
+
+    monkeypatch.setattr(loop, "train_step", dies_after_six)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(*configs(family, data_dirs, killed, {"dropout": 0.1}, dtype=dtype))
+    monkeypatch.undo()
+    assert torch.load(killed / loop.TRAIN_STATE, weights_only=True)["step"] == 4
+    assert max(losses(killed)) == 6  # it logged steps past the checkpoint before dying
+
+    summary = pretrain(*configs(family, data_dirs, killed, {"dropout": 0.1}, dtype=dtype), resume=True)
+    assert summary["steps_this_run"] == 4
+    a = checkpoint.read_weights(straight / checkpoint.WEIGHTS)
+    b = checkpoint.read_weights(killed / checkpoint.WEIGHTS)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(killed) == losses(straight)  # steps 5 and 6 were dropped from the log and redone
+    assert losses(killed, "val_loss") == losses(straight, "val_loss")
+    sa = torch.load(straight / loop.TRAIN_STATE, weights_only=True)["optimizer"]["state"]
+    sb = torch.load(killed / loop.TRAIN_STATE, weights_only=True)["optimizer"]["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+
+
+def test_resume_refuses_other_data_settings(data_dirs, tmp_path):
+    out = tmp_path / "run"
+    pretrain(*configs("decoder", data_dirs, out, steps=2, save_interval=2, eval_interval=2))
+    with pytest.raises(LlmkitError, match="seed=7 differs"):
+        pretrain(*configs("decoder", data_dirs, out, steps=4, seed=7), resume=True)
+    with pytest.raises(LlmkitError, match="already exists and is not empty"):
+        pretrain(*configs("decoder", data_dirs, out, steps=4))
+    with pytest.raises(LlmkitError, match="already finished 2 steps"):
+        pretrain(*configs("decoder", data_dirs, out, steps=2), resume=True)
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(data_dirs, tmp_path, monkeypatch, capsys):
+    """An inf loss injected at step 6: exit 2 with one line naming the step and what to try; the
+    checkpoint of step 4 stays byte for byte as it was saved."""
+    out = tmp_path / "run"
+    model_cfg, train_cfg = configs("decoder", data_dirs, out, log_interval=2)
+    config = tmp_path / "run.toml"
+    config.write_text(toml_for(model_cfg, train_cfg))
+
+    saved: dict[str, bytes] = {}
+    real_save = loop.save_checkpoint
+
+    def save_and_remember(state, out_dir, tokenizer, extra):
+        real_save(state, out_dir, tokenizer, extra)
+        saved.update({name: (out_dir / name).read_bytes() for name in (checkpoint.WEIGHTS, loop.TRAIN_STATE)})
+
+    real_loss, calls = loop.lm_loss, []
+
+    def poisoned(logits, labels):
+        loss = real_loss(logits, labels)
+        if torch.is_grad_enabled():  # a training step, not an evaluation
+            calls.append(1)
+            if len(calls) == 6:
+                return loss * math.inf
+        return loss
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_and_remember)
+    monkeypatch.setattr(loop, "lm_loss", poisoned)
+    assert main(["pretrain", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert err.startswith("llmkit pretrain: error: the training loss became inf")
+    assert "loss became inf at step 6" in err and "checkpoint of step 4" in err and "lower --train.lr" in err
+    assert torch.load(out / loop.TRAIN_STATE, weights_only=True)["step"] == 4
+    for name, content in saved.items():
+        assert (out / name).read_bytes() == content
+
+
+def test_two_processes_match_one_with_the_same_global_batch(data_dirs, tmp_path):
+    """torchrun --nproc-per-node 2 (gloo, CPU) with batch 4 each == one process with batch 8."""
+    model_cfg, train_cfg = configs("decoder", data_dirs, tmp_path / "one", steps=6, batch_size=8, eval_interval=3)
+    config = tmp_path / "run.toml"
+    config.write_text(toml_for(model_cfg, train_cfg))
+    assert main(["pretrain", "--config", str(config)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "llmkit", "pretrain"]
+    command += ["--config", str(config), "--train.batch_size", "4", "--train.out_dir", str(tmp_path / "two")]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert one.keys() == two.keys() == set(range(1, 7))
+    assert all(abs(one[s] - two[s]) < 1e-5 for s in one), (one, two)
+    val_one, val_two = losses(tmp_path / "one", "val_loss"), losses(tmp_path / "two", "val_loss")
+    assert all(abs(val_one[s] - val_two[s]) < 1e-5 for s in val_one)
+    assert torch.load(tmp_path / "two" / loop.TRAIN_STATE, weights_only=True)["world_size"] == 2
+
+
+# ---- CLI -----------------------------------------------------------------------------------
+def toml_for(model_cfg: ModelConfig, train_cfg: TrainConfig) -> str:
+    """A [model] / [train] TOML file holding these configs (None fields left out)."""
+
+    def value(v):
+        return json.dumps(v)  # JSON scalars are TOML scalars (strings, numbers, true/false)
+
+    model = "\n".join(f"{k} = {value(v)}" for k, v in model_cfg.to_dict().items() if v is not None)
+    train = "\n".join(f"{k} = {value(v)}" for k, v in train_cfg.to_dict().items())
+    return f"[model]\n{model}\n\n[train]\n{train}\n"
+
+
+def test_config_precedence(data_dirs, tmp_path):
+    """defaults < preset < the data's tokenizer < file < flags."""
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'[model]\npreset = "tiny-llama-10m"\nn_layer = 3\nd_model = 128\n\n'
+        f'[train]\ndata = "{data_dirs["bpe"]}"\nsteps = 50\nlr = 0.002\nwarmup_steps = 5\n'
+    )
+    model_cfg, train_cfg = load_run_config(config, {"n_layer": 1}, {"steps": 7})
+    assert (model_cfg.n_layer, model_cfg.d_model, model_cfg.d_ff) == (1, 128, 704)  # flag, file, preset
+    assert model_cfg.vocab_size == 320 and model_cfg.eos_token_id == 0  # from the data's tokenizer
+    assert (train_cfg.steps, train_cfg.lr, train_cfg.batch_size) == (7, 0.002, 12)  # flag, file, default
+    assert load_run_config(config, {"vocab_size": 512})[0].vocab_size == 512  # an explicit value wins
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, "not found"),
+        ("[model\npreset = 1", "not valid TOML"),
+        ("[train]\nstepz = 3", "unknown train config field(s) stepz"),
+        ('[model]\npreset = "tiny-gpt-1m"\nwidth = 3', "unknown model config field(s) width"),
+        ("[optim]\nlr = 3", "unknown table or key optim"),
+        ('[train]\nsteps = "many"', "wrong type"),
+        ('[model]\npreset = "nope"', "unknown model preset 'nope'"),
+    ],
+)
+def test_config_errors_are_one_line(content, message, tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    if content is not None:
+        config.write_text(content)
+    assert main(["pretrain", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("name,family", [("tiny-decoder", "decoder"), ("tiny-encoder", "encoder"),
+                                         ("tiny-encoder-decoder", "encoder_decoder")])  # fmt: skip
+def test_example_configs_parse(name, family):
+    model_cfg, train_cfg = load_run_config(ROOT / "configs" / f"{name}.toml")
+    assert model_cfg.family == family
+    assert train_cfg.block_size <= model_cfg.max_seq_len and train_cfg.data
+
+
+@pytest.mark.slow
+def test_example_decoder_config_runs(data_dirs, tmp_path):
+    """configs/tiny-decoder.toml end to end through the CLI, shortened."""
+    out = tmp_path / "run"
+    flags = ["--train.data", str(data_dirs["bpe"]), "--train.out_dir", str(out), "--train.steps", "20"]
+    flags += ["--train.eval_interval", "10", "--train.warmup_steps", "5", "--train.block_size", "64"]
+    flags += ["--train.device", "cpu"]
+    assert main(["pretrain", "--config", str(ROOT / "configs" / "tiny-decoder.toml"), *flags]) == 0
+    assert (out / loop.TRAIN_STATE).is_file()
+    shutil.rmtree(out)
