@@ -266,7 +266,7 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr: float = 1e-4  # cosine decay ends here
     warmup_steps: int = 100  # linear warmup from 0
-    weight_decay: float = 0.1  # on matrices only, not on norms, biases or embeddings' positions
+    weight_decay: float = 0.1  # on every weight of 2 or more dimensions (matrices, embeddings), not norms or biases
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off

@@ -64,8 +64,9 @@ class TrainState:
 
 
 def make_state(model: nn.Module, cfg: TrainConfig, env: Dist | None = None) -> TrainState:
-    """Move ``model`` to the device, switch on activation checkpointing if asked, build AdamW, then wrap
-    (``distributed.wrap``, DDP under torchrun) and compile (``cfg.compile``), in that order."""
+    """Ready ``model`` for ``train_step``. Order: flush denormals (CPU) -> move to the device -> activation
+    checkpointing and torch.compile of the stacks if asked -> AdamW -> ``distributed.wrap`` (DDP under
+    torchrun) -> restrict the attention kernels where ``attention_kernels`` says so."""
     env = env or distributed.init(cfg.device)
     if env.device.type == "cpu":
         # x86 runs arithmetic on denormal floats (< 1.2e-38, e.g. far softmax tails) ~100x slower: a
