@@ -117,14 +117,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
         """Build from a dict, rejecting unknown keys with the list of known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LlmkitError(
-                f"{source}: unknown model config field(s) {', '.join(unknown)}",
-                f"known fields are: {', '.join(sorted(known))}",
-            )
-        return cls(**data)
+        return cls(**_known_fields(cls, data, source, "model"))
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
@@ -138,6 +131,18 @@ class ModelConfig:
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _known_fields(cls: type, data: dict[str, Any], source: str, kind: str) -> dict[str, Any]:
+    """``data`` unchanged when every key is a field of ``cls``; else one error listing the known ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise LlmkitError(
+            f"{source}: unknown {kind} config field(s) {', '.join(unknown)}",
+            f"known fields are: {', '.join(sorted(known))}",
+        )
+    return data
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -317,14 +322,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "train config") -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LlmkitError(
-                f"{source}: unknown train config field(s) {', '.join(unknown)}",
-                f"known fields are: {', '.join(sorted(known))}",
-            )
-        return cls(**data)
+        """Build from a dict, rejecting unknown keys with the list of known ones."""
+        return cls(**_known_fields(cls, data, source, "train"))
 
 
 # ---- presets ------------------------------------------------------------------------------

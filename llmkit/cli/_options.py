@@ -31,26 +31,32 @@ def _type_of(annotation: str) -> Any:
     return str
 
 
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model overrides (applied on top of the preset)")
-    for f in fields(ModelConfig):
-        if f.name not in _HIDDEN:
-            group.add_argument(
-                f"--model.{f.name}",
-                dest=f"model__{f.name}",
-                type=_type_of(str(f.type)),
-                metavar=f.name.upper(),
-                default=None,
-                help=argparse.SUPPRESS,
-            )
+def add_config_flags(parser: argparse.ArgumentParser, config: type, prefix: str, title: str, example: str) -> None:
+    """``--PREFIX.FIELD VALUE`` for every user-settable field of the dataclass ``config``."""
+    names = [f for f in fields(config) if f.name not in _HIDDEN]
+    group = parser.add_argument_group(title)
+    for f in names:
+        group.add_argument(f"--{prefix}.{f.name}", dest=f"{prefix}__{f.name}", type=_type_of(str(f.type)),
+                           metavar=f.name.upper(), default=None, help=argparse.SUPPRESS)  # fmt: skip
     group.description = (
-        "--model.FIELD VALUE for any ModelConfig field, e.g. --model.n_layer 2 --model.d_model 128 "
-        "(fields: " + ", ".join(f.name for f in fields(ModelConfig) if f.name not in _HIDDEN) + ")"
+        f"--{prefix}.FIELD VALUE for any {config.__name__} field, e.g. {example} "
+        "(fields: " + ", ".join(f.name for f in names) + ")"
     )
 
 
+def config_overrides(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
+    """The ``--PREFIX.FIELD`` values the user set (unset flags stay None and are left out)."""
+    start = f"{prefix}__"
+    return {k[len(start) :]: v for k, v in vars(args).items() if k.startswith(start) and v is not None}
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    add_config_flags(parser, ModelConfig, "model", "model overrides (applied on top of the preset)",
+                     "--model.n_layer 2 --model.d_model 128")  # fmt: skip
+
+
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {k[len("model__") :]: v for k, v in vars(args).items() if k.startswith("model__") and v is not None}
+    return config_overrides(args, "model")
 
 
 def require_positive(name: str, value: int) -> int:

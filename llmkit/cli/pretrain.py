@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from llmkit.cli._options import _type_of, add_model_flags, model_overrides
+from llmkit.cli._options import add_config_flags, add_model_flags, config_overrides, model_overrides
 from llmkit.config import ModelConfig, TrainConfig
 from llmkit.errors import LlmkitError
 
@@ -56,25 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """``--train.FIELD VALUE`` for every TrainConfig field (mirrors ``add_model_flags``)."""
-    group = parser.add_argument_group("train overrides (applied on top of the config file)")
-    for f in fields(TrainConfig):
-        group.add_argument(
-            f"--train.{f.name}",
-            dest=f"train__{f.name}",
-            type=_type_of(str(f.type)),
-            metavar=f.name.upper(),
-            default=None,
-            help=argparse.SUPPRESS,
-        )
-    group.description = (
-        "--train.FIELD VALUE for any TrainConfig field, e.g. --train.steps 200 --train.lr 3e-4 "
-        "(fields: " + ", ".join(f.name for f in fields(TrainConfig)) + ")"
-    )
+    add_config_flags(parser, TrainConfig, "train", "train overrides (applied on top of the config file)",
+                     "--train.steps 200 --train.lr 3e-4")  # fmt: skip
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {k[len("train__") :]: v for k, v in vars(args).items() if k.startswith("train__") and v is not None}
+    return config_overrides(args, "train")
 
 
 def run(args: argparse.Namespace) -> None:
