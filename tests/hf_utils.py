@@ -19,3 +19,14 @@ def real(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if x.dim() == 4:
         x = x.transpose(1, 2)  # (B, T, H, S)
     return x[mask.bool()]
+
+
+def assert_same_tensors(original_dir, round_trip_dir) -> None:
+    """Both directories' model.safetensors hold the same names and bit-identical tensors."""
+    from safetensors.torch import load_file
+
+    original = load_file(str(original_dir / "model.safetensors"))
+    back = load_file(str(round_trip_dir / "model.safetensors"))
+    assert set(back) == set(original)
+    for name, tensor in original.items():
+        assert torch.equal(back[name], tensor), name

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers  # test-only dependency: llmkit itself never imports it
-from hf_utils import randomize, real
+from hf_utils import assert_same_tensors, randomize, real
 from safetensors.torch import load_file
 
 from llmkit import checkpoint
@@ -109,11 +109,7 @@ def test_logits_match_transformers(case, record_property):
 
 def test_round_trip_is_exact(case, tmp_path):
     to_hf(case.ours_dir, tmp_path / "rt")
-    original = load_file(str(case.hf_dir / "model.safetensors"))
-    back = load_file(str(tmp_path / "rt" / "model.safetensors"))
-    assert set(back) == set(original)
-    for name, tensor in original.items():
-        assert torch.equal(back[name], tensor), name
+    assert_same_tensors(case.hf_dir, tmp_path / "rt")
     hf2, info = type(case.hf).from_pretrained(tmp_path / "rt", output_loading_info=True)
     assert not any(info.values()), info  # no missing, unexpected or mismatched keys
     ids, mask = batch()
