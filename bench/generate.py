@@ -2,9 +2,11 @@
 
 Each case builds a transformers GPT-2 from a config with random weights, converts it with
 ``llmkit.hf.from_hf`` (so both libraries hold identical weights), and times greedy generation from
-a 16-token prompt with EOS off, so every run makes exactly the number of new tokens asked. The two
-libraries alternate, and each figure is the best of ``--repeats`` runs after one warm-up, so other
-load on the machine hurts both alike. tokens/s = batch * new tokens / wall time (prefill included).
+a 16-token prompt with EOS off, so every run makes exactly the number of new tokens asked. llmkit
+runs twice: eager, and with ``compile=True`` (each decoding step one torch.compile'd graph; the
+warm-up run compiles, which is not timed). The runs alternate, and each figure is the best of
+``--repeats`` runs after one warm-up, so other load on the machine hurts all alike.
+tokens/s = batch * new tokens / wall time (prefill included).
 
     .venv/bin/python bench/generate.py                 # the table in docs/benchmarks.md
     .venv/bin/python bench/generate.py --quick         # fewer tokens, a smoke test
@@ -76,8 +78,8 @@ def run_hf(model, ids: torch.Tensor, new: int) -> torch.Tensor:
     return out[:, ids.shape[1] :]
 
 
-def run_ours(model, ids: torch.Tensor, new: int) -> torch.Tensor:
-    out = generate(model, ids, max_new_tokens=new, do_sample=False, eos_token_id=[], pad_token_id=0)
+def run_ours(model, ids: torch.Tensor, new: int, compile: bool = False) -> torch.Tensor:
+    out = generate(model, ids, max_new_tokens=new, do_sample=False, eos_token_id=[], pad_token_id=0, compile=compile)
     return torch.tensor([c.token_ids for c in out])
 
 
@@ -96,18 +98,26 @@ def measure(case: Case, repeats: int) -> dict:
     ids = torch.randint(
         1, case.hf_config["vocab_size"], (case.batch, PROMPT_LEN), generator=torch.Generator().manual_seed(1)
     )
-    a, b = run_hf(hf, ids, case.new_tokens), run_ours(ours, ids, case.new_tokens)  # warm-up, and a check
-    assert a.shape == b.shape == (case.batch, case.new_tokens), (a.shape, b.shape)
-    same = bool((a == b).all())
-    t_hf, t_ours = float("inf"), float("inf")
-    for _ in range(repeats):  # alternate, so load from elsewhere hits both
-        t_hf = min(t_hf, best_time(lambda: run_hf(hf, ids, case.new_tokens), 1))
-        t_ours = min(t_ours, best_time(lambda: run_ours(ours, ids, case.new_tokens), 1))
-    tokens = case.batch * case.new_tokens
+    new = case.new_tokens
+    runs = {
+        "transformers": lambda: run_hf(hf, ids, new),
+        "llmkit": lambda: run_ours(ours, ids, new),
+        "compiled": lambda: run_ours(ours, ids, new, compile=True),
+    }
+    outputs = {name: run() for name, run in runs.items()}  # warm-up (compiles), and a check
+    assert all(o.shape == (case.batch, new) for o in outputs.values()), [o.shape for o in outputs.values()]
+    same = all(bool((o == outputs["transformers"]).all()) for o in outputs.values())
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):  # alternate, so load from elsewhere hits all alike
+        for name, run in runs.items():
+            best[name] = min(best[name], best_time(run, 1))
+    tokens = case.batch * new
     return {
         "shape": case.name, "dtype": str(case.dtype).replace("torch.", ""), "batch": case.batch,
-        "new_tokens": case.new_tokens, "transformers_tok_s": tokens / t_hf, "llmkit_tok_s": tokens / t_ours,
-        "speedup": t_hf / t_ours, "same_tokens": same,
+        "new_tokens": new, "transformers_tok_s": tokens / best["transformers"],
+        "llmkit_tok_s": tokens / best["llmkit"], "compiled_tok_s": tokens / best["compiled"],
+        "speedup": best["transformers"] / best["llmkit"], "compiled_speedup": best["transformers"] / best["compiled"],
+        "same_tokens": same,
     }  # fmt: skip
 
 
@@ -134,7 +144,8 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     print(f"# {time.strftime('%Y-%m-%d')} | {cpu_model()} | torch {torch.__version__} | transformers "
           f"{transformers.__version__} | {torch.get_num_threads()} threads")  # fmt: skip
-    print(f"{'shape':<12}{'dtype':<10}{'batch':>6}{'new':>6}{'transformers':>14}{'llmkit':>10}{'speedup':>9}  same")
+    print(f"{'shape':<12}{'dtype':<10}{'batch':>6}{'new':>6}{'transformers':>14}{'llmkit':>10}{'speedup':>9}"
+          f"{'compiled':>10}{'speedup':>9}  same")  # fmt: skip
     rows = []
     for case in cases(args.quick):
         if args.only and case.name != args.only:
@@ -142,7 +153,8 @@ def main() -> None:
         r = measure(case, args.repeats)
         rows.append(r)
         print(f"{r['shape']:<12}{r['dtype']:<10}{r['batch']:>6}{r['new_tokens']:>6}{r['transformers_tok_s']:>14.1f}"
-              f"{r['llmkit_tok_s']:>10.1f}{r['speedup']:>8.2f}x  {r['same_tokens']}", flush=True)  # fmt: skip
+              f"{r['llmkit_tok_s']:>10.1f}{r['speedup']:>8.2f}x{r['compiled_tok_s']:>10.1f}"
+              f"{r['compiled_speedup']:>8.2f}x  {r['same_tokens']}", flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

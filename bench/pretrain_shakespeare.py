@@ -3,17 +3,21 @@
 The run (nanoGPT README, "I only have a macbook"): a character-level GPT of 4 layers, 4 heads, 128
 wide, block 64, batch 12, no dropout, 2000 iterations; AdamW lr 1e-3 with 100 warmup steps and
 cosine decay to 1e-4 at 2000, beta2 0.99, weight decay 0.1, gradient clipping 1.0; the first 90%
-of the characters train, the last 10% validate.
+of the characters train, the last 10% validate. The model is nanoGPT's (LayerNorm and linears
+without bias, exact GELU, tied head) with rotary positions (``--pos rope``, the default) instead
+of a learned table; ``--pos learned`` runs nanoGPT's model exactly.
 
 It prints the median ms per iteration, tokens/s and MFU (against a matmul peak measured here) of
 llmkit's step (``llmkit.train.make_state`` + ``train_step``: bf16 autocast, torch.compile, fused
 AdamW, the math attention kernel at this length on CPU, no host sync; compiling is outside the
 median), the same for a plain fp32 PyTorch loop of the same model in the same process, and the
 train/val loss at 500, 1000 and 2000 iterations (val: every window of the split, and nanoGPT's
-estimate from 200 random batches; train: 200 fixed random batches). Reference measured on this
+estimate from 200 random batches; train: 200 fixed random batches), computed by a fresh eager copy
+of the model so the compiled training path cannot bias its own score. Reference measured on this
 machine for nanoGPT itself: 45 ms/iteration, val loss 1.8857 at 2000.
 
     python bench/pretrain_shakespeare.py [--data DIR] [--iters 2000] [--baseline-iters 300] [--no-compile]
+                                         [--pos rope|learned]
 """
 
 from __future__ import annotations
@@ -54,11 +58,12 @@ def load_chars(directory: Path) -> tuple[torch.Tensor, torch.Tensor, int] | None
     return ids[:cut], ids[cut:], len(chars)
 
 
-def model_config(vocab_size: int) -> ModelConfig:
-    """nanoGPT's GPT at this size: learned positions, LayerNorm and linears without bias, exact GELU, tied head."""
+def model_config(vocab_size: int, pos: str = "rope") -> ModelConfig:
+    """nanoGPT's GPT at this size (LayerNorm and linears without bias, exact GELU, tied head) with
+    ``pos`` positions: "learned" is nanoGPT's table, "rope" rotates queries and keys instead."""
     return ModelConfig(
         family="decoder", name="shakespeare-char", vocab_size=vocab_size, d_model=128, n_layer=4, n_head=4,
-        max_seq_len=BLOCK, pos="learned", norm="layernorm", activation="gelu", bias=False, tie_embeddings=True,
+        max_seq_len=BLOCK, pos=pos, norm="layernorm", activation="gelu", bias=False, tie_embeddings=True,
     )  # fmt: skip
 
 
@@ -102,10 +107,17 @@ def split_loss(model, data: torch.Tensor, autocast, *, every_window: bool, seed:
     return total / tokens
 
 
-def run_llmkit(train, val, vocab, iters: int, dtype: str, compile: bool, seed: int) -> dict:
+def eager_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A new, uncompiled model with ``model``'s weights: the reference that scores it."""
+    copy = build_model(model.config)
+    copy.load_state_dict(model.state_dict())
+    return copy
+
+
+def run_llmkit(train, val, vocab, iters: int, dtype: str, compile: bool, seed: int, pos: str) -> dict:
     """llmkit's step over ``iters`` iterations: ms per iteration and the losses at CHECKPOINTS."""
     torch.manual_seed(seed)
-    model = build_model(model_config(vocab))
+    model = build_model(model_config(vocab, pos))
     cfg = train_config(iters, dtype, compile)
     state = make_state(model, cfg, Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")))
     generator = torch.Generator().manual_seed(seed)
@@ -116,20 +128,21 @@ def run_llmkit(train, val, vocab, iters: int, dtype: str, compile: bool, seed: i
         train_step(state, [batch])  # the loss stays on the device: no sync inside the timed step
         times.append(time.perf_counter() - start)
         if it in CHECKPOINTS:
+            scored = eager_copy(state.raw)
             losses[it] = (
-                split_loss(state.raw, train, state.autocast, every_window=False),
-                split_loss(state.raw, val, state.autocast, every_window=True),
-                split_loss(state.raw, val, state.autocast, every_window=False),  # nanoGPT's estimate
+                split_loss(scored, train, state.autocast, every_window=False),
+                split_loss(scored, val, state.autocast, every_window=True),
+                split_loss(scored, val, state.autocast, every_window=False),  # nanoGPT's estimate
             )
             print(f"  iter {it}: train loss {losses[it][0]:.4f}, val loss {losses[it][1]:.4f}", flush=True)
     return {"times": times, "losses": losses, "model": state.raw}
 
 
-def run_plain(train, vocab, iters: int, seed: int) -> list[float]:
+def run_plain(train, vocab, iters: int, seed: int, pos: str) -> list[float]:
     """A plain fp32 PyTorch loop of the same model, as nanoGPT's train.py runs on a CPU: AdamW (for-each),
     cross-entropy, clipping, zero_grad(set_to_none=True), the lr schedule set each step."""
     torch.manual_seed(seed)
-    model = build_model(model_config(vocab)).train()
+    model = build_model(model_config(vocab, pos)).train()
     cfg = train_config(max(iters, 2000), "fp32", False)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     generator = torch.Generator().manual_seed(seed)
@@ -160,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         "--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile the model (default: on)"
     )
     parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument(
+        "--pos", choices=("rope", "learned"), default="rope",
+        help="positions: rotary (default) or nanoGPT's learned table (its model exactly)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
     loaded = load_chars(args.data)
@@ -176,13 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(train):,} train / {len(val):,} val "
-        f"characters, vocab {vocab}; matmul peak {peak / 1e9:.0f} GFLOP/s {args.dtype}, {peak32 / 1e9:.0f} fp32"
+        f"characters, vocab {vocab}, {args.pos} positions; matmul peak {peak / 1e9:.0f} GFLOP/s {args.dtype}, "
+        f"{peak32 / 1e9:.0f} fp32"
     )
 
     print(f"plain fp32 PyTorch loop, {args.baseline_iters} iterations:", flush=True)
-    plain = statistics.median(run_plain(train, vocab, args.baseline_iters, args.seed)[10:])
+    plain = statistics.median(run_plain(train, vocab, args.baseline_iters, args.seed, args.pos)[10:])
     print(f"llmkit train_step ({args.dtype}{', compiled' if args.compile else ''}), {args.iters} iterations:")
-    result = run_llmkit(train, val, vocab, args.iters, args.dtype, args.compile, args.seed)
+    result = run_llmkit(train, val, vocab, args.iters, args.dtype, args.compile, args.seed, args.pos)
     ours = statistics.median(result["times"][10:])
 
     fpt = flops_per_token(result["model"], result["model"].config, BLOCK)

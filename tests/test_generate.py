@@ -23,6 +23,7 @@ from llmkit.config import GenerationConfig, ModelConfig
 from llmkit.errors import LlmkitError
 from llmkit.hf import from_hf
 from llmkit.inference import generate, stream
+from llmkit.inference.runners import DecoderRunner, EncoderDecoderRunner
 from llmkit.models import build_model
 
 VOCAB = 100
@@ -128,6 +129,26 @@ def test_greedy_matches_transformers(case):
     expected = case.hf_new_tokens(do_sample=False, eos_token_id=case.eos)
     assert ours(case, eos_token_id=[case.eos]) == expected
     assert len(expected[0]) < NEW and expected[0][-1] == case.eos  # the EOS stop is exercised
+
+
+def test_compiled_steps_match_eager_and_transformers(case):
+    """compile=True: a padded batch (matmuls per step) and one prompt alone (one-row matmuls rewritten
+    as multiply-and-sum) give transformers' tokens, and step logits within 1e-5 of the eager step's."""
+    expected = case.hf_new_tokens(do_sample=False, eos_token_id=case.eos)
+    assert ours(case, eos_token_id=[case.eos], compile=True) == expected
+    ids, mask = torch.tensor([PROMPTS[0]]), torch.ones(1, len(PROMPTS[0]), dtype=torch.long)
+    with torch.inference_mode():  # as the engine runs them
+        runners = [
+            EncoderDecoderRunner(case.ours, ids, mask, 8, 1, 0, compile=compile)
+            if case.is_t5
+            else DecoderRunner(case.ours, ids, mask, 8, compile=compile)
+            for compile in (False, True)
+        ]
+        eager, compiled = (r.prefill() for r in runners)
+        for _ in range(7):
+            tokens = eager.argmax(-1)
+            eager, compiled = runners[0].step(tokens), runners[1].step(tokens)
+            torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
 
 
 def test_greedy_without_eos_runs_to_max_new_tokens(case):
@@ -339,6 +360,7 @@ def test_encoder_cannot_generate():
     ("min_p", 1.5, r"must be in \[0, 1\]"), ("repetition_penalty", 0.0, "must be > 0"),
     ("num_beams", 0, "must be an integer >= 1"), ("early_stopping", "sometimes", "must be true, false or 'never'"),
     ("stop_strings", [""], "must be non-empty"), ("seed", -3, "must be an integer >= 0"),
+    ("compile", "yes", "must be true or false"),
 ])  # fmt: skip
 def test_invalid_settings_name_the_field(field, value, message):
     with pytest.raises(LlmkitError, match=rf"generation config: {field}=.*{message}"):
@@ -432,6 +454,8 @@ def test_cli_generate_prints_the_completion(gpt_dir, gpt, capsys):
     assert capsys.readouterr().out == "The cat" + expected + "\n"
     assert main(["generate", str(gpt_dir), "The cat", "--max-new-tokens", "8", "--stream", "--echo"]) == 0
     assert capsys.readouterr().out == "The cat" + expected + "\n"
+    assert main(["generate", str(gpt_dir), "The cat", "--max-new-tokens", "8", "--compile"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
 
 
 def test_cli_sampling_seed_file_and_json(gpt_dir, tmp_path, capsys):

@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--greedy", dest="do_sample", action="store_false", help="greedy even if the config samples")
     p.add_argument("--early-stopping", choices=["true", "false", "never"], default=None, help="beam search")
     p.add_argument("--truncate", action="store_true", default=None, help="keep a too-long prompt's last tokens")
+    p.add_argument(
+        "--compile", action="store_true", default=None,
+        help="torch.compile the decoding step: faster per token after seconds to a minute of compiling",
+    )  # fmt: skip
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated (one sequence)")
     p.add_argument("--explain", action="store_true", help="per position: candidates, probabilities, filters")
     p.add_argument("--top", type=int, default=10, help="candidates per position in --explain (default 10)")
@@ -94,6 +98,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["early_stopping"] = {"true": True, "false": False}.get(args.early_stopping, args.early_stopping)
     if args.truncate:
         out["truncate"] = True
+    if args.compile:
+        out["compile"] = True
     return out
 
 

@@ -10,8 +10,9 @@ returned text (the search itself ends at EOS or max_new_tokens).
 
 Speed (gpt-fast style): one preallocated KV cache per call, one inference-mode block and one
 device-to-host copy of the chosen tokens per step, nothing else per token. On CPU the model's
-square and widening Linear weights are re-laid out column-major once (``use_decode_layout``), which
-streams them faster in one-row matmuls; values and names do not change.
+Linear weights are re-laid out once (``use_decode_layout``) for the one-row matmuls of decoding;
+values and names do not change. ``compile=True`` runs each step after the prompt as one
+torch.compile'd graph (``compiled.py``).
 """
 
 from __future__ import annotations
@@ -111,14 +112,14 @@ class Stream:
     # ---- setup --------------------------------------------------------------------------------
     def _runner(self):
         """Padded prompts, each repeated per_prompt times, in a runner with a cache of the right size."""
-        family, n = self.model.config.family, self.per_prompt
-        use_decode_layout(self.model)
+        family, n, compile = self.model.config.family, self.per_prompt, self.config.compile
+        use_decode_layout(self.model, compiled=compile)
         if family == "encoder_decoder":
             ids, mask = pad(self.prompts.ids, self.pad_id, left=False)
-            return EncoderDecoderRunner(self.model, ids, mask, self.config.max_new_tokens, n, self.start_id)
+            return EncoderDecoderRunner(self.model, ids, mask, self.config.max_new_tokens, n, self.start_id, compile)
         ids, mask = pad(self.prompts.ids, self.pad_id, left=True)
         ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
-        return DecoderRunner(self.model, ids, mask, self.config.max_new_tokens)
+        return DecoderRunner(self.model, ids, mask, self.config.max_new_tokens, compile)
 
     def _seen(self, rows: int, vocab: int, device: torch.device) -> torch.Tensor | None:
         """Tokens the repetition penalty applies to at the first step (bool (R, V)): the real prompt

@@ -3,6 +3,7 @@
 ``prefill()`` runs the prompt and returns the logits of each row's next token; ``step(tokens)``
 feeds one new token per row; ``reorder(index)`` keeps cache rows for beam search. The KV cache is
 allocated once for the prompt plus all new tokens (gpt-fast style), so a step never reallocates.
+With ``compile=True`` each step after the prompt runs as one torch.compile'd graph (compiled.py).
 """
 
 from __future__ import annotations
@@ -10,24 +11,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from llmkit.inference.compiled import compiled_step, decoder_step, encoder_decoder_step
 from llmkit.models.cache import KVCache
 
 
 @torch.no_grad()
-def use_decode_layout(model: nn.Module) -> None:
-    """Store CPU ``nn.Linear`` weights (out, in) with out >= in column-major: the transpose of a contiguous
-    (in, out) matrix, as GPT-2's Conv1D stores it. Values, shapes, names and tied weights stay as they are
-    (the Parameter objects are kept, only their memory layout changes), so saving, loading and training
-    see no difference.
+def use_decode_layout(model: nn.Module, compiled: bool = False) -> None:
+    """Lay out CPU ``nn.Linear`` weights for one-row matmuls. Values, shapes, names and tied weights stay
+    as they are (the Parameter objects are kept, only their memory layout changes), so saving, loading
+    and training see no difference. Idempotent: weights already laid out so are not copied.
 
-    Why: a decoding step multiplies one row by each weight, and MKL streams a square or widening matrix
-    (the lm head, QKV, the MLP's up projection) from memory 1.2-1.8x faster as (in, out); a narrowing one
-    (the MLP's down projection) is faster as it is. Measured on a 1-thread AMD EPYC: GPT-2 small's head
-    13 -> 23 GB/s. Idempotent: weights already laid out so are skipped.
+    Eager (``compiled=False``): square and widening weights (out >= in: the lm head, QKV, the MLP's up
+    projection) column-major, the transpose of a contiguous (in, out) matrix as GPT-2's Conv1D stores
+    it, which MKL streams from memory 1.2-1.8x faster (1-thread AMD EPYC: GPT-2 small's head 13 -> 23
+    GB/s); narrowing ones (the MLP's down projection) are faster as they are. Compiled: all row-major
+    (out, in), the layout the compiled step's multiply-and-sum over ``in`` reads contiguously.
     """
     for module in model.modules():
         w = module.weight if isinstance(module, nn.Linear) else None
-        if w is not None and w.device.type == "cpu" and w.dim() == 2 and w.is_contiguous() and w.shape[0] >= w.shape[1]:
+        if w is None or w.device.type != "cpu" or w.dim() != 2:
+            continue
+        if compiled and not w.is_contiguous():
+            w.data = w.data.contiguous()
+        elif not compiled and w.is_contiguous() and w.shape[0] >= w.shape[1]:
             w.data = w.data.t().contiguous().t()
 
 
@@ -36,9 +42,12 @@ class DecoderRunner:
     counted from each row's first real token, ``(mask.cumsum(-1) - 1).clamp(min=0)``, as
     transformers' generate does; a batch without padding passes neither (cheaper steps)."""
 
-    def __init__(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, max_new: int) -> None:
+    def __init__(
+        self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, max_new: int, compile: bool = False
+    ) -> None:
         device = next(model.parameters()).device
         self.model, self.ids = model, ids.to(device)
+        self.forward_step = compiled_step("decoder") if compile else decoder_step
         self.rows, prompt_len = ids.shape
         self.cache = KVCache.for_model(model, self.rows, prompt_len + max_new)
         self.padded = not bool(mask.all())
@@ -55,8 +64,7 @@ class DecoderRunner:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         past = self.cache.length
         mask, pos = (self.mask[:, : past + 1], self.positions[:, past : past + 1]) if self.padded else (None, None)
-        out = self.model(tokens[:, None], attention_mask=mask, position_ids=pos, cache=self.cache)
-        return out.logits[:, -1].float()  # (R, V)
+        return self.forward_step(self.model, tokens, mask, pos, self.cache)  # (R, V)
 
     def reorder(self, index: torch.Tensor) -> None:
         # rows of one prompt share their mask and positions, and beams never leave their prompt
@@ -68,10 +76,18 @@ class EncoderDecoderRunner:
     keys and values (computed at the first step) and the self-attention cache."""
 
     def __init__(
-        self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, max_new: int, expand: int, start_id: int
+        self,
+        model: nn.Module,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        max_new: int,
+        expand: int,
+        start_id: int,
+        compile: bool = False,
     ) -> None:
         device = next(model.parameters()).device
         self.model = model
+        self.forward_step = compiled_step("encoder_decoder") if compile else encoder_decoder_step
         memory, _ = model.encode(ids.to(device), mask.to(device))  # (B, S, C), once per prompt
         self.memory = memory.repeat_interleave(expand, dim=0)  # (R, S, C)
         self.memory_mask = mask.to(device).repeat_interleave(expand, dim=0)
@@ -80,11 +96,11 @@ class EncoderDecoderRunner:
         self.cache = KVCache.for_model(model, self.rows, 1 + max_new)
 
     def prefill(self) -> torch.Tensor:
-        return self.step(self.start)
+        # eager: the first step also projects the encoder output for cross-attention
+        return encoder_decoder_step(self.model, self.start, self.memory, self.memory_mask, self.cache)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        logits, *_ = self.model.decode(tokens[:, None], self.memory, self.memory_mask, cache=self.cache)
-        return logits[:, -1].float()  # (R, V)
+        return self.forward_step(self.model, tokens, self.memory, self.memory_mask, self.cache)  # (R, V)
 
     def reorder(self, index: torch.Tensor) -> None:
         self.cache.reorder(index)  # the memory rows of one prompt are equal: no need to move them

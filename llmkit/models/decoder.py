@@ -36,10 +36,8 @@ class DecoderLM(nn.Module):
         With a ``cache``, input_ids are the T tokens after the cached ones; positions continue
         from ``cache.length`` unless ``position_ids`` says otherwise (left-padded batches do).
         """
-        if position_ids is None:
-            past = cache.length if cache is not None else 0
-            position_ids = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)[None]
-        x = self.embed(input_ids, position_ids)  # (B, T, C)
+        past = cache.length if cache is not None else 0
+        x = self.embed(input_ids, position_ids, past=past)  # (B, T, C)
         x, attentions, _ = self.stack(
             x, attention_mask=attention_mask, position_ids=position_ids, output_attentions=output_attentions,
             cache=cache,

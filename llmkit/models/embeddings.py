@@ -34,21 +34,32 @@ class Embeddings(nn.Module):
         input_ids: torch.Tensor,
         position_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        past: int = 0,
     ) -> torch.Tensor:
+        """Positions are ``past, past + 1, ...`` unless ``position_ids`` says otherwise (left padding)."""
         T = input_ids.shape[1]
+        absolute = self.positions is not None or self.sinusoid is not None
         if position_ids is None:
-            position_ids = torch.arange(T, device=input_ids.device)[None]
+            if absolute and past + T > self.max_seq_len:
+                self._too_long(past + T)
+            position_ids = torch.arange(past, past + T, device=input_ids.device)[None]
+        elif absolute and not torch.compiler.is_compiling():
+            # reading the largest position is a host sync: done for explicit positions only, and
+            # not inside a compiled graph (where it would break the graph every decoding step)
+            longest = int(position_ids.max()) + 1
+            if longest > self.max_seq_len:
+                self._too_long(longest)
         x = self.tokens(input_ids) * self.scale  # (B, T, C)
-        if self.positions is not None or self.sinusoid is not None:
-            if int(position_ids.max()) >= self.max_seq_len:
-                raise LlmkitError(
-                    f"sequence of {int(position_ids.max()) + 1} positions exceeds the context window "
-                    f"of {self.max_seq_len}",
-                    "shorten the input or truncate it to max_seq_len",
-                )
+        if absolute:
             x = x + (self.positions(position_ids) if self.positions is not None else self.sinusoid[position_ids])
         if self.token_types is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
             x = x + self.token_types(token_type_ids)
         return self.norm(x)
+
+    def _too_long(self, positions: int) -> None:
+        raise LlmkitError(
+            f"sequence of {positions} positions exceeds the context window of {self.max_seq_len}",
+            "shorten the input or truncate it to max_seq_len",
+        )

@@ -50,9 +50,8 @@ class EncoderDecoderLM(nn.Module):
         values of ``memory`` are computed at the first call only.
         """
         past = cache.length if cache is not None else 0
-        positions = torch.arange(past, past + decoder_input_ids.shape[1], device=decoder_input_ids.device)[None]
         x, attentions, cross = self.decoder(
-            self.embed(decoder_input_ids, positions), attention_mask=decoder_attention_mask, position_ids=positions,
+            self.embed(decoder_input_ids, past=past), attention_mask=decoder_attention_mask,
             memory=memory, memory_mask=memory_mask, output_attentions=output_attentions, cache=cache,
         )  # fmt: skip
         return self.lm_head(x * self.output_scale), x, attentions, cross

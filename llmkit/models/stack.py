@@ -106,7 +106,7 @@ class Stack(nn.Module):
         bias = None
         # A dense mask is needed for padding, the explicit path, the relative bias, and several new
         # queries over cached keys (SDPA's is_causal aligns the triangle top-left, not bottom-right).
-        if attention_mask is not None or output_attentions or self.rel_bias is not None or (past and T > 1):
+        if attention_mask is not None or output_attentions or self.rel_bias is not None or (T > 1 and past > 0):
             bias = attention_bias(attention_mask, T, S, self.causal, x.dtype, x.device)
         if self.rel_bias is not None:
             rel = self.rel_bias(T, S, q_offset=past).to(x.dtype)  # (1, H, T, S)
@@ -121,8 +121,11 @@ class Stack(nn.Module):
             memory_bias = attention_bias(memory_mask, T, memory.shape[1], False, x.dtype, x.device)
         attentions, cross_attentions = [], []
         x = self.drop(x)
+        # one query (a decoding step) sees every key anyway; testing T first keeps is_causal a plain
+        # bool when ``past`` is symbolic under torch.compile (SDPA rejects a SymBool)
+        is_causal = self.causal and T > 1 and past == 0
         kwargs = dict(
-            bias=bias, is_causal=self.causal and past == 0, rope=rope, memory=memory, memory_bias=memory_bias,
+            bias=bias, is_causal=is_causal, rope=rope, memory=memory, memory_bias=memory_bias,
             need_weights=output_attentions, past=past,
         )  # fmt: skip
         for i, layer in enumerate(self.layers):
