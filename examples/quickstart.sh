@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 LLMKIT=${LLMKIT:-.venv/bin/llmkit}
 OUT=runs/quickstart
 start=$(date +%s)
+if [ -d "$OUT" ]; then  # each run starts over, so `make quickstart` can be repeated
+  echo "removing the previous run in $OUT"
+  rm -rf "$OUT"
+fi
 
 echo "== 1/4 tokenizer: byte-level BPE on the built-in corpus"
 $LLMKIT tokenizer train --builtin python-docs --builtin python-stdlib --kind bpe --vocab-size 4096 \
