@@ -416,6 +416,13 @@ def test_tokenizer_check(dataset, bpe, trained):
         dataset.check_tokenizer(trained["unigram"])
 
 
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "unigram"])
+def test_fingerprint_survives_save_and_load(trained, kind, tmp_path):
+    """Unigram scores come back from tokenizer.json a digit off; the fingerprint must not see it."""
+    trained[kind].save(tmp_path / kind)
+    assert tokenizer_fingerprint(Tokenizer.from_dir(tmp_path / kind)) == tokenizer_fingerprint(trained[kind])
+
+
 # --- CLI ----------------------------------------------------------------------------------------------
 
 
