@@ -31,8 +31,9 @@ import tiktoken
 import tokenizers
 
 from llmkit.data.builtin import stdlib_source_texts
-from llmkit.data.datasets import TokenDataset, tokenize_corpus
+from llmkit.data.datasets import TokenDataset
 from llmkit.data.fast_bpe import _usable_cpus, tiktoken_engine
+from llmkit.data.shards import tokenize_corpus
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.data.tokenizer_train import train_tokenizer
 

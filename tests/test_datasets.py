@@ -14,9 +14,10 @@ import tokenizers
 import torch
 from tokenizers import models, pre_tokenizers
 
-from llmkit.data import datasets, fast_bpe
+from llmkit.data import fast_bpe, shards
 from llmkit.data.builtin import python_docs_texts, stdlib_source_texts
-from llmkit.data.datasets import TokenDataset, tokenize_corpus, tokenizer_fingerprint
+from llmkit.data.datasets import TokenDataset, tokenizer_fingerprint
+from llmkit.data.shards import tokenize_corpus
 from llmkit.data.sources import parse_source, read_source, resolve_source, split_pieces
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.data.tokenizer_train import train_tokenizer
@@ -306,7 +307,7 @@ def test_builtin_source_and_max_tokens(bpe, tmp_path):
 
 
 def test_weights_mix_by_tokens(bpe, tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets, "_MIX_BLOCK", 256)  # small blocks, so that this small data interleaves
+    monkeypatch.setattr(shards, "_MIX_BLOCK", 256)  # small blocks, so that this small data interleaves
     big = write_docs(tmp_path / "big", ["apple pie is sweet. " * 50] * 40)
     small = write_docs(tmp_path / "small", ["berry tart, " * 30] * 5)
     summary = tokenize([(big, 3.0), (small, 1.0)], bpe, tmp_path / "out", val_fraction=0.0)

@@ -27,6 +27,7 @@ LAYERS = {
     "llmkit.data.tokenizer": 1,
     "llmkit.data.tokenizer_train": 1,
     "llmkit.data.datasets": 1,
+    "llmkit.data.shards": 1,
     "llmkit.data.fast_bpe": 1,
     "llmkit.objectives": 2,
     "llmkit.inference": 2,

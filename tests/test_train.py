@@ -19,7 +19,8 @@ from llmkit.cli import main
 from llmkit.cli.pretrain import load_run_config, tokenizer_fields
 from llmkit.config import ModelConfig, TrainConfig
 from llmkit.data.builtin import python_docs_texts
-from llmkit.data.datasets import TokenDataset, tokenize_corpus
+from llmkit.data.datasets import TokenDataset
+from llmkit.data.shards import tokenize_corpus
 from llmkit.data.tokenizer_train import train_tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.models import build_model

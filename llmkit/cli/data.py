@@ -28,7 +28,7 @@ engine, checked to give the same ids as `tokenizers`; other tokenizers use `toke
 
 """
 
-# The rule of llmkit.data.datasets.tokenize_corpus, kept here so `--help` imports no torch.
+# The rule of llmkit.data.shards.tokenize_corpus, kept here so `--help` imports no torch.
 _MIXING_HELP = """\
 Mixing. With weights (SOURCE:WEIGHT on every source; they are normalized to sum to 1) the train
 split holds T tokens, T = --max-tokens or else the sum of the sources' train tokens, and source i
@@ -99,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _tokenize(args: argparse.Namespace) -> None:
-    from llmkit.data.datasets import tokenize_corpus
+    from llmkit.data.shards import tokenize_corpus
     from llmkit.data.sources import parse_source
     from llmkit.data.tokenizer import Tokenizer
 
