@@ -37,8 +37,8 @@ from llmkit.models import build_model
 from llmkit.objectives import Batch, lm_loss
 from llmkit.train import flops_per_token, make_state, train_step
 from llmkit.train.distributed import Dist
-from llmkit.train.loop import measure_peak_flops
 from llmkit.train.optim import lr_at, param_groups, set_lr
+from llmkit.train.step import measure_peak_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare"

@@ -24,7 +24,7 @@ from llmkit.data.shards import tokenize_corpus
 from llmkit.data.tokenizer_train import train_tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.models import build_model
-from llmkit.train import loop, pretrain
+from llmkit.train import loop, pretrain, step
 from llmkit.train.optim import lr_at, param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,7 +247,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(data_dirs, t
         real_save(state, out_dir, tokenizer, extra)
         saved.update({name: (out_dir / name).read_bytes() for name in (checkpoint.WEIGHTS, loop.TRAIN_STATE)})
 
-    real_loss, calls = loop.lm_loss, []
+    real_loss, calls = step.lm_loss, []
 
     def poisoned(logits, labels):
         loss = real_loss(logits, labels)
@@ -258,7 +258,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(data_dirs, t
         return loss
 
     monkeypatch.setattr(loop, "save_checkpoint", save_and_remember)
-    monkeypatch.setattr(loop, "lm_loss", poisoned)
+    monkeypatch.setattr(step, "lm_loss", poisoned)
     assert main(["pretrain", "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert err.startswith("llmkit pretrain: error: the training loss became inf")

@@ -4,11 +4,14 @@ reusable by benchmarks and other loops.
 - ``optim``: AdamW (decay on matrices only) and ``lr_at`` (linear warmup, cosine decay).
 - ``distributed``: torchrun processes, ``wrap(model, "ddp")`` (the one place a model is wrapped).
 - ``metrics``: metrics.jsonl and the loss-curve PNG.
-- ``loop``: the step, evaluation, checkpoints with ``train_state.pt``, and the loop.
+- ``step``: the step (``make_state``, ``train_step``, ``train_batches``) and its throughput (FLOPs per
+  token, the measured matmul peak).
+- ``loop``: evaluation, checkpoints with ``train_state.pt``, and the loop.
 """
 
-from llmkit.train.loop import TrainState, evaluate, flops_per_token, make_state, pretrain, train_step
+from llmkit.train.loop import evaluate, pretrain
 from llmkit.train.optim import lr_at, make_optimizer
+from llmkit.train.step import TrainState, flops_per_token, make_state, train_step
 
 __all__ = [
     "TrainState",

@@ -1,4 +1,4 @@
-"""Pretraining: the training step, evaluation, checkpoints, and the loop that ties them together.
+"""Pretraining: evaluation, checkpoints, and the loop that ties them to the step (step.py).
 
 Everything random is a function of the seed and the step: batch ``step * grad_accum + micro`` comes
 from ``TokenDataset.batch`` (seeded by seed, split and index), the objective's draws (masking, span
@@ -9,178 +9,42 @@ uninterrupted one exactly; ``train_state.pt`` needs only the step and the optimi
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import io
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.parallel import DistributedDataParallel
 
 from llmkit import checkpoint
 from llmkit.config import ModelConfig, TrainConfig
 from llmkit.data.datasets import TokenDataset
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
-from llmkit.models import build_model, set_activation_checkpointing
-from llmkit.models.stack import Stack
-from llmkit.objectives import IGNORE_INDEX, Batch, Objective, lm_loss, make_objective
+from llmkit.models import build_model
+from llmkit.objectives import IGNORE_INDEX, Objective, lm_loss, make_objective
 from llmkit.train import distributed
 from llmkit.train.distributed import Dist
 from llmkit.train.metrics import MetricsLog, plot_loss
-from llmkit.train.optim import lr_at, make_optimizer, set_lr
+from llmkit.train.optim import lr_at
+from llmkit.train.step import (
+    EVAL_SEEDS,
+    TRAIN_SEEDS,
+    TrainState,
+    derive_seed,
+    flops_per_token,
+    make_state,
+    measure_peak_flops,
+    train_batches,
+    train_step,
+)
 
 TRAIN_STATE = "train_state.pt"
 METRICS = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 # Settings that fix which rows and draws step k sees: a resumed run must keep them.
 _DATA_FIELDS = ("seed", "block_size", "grad_accum", "objective", "mlm_probability", "noise_density", "mean_span_length")
-_TRAIN, _EVAL = 0, 1  # streams of derived seeds
-
-
-# ---- the step -------------------------------------------------------------------------------
-@dataclass
-class TrainState:
-    """What a training step needs: the model as run (DDP / compiled) and bare, its optimizer, the
-    settings, this process's place, and the number of optimizer steps done."""
-
-    model: nn.Module  # what forward runs: wrapped by distributed.wrap, maybe compiled
-    raw: nn.Module  # the bare model: its weights are saved and evaluated
-    optimizer: torch.optim.Optimizer
-    cfg: TrainConfig
-    env: Dist
-    step: int = 0
-
-    @property
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on the run's device (weights and optimizer stay fp32); fp32: nothing."""
-        return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.cfg.dtype == "bf16")
-
-
-def make_state(model: nn.Module, cfg: TrainConfig, env: Dist | None = None) -> TrainState:
-    """Ready ``model`` for ``train_step``. Order: flush denormals (CPU) -> move to the device -> activation
-    checkpointing and torch.compile of the stacks if asked -> AdamW -> ``distributed.wrap`` (DDP under
-    torchrun) -> restrict the attention kernels where ``attention_kernels`` says so."""
-    env = env or distributed.init(cfg.device)
-    if env.device.type == "cpu":
-        # x86 runs arithmetic on denormal floats (< 1.2e-38, e.g. far softmax tails) ~100x slower: a
-        # 200-step T5 run took 72 s instead of 15 s. Flushing them to zero changes nothing measurable.
-        torch.set_flush_denormal(True)
-    model = model.to(env.device).train()
-    set_activation_checkpointing(model, cfg.activation_checkpointing)
-    if cfg.compile:
-        compile_stacks(model)
-    optimizer = make_optimizer(model, cfg)
-    run = distributed.wrap(model, "ddp", env)
-    kernels = attention_kernels(env.device, cfg.block_size)
-    if kernels is not None:
-        run = WithAttentionKernels(run, kernels)
-    return TrainState(model=run, raw=model, optimizer=optimizer, cfg=cfg, env=env)
-
-
-def compile_stacks(model: nn.Module) -> None:
-    """torch.compile every Stack of ``model`` in place: the blocks do nearly all the work, parameter
-    names stay as they are, and the embeddings stay outside the graphs. (Compiling the whole model
-    breaks its graph at the embeddings' bounds check, a host read, and the attention-kernel choice
-    is then lost: 57 ms per step of the shakespeare bench instead of 36.)"""
-    for module in model.modules():
-        if isinstance(module, Stack):
-            module.compile()
-
-
-# Measured here (AMD EPYC, AVX-512 BF16, torch 2.13, one thread), a training step of a 4-layer,
-# 128-wide decoder under bf16 autocast: 768 tokens as 12 x 64: math kernel 43 ms, flash 73 ms; as
-# 6 x 128: 102 ms vs 130; 1024 tokens as 4 x 256: 319 ms vs 239. CPU flash attention's backward
-# costs more than it saves at short lengths.
-CPU_MATH_ATTENTION_MAX_LEN = 128
-
-
-def attention_kernels(device: torch.device, block_size: int) -> list[SDPBackend] | None:
-    """The scaled-dot-product-attention kernels training may use: the math one on CPU up to
-    ``CPU_MATH_ATTENTION_MAX_LEN`` tokens, else None (torch's own choice)."""
-    if device.type == "cpu" and block_size <= CPU_MATH_ATTENTION_MAX_LEN:
-        return [SDPBackend.MATH]
-    return None
-
-
-class WithAttentionKernels(nn.Module):
-    """Runs ``module`` (and its backward, whose kernels follow the forward's) with SDPA restricted to
-    ``kernels``."""
-
-    def __init__(self, module: nn.Module, kernels: list[SDPBackend]) -> None:
-        super().__init__()
-        self.module, self.kernels = module, kernels
-
-    def forward(self, *args, **kwargs):
-        with sdpa_kernel(self.kernels):
-            return self.module(*args, **kwargs)
-
-
-def train_step(state: TrainState, batches: list[Batch]) -> torch.Tensor:
-    """One optimizer step over ``batches`` (the micro-batches on this process); returns its loss.
-
-    Order: lr <- lr_at(step) -> per micro-batch: forward under autocast, fp32 loss weighted by the
-    micro-batch's share of the step's target tokens over all processes, backward (DDP averages
-    gradients on the last one only) -> clip the global gradient norm -> AdamW -> gradients to None.
-    The weighting makes the gradient that of the mean loss over every target token of the global
-    batch, however the rows are split into micro-batches and processes. The returned loss is this
-    process's part of that mean, a 0-d tensor left on the device (no host sync): summed over
-    processes it is the global mean.
-    """
-    cfg, world = state.cfg, state.env.world_size
-    set_lr(state.optimizer, lr_at(state.step, cfg))
-    counts = [(b.labels != IGNORE_INDEX).sum().float() for b in batches]
-    total = distributed.all_reduce_sum(torch.stack(counts).sum())  # target tokens of the global batch
-    step_loss = torch.zeros((), device=state.env.device)
-    for i, batch in enumerate(batches):
-        last = i == len(batches) - 1
-        with contextlib.nullcontext() if last else _no_sync(state.model):
-            with state.autocast:
-                logits = state.model(**batch.inputs).logits
-            loss = lm_loss(logits, batch.labels) * (counts[i] / total)
-            (loss * world).backward()  # DDP divides the summed gradients by world
-        step_loss += loss.detach()
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(state.raw.parameters(), cfg.grad_clip, foreach=True)
-    state.optimizer.step()
-    state.optimizer.zero_grad(set_to_none=True)
-    state.step += 1
-    return step_loss
-
-
-def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager:
-    """DDP's no_sync (skip the gradient all-reduce), found through the compile and kernel wrappers."""
-    while not isinstance(model, DistributedDataParallel):
-        model = getattr(model, "_orig_mod", None) or (model.module if isinstance(model, WithAttentionKernels) else None)
-        if model is None:
-            return contextlib.nullcontext()
-    return model.no_sync()
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed fixed by ``parts``, e.g. (seed, stream, step, micro, rank): streams never overlap."""
-    digest = hashlib.blake2b("\0".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
-def train_batches(data: TokenDataset, objective: Objective, cfg: TrainConfig, env: Dist, step: int) -> list[Batch]:
-    """This process's micro-batches of optimizer step ``step``: a function of (seed, step, rank) only."""
-    window = objective.window_length(cfg.block_size)
-    batches = []
-    for micro in range(cfg.grad_accum):
-        tokens = data.batch(
-            "train", step * cfg.grad_accum + micro, cfg.batch_size, window,
-            seed=cfg.seed, rank=env.rank, world_size=env.world_size,
-        )  # fmt: skip
-        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, _TRAIN, step, micro, env.rank))
-        batches.append(objective(tokens, generator).to(env.device, non_blocking=True))
-    return batches
 
 
 # ---- evaluation -----------------------------------------------------------------------------
@@ -196,7 +60,7 @@ def evaluate(state: TrainState, data: TokenDataset, objective: Objective) -> flo
         tokens = data.batch(
             "val", index, cfg.batch_size, window, seed=cfg.seed, rank=env.rank, world_size=env.world_size
         )
-        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, _EVAL, index, env.rank))
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, EVAL_SEEDS, index, env.rank))
         batch = objective(tokens, generator).to(env.device)
         with state.autocast:
             logits = state.raw(**batch.inputs).logits
@@ -210,46 +74,6 @@ def evaluate(state: TrainState, data: TokenDataset, objective: Objective) -> flo
 def perplexity(loss: float) -> float:
     """exp(loss), inf where it overflows."""
     return math.exp(loss) if loss < 700 else math.inf
-
-
-# ---- throughput -----------------------------------------------------------------------------
-def flops_per_token(model: nn.Module, cfg: ModelConfig, block_size: int) -> float:
-    """Training FLOPs per token, estimated as PaLM (Chowdhery et al. 2022, app. B) and nanoGPT do:
-    6 per weight of every matrix multiply (forward 2, backward 4; the tied head counts, lookups of
-    embeddings do not) + 12 * layers * (heads * head_dim) * block_size for attention's scores and
-    weighted sum. Encoder-decoder: both stacks, cross-attention as another layer of attention."""
-    matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
-    attention_layers = cfg.n_layer + (2 * cfg.n_decoder_layer if cfg.family == "encoder_decoder" else 0)
-    return 6 * matmul_weights + 12 * attention_layers * cfg.n_head * cfg.head_dim * block_size
-
-
-_PEAKS: dict[tuple, float] = {}
-
-
-def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """FLOP/s of a square matmul in ``dtype`` on ``device`` (n = 1024 on CPU, 4096 on GPU; ~0.2 s,
-    measured once per process): the practical peak that MFU is quoted against."""
-    key = (device.type, device.index, dtype)
-    if key not in _PEAKS:
-        n = 4096 if device.type == "cuda" else 1024
-        a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-        a @ b  # warm-up: the first product pays for library setup (cuBLAS handles, kernel choice)
-        _sync(device)
-        reps, elapsed = 1, 0.0
-        while elapsed < 0.05:  # double the repetitions until a run is long enough to time
-            reps *= 2
-            start = time.perf_counter()
-            for _ in range(reps):
-                a @ b
-            _sync(device)
-            elapsed = time.perf_counter() - start
-        _PEAKS[key] = 2 * n**3 * reps / elapsed
-    return _PEAKS[key]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
@@ -386,7 +210,7 @@ class _Run:
         self.tick = time.perf_counter()
         try:
             for step in range(start, cfg.steps):
-                torch.manual_seed(derive_seed(cfg.seed, _TRAIN, step, self.env.rank))  # dropout
+                torch.manual_seed(derive_seed(cfg.seed, TRAIN_SEEDS, step, self.env.rank))  # dropout
                 batches = train_batches(self.data, self.objective, cfg, self.env, step)
                 self.pending.append(train_step(state, batches))
                 bar.update(1)
