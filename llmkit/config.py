@@ -244,6 +244,25 @@ class GenerationConfig:
         return dataclasses.replace(self, **changes)
 
 
+_TYPE_RULES = {
+    "bool": (lambda v: isinstance(v, bool), "must be true or false"),
+    "int": (lambda v: _is_int(v), "must be an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "must be a number"),
+    "str": (lambda v: isinstance(v, str), "must be a string"),
+}
+
+
+def _check_types(config: Any, table: str) -> None:
+    """Each field holds its annotated type (a TOML file can say ``compile = "yes"`` or ``steps = "10"``)."""
+    for f in fields(config):
+        rule = _TYPE_RULES.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        value = getattr(config, f.name)
+        if rule is not None and not rule[0](value):
+            raise LlmkitError(
+                f"{f.name}={value!r} {rule[1]}", f"change {f.name} in the [{table}] table or --{table}.{f.name}"
+            )
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -293,6 +312,7 @@ class TrainConfig:
     mean_span_length: float = 3.0  # span_corruption
 
     def __post_init__(self) -> None:
+        _check_types(self, "train")
         _check_choice("objective", self.objective, OBJECTIVES)
         _check_choice("dtype", self.dtype, TRAIN_DTYPES)
         for name in (

@@ -321,7 +321,8 @@ def test_config_precedence(data_dirs, tmp_path):
         ("[train]\nstepz = 3", "unknown train config field(s) stepz"),
         ('[model]\npreset = "tiny-gpt-1m"\nwidth = 3', "unknown model config field(s) width"),
         ("[optim]\nlr = 3", "unknown table or key optim"),
-        ('[train]\nsteps = "many"', "wrong type"),
+        ('[train]\nsteps = "many"', "steps='many' must be an integer"),
+        ('[train]\ncompile = "yes"', "compile='yes' must be true or false"),
         ('[model]\npreset = "nope"', "unknown model preset 'nope'"),
     ],
 )
