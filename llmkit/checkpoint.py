@@ -1,5 +1,9 @@
 """Checkpoint directories: config.json, model.safetensors, tokenizer.json, generation_config.json.
 
+A quantized checkpoint (``llmkit quantize``) says so in the ``quantization`` entry of config.json;
+its safetensors file holds ``NAME.qweight`` and ``NAME.scales`` in place of each quantized
+``NAME.weight``, and ``load`` rebuilds the quantized modules before reading them (llmkit.quantize).
+
 Saves are atomic (a temporary directory beside the target, renamed into place), so a crash never
 leaves a half-written checkpoint. Loads validate every file and turn each problem into a one-line
 ``LlmkitError`` that names the file.
@@ -22,6 +26,8 @@ from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.files import atomic_directory
 from llmkit.models import build_model
+from llmkit.quantize.layers import quantize_model, use_kernels
+from llmkit.quantize.spec import QuantSpec
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -29,6 +35,7 @@ TOKENIZER = "tokenizer.json"
 GENERATION = "generation_config.json"
 FORMAT = "llmkit"  # marks our config.json apart from a Hugging Face one
 FORMAT_VERSION = 1
+QUANTIZATION = "quantization"  # config.json entry of a quantized checkpoint (not a ModelConfig field)
 
 
 # ---- saving ---------------------------------------------------------------------------------
@@ -54,14 +61,18 @@ def save(
 ) -> Path:
     """Write ``model`` (with its attached tokenizer and generation config unless given) atomically.
 
-    ``extra_files`` maps a file name to JSON-serialisable content or bytes written beside the rest.
+    A quantized model (``model.quantization``, a QuantSpec) is written in its stored format, and
+    config.json gets the ``quantization`` entry. ``extra_files`` maps a file name to
+    JSON-serialisable content or bytes written beside the rest.
     """
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     gen = generation_config or getattr(model, "generation_config", None) or GenerationConfig.for_model(model.config)
+    quantization = getattr(model, "quantization", None)
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.config.to_dict()}
+    if quantization is not None:
+        config[QUANTIZATION] = quantization.to_dict()
     with atomic_directory(directory) as tmp:
-        (tmp / CONFIG).write_text(
-            json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, **model.config.to_dict()}, indent=2)
-        )
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         save_file(unique_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / GENERATION).write_text(json.dumps(gen.to_dict(), indent=2))
         if tokenizer is not None:
@@ -85,8 +96,8 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(directory: str | os.PathLike) -> ModelConfig:
-    """Read and validate config.json of an llmkit checkpoint directory."""
+def read_config_json(directory: str | os.PathLike) -> dict[str, Any]:
+    """config.json of an llmkit checkpoint directory, checked to be ours."""
     path = Path(directory) / CONFIG
     if not Path(directory).is_dir():
         raise LlmkitError(f"{directory}: no such checkpoint directory", "check the path")
@@ -97,11 +108,26 @@ def load_config(directory: str | os.PathLike) -> ModelConfig:
             f"{path}: unknown architecture '{kind}' (not an llmkit config)",
             f"for a Hugging Face checkpoint run: llmkit convert --from-hf {directory} OUT",
         )
-    data = {k: v for k, v in data.items() if k not in ("format", "format_version")}
+    return data
+
+
+def load_config(directory: str | os.PathLike) -> ModelConfig:
+    """Read and validate config.json of an llmkit checkpoint directory."""
+    path = Path(directory) / CONFIG
+    data = read_config_json(directory)
+    data = {k: v for k, v in data.items() if k not in ("format", "format_version", QUANTIZATION)}
     try:
         return ModelConfig.from_dict(data, source=str(path))
     except TypeError as err:
         raise LlmkitError(f"{path}: invalid config ({err})", "re-save the checkpoint") from None
+
+
+def load_quantization(directory: str | os.PathLike) -> QuantSpec | None:
+    """The checkpoint's quantization (validated), or None for a plain one."""
+    data = read_config_json(directory)
+    if QUANTIZATION not in data:
+        return None
+    return QuantSpec.from_dict(data[QUANTIZATION], source=str(Path(directory) / CONFIG))
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -136,6 +162,12 @@ def load_state_dict_checked(model: nn.Module, weights: dict[str, torch.Tensor], 
                 f"{tuple(expected[name].shape)}",
                 _MISMATCH_HINT,
             )
+        # quantized weights must keep their integer type: copying would silently convert them
+        if not expected[name].is_floating_point() and tensor.dtype != expected[name].dtype:
+            raise LlmkitError(
+                f"{source}: tensor '{name}' has dtype {tensor.dtype}, config expects {expected[name].dtype}",
+                _MISMATCH_HINT,
+            )
     model.load_state_dict(weights, strict=False)
 
 
@@ -145,19 +177,30 @@ _MISMATCH_HINT = "config.json and model.safetensors do not belong together; re-s
 def load(
     directory: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> nn.Module:
-    """Load a checkpoint directory: a ready model in eval mode with ``.tokenizer`` (or None) and
-    ``.generation_config`` attached."""
+    """Load a checkpoint directory: a ready model in eval mode with ``.tokenizer`` (or None),
+    ``.generation_config`` and ``.quantization`` (a QuantSpec, or None) attached.
+
+    A quantized checkpoint: fp16/bf16 load in that dtype unless ``dtype`` says otherwise; int8/int4
+    load as quantized modules (norms and biases in ``dtype``, fp32 by default) that run through
+    torch's CPU kernels on CPU (``llmkit.quantize.use_kernels``).
+    """
     directory = Path(directory)
     cfg = load_config(directory)
+    quantization = load_quantization(directory)
     weights = read_weights(directory / WEIGHTS)
     tokenizer = load_tokenizer(directory, cfg)
     gen_path = directory / GENERATION
     gen = GenerationConfig.from_dict(read_json(gen_path)) if gen_path.exists() else GenerationConfig.for_model(cfg)
     model = build_model(cfg, init=False)
+    if quantization is not None:
+        quantize_model(model, quantization, empty=True)  # the stored layout, to be filled below
+        dtype = dtype or quantization.dtype
     load_state_dict_checked(model, weights, str(directory / WEIGHTS))
     model.tokenizer = tokenizer
     model.generation_config = gen
-    return model.to(device=device, dtype=dtype).eval()
+    model.quantization = quantization
+    model = model.to(device=device, dtype=dtype).eval()
+    return use_kernels(model) if quantization is not None and not quantization.is_cast else model
 
 
 def load_tokenizer(directory: Path, cfg: ModelConfig) -> Tokenizer | None:

@@ -12,7 +12,7 @@ import sys
 
 from llmkit.errors import LlmkitError
 
-COMMAND_MODULES = ("tokenizer", "data", "convert", "inspect", "init", "pretrain", "generate")
+COMMAND_MODULES = ("tokenizer", "data", "convert", "inspect", "init", "pretrain", "generate", "quantize")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,7 +33,9 @@ def run(args: argparse.Namespace) -> None:
         from llmkit import checkpoint
 
         cfg = checkpoint.load_config(path)
-        stored = _stored_weights(path / checkpoint.WEIGHTS)
+        quantization = checkpoint.load_quantization(path)
+        stored = {"quantization": quantization.describe() if quantization is not None else "none"}
+        stored.update(_stored_weights(path / checkpoint.WEIGHTS))
         tok = checkpoint.load_tokenizer(path, cfg)
         stored["tokenizer vocab"] = tok.vocab_size if tok is not None else None
     elif args.model in PRESETS:
@@ -53,6 +55,8 @@ def run(args: argparse.Namespace) -> None:
         "weights_bytes": summary.weight_bytes(),
         **stored,
     }
+    if "file size" in stored:
+        report["file size vs fp32 weights"] = round(stored["file size"] / summary.weight_bytes()["fp32"], 4)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -60,7 +64,11 @@ def run(args: argparse.Namespace) -> None:
     print(f"  {report['architecture']}")
     print(f"  context window {cfg.max_seq_len} tokens | vocabulary {cfg.vocab_size}")
     for key, value in stored.items():
-        print(f"  {key}: {human_bytes(value) if key == 'file size' else value}")
+        if key == "file size":
+            value = f"{human_bytes(value)} ({report['file size vs fp32 weights']:.3f}x the fp32 weights)"
+        elif key == "stored bytes by dtype":
+            value = " | ".join(f"{dtype} {human_bytes(n)}" for dtype, n in value.items())
+        print(f"  {key}: {value}")
     print(f"  {'component':<24}{'parameters':>16}{'share':>9}")
     for name, count in sorted(summary.parameters.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<24}{count:>16,}{count / summary.total:>9.1%}")
@@ -68,7 +76,17 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _stored_weights(path: Path) -> dict:
+    """The dtypes in the safetensors file, the bytes each takes (quantized weights apart from their
+    float scales and norms), and the file's size."""
     from llmkit.checkpoint import read_weights
 
-    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in read_weights(path).values()})
-    return {"stored dtype": ",".join(dtypes), "file size": path.stat().st_size}
+    by_dtype: dict[str, int] = {}
+    for tensor in read_weights(path).values():
+        dtype = str(tensor.dtype).replace("torch.", "")
+        by_dtype[dtype] = by_dtype.get(dtype, 0) + tensor.numel() * tensor.element_size()
+    by_dtype = dict(sorted(by_dtype.items(), key=lambda kv: -kv[1]))
+    return {
+        "stored dtype": ",".join(sorted(by_dtype)),
+        "stored bytes by dtype": by_dtype,
+        "file size": path.stat().st_size,
+    }

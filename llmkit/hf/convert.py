@@ -150,6 +150,12 @@ def _hf_generation_config(gen: GenerationConfig) -> dict[str, Any]:
 def to_hf(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Convert an llmkit checkpoint into the layout transformers ``from_pretrained`` reads."""
     model = checkpoint.load(src)
+    spec = model.quantization
+    if spec is not None and not spec.is_cast:  # fp16/bf16 casts are plain tensors; int8/int4 are not
+        raise LlmkitError(
+            f"{src} is quantized to {spec.method}; Hugging Face checkpoints hold float weights",
+            "convert the checkpoint it was quantized from, or quantize it to fp16/bf16 instead",
+        )
     cfg = model.config
     conv = converter_for_config(cfg)
     hf_sd = conv.state_dict_to_hf(checkpoint.unique_state_dict(model), cfg)

@@ -1,0 +1,100 @@
+"""`llmkit quantize`: a checkpoint to fp16, bf16, int8 or int4; or how one number is stored in each."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Lets OUT follow the options (`MODEL --to int8 OUT`) although MODEL and OUT are optional (--explain
+    needs neither): plain argparse fills optional positionals only before the first option."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:  # parse_known_intermixed_args calls back into parse_known_args
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
+_DESCRIPTION = """\
+Write a quantized copy of an llmkit checkpoint directory MODEL to the new directory OUT.
+
+  fp16, bf16  every floating tensor cast.
+  int8        weight-only, symmetric absmax: one fp32 scale per output channel, q in [-127, 127].
+  int4        weight-only, symmetric absmax: one fp32 scale per --group-size input weights of a
+              row (a shorter last group where the size does not divide the row), q in [-7, 7],
+              stored as q + 8, two per byte.
+
+int8 and int4 quantize every linear layer (attention, MLP, heads) and, unless --keep-embeddings,
+the token embedding table per row (a head tied to it shares it); norms, biases and position
+embeddings stay in float. The safetensors file holds NAME.qweight and NAME.scales in place of
+NAME.weight, and config.json a "quantization" entry; llmkit.load, `llmkit generate` and
+`llmkit inspect` read it. A summary line gives the file sizes and the largest relative weight error.
+
+With --explain VALUE (and no MODEL or OUT): how VALUE is stored in fp32, fp16 and bf16 (sign,
+exponent and fraction bits) and in int8 and int4 (q for a row or group of absmax --absmax), with
+the value read back and its absolute and relative error.
+"""
+
+_EPILOG = """\
+examples:
+  llmkit quantize runs/quickstart/model --to int8 runs/quickstart/model-int8
+  llmkit quantize runs/quickstart/model --to int4 --group-size 32 runs/quickstart/model-int4
+  llmkit quantize --explain 3.141592653589793
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="quantize a checkpoint to fp16, bf16, int8 or int4 (weight-only); --explain shows one number's bits",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.__class__ = _IntermixedParser  # the subparsers action made it; only parsing changes
+    p.add_argument("model", nargs="?", metavar="MODEL", help="llmkit checkpoint directory to quantize")
+    p.add_argument("out", nargs="?", metavar="OUT", help="new directory for the quantized checkpoint (must not exist)")
+    p.add_argument("--to", metavar="FORMAT", help="fp16 | bf16 (cast) or int8 | int4 (weight-only integers)")
+    p.add_argument("--group-size", type=int, metavar="N",
+                   help="int4 only: input weights per scale, 32 | 64 | 128 (default 64); smaller groups are "
+                   "more accurate and store more scales")  # fmt: skip
+    p.add_argument("--keep-embeddings", action="store_true",
+                   help="int8/int4: keep the token embedding table (and a head tied to it) in float; by default "
+                   "it is quantized per row, which matters where it is a large share of the model")  # fmt: skip
+    p.add_argument("--explain", metavar="VALUE",
+                   help="print VALUE's bits and error in fp32, fp16, bf16, int8 and int4, then exit")  # fmt: skip
+    p.add_argument("--absmax", type=float, default=4.0, metavar="A",
+                   help="with --explain: the largest |weight| of VALUE's row or group, which sets the int8 "
+                   "scale A/127 and the int4 scale A/7 (default 4.0)")  # fmt: skip
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from llmkit.errors import LlmkitError
+
+    if args.explain is not None:
+        from llmkit.quantize.explain import explain_table
+
+        if args.model or args.out or args.to:
+            raise LlmkitError("--explain takes no MODEL, OUT or --to", "run it alone: llmkit quantize --explain 3.14")
+        try:
+            value = float(args.explain)
+        except ValueError:
+            raise LlmkitError(
+                f"--explain {args.explain!r}: not a number", "pass a number such as 3.141592653589793"
+            ) from None
+        print(explain_table(value, args.absmax))
+        return
+    if not (args.model and args.out and args.to):
+        raise LlmkitError("MODEL, --to and OUT are required", "e.g. llmkit quantize MODEL --to int8 OUT")
+    from llmkit.quantize.convert import quantize_checkpoint
+    from llmkit.quantize.spec import QuantSpec
+
+    spec = QuantSpec(args.to, args.group_size, embeddings=not args.keep_embeddings)
+    print(quantize_checkpoint(args.model, args.out, spec).summary())

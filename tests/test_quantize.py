@@ -1,0 +1,350 @@
+"""Quantization: closed-form error bounds, exact packing, layers against F.linear on the dequantized
+weight, torch's CPU kernels against that reference, checkpoint round trips, the CLI and --explain."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+import llmkit
+from llmkit import checkpoint
+from llmkit.cli import main
+from llmkit.config import ModelConfig
+from llmkit.errors import LlmkitError
+from llmkit.models import build_model
+from llmkit.quantize import (
+    QuantizedEmbedding,
+    QuantizedLinear,
+    QuantSpec,
+    TiedQuantizedHead,
+    quantize_model,
+    use_kernels,
+)
+from llmkit.quantize import tensors as qt
+from llmkit.quantize.convert import quantize_checkpoint
+from llmkit.quantize.explain import explain, explain_table, float_bits
+
+
+def weights(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    """Gaussian weights with an outlier, an all-zero row and a row of one repeated value."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) * 0.02
+    w[1, 3] = 0.5
+    w[2] = 0.0
+    w[3] = -0.01
+    return w
+
+
+# ---- tensor formats: bounds against the closed form ------------------------------------------
+def test_int8_per_channel_error_is_at_most_half_a_step():
+    w = weights(48, 72)
+    q, scales = qt.quantize_int8(w)
+    assert q.dtype == torch.int8 and scales.shape == (48,) and scales.dtype == torch.float32
+    assert torch.equal(scales, w.abs().amax(1) / 127)  # absmax / 127 per output channel
+    assert int(q.abs().max()) == 127 and int(q.min()) >= -127
+    err = (w - qt.dequantize_int8(q, scales)).abs()
+    assert (err <= scales[:, None] / 2 + 1e-7).all()  # |w - dq(q(w))| <= scale / 2
+    assert (q[2] == 0).all() and (qt.dequantize_int8(q, scales)[2] == 0).all()  # zero row: no 0/0
+    assert torch.equal(q[3], torch.full((72,), -127, dtype=torch.int8))  # the row's absmax is exact
+
+
+@pytest.mark.parametrize("cols,group", [(128, 64), (128, 32), (100, 32), (33, 32), (352, 128)])
+def test_int4_per_group_error_is_at_most_half_a_step(cols, group):
+    w = weights(20, cols)
+    packed, scales = qt.quantize_int4(w, group)
+    groups = -(-cols // group)
+    assert packed.shape == (20, -(-cols // 2)) and packed.dtype == torch.uint8
+    assert scales.shape == (20, groups)
+    # closed form: each group's absmax / 7, the last group of a row possibly shorter
+    for g in range(groups):
+        block = w[:, g * group : (g + 1) * group]
+        assert torch.equal(scales[:, g], block.abs().amax(1) / 7)
+    q = qt.unpack_int4(packed, cols)
+    assert int(q.abs().max()) == 7  # range [-7, 7]: -8 is never produced
+    step = scales.repeat_interleave(group, dim=1)[:, :cols]  # the scale of each weight's group
+    err = (w - qt.dequantize_int4(packed, scales, cols, group)).abs()
+    assert (err <= step / 2 + 1e-7).all()
+
+
+def test_int4_packing_is_exact_and_documented():
+    q = torch.randint(-8, 8, (7, 31), dtype=torch.int8)  # odd width: the last byte is half padding
+    assert torch.equal(qt.unpack_int4(qt.pack_int4(q), 31), q)
+    every = torch.arange(-8, 8, dtype=torch.int8).reshape(1, 16)
+    assert torch.equal(qt.unpack_int4(qt.pack_int4(every), 16), every)
+    # column 2j in the low nibble, 2j + 1 in the high one, each stored as q + 8
+    assert qt.pack_int4(torch.tensor([[-7, 7]], dtype=torch.int8)).item() == 0xF1
+    assert qt.pack_int4(torch.tensor([[3]], dtype=torch.int8)).item() == 0x8B  # pad nibble 8 (q = 0)
+
+
+# ---- layers: forward against F.linear on the dequantized weight ------------------------------
+def linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
+    torch.manual_seed(0)
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    layer.weight.data = weights(out_features, in_features)
+    return layer
+
+
+@pytest.mark.parametrize("spec", [QuantSpec("int8"), QuantSpec("int4", 32), QuantSpec("int4", 64)])
+def test_quantized_linear_equals_f_linear_on_dequantized_weight(spec):
+    layer = linear(96, 48)
+    q = QuantizedLinear.from_linear(layer, spec)
+    x = torch.randn(3, 5, 96)
+    dq = q.dequantize()
+    expected = F.linear(x, dq, layer.bias)
+    assert torch.equal(q(x), expected)  # the reference path (no kernels asked for)
+    assert (dq - layer.weight).abs().max() <= q.scales.max() / 2 + 1e-7
+
+
+@pytest.mark.parametrize("method,group", [("int8", None), ("int4", 32), ("int4", 64), ("int4", 128)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_kernels_match_the_reference_path(method, group, dtype):
+    # 352 inputs: int4 groups of 64 and 128 leave a shorter last group, which the kernel gets padded
+    layer = linear(352, 96, bias=True)
+    q = QuantizedLinear.from_linear(layer, QuantSpec(method, group)).to(dtype)
+    use_kernels(q)
+    assert q.kernel
+    for rows in (1, 5):
+        x = torch.randn(rows, 352).to(dtype)
+        reference = F.linear(x, q.dequantize(dtype))
+        fast = q.kernel_matmul(x)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: one rounding of outputs of size ~0.5
+        torch.testing.assert_close(fast.float(), reference.float(), atol=tol, rtol=tol)
+
+
+def test_kernels_run_for_one_row_and_the_reference_for_many():
+    q = QuantizedLinear.from_linear(linear(64, 32, bias=False), QuantSpec("int8"))
+    use_kernels(q)
+    one, many = torch.randn(1, 1, 64), torch.randn(4, 64)
+    assert torch.equal(q(one), q.kernel_matmul(one))
+    assert torch.equal(q(many), F.linear(many, q.dequantize()))
+    use_kernels(q, False)
+    assert torch.equal(q(one), F.linear(one, q.dequantize()))
+
+
+def test_int4_kernel_copy_follows_loaded_weights():
+    spec = QuantSpec("int4", 32)
+    q = use_kernels(QuantizedLinear.from_linear(linear(64, 32, bias=False), spec))
+    other = nn.Linear(64, 32, bias=False)
+    q.load_state_dict(QuantizedLinear.from_linear(other, spec).state_dict())
+    x = torch.randn(1, 64)
+    torch.testing.assert_close(q.kernel_matmul(x), F.linear(x, q.dequantize()), atol=1e-5, rtol=1e-5)
+
+
+def test_int4_kernel_is_skipped_where_torch_cannot_take_the_shape():
+    q = QuantizedLinear.from_linear(linear(64, 40), QuantSpec("int4", 32))  # 40 outputs: not a multiple of 16
+    use_kernels(q)
+    assert not q.kernel
+    x = torch.randn(1, 64)
+    assert torch.equal(q(x), F.linear(x, q.dequantize(), q.bias))
+
+
+def test_quantized_embedding_dequantizes_the_rows_it_reads():
+    table = nn.Embedding(50, 64)
+    table.weight.data = weights(50, 64)
+    q = QuantizedEmbedding.from_embedding(table, QuantSpec("int4", 32))
+    ids = torch.tensor([[3, 1, 49], [0, 0, 7]])
+    assert torch.equal(q(ids), q.dequantize()[ids])
+    assert q(ids).shape == (2, 3, 64)
+
+
+# ---- whole models ----------------------------------------------------------------------------
+TINY = dict(vocab_size=320, d_model=64, n_layer=2, n_head=4, max_seq_len=64)
+
+
+def tiny(family: str = "tiny-gpt-1m", **overrides) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(ModelConfig.from_name(family, **{**TINY, **overrides})).eval()
+
+
+def test_tied_head_shares_the_quantized_table():
+    model = quantize_model(tiny(), QuantSpec("int8"))
+    assert isinstance(model.embed.tokens, QuantizedEmbedding)
+    assert isinstance(model.lm_head, TiedQuantizedHead) and model.lm_head.table is model.embed.tokens
+    keys = set(model.state_dict())
+    assert {"embed.tokens.qweight", "embed.tokens.scales"} <= keys and not any(k.startswith("lm_head") for k in keys)
+    assert "embed.positions.weight" in keys  # position embeddings stay float
+    assert model.stack.layers[0].attn.q.qweight.dtype == torch.int8
+    ids = torch.tensor([[1, 2, 3]])
+    hidden = model(ids).last_hidden_state
+    assert torch.equal(model(ids).logits, F.linear(hidden, model.embed.tokens.dequantize()))
+
+
+def test_untied_head_and_kept_embeddings():
+    untied = quantize_model(tiny(tie_embeddings=False), QuantSpec("int4", 32))
+    assert isinstance(untied.lm_head, QuantizedLinear) and isinstance(untied.embed.tokens, QuantizedEmbedding)
+    kept = quantize_model(tiny(), QuantSpec("int8", embeddings=False))
+    # the tied matrix stays float for both uses (quantizing only the head would store it twice)
+    assert type(kept.embed.tokens) is nn.Embedding and type(kept.lm_head) is nn.Linear
+    assert kept.lm_head.weight is kept.embed.tokens.weight
+    assert isinstance(kept.stack.layers[0].mlp.up, QuantizedLinear)
+
+
+def assert_same_outputs(a: nn.Module, b: nn.Module, family: str) -> None:
+    ids = torch.tensor([[5, 6, 7, 8]])
+    kwargs = {"decoder_input_ids": ids[:, :2]} if family.startswith("tiny-t5") else {}
+    with torch.no_grad():
+        assert torch.equal(a(ids, **kwargs).logits, b(ids, **kwargs).logits)
+
+
+@pytest.mark.parametrize("family", ["tiny-gpt-1m", "tiny-llama-10m", "tiny-bert-1m", "tiny-t5-1m"])
+@pytest.mark.parametrize("spec", [QuantSpec("int8"), QuantSpec("int4", 32)])
+def test_save_load_round_trip(tmp_path, family, spec):
+    model = quantize_model(tiny(family), spec)
+    model.quantization = spec
+    checkpoint.save(model, tmp_path / "q")
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert config["quantization"]["method"] == spec.method and config["quantization"]["bits"] == spec.bits
+    loaded = llmkit.load(tmp_path / "q")
+    assert loaded.quantization == spec
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    use_kernels(loaded, False)  # compare the same path on both
+    assert_same_outputs(model, loaded, family)
+
+
+def test_load_casts_and_overrides_dtype(tmp_path):
+    model = quantize_model(tiny(), QuantSpec("bf16"))
+    model.quantization = QuantSpec("bf16")
+    checkpoint.save(model, tmp_path / "b")
+    assert next(llmkit.load(tmp_path / "b").parameters()).dtype == torch.bfloat16
+    assert next(llmkit.load(tmp_path / "b", dtype=torch.float32).parameters()).dtype == torch.float32
+
+
+def test_int8_model_in_bf16_runs_the_kernels(tmp_path):
+    model = quantize_model(tiny(), QuantSpec("int8"))
+    model.quantization = QuantSpec("int8")
+    checkpoint.save(model, tmp_path / "q")
+    loaded = llmkit.load(tmp_path / "q", dtype=torch.bfloat16)
+    assert loaded.embed.tokens.kernel and loaded.embed.tokens.scales.dtype == torch.bfloat16
+    ids = torch.tensor([[5]])
+    fast = loaded(ids).logits
+    reference = use_kernels(loaded, False)(ids).logits
+    torch.testing.assert_close(fast.float(), reference.float(), atol=3e-2, rtol=3e-2)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A tiny llmkit checkpoint with a tokenizer."""
+    from llmkit.data.tokenizer_train import train_tokenizer
+
+    texts = ["the cat sat on the mat", "a dog ran in the park", "def f(x): return x + 1"] * 20
+    tokenizer = train_tokenizer(texts, kind="bpe", vocab_size=TINY["vocab_size"])
+    return checkpoint.save(tiny(), tmp_path_factory.mktemp("src") / "model", tokenizer=tokenizer)
+
+
+def test_quantize_checkpoint_report_and_generation(source, tmp_path):
+    report = quantize_checkpoint(source, tmp_path / "q4", QuantSpec("int4"))
+    assert report.spec.group_size == 64
+    assert report.out_bytes < 0.2 * report.source_bytes and report.ratio == report.out_bytes / report.source_bytes
+    assert 0 < report.max_error < 0.2
+    model = llmkit.load(tmp_path / "q4")
+    assert model.tokenizer is not None and model.generation_config is not None
+    fast = llmkit.generate(model, "the cat", max_new_tokens=8)[0]
+    reference = llmkit.generate(use_kernels(model, False), "the cat", max_new_tokens=8)[0]
+    assert len(fast.token_ids) == 8 and fast.token_ids == reference.token_ids
+
+
+def test_loader_rejects_damaged_quantized_files(source, tmp_path):
+    quantize_checkpoint(source, tmp_path / "q", QuantSpec("int8"))
+    path = tmp_path / "q" / checkpoint.WEIGHTS
+    tensors = load_file(path)
+    save_file({**tensors, "embed.tokens.qweight": tensors["embed.tokens.qweight"].float()}, path)
+    with pytest.raises(LlmkitError, match="embed.tokens.qweight' has dtype torch.float32"):
+        llmkit.load(tmp_path / "q")
+    save_file({k: v for k, v in tensors.items() if k != "stack.layers.0.attn.q.scales"}, path)
+    with pytest.raises(LlmkitError, match="missing tensor 'stack.layers.0.attn.q.scales'"):
+        llmkit.load(tmp_path / "q")
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    (tmp_path / "q" / "config.json").write_text(json.dumps({**config, "quantization": {"method": "int3"}}))
+    with pytest.raises(LlmkitError, match="invalid quantization entry"):
+        llmkit.load(tmp_path / "q")
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+def test_cli_quantize_and_inspect(source, tmp_path, capsys):
+    out = tmp_path / "q8"
+    assert main(["quantize", str(source), "--to", "int8", str(out)]) == 0  # OUT after the options
+    assert "int8: " in capsys.readouterr().out
+    assert main(["inspect", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["quantization"].startswith("int8, per output channel")
+    # int8 weights, plus fp32 scales, norms, biases and position embeddings (large in a model this small)
+    assert report["stored dtype"] == "float32,int8" and report["file size vs fp32 weights"] < 0.35
+    assert main(["quantize", "--to", "fp16", str(source), str(tmp_path / "h")]) == 0
+    assert llmkit.load(tmp_path / "h").lm_head.weight.dtype == torch.float16
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        ("{src} --to int3 {out}", "unknown quantization 'int3'"),
+        ("{src} --to int4 --group-size 48 {out}", "group size 48 is not supported"),
+        ("{src} --to int8 --group-size 64 {out}", "--group-size applies to int4 only"),
+        ("{src} --to int8 {exists}", "already exists"),
+        ("{quantized} --to int8 {out}", "already quantized"),
+        ("{src} --to int8", "MODEL, --to and OUT are required"),
+        ("{src} {out} --explain 1", "--explain takes no MODEL, OUT or --to"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_2(source, tmp_path, capsys, argv, message):
+    (tmp_path / "exists").mkdir()
+    if "{quantized}" in argv:
+        quantize_checkpoint(source, tmp_path / "quantized", QuantSpec("int8"))
+    paths = {"src": source, "out": tmp_path / "out", "exists": tmp_path / "exists", "quantized": tmp_path / "quantized"}
+    assert main(["quantize", *argv.format(**{k: str(v) for k, v in paths.items()}).split()]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llmkit quantize: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_to_hf_refuses_an_integer_checkpoint(source, tmp_path, capsys):
+    quantize_checkpoint(source, tmp_path / "q", QuantSpec("int8"))
+    assert main(["convert", "--to-hf", str(tmp_path / "q"), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "quantized to int8" in err and err.count("\n") == 1 and not (tmp_path / "hf").exists()
+
+
+def test_cli_error_in_a_real_process_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "llmkit", "quantize", str(tmp_path / "none"), "--to", "int8",
+                          str(tmp_path / "o")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+# ---- --explain -------------------------------------------------------------------------------
+def test_explain_pi_bits():
+    fp32, fp16, bf16, int8, int4 = explain(3.141592653589793)
+    assert (fp16.fields["sign"], fp16.fields["exponent"], fp16.fields["fraction"]) == ("0", "10000", "1001001000")
+    assert (bf16.fields["sign"], bf16.fields["exponent"], bf16.fields["fraction"]) == ("0", "10000000", "1001001")
+    assert fp16.stored == bf16.stored == 3.140625
+    # fp32 bits from the standard library, independently of torch
+    word = struct.unpack(">I", struct.pack(">f", 3.141592653589793))[0]
+    assert "".join(fp32.fields.values()) == format(word, "032b")
+    assert fp32.stored == struct.unpack(">f", struct.pack(">f", 3.141592653589793))[0]
+    # int8 with absmax 4: scale 4/127, q = round(pi * 127 / 4) = round(99.75) = 100
+    assert int8.fields["q"].startswith("100 = 01100100")
+    assert abs(int8.stored - 100 * 4 / 127) < 1e-6 and int8.abs_error <= (4 / 127) / 2
+    assert int4.fields["q"].startswith("5, nibble 1101")  # round(pi * 7 / 4) = 5, stored 5 + 8
+    assert abs(fp16.rel_error - abs(3.140625 - 3.141592653589793) / 3.141592653589793) < 1e-15
+
+
+def test_explain_special_values():
+    assert float_bits(70000.0, "fp16").stored == float("inf")  # beyond fp16's 65504
+    assert float_bits(1e-6, "fp16").fields["exponent"] == "00000"  # subnormal in fp16
+    assert float_bits(-2.0, "bf16").fields == {"sign": "1", "exponent": "10000000", "fraction": "0000000"}
+
+
+def test_cli_explain(capsys):
+    assert main(["quantize", "--explain", "3.141592653589793"]) == 0
+    out = capsys.readouterr().out
+    assert out == explain_table(3.141592653589793) + "\n"
+    assert "0     10000     1001001000" in out and "3.140625" in out
+    assert main(["quantize", "--explain", "pi"]) == 2
+    assert "not a number" in capsys.readouterr().err
