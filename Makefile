@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all lint format quickstart clean
+.PHONY: install test test-all lint format quickstart pictures clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,10 @@ format: $(STAMP)
 
 quickstart: $(STAMP)
 	bash examples/quickstart.sh
+
+# the pictures of docs/visualize.md, from the quickstart model (run `make quickstart` first)
+pictures: $(STAMP)
+	bash examples/pictures.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -258,11 +258,11 @@ def test_incremental_text_never_breaks_a_character(bpe):
 
 
 def test_explain_shows_partial_characters_as_bytes(bpe):
-    from llmkit.inference.explain import _token
+    from llmkit.inference.explain import token_text
 
-    shown = [_token(bpe, i) for i in bpe.encode("😀")]
+    shown = [token_text(bpe, i) for i in bpe.encode("😀")]
     assert shown[0].startswith("<0xF0") and all(s.startswith("<0x") for s in shown)
-    assert _token(bpe, bpe.encode(" cat")[0]) in (" cat", " c", " ca")
+    assert token_text(bpe, bpe.encode(" cat")[0]) in (" cat", " c", " ca")
 
 
 def test_completion_reads_as_after_the_prompt(bpe):

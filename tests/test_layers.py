@@ -37,6 +37,7 @@ LAYERS = {
     "llmkit.summary": 2,
     "llmkit.train": 3,
     "llmkit.evaluate": 3,
+    "llmkit.viz": 3,
     "llmkit.cli": 4,
     "llmkit.serve": 4,
     "llmkit.__main__": 4,

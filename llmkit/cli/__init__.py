@@ -12,7 +12,19 @@ import sys
 
 from llmkit.errors import LlmkitError
 
-COMMAND_MODULES = ("tokenizer", "data", "convert", "inspect", "init", "pretrain", "generate", "quantize")
+COMMAND_MODULES = (
+    "tokenizer",
+    "data",
+    "convert",
+    "inspect",
+    "init",
+    "pretrain",
+    "generate",
+    "tokenize",
+    "embeddings",
+    "attention",
+    "quantize",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

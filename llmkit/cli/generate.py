@@ -52,6 +52,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated (one sequence)")
     p.add_argument("--explain", action="store_true", help="per position: candidates, probabilities, filters")
     p.add_argument("--top", type=int, default=10, help="candidates per position in --explain (default 10)")
+    p.add_argument(
+        "--plot", metavar="PNG", type=Path,
+        help="with --explain: bar charts of the next-token distribution at --plot-position, one per temperature "
+        "(softmax(logits / T) of the model's scores there), with the top-k/top-p/min-p cut marked",
+    )  # fmt: skip
+    p.add_argument(
+        "--plot-position", type=int, default=0, metavar="N",
+        help="generated position to plot: 0 = the first new token (default 0)",
+    )  # fmt: skip
+    p.add_argument(
+        "--plot-temperatures", default="0.5,1.0,1.5", metavar="T,T,...",
+        help="comma-separated temperatures, one panel each (default 0.5,1.0,1.5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--plot-top", type=int, default=10, metavar="N",
+        help="tokens shown per panel; the rest of the vocabulary is one 'other' bar (default 10)",
+    )  # fmt: skip
     p.add_argument("--echo", action="store_true", help="print the prompt before its completion")
     p.add_argument("--json", action="store_true", help="print JSON (one object per line, or the explanation)")
     _add_device_flags(p)
@@ -136,13 +153,22 @@ def run(args: argparse.Namespace) -> None:
     from llmkit.inference import explain, generate, stream
 
     prompts = _prompts(args)
+    temperatures = _plot_temperatures(args)
     model = _load(args)
     overrides = _overrides(args)
     if args.explain:
         if len(prompts) != 1:
             raise LlmkitError("--explain takes one prompt", "drop --file or --explain")
-        result = explain(model, prompts[0], top=args.top, **overrides)
+        scores: dict[int, Any] = {}
+
+        def keep_scores(t: int, step_scores, tokens) -> None:  # the whole distribution at the plotted position
+            if t == args.plot_position:
+                scores[t] = step_scores[0].float().clone()  # (V,)
+
+        result = explain(model, prompts[0], top=args.top, observer=keep_scores if args.plot else None, **overrides)
         print(result.to_json() if args.json else result.table() + f"\n\ncompletion: {result.completion!r}")
+        if args.plot:
+            _plot_distribution(args, model, result, scores.get(args.plot_position), temperatures)
         return
     if args.stream:
         s = stream(model, prompts, **overrides)
@@ -168,6 +194,59 @@ def run(args: argparse.Namespace) -> None:
                 print(f"=== prompt {c.prompt_index}, sequence {c.index} ({c.finish_reason}) ===")
             print(text)
     sys.stdout.flush()
+
+
+def _plot_temperatures(args: argparse.Namespace) -> list[float]:
+    """--plot checks, done before the model loads: its temperatures, position and size."""
+    from llmkit.errors import LlmkitError
+
+    if args.plot is None:
+        return []
+    if not args.explain:
+        raise LlmkitError("--plot draws the distribution --explain computes", "add --explain")
+    if args.plot.suffix.lower() != ".png":
+        raise LlmkitError(f"--plot {args.plot}: pictures are written as PNG", "give a file name ending in .png")
+    if args.plot_position < 0 or args.plot_top < 1:
+        raise LlmkitError("--plot-position must be >= 0 and --plot-top >= 1", "e.g. --plot-position 0 --plot-top 10")
+    try:
+        temperatures = [float(t) for t in args.plot_temperatures.split(",") if t.strip()]
+    except ValueError:
+        raise LlmkitError(f"--plot-temperatures {args.plot_temperatures!r} is not a list of numbers",
+                          "e.g. --plot-temperatures 0.5,1.0,1.5") from None  # fmt: skip
+    if not temperatures or any(t <= 0 for t in temperatures):
+        raise LlmkitError("--plot-temperatures needs numbers above 0", "e.g. --plot-temperatures 0.5,1.0,1.5")
+    return temperatures
+
+
+def _plot_distribution(args: argparse.Namespace, model, result, scores, temperatures: list[float]) -> None:
+    """Bar charts of softmax(scores / T) at --plot-position, one panel per temperature, written as a PNG."""
+    from llmkit.cli._viz import model_name
+    from llmkit.errors import LlmkitError
+    from llmkit.inference.explain import token_text
+    from llmkit.viz.distribution import Filters, draw_distribution, temperature_panels
+    from llmkit.viz.style import save_png
+    from llmkit.viz.tokens import visible
+
+    position = args.plot_position
+    if scores is None:
+        raise LlmkitError(
+            f"--plot-position {position}: the completion has {len(result.steps)} tokens (positions 0-"
+            f"{len(result.steps) - 1})",
+            "choose a smaller --plot-position or raise --max-new-tokens",
+        )
+    settings = result.settings
+    filters = Filters(settings["top_k"], settings["top_p"], settings["min_p"])
+    panels = temperature_panels(
+        scores, temperatures, lambda i: visible(token_text(model.tokenizer, i)), args.plot_top, filters
+    )
+    # the text the model had read when it scored this position: the prompt and the tokens drawn before it
+    before = model.tokenizer.decode([s.drawn_id for s in result.steps[:position]]) if model.tokenizer else ""
+    context = ((result.prompt or "") + before).replace("\n", "↵")
+    context = context if len(context) <= 40 else "…" + context[-39:]  # its end is what matters here
+    title = f"{model_name(args.model)}: next-token probabilities at position {position}, after “{context}”"
+    sampling = settings["temperature"] if settings["do_sample"] else None
+    path = save_png(draw_distribution(panels, title, filters, sampling), args.plot)
+    print(f"wrote {path}: position {position}, temperatures {', '.join(f'{t:g}' for t in temperatures)}")
 
 
 def run_fill_mask(args: argparse.Namespace) -> None:

@@ -86,11 +86,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     encode = commands.add_parser(
         "encode",
         help="show the tokens and ids of a text",
-        description="Encode TEXT with the tokenizer in DIR (an llmkit or Hugging Face tokenizer directory) and "
-        "print its tokens and ids.",
+        description="Encode TEXT with the tokenizer in DIR (an llmkit checkpoint, or an llmkit or Hugging Face "
+        "tokenizer directory) and print its tokens and ids. `llmkit tokenize` shows byte spans and counts too.",
     )
     encode.add_argument(
-        "dir", metavar="DIR", help="directory with tokenizer.json (or vocab.json+merges.txt, vocab.txt)"
+        "dir",
+        metavar="DIR",
+        help="checkpoint or tokenizer directory with tokenizer.json (or vocab.json+merges.txt, vocab.txt)",
     )
     encode.add_argument("text", metavar="TEXT", help="text to encode")
     encode.add_argument("--no-special", action="store_true", help="do not add [CLS]/[SEP], </s> and the like")
@@ -148,10 +150,12 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _encode(args: argparse.Namespace) -> None:
-    from llmkit.data.tokenizer import Tokenizer
+    from llmkit.cli._viz import load_tokenizer
+    from llmkit.viz.tokens import token_spans
 
-    tokenizer = Tokenizer.from_hf_dir(args.dir)
-    ids = tokenizer.encode(args.text, add_special_tokens=not args.no_special)
-    print(f"tokens: {[tokenizer.id_to_token(i) for i in ids]}")
-    print(f"ids:    {ids}")
-    print(f"{len(ids)} tokens, {len(args.text)} chars")
+    # the same tokenizer loading and encoding as `llmkit tokenize`, which adds byte spans and counts
+    tokenizer, _ = load_tokenizer(args.dir)
+    spans = token_spans(tokenizer, args.text, add_special_tokens=not args.no_special)
+    print(f"tokens: {[s.piece for s in spans]}")
+    print(f"ids:    {[s.id for s in spans]}")
+    print(f"{len(spans)} tokens, {len(args.text)} chars")

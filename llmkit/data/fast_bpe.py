@@ -33,7 +33,7 @@ from typing import Protocol
 
 import numpy as np
 
-from llmkit.data.tokenizer import Tokenizer
+from llmkit.data.tokenizer import Tokenizer, byte_level_alphabet
 
 # The pre-tokenization regex of GPT-2, which HF's ByteLevel(use_regex=True) applies (byte_level.rs).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -218,13 +218,8 @@ def _added_in_vocab(spec: dict, vocab: dict[str, int]) -> list[str]:
 
 
 def _unicode_to_byte() -> dict[str, int]:
-    """GPT-2's byte-level alphabet (bytes_to_unicode) inverted: printable bytes stand for themselves,
-    the other 68 bytes map to U+0100 onwards in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    mapping = {chr(b): b for b in printable}
-    mapping.update({chr(256 + i): b for i, b in enumerate(others)})
-    return mapping
+    """GPT-2's byte-level alphabet inverted (a copy: callers may change it)."""
+    return dict(byte_level_alphabet())
 
 
 def _usable_cpus() -> int:

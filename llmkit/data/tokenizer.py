@@ -7,6 +7,7 @@ save and we can load what it saves. Training lives in ``llmkit.data.tokenizer_tr
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable
@@ -88,6 +89,23 @@ class Tokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         """The token string of ``token_id``, or None when out of range."""
         return self.backend.id_to_token(token_id)
+
+    @property
+    def is_byte_level(self) -> bool:
+        """True for byte-level BPE (GPT-2, Llama 3): each token string spells raw bytes in GPT-2's alphabet."""
+        return isinstance(self.backend.model, models.BPE) and isinstance(self.backend.decoder, decoders.ByteLevel)
+
+    def token_bytes(self, token_id: int) -> bytes | None:
+        """The raw bytes a byte-level BPE token stands for (part of a UTF-8 character, possibly).
+
+        None for other tokenizers, for ids out of range, and for tokens spelled outside the byte
+        alphabet (added tokens such as ``<|pad|>`` are spelled in it, and stand for their text).
+        """
+        piece = self.backend.id_to_token(token_id) if self.is_byte_level else None
+        byte_of = byte_level_alphabet()
+        if piece is None or not all(ch in byte_of for ch in piece):
+            return None
+        return bytes(byte_of[ch] for ch in piece)
 
     @property
     def special_tokens(self) -> dict[str, str]:
@@ -206,6 +224,20 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, special_tokens={self._roles})"
+
+
+@functools.cache
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (bytes_to_unicode) inverted: character -> the byte it stands for.
+
+    Printable bytes stand for themselves; the other 68 map to U+0100 onwards in byte order, so
+    every byte has a visible, non-space character and a token string can spell any bytes.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    mapping = {chr(b): b for b in printable}
+    mapping.update({chr(256 + i): b for i, b in enumerate(others)})
+    return mapping
 
 
 def bert_post_processor(backend: tokenizers.Tokenizer, cls: str, sep: str) -> processors.TemplateProcessing:

@@ -19,7 +19,7 @@ from torch import nn
 
 from llmkit.config import GenerationConfig
 from llmkit.errors import LlmkitError
-from llmkit.inference.engine import Stream, collect
+from llmkit.inference.engine import Observer, Stream, collect
 from llmkit.inference.sampling import min_p_keep, top_k_keep, top_p_keep
 
 
@@ -78,14 +78,25 @@ class Explanation:
 
 
 def explain(
-    model: nn.Module, prompt: Any, config: GenerationConfig | None = None, top: int = 10, **overrides: Any
+    model: nn.Module,
+    prompt: Any,
+    config: GenerationConfig | None = None,
+    top: int = 10,
+    observer: Observer | None = None,
+    **overrides: Any,
 ) -> Explanation:
-    """Generate from one prompt and record, per position, the ``top`` candidates through every stage."""
+    """Generate from one prompt and record, per position, the ``top`` candidates through every stage.
+
+    ``observer`` also receives each step's full scores (1, V) and drawn token (1,), for callers that
+    need more than the top candidates (``llmkit generate --explain --plot`` draws whole distributions).
+    """
     steps: list[StepExplanation] = []
     tokenizer = getattr(model, "tokenizer", None)
 
     def observe(t: int, scores: torch.Tensor, tokens: torch.Tensor) -> None:
         steps.append(_explain_step(t, scores[0].float(), int(tokens[0]), s.config, top, tokenizer))
+        if observer is not None:
+            observer(t, scores, tokens)
 
     s = Stream(model, prompt, config, observer=observe, **overrides)
     if len(s.prompts.ids) != 1 or s.config.num_beams != 1 or s.config.num_return_sequences != 1:
@@ -121,37 +132,21 @@ def _explain_step(t: int, scores: torch.Tensor, drawn: int, cfg: GenerationConfi
         for kept in keeps:  # a token dropped by one filter is not judged by the next ones
             flags.append(bool(kept[i]) if alive else None)
             alive = alive and bool(kept[i])
-        cands.append(Candidate(i, _token(tokenizer, i), float(raw[i]), float(temp[i]), *flags, float(final[i])))
-    return StepExplanation(t, drawn, _token(tokenizer, drawn), cands)
+        cands.append(Candidate(i, token_text(tokenizer, i), float(raw[i]), float(temp[i]), *flags, float(final[i])))
+    return StepExplanation(t, drawn, token_text(tokenizer, drawn), cands)
 
 
-def _token(tokenizer, token_id: int) -> str:
+def token_text(tokenizer, token_id: int) -> str:
     """The token's text; a byte-level token that is part of a character shows its bytes: <0xE4 0xB8>."""
     if tokenizer is None:
         return f"<{token_id}>"
     text = tokenizer.decode([token_id], skip_special_tokens=False)
     if text and "\ufffd" not in text:
         return text
-    piece = tokenizer.id_to_token(token_id) or ""
-    if piece and all(ch in _BYTE_OF for ch in piece):
-        return "<" + " ".join(f"0x{_BYTE_OF[ch]:02X}" for ch in piece) + ">"
-    return piece or f"<{token_id}>"
-
-
-def _byte_alphabet() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, reversed: the printable character standing for each byte -> byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
-_BYTE_OF = _byte_alphabet()
+    raw = tokenizer.token_bytes(token_id)
+    if raw:
+        return "<" + " ".join(f"0x{b:02X}" for b in raw) + ">"
+    return tokenizer.id_to_token(token_id) or f"<{token_id}>"
 
 
 def _show(token: str) -> str:
