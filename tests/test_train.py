@@ -135,6 +135,29 @@ def test_weight_decay_only_on_matrices():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_activation_checkpointing_trains_as_without_it(dtype):
+    """On CPU at <= 128 tokens steps use the math attention kernel; the blocks recomputed in backward
+    must use it too (torch.utils.checkpoint refuses recomputed tensors of other shapes)."""
+    from llmkit.objectives import Batch
+    from llmkit.train.distributed import Dist
+
+    env = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    cfg = ModelConfig.from_name("tiny-gpt-1m", vocab_size=97, d_model=32, n_layer=2, n_head=4, max_seq_len=64)
+    ids = torch.randint(0, 97, (4, 33), generator=torch.Generator().manual_seed(0))
+    batch = Batch({"input_ids": ids[:, :-1]}, ids[:, 1:])
+    losses, weights = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        train_cfg = TrainConfig(block_size=32, dtype=dtype, device="cpu", activation_checkpointing=checkpointing)
+        state = step.make_state(build_model(cfg), train_cfg, env)
+        assert state.kernels is not None  # the math kernel, as the trainer chooses it here
+        losses.append([float(step.train_step(state, [batch])) for _ in range(2)])
+        weights.append(state.raw.lm_head.weight.detach().clone())
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    torch.testing.assert_close(weights[0], weights[1], atol=1e-6, rtol=0)
+
+
 @pytest.mark.slow
 def test_compiled_training_matches_eager(data_dirs, tmp_path):
     """torch.compile (each Stack, in place) trains the same model: losses agree to float tolerance."""

@@ -42,17 +42,24 @@ class TrainState:
     cfg: TrainConfig
     env: Dist
     step: int = 0
+    kernels: list[SDPBackend] | None = None  # the SDPA kernels a step may use (None: torch's choice)
 
     @property
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on the run's device (weights and optimizer stay fp32); fp32: nothing."""
         return torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.cfg.dtype == "bf16")
 
+    def attention_kernels(self) -> contextlib.AbstractContextManager:
+        """SDPA restricted to ``kernels`` for a whole forward and backward: activation checkpointing
+        recomputes blocks during backward, and a recomputation under another kernel than the forward
+        used gives tensors of other shapes, which torch.utils.checkpoint rejects."""
+        return sdpa_kernel(self.kernels) if self.kernels is not None else contextlib.nullcontext()
+
 
 def make_state(model: nn.Module, cfg: TrainConfig, env: Dist | None = None) -> TrainState:
     """Ready ``model`` for ``train_step``. Order: flush denormals (CPU) -> move to the device -> activation
     checkpointing and torch.compile of the stacks if asked -> AdamW -> ``distributed.wrap`` (DDP under
-    torchrun) -> restrict the attention kernels where ``attention_kernels`` says so."""
+    torchrun) -> the attention kernels its steps may use (``attention_kernels``)."""
     env = env or distributed.init(cfg.device)
     if env.device.type == "cpu":
         # x86 runs arithmetic on denormal floats (< 1.2e-38, e.g. far softmax tails) ~100x slower: a
@@ -65,9 +72,7 @@ def make_state(model: nn.Module, cfg: TrainConfig, env: Dist | None = None) -> T
     optimizer = make_optimizer(model, cfg)
     run = distributed.wrap(model, "ddp", env)
     kernels = attention_kernels(env.device, cfg.block_size)
-    if kernels is not None:
-        run = WithAttentionKernels(run, kernels)
-    return TrainState(model=run, raw=model, optimizer=optimizer, cfg=cfg, env=env)
+    return TrainState(model=run, raw=model, optimizer=optimizer, cfg=cfg, env=env, kernels=kernels)
 
 
 def compile_stacks(model: nn.Module) -> None:
@@ -95,19 +100,6 @@ def attention_kernels(device: torch.device, block_size: int) -> list[SDPBackend]
     return None
 
 
-class WithAttentionKernels(nn.Module):
-    """Runs ``module`` (and its backward, whose kernels follow the forward's) with SDPA restricted to
-    ``kernels``."""
-
-    def __init__(self, module: nn.Module, kernels: list[SDPBackend]) -> None:
-        super().__init__()
-        self.module, self.kernels = module, kernels
-
-    def forward(self, *args, **kwargs):
-        with sdpa_kernel(self.kernels):
-            return self.module(*args, **kwargs)
-
-
 def train_step(state: TrainState, batches: list[Batch]) -> torch.Tensor:
     """One optimizer step over ``batches`` (the micro-batches on this process); returns its loss.
 
@@ -126,7 +118,7 @@ def train_step(state: TrainState, batches: list[Batch]) -> torch.Tensor:
     step_loss = torch.zeros((), device=state.env.device)
     for i, batch in enumerate(batches):
         last = i == len(batches) - 1
-        with contextlib.nullcontext() if last else _no_sync(state.model):
+        with contextlib.nullcontext() if last else _no_sync(state.model), state.attention_kernels():
             with state.autocast:
                 logits = state.model(**batch.inputs).logits
             loss = lm_loss(logits, batch.labels) * (counts[i] / total)
@@ -141,12 +133,8 @@ def train_step(state: TrainState, batches: list[Batch]) -> torch.Tensor:
 
 
 def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager:
-    """DDP's no_sync (skip the gradient all-reduce), found through the compile and kernel wrappers."""
-    while not isinstance(model, DistributedDataParallel):
-        model = getattr(model, "_orig_mod", None) or (model.module if isinstance(model, WithAttentionKernels) else None)
-        if model is None:
-            return contextlib.nullcontext()
-    return model.no_sync()
+    """DDP's no_sync (skip the gradient all-reduce); nothing for a model that is not wrapped."""
+    return model.no_sync() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
 
 
 def derive_seed(*parts: int) -> int:
