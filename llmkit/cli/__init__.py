@@ -13,6 +13,7 @@ import sys
 from llmkit.errors import LlmkitError
 
 COMMAND_MODULES = (
+    "plan",
     "tokenizer",
     "data",
     "convert",

@@ -1,0 +1,425 @@
+"""`llmkit plan`: parameters, memory (inference and training), FLOPs, GPU-days and compute-optimal
+sizes for a model before it exists; ``--measure`` holds the memory against real training steps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from llmkit.cli._options import add_model_flags, model_overrides
+from llmkit.errors import LlmkitError
+
+_DESCRIPTION = """\
+Plan a model before building it. MODEL is a preset (gpt2, smollm2-135m, ...), an llmkit checkpoint
+directory or its config.json, a run config (.toml with a [model] table; its [train] batch_size,
+block_size, dtype and activation_checkpointing become the defaults here), or a bare parameter count
+(7e9, 1.3B, 350M). A bare count is shaped like GPT-3 (width 128 x layers, heads of 128,
+d_ff 4 x width, vocabulary 50257): memory and 6N use the count, the shape only sizes activations,
+the KV cache and attention FLOPs.
+
+Printed: parameters by component (tied weights once); inference memory (weights + KV cache for
+--batch x --seq); training memory per GPU (weights, master weights, gradients, optimizer states,
+activations stored for backward + the backward working set, overhead, peak); training FLOPs,
+petaFLOP/s-days and days on V100 / A100 / H100 / H200; with --flops, the compute-optimal model
+size and tokens. Bytes are decimal: 1 GB = 1e9 bytes.
+
+Bytes per parameter (weights + master + gradients + optimizer states, AdamW):
+  fp32   4 + 0 + 4 + 8 = 16     fp32 activations
+  amp    4 + 0 + 4 + 8 = 16     torch.autocast bf16 as llmkit pretrains; 16-bit copies of the
+                                weights (2 bytes) and of the matmul inputs are kept for backward
+  mixed  2 + 4 + 2 + 8 = 16     Megatron/DeepSpeed: 16-bit weights, fp32 master copy, 16-bit grads
+                                (ZeRO paper's 2 + 2 + 12); gradient buffers persist across steps
+  bf16, fp16  2 + 0 + 2 + 4 = 8 pure 16 bits, optimizer states included
+  int8 1, int4 0.5              weight-only quantization, inference only (scales not counted)
+SGD with momentum keeps one state value (4 bytes in fp32), 8-bit AdamW two 1-byte values.
+
+Activations follow Korthikanti et al. 2022 (s*b*h*(34 + 5*a*s/h) bytes per GPT layer in 16 bits
+with dropout), counted tensor by tensor for llmkit's models: flash kernels keep no s x s term;
+--checkpointing keeps only each block's input (full recomputation, what llmkit pretrain's
+activation_checkpointing does) and recomputes one block at a time; --checkpointing selective drops
+the attention probabilities only (Megatron's selective recomputation; not in llmkit's trainer).
+
+FLOPs per token: 6N (N = weights of matrix multiplies) plus PaLM's attention term 12 x layers x
+heads x head_dim x seq; time = FLOPs / (GPUs x peak x MFU), peaks 125 (V100 fp16), 312 (A100
+bf16), 989 (H100 and H200 SXM bf16) TFLOP/s dense. Compute-optimal: 20 tokens per parameter
+(C = 6ND -> N = sqrt(C/120)) and Chinchilla's parametric fit (Hoffmann et al. 2022, approach 3).
+
+--measure runs a few real training steps (llmkit's train_step on random tokens, on CUDA when
+available, else the CPU) and prints measured peak memory and its parts next to the prediction.
+"""
+
+_EPILOG = """\
+examples:
+  llmkit plan gpt2 --batch 8 --seq 1024 --precision amp
+  llmkit plan 7e9 --precision mixed --gpus 8 --zero 3 --checkpointing --tokens 1T
+  llmkit plan configs/tiny-decoder.toml --measure
+  llmkit plan --flops 5.76e23 --json
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="parameters, memory, FLOPs, GPU-days and compute-optimal size of a model, before building it",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", nargs="?", help="preset, checkpoint dir, config.json, .toml, or a count")
+    g = p.add_argument_group("shape of a step")
+    g.add_argument("--batch", metavar="N", help="sequences per GPU per step (default 1, or [train] batch_size)")
+    g.add_argument("--seq", metavar="T", help="tokens per sequence (default: the context window, or block_size)")
+    g = p.add_argument_group("precision and optimizer")
+    g.add_argument("--precision", choices=("fp32", "amp", "mixed", "bf16", "fp16", "int8", "int4"),
+                   help="byte accounting above (default mixed; a .toml's dtype bf16 means amp)")  # fmt: skip
+    g.add_argument("--optimizer", choices=("adamw", "sgd", "adamw8bit"), default="adamw",
+                   help="AdamW (2 states), SGD with momentum (1), 8-bit AdamW (2 one-byte); default adamw")  # fmt: skip
+    g.add_argument("--checkpointing", nargs="?", const="full", choices=("none", "full", "selective"),
+                   help="activation recomputation: alone means full (llmkit's activation checkpointing); "
+                   "selective recomputes attention only; default none")  # fmt: skip
+    g.add_argument("--attention", choices=("flash", "math"),
+                   help="flash: memory-efficient kernels, no seq x seq term (default); math: explicit "
+                   "softmax, probabilities kept (Korthikanti's count); --measure uses the kernel it runs")  # fmt: skip
+    g = p.add_argument_group("hardware and budget")
+    g.add_argument(
+        "--gpus", metavar="N", default="1", help="data-parallel GPUs: ZeRO divides by N, time too (default 1)"
+    )
+    g.add_argument("--zero", metavar="STAGE", default="0",
+                   help="ZeRO stage: 1 shards optimizer states (and master weights), 2 also gradients, 3 also "
+                   "weights (default 0, off)")  # fmt: skip
+    g.add_argument("--tokens", metavar="D", help="training tokens, e.g. 300B (default: 20 per parameter)")
+    g.add_argument("--mfu", metavar="F", default="0.4", help="model FLOPs utilization for GPU-days (default 0.4)")
+    g.add_argument("--overhead", metavar="F", default="0.1",
+                   help="memory overhead as a fraction of tensor bytes: allocator fragmentation, workspaces "
+                   "(default 0.1; the CUDA context, ~0.5 GB per GPU, is not included)")  # fmt: skip
+    g.add_argument("--flops", metavar="C", help="FLOP budget: print the compute-optimal parameters and tokens")
+    g = p.add_argument_group("output and measurement")
+    g.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    g.add_argument("--measure", action="store_true",
+                   help="run real training steps here (fp32 or amp, adamw or sgd, one device) and compare")  # fmt: skip
+    g.add_argument("--steps", metavar="N", default="3", help="training steps --measure runs (default 3)")
+    g.add_argument("--device", default="auto",
+                   help="where the step runs: auto, cpu, cuda or cuda:N. Plans are for CUDA unless cpu "
+                   "(PyTorch's CPU kernels keep some tensors apart); --measure runs there, auto: CUDA if "
+                   "available")  # fmt: skip
+    add_model_flags(p)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from llmkit.plan import PlanOptions, make_plan
+
+    model, defaults = load_model(args.model, model_overrides(args), _int("--seq", args.seq))
+    opts = PlanOptions(
+        batch=_int("--batch", args.batch, defaults.get("batch", 1)),
+        seq=_int("--seq", args.seq, defaults.get("seq")),
+        precision=args.precision or defaults.get("precision", "mixed"),
+        optimizer=args.optimizer,
+        recompute=args.checkpointing or defaults.get("recompute", "none"),
+        attention=args.attention or "flash",
+        device="cpu" if args.device == "cpu" else "cuda",
+        gpus=_int("--gpus", args.gpus),
+        zero=_int("--zero", args.zero, minimum=0),
+        tokens=_count("--tokens", args.tokens),
+        mfu=_float("--mfu", args.mfu),
+        overhead=_float("--overhead", args.overhead),
+        flops=_count("--flops", args.flops),
+    )
+    measured = device = None
+    if args.measure:
+        from llmkit.train.memory import attention_kernel, resolve_device
+
+        _check_measurable(model, opts)
+        device = resolve_device(args.device)
+        opts.attention = attention_kernel(device, opts.seq or model.cfg.max_seq_len)  # the kernel the steps run
+        opts.device = device.type
+    plan = make_plan(model, opts)
+    if args.measure:
+        measured = _measure(plan, _int("--steps", args.steps), device)
+    if args.json:
+        report = plan.to_dict()
+        if measured is not None:
+            report["measured_bytes"] = vars(measured)
+        print(json.dumps(report, indent=2))
+        return
+    print(render(plan))
+    if measured is not None:
+        print(render_measured(plan, measured))
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+
+
+def load_model(text: str | None, overrides: dict[str, Any], seq: int | None = None):
+    """(ModelSize or None, defaults for the options) from MODEL: a preset, a checkpoint directory or
+    its config.json, a run config .toml, or a bare parameter count (its assumed context: ``seq``,
+    at least 2048)."""
+    from llmkit.config import PRESETS, ModelConfig
+    from llmkit.plan import ModelSize, parse_count
+
+    if text is None:
+        return None, {}
+    path = Path(text)
+    if text in PRESETS:
+        return ModelSize.from_config(ModelConfig.from_name(text, **overrides), f"preset {text}"), {}
+    if path.is_dir() or path.suffix == ".json":
+        return ModelSize.from_config(_read_config_json(path, overrides), str(path)), {}
+    if path.suffix == ".toml":
+        return _read_toml(path, overrides)
+    try:
+        count = parse_count(text)
+    except LlmkitError:
+        raise LlmkitError(
+            f"'{text}' is not a preset, a checkpoint directory, a config file or a parameter count",
+            f"presets: {', '.join(PRESETS)}; or a count like 7e9, 1.3B, 350M",
+        ) from None
+    if overrides:
+        raise LlmkitError("--model.FIELD overrides need a preset or a config file", "drop them or name a preset")
+    return ModelSize.from_count(count, seq or 2048), {}
+
+
+def _read_config_json(path: Path, overrides: dict[str, Any]):
+    from llmkit.config import ModelConfig
+
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise LlmkitError(f"{file} not found", "point MODEL at an llmkit checkpoint directory or its config.json")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise LlmkitError(f"{file}: not valid JSON ({err})", "re-save the checkpoint") from None
+    if not isinstance(data, dict) or data.get("format") != "llmkit":
+        raise LlmkitError(f"{file} is not an llmkit config", "for a Hugging Face checkpoint run llmkit convert first")
+    data = {k: v for k, v in data.items() if k not in ("format", "format_version", "quantization")}
+    try:
+        return ModelConfig.from_dict({**data, **overrides}, source=str(file))
+    except TypeError as err:
+        raise LlmkitError(f"{file}: invalid config ({err})", "re-save the checkpoint") from None
+
+
+def _read_toml(path: Path, overrides: dict[str, Any]):
+    """The model a run config trains, and its [train] shape as defaults: what ``llmkit pretrain`` would run."""
+    from llmkit.cli.pretrain import load_run_config
+    from llmkit.plan import ModelSize
+
+    cfg, train = load_run_config(path, overrides)
+    defaults = {
+        "batch": train.batch_size,
+        "seq": train.block_size,
+        "precision": "amp" if train.dtype == "bf16" else "fp32",
+        "recompute": "full" if train.activation_checkpointing else "none",
+    }
+    return ModelSize.from_config(cfg, str(path)), defaults
+
+
+def _int(flag: str, text: str | None, default: int | None = None, minimum: int = 1) -> int | None:
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise LlmkitError(f"{flag} '{text}' is not an integer", f"e.g. {flag} 8") from None
+    if value < minimum:
+        raise LlmkitError(f"{flag} {value} must be >= {minimum}", f"change {flag}")
+    return value
+
+
+def _float(flag: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise LlmkitError(f"{flag} '{text}' is not a number", f"e.g. {flag} 0.4") from None
+    if not math.isfinite(value):
+        raise LlmkitError(f"{flag} {text} must be finite", f"change {flag}")
+    return value
+
+
+def _count(flag: str, text: str | None) -> float | None:
+    from llmkit.plan import parse_count
+
+    if text is None:
+        return None
+    try:
+        return float(parse_count(text))
+    except LlmkitError:
+        raise LlmkitError(f"{flag} '{text}' is not a positive count", f"e.g. {flag} 3e11 or {flag} 300B") from None
+
+
+def _check_measurable(model, opts) -> None:
+    if model is None or model.assumed_shape:
+        raise LlmkitError("--measure needs a model shape", "name a preset, a checkpoint or a config file")
+    if opts.gpus != 1 or opts.zero != 0:
+        raise LlmkitError("--measure runs on one device", "drop --gpus and --zero")
+    if opts.recompute == "selective":
+        raise LlmkitError("llmkit's trainer has no selective recomputation", "use --checkpointing (full) or none")
+
+
+def _measure(plan, steps: int, device):
+    """Real steps of the planned training on ``device``, after checking the prediction fits there."""
+    from llmkit.train.memory import check_room, measure_training
+
+    if plan.training is None:
+        raise LlmkitError(f"--measure trains, and {plan.options.precision} is inference-only", "use fp32 or amp")
+    check_room(plan.training.tensors_peak, device)
+    o = plan.options
+    return measure_training(
+        plan.model.cfg, o.batch, plan.seq, o.precision, o.optimizer, o.recompute == "full", steps, device
+    )
+
+
+# ---- output -------------------------------------------------------------------------------------
+
+
+def fmt_bytes(n: float) -> str:
+    """Decimal units, three significant digits: 168.9 MB, 2.00 GB."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}" if n / size < 100 else f"{n / size:.0f} {unit}"
+    return f"{n:.0f} B"
+
+
+def sci(x: float) -> str:
+    """3 significant digits, exponent without padding: 3.15e23."""
+    mantissa, _, exponent = f"{x:.3g}".partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
+
+
+def fmt_count(n: float) -> str:
+    for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.3g}{suffix}"
+    return f"{n:.0f}"
+
+
+def _rows(rows: list[tuple[str, str, str]]) -> list[str]:
+    return [f"  {name:<34}{value:>12}  {note}".rstrip() for name, value, note in rows]
+
+
+def render(plan) -> str:
+    """The plan as text tables."""
+    lines: list[str] = []
+    if plan.model is not None:
+        lines += _render_model(plan)
+    if plan.inference is not None:
+        lines += _render_inference(plan)
+    if plan.training is not None:
+        lines += _render_training(plan)
+    if plan.compute is not None:
+        lines += _render_compute(plan)
+    if plan.optimum is not None:
+        lines += _render_optimum(plan.optimum)
+    lines += [f"note: {note}" for note in plan.notes]
+    return "\n".join(lines)
+
+
+def _render_model(plan) -> list[str]:
+    from llmkit.plan import describe
+
+    m = plan.model
+    lines = [f"{m.source}: {describe(m.cfg)}" if not m.assumed_shape else m.source]
+    lines.append(f"parameters: {m.parameters:,} ({fmt_count(m.parameters)}); in matrix multiplies (6N's N): "
+                 f"{m.matmul_parameters:,}")  # fmt: skip
+    if not m.assumed_shape:
+        lines.append(f"  {'component':<34}{'parameters':>12}  share")
+        for name, count in sorted(m.components.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {name:<34}{count:>12,}  {count / m.parameters:.1%}")
+    return lines
+
+
+def _render_inference(plan) -> list[str]:
+    from llmkit.plan import PRECISIONS
+
+    i, o, p = plan.inference, plan.options, PRECISIONS[plan.options.precision]
+    lines = [f"inference, batch {o.batch} x {plan.seq} tokens, {p.name} ({p.weights:g} bytes per weight):"]
+    return lines + _rows([
+        ("weights", fmt_bytes(i.weights), ""),
+        ("KV cache", fmt_bytes(i.kv_cache), f"{p.kv} bytes per value; encoders keep none"),
+        (f"overhead ({o.overhead:.0%})", fmt_bytes(i.overhead), ""),
+        ("total", fmt_bytes(i.total), ""),
+    ])  # fmt: skip
+
+
+def _render_training(plan) -> list[str]:
+    from llmkit.plan import PRECISIONS, optimizer_bytes
+
+    t, o, p = plan.training, plan.options, PRECISIONS[plan.options.precision]
+    a = t.activations
+    shard = f", ZeRO-{o.zero} over {o.gpus} GPUs" if o.zero else f", {o.gpus} GPU{'s' * (o.gpus > 1)}"
+    lines = [
+        f"training per GPU, batch {o.batch} x {plan.seq} tokens, {p.name} ({p.description}),",
+        f"  {o.optimizer}, recomputation {a.recompute}, {a.attention} attention{shard}:",
+    ]
+    rows = [
+        ("weights", fmt_bytes(t.weights), f"{p.weights:g} bytes/param"),
+        ("master weights (fp32)", fmt_bytes(t.master_weights), f"{p.master:g} bytes/param"),
+        ("gradients", fmt_bytes(t.gradients), f"{p.grads:g} bytes/param"),
+        ("optimizer states", fmt_bytes(t.optimizer_states), f"{optimizer_bytes(o.optimizer, p):g} bytes/param"),
+        ("activations stored for backward", fmt_bytes(sum(a.stored.values())), ""),
+    ]
+    if not p.master:
+        del rows[1]
+    rows += [(f"  {name}", fmt_bytes(value), "") for name, value in a.stored.items()]
+    rows += [
+        ("backward working set", fmt_bytes(a.working), "loss" if a.loss_working >= a.layer_working else "one block"),
+        ("peak of tensors", fmt_bytes(t.tensors_peak), _peak_rule(t)),
+        (f"overhead ({o.overhead:.0%})", fmt_bytes(t.overhead), ""),
+        ("peak", fmt_bytes(t.peak), ""),
+    ]
+    per_layer = sum(a.per_layer.values()) / (o.batch * plan.seq)
+    lines += _rows(rows)
+    lines.append(f"  one block keeps {per_layer:,.0f} bytes per token ({o.batch * plan.seq:,} tokens)")
+    return lines
+
+
+def _peak_rule(t) -> str:
+    if t.persistent_grads:
+        return "weights + master + states + grads + activations"
+    return "weights + master + states + max(activations, grads + end of backward)"
+
+
+def _render_compute(plan) -> list[str]:
+    c = plan.compute
+    budget = " (20 per parameter; set --tokens)" if c.tokens_from_rule else ""
+    days = " | ".join(f"{gpu} {d:,.0f}" if d >= 100 else f"{gpu} {d:.3g}" for gpu, d in c.days.items())
+    return [
+        "compute:",
+        f"  FLOPs per token: 6N {sci(c.flops_per_token_6n)}; with attention (PaLM) {sci(c.flops_per_token)}",
+        f"  {sci(c.tokens)} tokens{budget}: {sci(c.flops)} FLOPs (6ND {sci(c.flops_6nd)}) = "
+        f"{c.pf_days:,.4g} petaFLOP/s-days (6ND: {c.pf_days_6nd:,.4g})",
+        f"  days on {c.gpus} GPU{'s' * (c.gpus > 1)} at {c.mfu:.0%} MFU: {days}",
+    ]
+
+
+def _render_optimum(o) -> list[str]:
+    return [
+        f"compute-optimal for {sci(o.flops)} FLOPs (C = 6ND):",
+        f"  20 tokens per parameter: {fmt_count(o.rule_parameters)} parameters, {fmt_count(o.rule_tokens)} tokens "
+        f"(fitted loss {o.rule_loss:.3f})",
+        f"  Chinchilla fit (approach 3): {fmt_count(o.fit_parameters)} parameters, {fmt_count(o.fit_tokens)} tokens "
+        f"(fitted loss {o.fit_loss:.3f})",
+    ]
+
+
+def render_measured(plan, m) -> str:
+    """Measured bytes next to the prediction for the same step (tensors only, no overhead)."""
+    t = plan.training
+    a = t.activations
+    rows = [
+        ("weights", t.weights, m.weights),
+        ("gradients", t.gradients, m.gradients),
+        ("optimizer states", t.master_weights + t.optimizer_states, m.optimizer_states),
+        ("activations + loss working set", sum(a.stored.values()) + a.loss_working, m.activations),
+        ("peak of tensors", t.tensors_peak, m.peak),
+    ]
+    lines = [
+        f"measured on {m.device}: {m.steps} steps of llmkit's train_step, {m.attention} attention, "
+        f"{m.seconds:.1f} s (tensor bytes, no overhead):",
+        f"  {'':<34}{'predicted':>12}{'measured':>12}  measured/predicted",
+    ]
+    for name, predicted, measured in rows:
+        ratio = f"{measured / predicted:.3f}" if predicted else "-"
+        lines.append(f"  {name:<34}{fmt_bytes(predicted):>12}{fmt_bytes(measured):>12}  {ratio}")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Memory to serve a model (weights + KV cache) and to train it (weights, gradients, optimizer states,
+activations; ZeRO sharding), per GPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmkit.config import ModelConfig
+from llmkit.errors import LlmkitError
+from llmkit.plan.activations import Activations, activation_memory
+from llmkit.plan.parameters import ModelSize
+from llmkit.plan.precision import Precision, optimizer_bytes
+
+
+@dataclass
+class InferenceMemory:
+    """Bytes to serve ``batch`` sequences of ``seq`` tokens: weights + KV cache (+ overhead)."""
+
+    weights: float
+    kv_cache: float
+    overhead: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.kv_cache + self.overhead
+
+
+def kv_cache_bytes(cfg: ModelConfig, batch: int, seq: int, precision: Precision) -> float:
+    """Keys and values of every self-attention layer, 2 x layers x batch x seq x (kv heads x head dim);
+    T5's decoder also keeps the cross-attention keys and values of the encoder output. Encoders
+    keep none. Weight-only quantization (int8/int4) leaves the cache in 16 bits."""
+    kvd = cfg.n_kv_head * cfg.head_dim
+    if cfg.family == "encoder":
+        return 0.0
+    layers = cfg.n_layer if cfg.family == "decoder" else 2 * cfg.n_decoder_layer
+    return 2 * layers * batch * seq * kvd * precision.kv
+
+
+def inference_memory(
+    model: ModelSize, batch: int, seq: int, precision: Precision, overhead: float = 0.0
+) -> InferenceMemory:
+    weights = model.parameters * precision.weights
+    cache = kv_cache_bytes(model.cfg, batch, seq, precision)
+    return InferenceMemory(weights, cache, overhead * (weights + cache))
+
+
+@dataclass
+class TrainingMemory:
+    """Bytes per GPU of a training step, by component, and the peak.
+
+    With gradients freed between steps (PyTorch's ``zero_grad(set_to_none=True)``, llmkit's step) the
+    peak is the larger of two moments: backward starting (stored activations + their working set, no
+    gradient yet) and backward ending (every gradient + ``gradient_working``: the logits the step
+    still holds and, for an embedding used twice (tied head, T5), its gradients being summed). With
+    persistent gradient buffers (Megatron, DeepSpeed) gradients and activations add up.
+    """
+
+    weights: float
+    master_weights: float
+    gradients: float
+    optimizer_states: float
+    activations: Activations
+    gradient_working: float
+    persistent_grads: bool
+    overhead_fraction: float
+
+    @property
+    def tensors_peak(self) -> float:
+        act, end = self.activations.total, self.gradients + self.gradient_working
+        moving = self.gradients + act if self.persistent_grads else max(act, end)
+        return self.weights + self.master_weights + self.optimizer_states + moving
+
+    @property
+    def overhead(self) -> float:
+        return self.overhead_fraction * self.tensors_peak
+
+    @property
+    def peak(self) -> float:
+        return self.tensors_peak + self.overhead
+
+
+def training_memory(
+    model: ModelSize,
+    batch: int,
+    seq: int,
+    precision: Precision,
+    optimizer: str = "adamw",
+    recompute: str = "none",
+    attention: str = "flash",
+    gpus: int = 1,
+    zero: int = 0,
+    overhead: float = 0.0,
+    device: str = "cuda",
+) -> TrainingMemory:
+    """Per-GPU memory of data-parallel training, ``batch`` sequences per GPU.
+
+    ZeRO (Rajbhandari et al. 2020) over ``gpus``: stage 1 divides the optimizer states (with the
+    fp32 master weights, which are part of them) by ``gpus``, stage 2 also the gradients, stage 3
+    also the weights. Mixed precision with AdamW is the paper's 2 + 2 + 12 = 16 bytes per parameter.
+    """
+    if not precision.trainable:
+        raise LlmkitError(f"{precision.name} is an inference format", "train in fp32, amp, mixed or bf16")
+    n, cfg = model.parameters, model.cfg
+    shard = [gpus if zero >= stage else 1 for stage in (1, 2, 3)]
+    activations = activation_memory(cfg, batch, seq, precision, recompute, attention, device)
+    # The token embedding takes a gradient from each use (the lookup, T5's second lookup, a tied
+    # head); autograd sums them pairwise into new tensors, holding three V x d gradients at once.
+    tied = cfg.tie_embeddings and (cfg.family != "encoder" or cfg.encoder_head == "mlm")
+    uses = (2 if cfg.family == "encoder_decoder" else 1) + (1 if tied else 0)
+    summed = 2 * cfg.vocab_size * cfg.d_model * precision.grads if uses > 1 else 0
+    return TrainingMemory(
+        weights=n * precision.weights / shard[2],
+        master_weights=n * precision.master / shard[0],
+        gradients=n * precision.grads / shard[1],
+        optimizer_states=n * optimizer_bytes(optimizer, precision) / shard[0],
+        activations=activations,
+        gradient_working=activations.stored.get("logits", 0.0) + summed,
+        persistent_grads=precision.persistent_grads,
+        overhead_fraction=overhead,
+    )
