@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "embeddings",
     "attention",
     "quantize",
+    "serve",
 )
 
 

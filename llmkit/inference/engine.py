@@ -131,13 +131,13 @@ class Stream:
             seen[r, self._prefix[r // self.per_prompt]] = True
         return seen
 
-    def _sequences(self) -> list[_Sequence]:
+    def _sequences(self) -> list[SequenceState]:
         """One per returned sequence. A causal model's text continues its prompt, so the prompt is the
         decoding context; an encoder-decoder's output starts fresh."""
         tokenizer = getattr(self.model, "tokenizer", None)
         n, causal = self.config.num_return_sequences, self.model.config.family == "decoder"
         contexts = [ids if causal else [] for ids in self.prompts.ids]
-        return [_Sequence(i, contexts[i // n], tokenizer, self.config) for i in range(len(contexts) * n)]
+        return [SequenceState(i, contexts[i // n], tokenizer, self.config) for i in range(len(contexts) * n)]
 
     # ---- greedy and sampling ------------------------------------------------------------------
     def _sampled_pieces(self) -> Iterator[Piece]:
@@ -189,7 +189,7 @@ class Stream:
             yield seq.push_all(ids)
 
 
-class _Sequence:
+class SequenceState:
     """One sequence being generated: its token count, text and why it ended."""
 
     def __init__(self, index: int, context: list[int], tokenizer, config: GenerationConfig) -> None:

@@ -8,6 +8,8 @@ cross-attention keys and values of the encoder output, computed at the first ste
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -56,6 +58,15 @@ class KVCache:
                 f"KV cache holds {self.max_len} positions; {self.length} used, {new} more requested",
                 "allocate a larger cache (max_len = prompt length + max_new_tokens)",
             )
+
+    def first_rows(self, n: int) -> KVCache:
+        """A cache over rows [0, n) sharing this one's buffers (its writes land here), at the same length.
+        Continuous batching (inference/batcher.py) keeps the active rows first and runs only those."""
+        view = copy.copy(self)
+        view.layers = [copy.copy(layer) for layer in self.layers]
+        for layer in view.layers:
+            layer.k, layer.v = layer.k[:n], layer.v[:n]
+        return view
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` (beam search picks which hypotheses continue)."""

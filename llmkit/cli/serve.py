@@ -1,0 +1,79 @@
+"""`llmkit serve`: load a checkpoint and serve it over HTTP (llmkit.serve), loopback by default."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API, with a playground page",
+        description="Serve MODEL (a decoder-only llmkit checkpoint with a tokenizer) on FastAPI/uvicorn: "
+        'POST /v1/completions and /v1/chat/completions (streamed as server-sent events with "stream": true), '
+        "GET /v1/models, GET /health, and a playground page at /. Requests that arrive together are decoded "
+        "together in one batch (up to --max-batch). The server binds 127.0.0.1 unless --host says otherwise; "
+        "requests can neither name files nor load checkpoints.",
+    )
+    p.add_argument("model", metavar="MODEL", help="llmkit checkpoint directory (decoder-only, with a tokenizer)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    p.add_argument(
+        "--api-key", default=None, metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on /v1/* (default: none; set one before binding beyond loopback)",
+    )  # fmt: skip
+    p.add_argument("--max-batch", type=int, default=8, metavar="N", help="sequences decoded together (default 8)")
+    p.add_argument(
+        "--max-tokens", type=int, default=1024, metavar="N",
+        help="the most new tokens one request may ask for (default 1024; the context window also caps it)",
+    )  # fmt: skip
+    p.add_argument("--max-body", type=int, default=1 << 20, metavar="BYTES", help="largest request body (1 MiB)")
+    p.add_argument("--name", default=None, help="model id clients send (default: the directory's name)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="cast the weights")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+    import uvicorn
+
+    from llmkit import checkpoint
+    from llmkit.errors import LlmkitError
+    from llmkit.serve.app import ServeSettings, create_app
+    from llmkit.serve.chat import ChatTemplate
+
+    for flag, value in (
+        ("--max-batch", args.max_batch),
+        ("--max-tokens", args.max_tokens),
+        ("--max-body", args.max_body),
+    ):
+        if value < 1:
+            raise LlmkitError(f"{flag} {value} must be >= 1", f"pass a positive {flag}")
+    if not 0 <= args.port <= 65535:
+        raise LlmkitError(f"--port {args.port} is not a TCP port", "pass 0-65535")
+    directory = Path(args.model)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.dtype]
+    model = checkpoint.load(directory, device=device, dtype=dtype)
+    roles = model.tokenizer.special_tokens if model.tokenizer is not None else {}
+    special = {f"{role}_token": roles[role] for role in ("bos", "eos") if role in roles}  # names chat templates use
+    settings = ServeSettings(
+        name=args.name or directory.resolve().name, api_key=args.api_key, max_batch=args.max_batch,
+        max_tokens=args.max_tokens, max_body=args.max_body, chat=ChatTemplate.from_dir(directory, special),
+    )  # fmt: skip
+    app = create_app(model, settings)
+    if not _loopback(args.host) and args.api_key is None:
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
+    print(f"serving {settings.name} at http://{args.host}:{args.port}/ (playground at /, API at /v1)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -1,0 +1,161 @@
+"""Continuous batching (llmkit.inference.batcher): requests share steps and decode as they would alone.
+
+The reference is ``generate`` of each prompt alone (greedy). Prompts differ in length and in
+max_new_tokens, more requests arrive than there are rows (so some join while others are mid-way),
+and the total passes the context window (so the shared cache shifts its columns), for a learned-
+position GPT and a RoPE Llama with grouped-query attention.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from hf_utils import randomize
+
+from llmkit.config import GenerationConfig, ModelConfig
+from llmkit.errors import LlmkitError
+from llmkit.inference import generate
+from llmkit.inference.batcher import Batcher, Request, TokenEvent
+from llmkit.models import build_model
+
+CORPUS = [
+    "The cat ate the cake. The dog ate the donut. A banana is yellow.",
+    "def f(x):\n    return x + 1\n",
+] * 20
+PROMPTS = ["The cat", "def f(x):\n    return", "A banana is yellow. The dog ate", "The", "x"]
+NEW = [30, 20, 25, 50, 12]
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    from llmkit.data.tokenizer_train import train_tokenizer
+
+    return train_tokenizer(CORPUS, "bpe", vocab_size=300)
+
+
+def tiny(bpe, preset: str, **kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name(
+        preset, vocab_size=bpe.vocab_size, d_model=32, n_layer=2, n_head=4, max_seq_len=64,
+        bos_token_id=bpe.bos_token_id, eos_token_id=bpe.eos_token_id, pad_token_id=bpe.pad_token_id, **kw,
+    )  # fmt: skip
+    model = randomize(build_model(cfg))
+    model.tokenizer, model.generation_config = bpe, GenerationConfig.for_model(cfg)
+    return model
+
+
+class Collector:
+    """Events per request, and an Event set when every request has finished."""
+
+    def __init__(self, count: int) -> None:
+        self.events: list[list[TokenEvent]] = [[] for _ in range(count)]
+        self.left, self.done = count, threading.Event()
+
+    def callback(self, i: int):
+        def on_token(event: TokenEvent) -> None:
+            self.events[i].append(event)
+            if event.finish_reason is not None:
+                self.left -= 1
+                if self.left == 0:
+                    self.done.set()
+
+        return on_token
+
+
+@pytest.fixture(scope="module", params=["tiny-gpt-1m", "tiny-llama-10m"])
+def model(request, bpe):
+    kw = {"n_kv_head": 2} if request.param == "tiny-llama-10m" else {}
+    return tiny(bpe, request.param, **kw)
+
+
+def run_all(model, prompts, news, max_batch: int, **settings) -> tuple[list[list[TokenEvent]], list[int]]:
+    batcher = Batcher(model, max_batch=max_batch).start()
+    got = Collector(len(prompts))
+    try:
+        for i, (p, n) in enumerate(zip(prompts, news, strict=True)):
+            cfg = model.generation_config.replace(max_new_tokens=n, eos_token_id=[], **settings)
+            batcher.submit(Request(model.tokenizer.encode(p), cfg, got.callback(i)))
+        assert got.done.wait(30)
+    finally:
+        batcher.close()
+    return got.events, batcher.step_sizes
+
+
+def test_batched_greedy_equals_each_prompt_alone(model):
+    expected = [generate(model, p, max_new_tokens=n, eos_token_id=[])[0] for p, n in zip(PROMPTS, NEW, strict=True)]
+    events, sizes = run_all(model, PROMPTS, NEW, max_batch=3)
+    for want, got in zip(expected, events, strict=True):
+        assert [e.token_id for e in got] == want.token_ids
+        assert "".join(e.text for e in got) == want.text
+        assert got[-1].finish_reason == "length"
+    assert max(sizes) == 3  # requests shared steps, never more than the rows
+    # the shortest of the first three ends after 19 steps; later full steps mean a waiting request joined
+    assert sizes.count(3) > min(NEW[:3])
+    assert len(sizes) < sum(NEW)  # far fewer steps than one request at a time
+    assert sum(NEW) + 64 > len(sizes) > 64  # the columns went past the window: the shift ran
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(model):
+    """Each request draws from its own generator: alone or in company, the same seed, the same text."""
+    settings = dict(do_sample=True, temperature=0.9, top_k=20, seed=7)
+    alone, _ = run_all(model, PROMPTS[:1], NEW[:1], max_batch=1, **settings)
+    together, _ = run_all(model, PROMPTS, NEW, max_batch=4, **settings)
+    assert [e.token_id for e in alone[0]] == [e.token_id for e in together[0]]
+
+
+def test_stop_strings_and_logprobs(bpe):
+    model = tiny(bpe, "tiny-gpt-1m")
+    want = generate(model, "The cat", max_new_tokens=20, eos_token_id=[])[0].text
+    stop = want[3:6]
+    got = Collector(1)
+    batcher = Batcher(model, max_batch=2).start()
+    cfg = model.generation_config.replace(max_new_tokens=20, eos_token_id=[], stop_strings=[stop])
+    batcher.submit(Request(bpe.encode("The cat"), cfg, got.callback(0), logprobs=3))
+    assert got.done.wait(10)
+    batcher.close()
+    events = got.events[0]
+    assert "".join(e.text for e in events) == want[: want.index(stop)]
+    assert events[-1].finish_reason == "stop"
+    for e in events:  # greedy: the token drawn is the most likely one, and its logprob is the best
+        assert len(e.top_logprobs) == 3 and e.top_logprobs[0] == (e.token_id, pytest.approx(e.logprob))
+
+
+def test_a_cancelled_request_frees_its_row(bpe):
+    model = tiny(bpe, "tiny-gpt-1m")
+    batcher = Batcher(model, max_batch=2).start()
+    first, seen = threading.Event(), []
+    request: Request
+
+    def on_token(event: TokenEvent) -> None:
+        seen.append(event)
+        if len(seen) == 3:
+            request.cancel()  # as the server does when the client goes away
+            first.set()
+
+    request = Request(bpe.encode("The"), model.generation_config.replace(max_new_tokens=60), on_token)
+    batcher.submit(request)
+    assert first.wait(10)
+    # a second request still runs to the end, alone: the cancelled one left the batch
+    got = Collector(1)
+    batcher.submit(Request(bpe.encode("x"), model.generation_config.replace(max_new_tokens=5), got.callback(0)))
+    assert got.done.wait(10)
+    batcher.close()
+    assert len(seen) <= 4 and all(e.finish_reason is None for e in seen)
+    assert batcher.slots == [] and batcher.step_sizes[-1] == 1
+
+
+def test_checks(bpe):
+    model = tiny(bpe, "tiny-gpt-1m")
+    batcher = Batcher(model, max_batch=1)
+    with pytest.raises(LlmkitError, match="context window of 64"):
+        batcher.check(60, 10)
+    with pytest.raises(LlmkitError, match="max_batch=0"):
+        Batcher(model, max_batch=0)
+
+
+def test_only_decoder_models(bpe):
+    bert = build_model(ModelConfig.from_name("tiny-bert-1m", vocab_size=bpe.vocab_size, n_layer=1))
+    with pytest.raises(LlmkitError, match="decoder-only"):
+        Batcher(bert)

@@ -1,0 +1,339 @@
+"""`llmkit serve`: the OpenAI-compatible API against a live uvicorn server on a random loopback port.
+
+One server (a tiny random GPT-2 with a byte-level BPE tokenizer, an API key, small limits) serves
+the module. Greedy results are checked against ``llmkit.generate``; every error case answers a 4xx
+in OpenAI's error shape; the official ``openai`` package completes, chats and streams.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from serve_utils import LiveServer, tiny_checkpoint
+
+from llmkit import checkpoint
+from llmkit.inference import generate
+from llmkit.serve.app import ServeSettings, create_app
+from llmkit.serve.chat import ChatTemplate
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+WINDOW = 256
+MAX_TOKENS = 200  # the server's limit per request
+MAX_BODY = 16 * 1024
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny", window=WINDOW)
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return checkpoint.load(model_dir)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    settings = ServeSettings(name="tiny", api_key=KEY, max_batch=4, max_tokens=MAX_TOKENS, max_body=MAX_BODY)
+    live = LiveServer(create_app(model, settings))
+    yield live
+    live.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c:
+        yield c
+
+
+def expected(model, prompt: str, n: int, stop: list[str] = ()) -> str:
+    return generate(model, prompt, max_new_tokens=n, stop_strings=list(stop))[0].text
+
+
+def sse(response: httpx.Response) -> list[dict]:
+    """The JSON chunks of a server-sent event stream; checks it ends with [DONE]."""
+    datas = [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
+    assert datas[-1] == "[DONE]"
+    return [json.loads(d) for d in datas[:-1]]
+
+
+# ---- plain routes -------------------------------------------------------------------------------
+def test_health_models_and_playground(client):
+    assert client.get("/health").json()["status"] == "ok"
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny"]
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for control in ("prompt", "max_tokens", "temperature", "top_k", "top_p", "sampling", "seed", "stop", "explain"):
+        assert f'id="{control}"' in page.text
+
+
+def test_completion_equals_generate(client, model):
+    r = client.post("/v1/completions", json={"model": "tiny", "prompt": "The cat", "max_tokens": 20, "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "text_completion" and body["model"] == "tiny"
+    assert body["choices"][0]["text"] == expected(model, "The cat", 20)
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 20
+    assert body["usage"]["prompt_tokens"] == len(model.tokenizer.encode("The cat"))
+
+
+def test_completion_options(client, model):
+    full = expected(model, "The dog", 30)
+    stop = full[5:8]
+    r = client.post(
+        "/v1/completions",
+        json={"model": "tiny", "prompt": "The dog", "max_tokens": 30, "temperature": 0, "stop": stop, "echo": True,
+              "logprobs": 2},
+    )  # fmt: skip
+    choice = r.json()["choices"][0]
+    assert choice["text"] == "The dog" + full[: full.index(stop)] and choice["finish_reason"] == "stop"
+    logprobs = choice["logprobs"]
+    assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(logprobs["top_logprobs"])
+    assert all(len(top) <= 2 and max(top.values()) <= 0 for top in logprobs["top_logprobs"])
+    # n choices with a seed: reproducible, and they differ from each other
+    ask = {"model": "tiny", "prompt": "The", "max_tokens": 12, "temperature": 1.0, "n": 3, "seed": 5}
+    a, b = client.post("/v1/completions", json=ask).json(), client.post("/v1/completions", json=ask).json()
+    texts = [c["text"] for c in a["choices"]]
+    assert texts == [c["text"] for c in b["choices"]] and len(set(texts)) > 1
+    assert [c["index"] for c in a["choices"]] == [0, 1, 2]
+
+
+def test_chat_uses_the_plain_template(client, model):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]
+    r = client.post("/v1/chat/completions", json={"model": "tiny", "messages": messages, "max_tokens": 15,
+                                                  "temperature": 0})  # fmt: skip
+    body = r.json()
+    assert body["object"] == "chat.completion"
+    prompt = ChatTemplate().render(messages)
+    assert prompt == "System: Be brief.\nUser: hello\nAssistant:"
+    message = body["choices"][0]["message"]
+    assert message["role"] == "assistant"
+    assert message["content"] == expected(model, prompt, 15, stop=["\nUser:"])
+
+
+def test_chat_template_from_the_tokenizer_config(tmp_path):
+    template = (
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    chat = ChatTemplate.from_dir(tmp_path)
+    assert chat.render([{"role": "user", "content": "hi"}]) == "<user>hi<assistant>"
+    assert chat.stop == []
+
+
+# ---- streaming ----------------------------------------------------------------------------------
+def test_streamed_completion_and_chat(client, model):
+    ask = {"model": "tiny", "prompt": "The cat", "max_tokens": 20, "temperature": 0, "stream": True}
+    with client.stream("POST", "/v1/completions", json=ask) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        chunks = sse(r)
+    assert len(chunks) >= 10  # token by token, not one blob
+    assert "".join(c["choices"][0]["text"] for c in chunks) == expected(model, "The cat", 20)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    messages = [{"role": "user", "content": "hello"}]
+    ask = {"model": "tiny", "messages": messages, "max_tokens": 10, "temperature": 0, "stream": True}
+    with client.stream("POST", "/v1/chat/completions", json=ask) as r:
+        chunks = sse(r)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == expected(model, ChatTemplate().render(messages), 10, stop=["\nUser:"])
+
+
+@pytest.fixture
+def slow_steps(server, monkeypatch):
+    """5 ms more per decoding step, so a request of MAX_TOKENS tokens lasts about a second."""
+    batcher = server.app.state.batcher
+    step = batcher._step
+
+    def slow() -> None:
+        time.sleep(0.005)
+        step()
+
+    monkeypatch.setattr(batcher, "_step", slow)
+    return batcher
+
+
+def wait_until_idle(client) -> None:
+    deadline = time.monotonic() + 10
+    while client.get("/health").json()["active"]:
+        assert time.monotonic() < deadline, "the slot was not freed"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_disconnects_frees_its_slot(server, client, slow_steps, stream):
+    ask = {"model": "tiny", "prompt": "The", "max_tokens": MAX_TOKENS, "temperature": 0, "stream": stream}
+    before = len(slow_steps.step_sizes)
+    if stream:
+        with client.stream("POST", "/v1/completions", json=ask) as r:
+            next(r.iter_lines())  # the first event arrived; now hang up
+    else:
+        with pytest.raises(httpx.ReadTimeout):  # gives up after 0.2 s and closes the connection
+            client.post("/v1/completions", json=ask, timeout=0.2)
+    wait_until_idle(client)
+    assert len(slow_steps.step_sizes) - before < MAX_TOKENS // 2  # it stopped long before the end
+
+
+# ---- errors -------------------------------------------------------------------------------------
+def assert_error(r: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if param is not None:
+        assert err["param"] == param, err
+    return err
+
+
+def test_api_key(server):
+    ask = {"model": "tiny", "prompt": "x", "max_tokens": 1}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        err = assert_error(httpx.post(f"{server.url}/v1/completions", json=ask, headers=headers), 401)
+        assert err["type"] == "authentication_error"
+    assert_error(httpx.get(f"{server.url}/v1/models"), 401)
+    assert httpx.get(f"{server.url}/health").status_code == 200  # health and the page need no key
+
+
+@pytest.mark.parametrize(
+    "change, status, param",
+    [
+        ({"model": "other"}, 404, "model"),
+        ({"max_tokens": "ten"}, 400, "max_tokens"),
+        ({"max_tokens": 0}, 400, "max_tokens"),
+        ({"temperature": 5}, 400, "temperature"),
+        ({"temperature": "0.5"}, 400, "temperature"),
+        ({"top_p": 0}, 400, "top_p"),
+        ({"top_k": -1}, 400, "top_k"),
+        ({"n": 100}, 400, "n"),
+        ({"seed": -3}, 400, "seed"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({"prompt": 5}, 400, "prompt"),
+        ({"max_tokens": MAX_TOKENS + 1}, 400, "max_tokens"),  # past the server's limit
+        ({"max_tokens": 150, "prompt": "The cat ate the cake. " * 20}, 400, "max_tokens"),  # past the window
+        ({"prompt": "The cat ate the cake. " * 60}, 400, "prompt"),  # the prompt alone is past it
+        ({"checkpoint": "/etc/passwd"}, 400, "checkpoint"),  # no request names a file or a checkpoint
+    ],
+)
+def test_bad_requests(client, change, status, param):
+    ask = {"model": "tiny", "prompt": "The", "max_tokens": 4, **change}
+    assert_error(client.post("/v1/completions", json=ask), status, param)
+
+
+def test_bad_chat_and_bodies(client):
+    assert_error(client.post("/v1/chat/completions", json={"model": "tiny", "messages": []}), 400, "messages")
+    bad_role = {"model": "tiny", "messages": [{"role": "wizard", "content": "x"}]}
+    assert_error(client.post("/v1/chat/completions", json=bad_role), 400)
+    assert_error(
+        client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 400
+    )
+    huge = {"model": "tiny", "prompt": "x" * (MAX_BODY + 10)}
+    assert_error(client.post("/v1/completions", json=huge), 413)
+
+    def chunks():  # no Content-Length: the limit is counted as the body arrives
+        yield b'{"model": "tiny", "prompt": "'
+        for _ in range(MAX_BODY // 1024 + 2):
+            yield b"x" * 1024
+        yield b'"}'
+
+    assert_error(client.post("/v1/completions", content=chunks()), 413)
+    assert_error(client.get("/v1/nothing"), 404)
+    assert_error(client.get("/v1/completions"), 405)
+
+
+# ---- explain (the playground's panel) -----------------------------------------------------------
+def test_explain_endpoint(client, model):
+    from llmkit.inference import explain
+
+    r = client.post("/v1/explain", json={"prompt": "The cat", "max_tokens": 3, "do_sample": True, "top_k": 5,
+                                         "temperature": 0.8, "seed": 1, "top": 4})  # fmt: skip
+    assert r.status_code == 200, r.text
+    got = r.json()
+    want = explain(model, "The cat", max_new_tokens=3, do_sample=True, top_k=5, temperature=0.8, seed=1, top=4)
+    assert len(got["steps"]) == 3 and got["completion"] == want.completion
+    assert got["steps"][0]["candidates"][0]["token_id"] == want.steps[0].candidates[0].token_id
+    assert_error(client.post("/v1/explain", json={"prompt": "x", "max_tokens": 1000}), 400, "max_tokens")
+
+
+# ---- the official client ------------------------------------------------------------------------
+def test_the_openai_package(server, model):
+    openai = pytest.importorskip("openai")
+    api = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+    assert [m.id for m in api.models.list()] == ["tiny"]
+    done = api.completions.create(model="tiny", prompt="The cat", max_tokens=12, temperature=0)
+    assert done.choices[0].text == expected(model, "The cat", 12)
+    chat = api.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0
+    )
+    assert chat.choices[0].message.content == expected(model, "User: hello\nAssistant:", 8, stop=["\nUser:"])
+    pieces = [c.choices[0].text for c in api.completions.create(
+        model="tiny", prompt="The cat", max_tokens=12, temperature=0, stream=True)]  # fmt: skip
+    assert "".join(pieces) == done.choices[0].text
+    stream = api.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == chat.choices[0].message.content
+    with pytest.raises(openai.NotFoundError):
+        api.completions.create(model="gpt-4", prompt="x", max_tokens=1)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong").models.list()
+
+
+# ---- concurrency through HTTP -------------------------------------------------------------------
+def test_concurrent_requests_share_steps(server, model):
+    import asyncio
+
+    batcher = server.app.state.batcher
+    before = len(batcher.step_sizes)
+    prompts = ["The cat", "The dog", "A banana", "def f"]
+
+    async def main():
+        async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=30) as c:
+            asks = [{"model": "tiny", "prompt": p, "max_tokens": 40, "temperature": 0} for p in prompts]
+            return await asyncio.gather(*(c.post("/v1/completions", json=a) for a in asks))
+
+    answers = asyncio.run(main())
+    for p, r in zip(prompts, answers, strict=True):
+        assert r.json()["choices"][0]["text"] == expected(model, p, 40)
+    assert max(batcher.step_sizes[before:]) > 1
+
+
+# ---- the command --------------------------------------------------------------------------------
+def test_cli_serves_on_loopback(model_dir):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "llmkit", "serve", str(model_dir), "--port", str(port), "--api-key", KEY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=AUTH)
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert r.json()["data"][0]["id"] == model_dir.name
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_cli_errors(model_dir):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "llmkit", "serve", *a], capture_output=True, text=True)
+    r = run(str(model_dir), "--max-batch", "0")
+    assert r.returncode == 2 and "--max-batch 0 must be >= 1" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = run(str(model_dir.parent / "missing"))
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
