@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "tokenize",
     "embeddings",
     "attention",
+    "prompt",
     "quantize",
     "serve",
 )
