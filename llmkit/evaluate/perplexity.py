@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from llmkit.errors import LlmkitError
+from llmkit.inference.inputs import pad
 
 
 @dataclass
@@ -71,10 +72,7 @@ def perplexity(
     total, count = 0.0, 0
     batches = [spans[i : i + batch_size] for i in range(0, len(spans), batch_size)]
     for batch in tqdm(batches, desc="perplexity", unit="batch", disable=not progress, leave=False):
-        width = max(end - begin for begin, end, _ in batch)
-        rows = torch.zeros(len(batch), width, dtype=torch.long)
-        for b, (begin, end, _) in enumerate(batch):
-            rows[b, : end - begin] = torch.tensor(ids[begin:end])
+        rows, _ = pad([ids[begin:end] for begin, end, _ in batch], 0, left=False)
         # right padding under a causal mask: real positions never see the pads after them
         logits = model(rows.to(device)).logits.float()
         for b, (begin, end, first) in enumerate(batch):

@@ -104,12 +104,10 @@ def _score_decoder(model: nn.Module, requests: list[Request], device: torch.devi
     # right padding under a causal mask: real positions never attend to the pads after them, so no
     # attention mask is needed and SDPA keeps its causal fast path
     logits = model(ids.to(device)).logits
-    out = []
-    for b, r in enumerate(requests):
-        n = len(r.continuation)
-        logprobs = F.log_softmax(logits[b, starts[b] : starts[b] + n].float(), dim=-1)
-        out.append(float(logprobs.gather(-1, torch.tensor(r.continuation, device=device)[:, None]).sum()))
-    return out
+    return [
+        _continuation_logprob(logits[b, starts[b] : starts[b] + len(r.continuation)], r.continuation)
+        for b, r in enumerate(requests)
+    ]
 
 
 def _score_encoder_decoder(model: nn.Module, requests: list[Request], device: torch.device) -> list[float]:
@@ -118,12 +116,14 @@ def _score_encoder_decoder(model: nn.Module, requests: list[Request], device: to
     ids, mask = pad([r.context for r in requests], pad_id, left=False)
     decoder_ids, _ = pad([[start, *r.continuation[:-1]] for r in requests], pad_id, left=False)
     logits = model(ids.to(device), attention_mask=mask.to(device), decoder_input_ids=decoder_ids.to(device)).logits
-    out = []
-    for b, r in enumerate(requests):
-        n = len(r.continuation)
-        logprobs = F.log_softmax(logits[b, :n].float(), dim=-1)
-        out.append(float(logprobs.gather(-1, torch.tensor(r.continuation, device=device)[:, None]).sum()))
-    return out
+    return [_continuation_logprob(logits[b, : len(r.continuation)], r.continuation) for b, r in enumerate(requests)]
+
+
+def _continuation_logprob(logits: torch.Tensor, continuation: list[int]) -> float:
+    """Sum of log p(continuation) from the logits (n, V) that predict its n tokens, in fp32."""
+    logprobs = F.log_softmax(logits.float(), dim=-1)
+    targets = torch.tensor(continuation, device=logits.device)[:, None]
+    return float(logprobs.gather(-1, targets).sum())
 
 
 def generate_answers(
