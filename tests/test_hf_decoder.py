@@ -264,10 +264,9 @@ def test_unknown_model_type_names_the_file(case, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("case", ["llama-gqa-tied"], indirect=True)  # a llama-only config field
 @pytest.mark.parametrize("key", ["rope_scaling", "rope_parameters"])
 def test_llama3_rope_scaling_is_unsupported(case, tmp_path, key):
-    if case.hf.config.model_type != "llama":
-        pytest.skip("llama only")
     rope = {"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 32}  # fmt: skip
     src = edit_config(case, tmp_path, **{key: rope})

@@ -1,0 +1,50 @@
+"""Under CI (LLMKIT_CI=1) a skip fails the run; elsewhere it is a skip that prints its reason."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+
+SKIPPING = """
+import pytest
+
+def test_needs_a_browser():
+    pytest.skip("no chromium on PATH")
+
+def test_plain():
+    pass
+"""
+
+
+def run_pytest(directory: Path, ci: bool) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("LLMKIT_CI", "PYTEST_ADDOPTS")}
+    if ci:
+        env["LLMKIT_CI"] = "1"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(directory)]
+    return subprocess.run(cmd, env=env, cwd=directory, capture_output=True, text=True, timeout=120)
+
+
+def test_a_skip_fails_under_ci_and_prints_its_reason_elsewhere(tmp_path):
+    shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_skipping.py").write_text(SKIPPING)
+    local = run_pytest(tmp_path, ci=False)
+    assert local.returncode == 0, local.stdout
+    assert "SKIPPED [1] test_skipping.py:5: no chromium on PATH" in local.stdout
+    assert "1 passed, 1 skipped" in local.stdout
+    ci = run_pytest(tmp_path, ci=True)
+    assert ci.returncode == 1 and "1 failed, 1 passed" in ci.stdout
+    assert "skipped under CI (LLMKIT_CI=1), where nothing may skip: Skipped: no chromium on PATH" in ci.stdout
+
+
+def test_a_module_level_importorskip_fails_under_ci(tmp_path):
+    shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
+    body = 'import pytest\npytest.importorskip("no_such_module_x", reason="pip install x")\n\ndef test_x():\n    pass\n'
+    (tmp_path / "test_module_skip.py").write_text(body)
+    (tmp_path / "test_plain.py").write_text("def test_plain():\n    pass\n")
+    local = run_pytest(tmp_path, ci=False)
+    assert local.returncode == 0 and "SKIPPED [1] test_module_skip.py:2: pip install x" in local.stdout
+    ci = run_pytest(tmp_path, ci=True)
+    assert ci.returncode != 0 and "where nothing may skip: Skipped: pip install x" in ci.stdout
