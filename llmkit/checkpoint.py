@@ -25,7 +25,9 @@ from llmkit.config import GenerationConfig, ModelConfig
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.files import atomic_directory
+from llmkit.model_card import CARD, ModelCard, architecture, render
 from llmkit.models import build_model
+from llmkit.plan.parameters import count_parameters
 from llmkit.quantize.layers import quantize_model, use_kernels
 from llmkit.quantize.spec import QuantSpec
 
@@ -58,12 +60,15 @@ def save(
     tokenizer: Tokenizer | None = None,
     generation_config: GenerationConfig | None = None,
     extra_files: dict[str, Any] | None = None,
+    card: ModelCard | None = None,
 ) -> Path:
     """Write ``model`` (with its attached tokenizer and generation config unless given) atomically.
 
     A quantized model (``model.quantization``, a QuantSpec) is written in its stored format, and
     config.json gets the ``quantization`` entry. ``extra_files`` maps a file name to
-    JSON-serialisable content or bytes written beside the rest.
+    JSON-serialisable content or bytes written beside the rest. Every checkpoint gets a README.md
+    model card: ``card`` as the workflow filled it (training, data, metrics), completed here with
+    the architecture; without one, a card that says no training was recorded.
     """
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     gen = generation_config or getattr(model, "generation_config", None) or GenerationConfig.for_model(model.config)
@@ -71,12 +76,18 @@ def save(
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.config.to_dict()}
     if quantization is not None:
         config[QUANTIZATION] = quantization.to_dict()
+    card = card or ModelCard("Saved with `llmkit.save`; llmkit recorded no training for it.")
+    card = card.with_defaults(
+        name=card.name or model.config.name,
+        architecture=architecture(model.config.to_dict(), sum(count_parameters(model.config).values())),
+    )
     with atomic_directory(directory) as tmp:
         (tmp / CONFIG).write_text(json.dumps(config, indent=2))
         save_file(unique_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / GENERATION).write_text(json.dumps(gen.to_dict(), indent=2))
         if tokenizer is not None:
             tokenizer.save(tmp)
+        (tmp / CARD).write_text(render(card), encoding="utf-8")
         for name, content in (extra_files or {}).items():
             data = content if isinstance(content, bytes) else json.dumps(content, indent=2).encode()
             (tmp / name).write_bytes(data)

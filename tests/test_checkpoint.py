@@ -36,6 +36,7 @@ def saved(tmp_path, tokenizer):
 def test_round_trip_is_exact(saved, tokenizer):
     model, out = saved
     assert sorted(os.listdir(out)) == [
+        "README.md",  # the model card
         "config.json",
         "generation_config.json",
         "model.safetensors",

@@ -266,8 +266,8 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(data_dirs, t
     saved: dict[str, bytes] = {}
     real_save = loop.save_checkpoint
 
-    def save_and_remember(state, out_dir, tokenizer, extra):
-        real_save(state, out_dir, tokenizer, extra)
+    def save_and_remember(state, out_dir, tokenizer, extra, card=None):
+        real_save(state, out_dir, tokenizer, extra, card)
         saved.update({name: (out_dir / name).read_bytes() for name in (checkpoint.WEIGHTS, loop.TRAIN_STATE)})
 
     real_loss, calls = step.lm_loss, []
@@ -376,3 +376,19 @@ def test_example_decoder_config_runs(data_dirs, tmp_path):
     assert main(["pretrain", "--config", str(ROOT / "configs" / "tiny-decoder.toml"), *flags]) == 0
     assert (out / loop.TRAIN_STATE).is_file()
     shutil.rmtree(out)
+
+
+# ---- model card ----------------------------------------------------------------------------
+def test_a_run_writes_a_model_card_with_its_data_steps_tokens_and_losses(data_dirs, tmp_path):
+    model_cfg, train_cfg = configs("decoder", data_dirs, tmp_path / "run", steps=8, save_interval=8)
+    summary = pretrain(model_cfg, train_cfg)
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "Pretrained from scratch by `llmkit pretrain` (causal language modelling" in card
+    assert "| steps | 8 |" in card and f"| tokens seen | {summary['tokens']:,} |" in card
+    assert summary["tokens"] == 8 * 8 * 32  # steps x batch x block
+    assert f"| validation loss | {summary['val_loss']:,.4g} |" in card
+    assert f"| train loss | {summary['train_loss']:,.4g} |" in card
+    # the data directory's one source (the "docs" folder) is listed with its share; its license is unknown
+    assert "- `docs` (100.0% of tokens): unknown" in card
+    params = sum(p.numel() for p in build_model(model_cfg).parameters())
+    assert f"| parameters | {params:,} |" in card

@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> None:
     from llmkit import checkpoint
     from llmkit.config import ModelConfig
     from llmkit.data.tokenizer import Tokenizer
+    from llmkit.model_card import ModelCard
     from llmkit.models import build_model
     from llmkit.summary import human_count, summarize
 
@@ -46,7 +47,13 @@ def run(args: argparse.Namespace) -> None:
     cfg = ModelConfig.from_name(args.preset, **overrides)
     torch.manual_seed(args.seed)
     model = build_model(cfg)
-    checkpoint.save(model, args.out, tokenizer=tokenizer)
+    card = ModelCard(
+        how_made=f"Freshly initialized with random weights (seed {args.seed}) by `llmkit init {args.preset}`: "
+        "it has not been trained, and its outputs are noise.",
+        name=cfg.name,
+        limitations=["Untrained: train it (`llmkit pretrain`) or load trained weights before any use."],
+    )
+    checkpoint.save(model, args.out, tokenizer=tokenizer, card=card)
     print(
         f"initialized {args.preset} -> {args.out}: {human_count(summarize(model).total)} parameters, "
         f"vocab {cfg.vocab_size}, context {cfg.max_seq_len}, seed {args.seed}"

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from llmkit import checkpoint
+from llmkit import checkpoint, model_card
 from llmkit.config import GenerationConfig, ModelConfig
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
@@ -23,6 +23,7 @@ from llmkit.hf.bert import CONVERTER as BERT
 from llmkit.hf.gpt2 import CONVERTER as GPT2
 from llmkit.hf.llama import CONVERTER as LLAMA
 from llmkit.hf.t5 import CONVERTER as T5
+from llmkit.model_card import ModelCard
 from llmkit.models import build_model
 
 CONVERTERS: dict[str, FamilyConverter] = {c.model_type: c for c in (GPT2, LLAMA, BERT, T5)}
@@ -118,7 +119,24 @@ def from_hf(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     if (src / "generation_config.json").exists():
         hf_gen.update(checkpoint.read_json(src / "generation_config.json"))
     gen = GenerationConfig.from_dict({**GenerationConfig.for_model(cfg).to_dict(), **hf_gen})
-    return checkpoint.save(model, out, tokenizer=tokenizer, generation_config=gen)
+    return checkpoint.save(model, out, tokenizer=tokenizer, generation_config=gen, card=converted_card(src, hf))
+
+
+def converted_card(src: Path, hf: dict) -> ModelCard:
+    """The card of a converted checkpoint: where it came from; the source's own card holds the rest."""
+    source_card = model_card.read(src)
+    license_ = model_card.front_matter_value(source_card, "license") if source_card else None
+    base = hf.get("_name_or_path") or src.name
+    return ModelCard(
+        how_made=f"Converted by `llmkit convert --from-hf` from the transformers checkpoint in `{src}` "
+        f"(model_type {hf.get('model_type')}); the weights are unchanged and give transformers' logits.",
+        name=str(base),
+        base_model=str(base),
+        license=license_,
+        intended_use="As the source model's own card says"
+        + (" (its README.md, beside the source weights)." if source_card else "; the source directory had none."),
+        limitations=["llmkit did not train this model: its training data, biases and limits are the source's."],
+    )
 
 
 def _stored_dtype(sd: StateDict) -> torch.dtype:
@@ -168,4 +186,7 @@ def to_hf(src: str | os.PathLike, out: str | os.PathLike) -> Path:
         (tmp / "generation_config.json").write_text(json.dumps(hf_gen, indent=2))
         if model.tokenizer is not None:
             model.tokenizer.save(tmp)
+        card = model_card.read(src)
+        if card is not None:  # the card travels with the weights: the hub reads the same README.md
+            (tmp / model_card.CARD).write_text(card, encoding="utf-8")
     return Path(out)

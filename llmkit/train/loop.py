@@ -22,9 +22,11 @@ from llmkit.config import ModelConfig, TrainConfig
 from llmkit.data.datasets import TokenDataset
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
+from llmkit.model_card import ModelCard
 from llmkit.models import build_model
 from llmkit.objectives import IGNORE_INDEX, Objective, lm_loss, make_objective
 from llmkit.train import distributed
+from llmkit.train.card import pretrain_card
 from llmkit.train.distributed import Dist
 from llmkit.train.metrics import MetricsLog, plot_loss
 from llmkit.train.optim import lr_at
@@ -77,9 +79,11 @@ def perplexity(loss: float) -> float:
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
-def save_checkpoint(state: TrainState, out_dir: Path, tokenizer: Tokenizer, extra: dict[str, Any]) -> None:
-    """Atomically replace ``out_dir`` with the model (llmkit checkpoint with the data's tokenizer), its
-    ``train_state.pt`` and the run's metrics and plot so far. Rank 0 writes; everyone waits."""
+def save_checkpoint(
+    state: TrainState, out_dir: Path, tokenizer: Tokenizer, extra: dict[str, Any], card: ModelCard | None = None
+) -> None:
+    """Atomically replace ``out_dir`` with the model (llmkit checkpoint with the data's tokenizer and
+    model card), its ``train_state.pt`` and the run's metrics and plot so far. Rank 0 writes; everyone waits."""
     if state.env.is_main:
         payload = {
             "step": state.step,
@@ -94,7 +98,7 @@ def save_checkpoint(state: TrainState, out_dir: Path, tokenizer: Tokenizer, extr
         for name in (METRICS, LOSS_PLOT):  # the directory is replaced whole: carry the run's own files
             if (out_dir / name).is_file():
                 files[name] = (out_dir / name).read_bytes()
-        checkpoint.save(state.raw, out_dir, tokenizer=tokenizer, extra_files=files)
+        checkpoint.save(state.raw, out_dir, tokenizer=tokenizer, extra_files=files, card=card)
     distributed.barrier()
 
 
@@ -279,8 +283,22 @@ class _Run:
             plot_loss(self.metrics.records, self.out / LOSS_PLOT, title)
         extra = {"model_config": self.model_cfg.to_dict(), "train_seconds": self.train_seconds}
         extra["init_val_loss"] = self.init_val
-        save_checkpoint(self.state, self.out, self.tokenizer, extra)
+        save_checkpoint(self.state, self.out, self.tokenizer, extra, self._card())
         self.tick = time.perf_counter()
+
+    def _card(self) -> ModelCard:
+        step = self.state.step
+        progress = {
+            "step": step,
+            "tokens": step * self.rows * self.cfg.block_size,
+            "world_size": self.env.world_size,
+            "seconds": self.train_seconds,
+            "train_loss": getattr(self, "last_train", None),
+            "val_loss": getattr(self, "last_val", None),
+            "val_ppl": None if getattr(self, "last_val", None) is None else perplexity(self.last_val),
+            "init_val_loss": self.init_val,
+        }
+        return pretrain_card(self.model_cfg, self.cfg, self.objective.name, self.data.meta, progress)
 
     def _diverged(self, what: str) -> None:
         last = _saved_step(self.out)
@@ -303,9 +321,9 @@ class _Run:
             "seconds": seconds,
             "tokens_per_s": tokens / seconds,
             "mfu": self.flops_per_token * tokens / seconds / (self.peak * self.env.world_size),
-            "train_loss": self.last_train,
+            "train_loss": getattr(self, "last_train", None),
             "train_ppl": perplexity(self.last_train),
-            "val_loss": self.last_val,
+            "val_loss": getattr(self, "last_val", None),
             "val_ppl": perplexity(self.last_val),
             "init_val_loss": init_val,
             "init_val_ppl": None if init_val is None else perplexity(init_val),

@@ -1,0 +1,74 @@
+"""Model cards: rendering, the licenses they flag, and the cards convert and init write."""
+
+import json
+
+import pytest
+import torch
+
+from llmkit import checkpoint, model_card
+from llmkit.cli import main
+from llmkit.model_card import DataSource, ModelCard, render, source_of
+
+
+def test_render_has_front_matter_and_every_section_in_order():
+    card = ModelCard(
+        how_made="Fine-tuned by hand.",
+        name="tiny",
+        base_model="base/model",
+        objective="causal language modelling",
+        training_data=[DataSource("data/dialogsum", "CC BY-NC-SA 4.0", "no", 0.25), source_of("builtin:python-docs")],
+        training={"steps": 1200, "lr": 0.001},
+        metrics={"validation loss": 2.345678},
+        limitations=["small"],
+        license="apache-2.0",
+        architecture={"family": "decoder", "parameters": 1_234_567},
+    )
+    text = render(card)
+    assert text.startswith('---\nlibrary_name: llmkit\nlicense: "apache-2.0"\nbase_model: "base/model"\ntags:\n')
+    heads = [line for line in text.splitlines() if line.startswith("#")]
+    assert heads == ["# tiny", "## Architecture (1.23M parameters)", "## Base model", "## Training data",
+                     "## Training", "## Metrics", "## Intended use", "## Limitations"]  # fmt: skip
+    assert "- `data/dialogsum` (25.0% of tokens): CC BY-NC-SA 4.0 **non-commercial**" in text
+    assert "- `builtin:python-docs`: Python Software Foundation License 2.0\n" in text
+    assert "check it before any commercial use" in text
+    assert (
+        "| steps | 1,200 |" in text and "| validation loss | 2.346 |" in text and "| parameters | 1,234,567 |" in text
+    )
+    assert model_card.front_matter_value(text, "license") == "apache-2.0"
+    assert model_card.front_matter_value(text, "base_model") == "base/model"
+    assert model_card.front_matter_value(text, "datasets") is None
+    assert model_card.body(text).startswith("# tiny\n")
+
+
+def test_a_card_without_training_says_so_and_flags_nothing():
+    text = render(ModelCard("Saved by hand."))
+    assert "None recorded: this checkpoint was not trained by llmkit." in text
+    assert "commercial" not in text and "## Metrics" not in text
+
+
+def test_init_writes_an_untrained_card(tmp_path):
+    assert main(["init", "tiny-gpt-1m", str(tmp_path / "m"), "--model.n_layer", "1"]) == 0
+    text = (tmp_path / "m" / "README.md").read_text()
+    assert "Freshly initialized with random weights (seed 0) by `llmkit init tiny-gpt-1m`" in text
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    params = sum(p.numel() for p in checkpoint.load(tmp_path / "m").parameters())
+    assert f"| n_layer | {cfg['n_layer']} |" in text and f"| parameters | {params:,} |" in text
+
+
+def test_convert_from_hf_names_its_source_and_keeps_its_license_and_to_hf_carries_the_card(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, bos_token_id=0, eos_token_id=0)
+    )
+    hf.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "README.md").write_text("---\nlicense: mit\ntags:\n- x\n---\n# a model\n")
+    from llmkit.hf.convert import from_hf, to_hf
+
+    from_hf(tmp_path / "hf", tmp_path / "ours")
+    text = (tmp_path / "ours" / "README.md").read_text()
+    assert model_card.front_matter_value(text, "license") == "mit"
+    assert f"Converted by `llmkit convert --from-hf` from the transformers checkpoint in `{tmp_path / 'hf'}`" in text
+    assert "model_type gpt2" in text and "(its README.md, beside the source weights)" in text
+    to_hf(tmp_path / "ours", tmp_path / "back")
+    assert (tmp_path / "back" / "README.md").read_text() == text
