@@ -75,7 +75,7 @@ def model_config(vocab_size: int, pos: str = "rope") -> ModelConfig:
 
 def train_config(iters: int, dtype: str, compile: bool) -> TrainConfig:
     return TrainConfig(
-        steps=iters, batch_size=BATCH, block_size=BLOCK, lr=1e-3, min_lr=1e-4, warmup_steps=100,
+        steps=iters, batch_size=BATCH, block_size=BLOCK, lr=1e-3, min_lr=1e-4, warmup_steps=min(100, iters),
         weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0, dtype=dtype, compile=compile, device="cpu",
     )  # fmt: skip
 
@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if min(args.iters, args.baseline_iters) <= 10 or args.baseline_iters > args.iters:
+        parser.error("the medians skip the first 10 iterations: need 10 < --baseline-iters <= --iters")
     loaded = load_chars(args.data)
     if loaded is None:
         print(f"skipped: no input.txt or input.txt.gz in {args.data} (see data/tinyshakespeare/SOURCE.md)")
