@@ -19,11 +19,15 @@ machine for nanoGPT itself: 45 ms/iteration, val loss 1.8857 at 2000.
 
     python bench/pretrain_shakespeare.py [--data DIR] [--iters 2000] [--baseline-iters 300] [--no-compile]
                                          [--pos rope|learned]
+
+The data is the repository's data/tinyshakespeare/input.txt.gz (karpathy/char-rnn's input.txt,
+gzip'd; see its SOURCE.md); --data DIR reads DIR/input.txt or DIR/input.txt.gz instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import statistics
 import sys
 import time
@@ -41,17 +45,18 @@ from llmkit.train.optim import lr_at, param_groups, set_lr
 from llmkit.train.step import measure_peak_flops
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare"
+DEFAULT_DATA = ROOT / "data" / "tinyshakespeare"
 BLOCK, BATCH = 64, 12
 CHECKPOINTS = (500, 1000, 2000)
 
 
 def load_chars(directory: Path) -> tuple[torch.Tensor, torch.Tensor, int] | None:
-    """input.txt as character ids: (train ids, val ids, vocabulary size); None when absent."""
-    path = directory / "input.txt"
-    if not path.is_file():
+    """input.txt (or input.txt.gz) as character ids: (train ids, val ids, vocabulary size); None when absent."""
+    path = next((p for p in (directory / "input.txt", directory / "input.txt.gz") if p.is_file()), None)
+    if path is None:
         return None
-    text = path.read_text(encoding="utf-8")
+    with gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8") as f:
+        text = f.read()
     chars = sorted(set(text))
     index = {c: i for i, c in enumerate(chars)}
     ids = torch.tensor([index[c] for c in text], dtype=torch.long)
@@ -70,7 +75,7 @@ def model_config(vocab_size: int, pos: str = "rope") -> ModelConfig:
 
 def train_config(iters: int, dtype: str, compile: bool) -> TrainConfig:
     return TrainConfig(
-        steps=iters, batch_size=BATCH, block_size=BLOCK, lr=1e-3, min_lr=1e-4, warmup_steps=100,
+        steps=iters, batch_size=BATCH, block_size=BLOCK, lr=1e-3, min_lr=1e-4, warmup_steps=min(100, iters),
         weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0, dtype=dtype, compile=compile, device="cpu",
     )  # fmt: skip
 
@@ -173,7 +178,10 @@ class PlainLoop:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--data", type=Path, default=DEFAULT_DATA, help="directory with input.txt (default: %(default)s)"
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="directory with input.txt or input.txt.gz (default: %(default)s)",
     )
     parser.add_argument("--iters", type=int, default=2000, help="llmkit iterations (default: %(default)s)")
     parser.add_argument("--baseline-iters", type=int, default=300, help="plain-loop iterations (default: %(default)s)")
@@ -188,9 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if min(args.iters, args.baseline_iters) <= 10 or args.baseline_iters > args.iters:
+        parser.error("the medians skip the first 10 iterations: need 10 < --baseline-iters <= --iters")
     loaded = load_chars(args.data)
     if loaded is None:
-        print(f"skipped: {args.data / 'input.txt'} not found (see ../shared/data/tinyshakespeare/SOURCE.md)")
+        print(f"skipped: no input.txt or input.txt.gz in {args.data} (see data/tinyshakespeare/SOURCE.md)")
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)

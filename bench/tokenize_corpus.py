@@ -3,7 +3,7 @@
     python bench/tokenize_corpus.py                      # ~10 MB of the standard library, vocab 8192 and 50257
     python bench/tokenize_corpus.py --text corpus/ --mb 20 --vocab 8192
     python bench/tokenize_corpus.py --tokenizer runs/tok  # a saved byte-level BPE tokenizer
-    python bench/tokenize_corpus.py --text ../shared/data/domain/medical_medquad/medquad.txt.gz --line-docs
+    python bench/tokenize_corpus.py --text data/domain/medical_medquad/medquad.txt.gz --line-docs
 
 Rows (MB = 10^6 bytes of UTF-8 text; the fastest of --repeat runs, with the CPU seconds all its threads
 used, a figure that other load on the machine disturbs less than the wall clock):

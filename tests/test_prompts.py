@@ -18,7 +18,7 @@ from llmkit.evaluate.readers import load_data
 from llmkit.evaluate.tasks import TASKS_DIR, find_task, load_task
 from llmkit.prompts import Example, PromptFormat, build_prompt, render_prompt, select_examples
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"  # the data sets shipped with the repository
 
 FMT = PromptFormat(instruction="Classify each review.", template="Review: {input}", answer_cue="Sentiment:")
 EXAMPLES = [
@@ -216,17 +216,18 @@ def test_task_file_errors_name_the_problem(tmp_path):
         find_task("no-such-task")
 
 
-def test_shipped_task_files_parse_and_point_at_shared_data():
+def test_shipped_task_files_parse_and_point_at_the_repository_data():
     names = sorted(p.stem for p in TASKS_DIR.glob("*.toml"))
     assert names == ["dialogsum", "rt-polarity", "sst2", "translation-fr-en"]
     for name in names:
         task = load_task(name)
         assert task.name == name and "License" in (TASKS_DIR / f"{name}.toml").read_text()
-        assert task.data.path.resolve().is_relative_to(SHARED.resolve())
+        for spec in (task.data, task.examples):
+            if spec is not None:
+                assert spec.path.resolve().is_relative_to(DATA.resolve()) and spec.path.exists()
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is absent: the shipped tasks' data cannot be read")
-def test_shipped_tasks_read_the_shared_data():
+def test_shipped_tasks_read_the_repository_data():
     sst2 = load_data(load_task("sst2"))
     assert len(sst2.items) == 872 and len(sst2.pool) == 67349
     assert Counter(i.label for i in sst2.items) == {"0": 428, "1": 444}

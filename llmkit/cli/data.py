@@ -1,4 +1,4 @@
-"""`llmkit data tokenize`: text files, folders, .jsonl and built-in corpora -> train/val token shards."""
+"""`llmkit data`: tokenize text into train/val token shards; list the shipped data sets and get their upstream."""
 
 from __future__ import annotations
 
@@ -51,11 +51,12 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add `data` with its `tokenize` subcommand."""
+    """Add `data` with its `tokenize`, `list` and `get` subcommands."""
     parser = sub.add_parser(
         "data",
-        help="turn text into token shards for pretraining",
-        description="Prepare data for training. Run `llmkit data tokenize --help` for details.",
+        help="token shards for pretraining; the shipped data sets and their upstream files",
+        description="Prepare data for training, and see or fetch the data sets shipped under data/. "
+        "Run `llmkit data SUBCOMMAND --help` for details.",
     )
     parser.set_defaults(handler=lambda args: parser.print_help())
     commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
@@ -96,6 +97,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     tokenize.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default: %(default)s)")
     tokenize.set_defaults(handler=_tokenize)
+    _register_catalog(commands)
+
+
+def _register_catalog(commands: argparse._SubParsersAction) -> None:
+    listing = commands.add_parser(
+        "list",
+        help="the data sets shipped under data/: task, size, records, license",
+        description="The data sets shipped under data/ (each folder has a SOURCE.md: origin, license, "
+        "citation, changes). Non-commercial and unclear licenses are marked and explained below the table.",
+    )
+    listing.add_argument("--json", action="store_true", help="print the catalog as JSON, with upstream URLs and pins")
+    listing.set_defaults(handler=_list)
+
+    get = commands.add_parser(
+        "get",
+        help="download a data set's full upstream files, checked against pinned hashes",
+        description="Download the upstream files a shipped data set was made from, at the pinned commit, "
+        "each checked against its recorded SHA-256 and git blob SHA-1 and renamed into place only when "
+        "both match. An interrupted download leaves NAME.part; the same command resumes it with an HTTP "
+        "Range request. Sets whose upstream is a whole repository print the clone command instead.",
+    )
+    get.add_argument("name", metavar="NAME", help="a data set from `llmkit data list`")
+    get.add_argument("--out", metavar="DIR", help="where to save the files (default: data/upstream/NAME)")
+    get.add_argument(
+        "--mirror",
+        metavar="BASE_URL",
+        help="fetch BASE_URL/OWNER/REPO/COMMIT/PATH instead of raw.githubusercontent.com (same layout)",
+    )
+    get.set_defaults(handler=_get)
 
 
 def _tokenize(args: argparse.Namespace) -> None:
@@ -128,4 +158,36 @@ def format_summary(summary: dict) -> str:
         f"tokenized {summary['bytes'] / 1e6:,.1f} MB in {summary['seconds']:.1f} s ({summary['mb_per_s']:.1f} MB/s, "
         f"{summary['engine']}): train {tokens['train']:,} tokens, val {tokens['val']:,} tokens "
         f"({summary['dtype']}); train shares: {shares} -> {summary['out']}"
+    )
+
+
+def _list(args: argparse.Namespace) -> None:
+    import json
+
+    from llmkit.data.catalog import DATASETS, describe, format_table
+
+    print(json.dumps([describe(d) for d in DATASETS], indent=2) if args.json else format_table())
+
+
+def _get(args: argparse.Namespace) -> None:
+    from functools import partial
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from llmkit.data.catalog import DATA_DIR, RAW_BASE, UpstreamRepo, get_dataset
+    from llmkit.data.download import download_dataset
+
+    dataset = get_dataset(args.name)
+    if isinstance(dataset.upstream, UpstreamRepo):
+        repo = dataset.upstream
+        print(f"{dataset.name}: upstream is the whole repository {repo.repo} at {repo.commit}: {repo.clone_command()}")
+        return
+    out = Path(args.out) if args.out else DATA_DIR / "upstream" / dataset.name
+    bar = partial(tqdm, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+    fetched = download_dataset(dataset, out, args.mirror or RAW_BASE, bar)
+    reused = sum(f.reused for f in fetched)
+    print(
+        f"{dataset.name}: {len(fetched)} files, {sum(f.size for f in fetched) / 1e6:.1f} MB "
+        f"({reused} already there), SHA-256 and git blob SHA-1 verified -> {out}"
     )

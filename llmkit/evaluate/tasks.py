@@ -18,13 +18,13 @@ A task file looks like this (the shipped ones are in the repository's ``tasks/``
     1 = "positive"
 
     [data]                              # the items evaluated
-    path = "../../shared/data/sentiment/sst2/dev.tsv"
+    path = "../data/sentiment/sst2/dev.tsv"
     format = "tsv"                      # jsonl | tsv | lines; a .gz suffix is read through gzip
     input_field = "sentence"
     label_field = "label"               # or a list: several references (ROUGE/BLEU take them all)
 
     [examples]                          # the demonstrations; fields default to [data]'s
-    path = "../../shared/data/sentiment/sst2/train.tsv"
+    path = "../data/sentiment/sst2/train.tsv.gz"
 
 Without an ``[examples]`` table the ``[data]`` file is shuffled with the seed and its first
 ``pool_size`` items become the demonstrations, the rest are evaluated (files such as fra-eng come
