@@ -257,8 +257,21 @@ def test_iter_text_files(tmp_path):
     with pytest.raises(LlmkitError, match="no such file or directory: .*missing.txt"):
         iter_text_files([tmp_path, tmp_path / "missing.txt"])  # raised on the call, before any reading
     (tmp_path / "empty").mkdir()
-    with pytest.raises(LlmkitError, match="no .txt or .md files under .*empty"):
+    with pytest.raises(LlmkitError, match=r"no .txt or .md files \(or .gz of them\) under .*empty"):
         iter_text_files([tmp_path / "empty"])
+
+
+def test_iter_text_files_decompresses_gz_and_refuses_a_cut_one(tmp_path):
+    import gzip
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt.gz").write_bytes(gzip.compress("héllo from gzip".encode()))
+    (tmp_path / "corpus" / "b.txt").write_text("plain")
+    assert list(iter_text_files([tmp_path / "corpus"])) == ["héllo from gzip", "plain"]
+    data = gzip.compress(("line\n" * 5000).encode())
+    (tmp_path / "cut.txt.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(LlmkitError, match=r"cut.txt.gz: corrupt or truncated gzip file"):
+        list(iter_text_files([tmp_path / "cut.txt.gz"]))
 
 
 def test_builtin_corpora():

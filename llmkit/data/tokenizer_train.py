@@ -6,6 +6,7 @@ pre-tokenizer, model, post-processor, decoder) and the special tokens with their
 
 from __future__ import annotations
 
+import gzip
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from llmkit.data.tokenizer import KINDS, Tokenizer, bert_post_processor
 from llmkit.errors import LlmkitError
+
+TEXT_SUFFIXES = (".txt", ".md", ".txt.gz", ".md.gz")  # what a folder contributes
 
 # --- training -------------------------------------------------------------------------------------
 
@@ -125,7 +128,8 @@ _MIN_VOCAB = {"bpe": 258, "wordpiece": 16, "unigram": 16}
 
 
 def iter_text_files(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
-    """Yield the contents of each file; a folder contributes its ``.txt`` and ``.md`` files, recursively, sorted.
+    """Yield the contents of each file; a folder contributes its ``.txt`` and ``.md`` files (plain or ``.gz``),
+    recursively, sorted.
 
     Every path is checked when this is called, before anything is read, so a typo fails at once
     rather than after a progress bar has started.
@@ -135,14 +139,27 @@ def iter_text_files(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
         if path.is_file():
             files.append(path)
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.name.endswith(TEXT_SUFFIXES) and p.is_file())
             if not found:
-                raise LlmkitError(f"no .txt or .md files under {path}", "point at text files or a folder of them")
+                raise LlmkitError(
+                    f"no .txt or .md files (or .gz of them) under {path}", "point at text files or a folder of them"
+                )
             files.extend(found)
         else:
             raise LlmkitError(f"no such file or directory: {path}", "check the path")
+    return (_read_text(file) for file in files)
+
+
+def _read_text(path: Path) -> str:
+    """A text file's contents; ``.gz`` files (as the shipped data sets in data/ are) decompressed."""
     # Real corpora carry stray bytes; a replacement character is better than aborting a long run.
-    return (file.read_text(encoding="utf-8", errors="replace") for file in files)
+    if path.suffix != ".gz":
+        return path.read_text(encoding="utf-8", errors="replace")
+    try:
+        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as file:
+            return file.read()
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError; a cut file ends in EOFError
+        raise LlmkitError(f"{path}: corrupt or truncated gzip file ({err})", "restore or re-download it") from None
 
 
 # --- helpers --------------------------------------------------------------------------------------
