@@ -72,3 +72,21 @@ def test_convert_from_hf_names_its_source_and_keeps_its_license_and_to_hf_carrie
     assert "model_type gpt2" in text and "(its README.md, beside the source weights)" in text
     to_hf(tmp_path / "ours", tmp_path / "back")
     assert (tmp_path / "back" / "README.md").read_text() == text
+
+
+def test_shipped_data_gets_its_catalog_license_in_a_pretrain_card():
+    from llmkit.train.card import data_sources
+
+    meta = {"sources": [
+        {"source": "data/dialogsum/dialogsum.train.jsonl.gz", "train": {"share": 0.75}},
+        {"source": "/abs/clone/data/domain/legal_scotus/scotus_ot2019.txt.gz", "train": {"share": 0.25}},
+        {"source": "builtin:python-docs", "train": {"share": 0.0}},
+        {"source": "notes/mine.txt", "train": {"share": 0.0}},
+    ]}  # fmt: skip
+    lines = [s.line() for s in data_sources(meta)]
+    assert lines == [
+        "- `data/dialogsum/dialogsum.train.jsonl.gz` (75.0% of tokens): CC BY-NC-SA 4.0 **non-commercial**",
+        "- `/abs/clone/data/domain/legal_scotus/scotus_ot2019.txt.gz` (25.0% of tokens): public domain (US gov.)",
+        "- `builtin:python-docs` (0.0% of tokens): Python Software Foundation License 2.0",
+        "- `notes/mine.txt` (0.0% of tokens): unknown: check the data's origin before you share or sell the model",
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmkit.config import ModelConfig, TrainConfig
+from llmkit.data.catalog import DATASETS
 from llmkit.model_card import DataSource, ModelCard, source_of
 
 OBJECTIVES = {  # objective name -> what the card says it is
@@ -14,7 +15,17 @@ OBJECTIVES = {  # objective name -> what the card says it is
 }
 
 
-def data_sources(meta: dict[str, Any], catalog_lookup: Any = None) -> list[DataSource]:
+def shipped_license(source: str) -> tuple[str, str] | None:
+    """(license, commercial) of a source inside one of the data sets shipped under data/, else None."""
+    parts = source.replace("\\", "/").split("/")
+    for dataset in DATASETS:
+        folder = ["data", *dataset.folder.split("/")]
+        if any(parts[i : i + len(folder)] == folder for i in range(len(parts))):
+            return dataset.license, dataset.commercial
+    return None
+
+
+def data_sources(meta: dict[str, Any], catalog_lookup: Any = shipped_license) -> list[DataSource]:
     """The training sources of a data directory's meta.json, with their share of train tokens."""
     out = []
     for entry in meta.get("sources", []):
@@ -30,7 +41,7 @@ def pretrain_card(
     objective: str,
     data_meta: dict[str, Any],
     progress: dict[str, Any],
-    catalog_lookup: Any = None,
+    catalog_lookup: Any = shipped_license,
 ) -> ModelCard:
     """The card of a checkpoint saved at ``progress`` (step, tokens, losses, seconds) of a run."""
     step, tokens = progress["step"], progress["tokens"]
