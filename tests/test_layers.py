@@ -33,6 +33,7 @@ LAYERS = {
     "llmkit.inference": 2,
     "llmkit.quantize": 2,
     "llmkit.checkpoint": 2,
+    "llmkit.quantize_checkpoint": 2,
     "llmkit.hf": 2,
     "llmkit.summary": 2,
     "llmkit.train": 3,
@@ -95,6 +96,64 @@ def test_imports_respect_layers(path):
             assert layer_of(target) <= mine, f"{me} (L{mine}) imports {target} (L{layer_of(target)})"
         elif mine == 0:
             assert root in sys.stdlib_module_names or root == "__future__", f"L0 {me} imports {root}"
+
+
+def unit_of(module: str) -> str:
+    """The package or top-level module of llmkit that ``module`` belongs to: llmkit.quantize.layers -> quantize."""
+    return module.split(".")[1]
+
+
+def unit_graph() -> dict[str, dict[str, str]]:
+    """unit -> {imported unit: one module that imports it}, counting every import (inside functions too)."""
+    graph: dict[str, dict[str, str]] = {}
+    for path in MODULES:
+        me = module_name(path)
+        if me == "llmkit":  # the lazy re-exports of the package __init__ are no dependency of a unit
+            continue
+        for name in imports_of(path):
+            if name.startswith("llmkit.") and unit_of(name) != unit_of(me):
+                graph.setdefault(unit_of(me), {}).setdefault(unit_of(name), me)
+    return graph
+
+
+def find_cycle(graph: dict[str, dict[str, str]]) -> list[str] | None:
+    """One cycle of ``graph`` as [a, b, ..., a], or None (depth-first search, white/grey/black)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, {})):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_find_cycle():
+    assert find_cycle({"a": {"b": "x"}, "b": {"c": "y"}}) is None
+    assert find_cycle({"a": {"b": "x"}, "b": {"c": "y"}, "c": {"a": "z"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycles_between_packages():
+    # a cycle between packages (even through a function-level import) means neither can be read,
+    # tested or layered without the other: one direction only
+    graph = unit_graph()
+    cycle = find_cycle(graph)
+    assert cycle is None, (
+        "import cycle: "
+        + " -> ".join(f"{a} (in {graph[a][b]})" for a, b in zip(cycle[:-1], cycle[1:], strict=True))
+        + f" -> {cycle[-1]}"
+    )
 
 
 def test_l0_modules_import_without_torch():
