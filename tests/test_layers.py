@@ -29,6 +29,7 @@ LAYERS = {
     "llmkit.data.datasets": 1,
     "llmkit.data.shards": 1,
     "llmkit.data.fast_bpe": 1,
+    "llmkit.runconfig": 1,
     "llmkit.objectives": 2,
     "llmkit.inference": 2,
     "llmkit.quantize": 2,
@@ -45,6 +46,7 @@ LAYERS = {
 }
 TOP = {"llmkit.cli", "llmkit.serve"}  # nothing outside them imports them (but `python -m llmkit`)
 ENTRY = "llmkit.__main__"
+STDLIB_BACKPORTS = {"__future__", "tomli"}  # tomli: tomllib before Python 3.11, imported only there
 CALLS_TOP = {("llmkit.cli", "llmkit.serve")}  # `llmkit serve` runs the server: the one L4 -> L4 import
 
 
@@ -95,7 +97,17 @@ def test_imports_respect_layers(path):
             assert not in_top or same_top or me == ENTRY, f"{me} imports {target}, which nothing may import"
             assert layer_of(target) <= mine, f"{me} (L{mine}) imports {target} (L{layer_of(target)})"
         elif mine == 0:
-            assert root in sys.stdlib_module_names or root == "__future__", f"L0 {me} imports {root}"
+            assert root in sys.stdlib_module_names or root in STDLIB_BACKPORTS, f"L0 {me} imports {root}"
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "cli").glob("*.py")), ids=lambda p: module_name(p))
+def test_cli_modules_share_only_helpers(path):
+    # a command's logic that another command needs belongs in the library; cli/_*.py hold argparse helpers
+    me = module_name(path)
+    for name in imports_of(path):
+        parts = name.split(".")
+        if parts[:2] == ["llmkit", "cli"] and len(parts) > 2 and name != me:
+            assert parts[2].startswith("_"), f"{me} imports {name}: move what both commands need into llmkit"
 
 
 def unit_of(module: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 
 from llmkit.cli._options import add_model_flags, model_overrides
 from llmkit.errors import LlmkitError
+from llmkit.files import read_json
 
 _DESCRIPTION = """\
 Plan a model before building it. MODEL is a preset (gpt2, smollm2-135m, ...), an llmkit checkpoint
@@ -185,13 +186,8 @@ def _read_config_json(path: Path, overrides: dict[str, Any]):
     from llmkit.config import ModelConfig
 
     file = path / "config.json" if path.is_dir() else path
-    if not file.is_file():
-        raise LlmkitError(f"{file} not found", "point MODEL at an llmkit checkpoint directory or its config.json")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LlmkitError(f"{file}: not valid JSON ({err})", "re-save the checkpoint") from None
-    if not isinstance(data, dict) or data.get("format") != "llmkit":
+    data = read_json(file, "re-save the checkpoint", "point MODEL at an llmkit checkpoint directory or its config.json")
+    if data.get("format") != "llmkit":
         raise LlmkitError(f"{file} is not an llmkit config", "for a Hugging Face checkpoint run llmkit convert first")
     data = {k: v for k, v in data.items() if k not in ("format", "format_version", "quantization")}
     try:
@@ -202,8 +198,8 @@ def _read_config_json(path: Path, overrides: dict[str, Any]):
 
 def _read_toml(path: Path, overrides: dict[str, Any]):
     """The model a run config trains, and its [train] shape as defaults: what ``llmkit pretrain`` would run."""
-    from llmkit.cli.pretrain import load_run_config
     from llmkit.plan import ModelSize
+    from llmkit.runconfig import load_run_config
 
     cfg, train = load_run_config(path, overrides)
     defaults = {
