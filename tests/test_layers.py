@@ -16,6 +16,7 @@ LAYERS = {
     "llmkit": 0,  # the package __init__ only re-exports lazily
     "llmkit.errors": 0,
     "llmkit.files": 0,
+    "llmkit.units": 0,
     "llmkit.config": 0,
     "llmkit.plan": 0,
     "llmkit.prompts": 0,
