@@ -1,7 +1,7 @@
 """Quantization quality: file size and validation perplexity of one pretrained model in every format.
 
 The model (default: the quickstart's, runs/quickstart/model, made by `make quickstart`) is quantized
-with ``llmkit.quantize.convert.quantize_checkpoint`` (what `llmkit quantize` runs) to fp16, bf16, int8
+with ``llmkit.quantize_checkpoint.quantize_checkpoint`` (what `llmkit quantize` runs) to fp16, bf16, int8
 and int4 with groups of 32, 64 and 128, plus int8 and int4/64 with the token embeddings kept in fp32,
 to show what quantizing the table buys. Each result is loaded with ``llmkit.load`` and evaluated by
 the training loop's own ``evaluate`` (llmkit.train) on the same validation batches of the data
@@ -34,7 +34,7 @@ from llmkit.config import TrainConfig
 from llmkit.data.datasets import TokenDataset
 from llmkit.objectives import make_objective
 from llmkit.quantize import QuantSpec, use_kernels
-from llmkit.quantize.convert import quantize_checkpoint
+from llmkit.quantize_checkpoint import quantize_checkpoint
 from llmkit.train import TrainState, evaluate
 from llmkit.train.distributed import Dist
 from llmkit.train.loop import perplexity

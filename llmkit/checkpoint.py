@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from llmkit import files
 from llmkit.config import GenerationConfig, ModelConfig
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
@@ -96,15 +97,10 @@ def save(
 
 # ---- loading --------------------------------------------------------------------------------
 def read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise LlmkitError(f"{path}: file not found", f"is {path.parent} a complete llmkit checkpoint?")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LlmkitError(f"{path}: not valid JSON ({err})", "restore the file or re-save the checkpoint") from None
-    if not isinstance(data, dict):
-        raise LlmkitError(f"{path}: expected a JSON object", "restore the file or re-save the checkpoint")
-    return data
+    """A JSON object of a checkpoint directory; a missing or corrupt file raises a one-line LlmkitError."""
+    return files.read_json(
+        path, "restore the file or re-save the checkpoint", f"is {path.parent} a complete llmkit checkpoint?"
+    )
 
 
 def read_config_json(directory: str | os.PathLike) -> dict[str, Any]:

@@ -7,10 +7,7 @@ Precedence when a config is assembled: dataclass defaults < preset < config file
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from llmkit.errors import LlmkitError
@@ -128,9 +125,6 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
-
-    def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def _known_fields(cls: type, data: dict[str, Any], source: str, kind: str) -> dict[str, Any]:

@@ -1,16 +1,27 @@
-"""Atomic writes: a reader (or a crash) never sees a half-written file or directory.
+"""Files: atomic writes, and reading a JSON or TOML file with a one-line error.
 
-Both helpers write beside the target and rename into place. ``mkstemp``/``mkdtemp`` create
-owner-only paths; the result gets the modes the umask allows, like any newly created file.
+The write helpers write beside the target and rename into place, so a reader (or a crash) never
+sees a half-written file or directory. ``mkstemp``/``mkdtemp`` create owner-only paths; the result
+gets the modes the umask allows, like any newly created file.
 Standard library only (L0).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli backport
+    import tomli as tomllib
+
+from llmkit.errors import LlmkitError
 
 
 def _umask() -> int:
@@ -65,3 +76,39 @@ class atomic_directory:
         os.replace(self.tmp, self.target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json(path: str | os.PathLike, hint: str, missing_hint: str | None = None) -> dict[str, Any]:
+    """The JSON object in ``path``.
+
+    A missing file, text that is not JSON (the parser's message gives line and column) or another
+    top-level value than an object raises ``LlmkitError`` naming the file, with ``hint``
+    (``missing_hint`` for a missing file, when given).
+    """
+    return _read_table(Path(path), json.loads, (json.JSONDecodeError,), "JSON", hint, missing_hint)
+
+
+def read_toml(path: str | os.PathLike, hint: str, missing_hint: str | None = None) -> dict[str, Any]:
+    """The tables of the TOML file ``path``; errors as ``read_json`` (TOML's top level is always a table)."""
+    return _read_table(Path(path), tomllib.loads, (tomllib.TOMLDecodeError,), "TOML", hint, missing_hint)
+
+
+def _read_table(
+    path: Path,
+    parse: Callable[[str], Any],
+    errors: tuple[type[Exception], ...],
+    kind: str,
+    hint: str,
+    missing_hint: str | None,
+) -> dict[str, Any]:
+    if not path.is_file():
+        raise LlmkitError(f"{path}: file not found", missing_hint or hint)
+    try:
+        data = parse(path.read_text(encoding="utf-8"))
+    except (*errors, UnicodeDecodeError) as err:
+        raise LlmkitError(f"{path}: not valid {kind} ({err})", hint) from None
+    except OSError as err:  # e.g. no permission to read it
+        raise LlmkitError(f"{path}: cannot read ({err.strerror})", hint) from None
+    if not isinstance(data, dict):
+        raise LlmkitError(f"{path}: expected a {kind} object, found {type(data).__name__}", hint)
+    return data

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from llmkit import units
 from llmkit.config import ModelConfig
 
 # bytes per parameter of the weights alone (int4 packs two per byte; per-group scales not included)
@@ -76,15 +77,10 @@ def summarize(model: nn.Module) -> ModelSummary:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    raise AssertionError("unreachable")
+    """Binary units with one decimal, as `llmkit inspect` prints file and weight sizes: 474.7 MiB."""
+    return units.human_bytes(n, base=1024, decimals=1)
 
 
 def human_count(n: int) -> str:
-    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.2f}{suffix}"
-    return str(n)
+    """A count with two decimals, as `llmkit inspect` prints parameters: 124.44M."""
+    return units.human_count(n, decimals=2)

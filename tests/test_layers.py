@@ -17,6 +17,7 @@ LAYERS = {
     "llmkit.errors": 0,
     "llmkit.files": 0,
     "llmkit.model_card": 0,
+    "llmkit.units": 0,
     "llmkit.config": 0,
     "llmkit.plan": 0,
     "llmkit.prompts": 0,
@@ -30,10 +31,12 @@ LAYERS = {
     "llmkit.data.datasets": 1,
     "llmkit.data.shards": 1,
     "llmkit.data.fast_bpe": 1,
+    "llmkit.runconfig": 1,
     "llmkit.objectives": 2,
     "llmkit.inference": 2,
     "llmkit.quantize": 2,
     "llmkit.checkpoint": 2,
+    "llmkit.quantize_checkpoint": 2,
     "llmkit.hf": 2,
     "llmkit.summary": 2,
     "llmkit.train": 3,
@@ -45,6 +48,7 @@ LAYERS = {
 }
 TOP = {"llmkit.cli", "llmkit.serve"}  # nothing outside them imports them (but `python -m llmkit`)
 ENTRY = "llmkit.__main__"
+STDLIB_BACKPORTS = {"__future__", "tomli"}  # tomli: tomllib before Python 3.11, imported only there
 CALLS_TOP = {("llmkit.cli", "llmkit.serve")}  # `llmkit serve` runs the server: the one L4 -> L4 import
 
 
@@ -95,7 +99,75 @@ def test_imports_respect_layers(path):
             assert not in_top or same_top or me == ENTRY, f"{me} imports {target}, which nothing may import"
             assert layer_of(target) <= mine, f"{me} (L{mine}) imports {target} (L{layer_of(target)})"
         elif mine == 0:
-            assert root in sys.stdlib_module_names or root == "__future__", f"L0 {me} imports {root}"
+            assert root in sys.stdlib_module_names or root in STDLIB_BACKPORTS, f"L0 {me} imports {root}"
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "cli").glob("*.py")), ids=lambda p: module_name(p))
+def test_cli_modules_share_only_helpers(path):
+    # a command's logic that another command needs belongs in the library; cli/_*.py hold argparse helpers
+    me = module_name(path)
+    for name in imports_of(path):
+        parts = name.split(".")
+        if parts[:2] == ["llmkit", "cli"] and len(parts) > 2 and name != me:
+            assert parts[2].startswith("_"), f"{me} imports {name}: move what both commands need into llmkit"
+
+
+def unit_of(module: str) -> str:
+    """The package or top-level module of llmkit that ``module`` belongs to: llmkit.quantize.layers -> quantize."""
+    return module.split(".")[1]
+
+
+def unit_graph() -> dict[str, dict[str, str]]:
+    """unit -> {imported unit: one module that imports it}, counting every import (inside functions too)."""
+    graph: dict[str, dict[str, str]] = {}
+    for path in MODULES:
+        me = module_name(path)
+        if me == "llmkit":  # the lazy re-exports of the package __init__ are no dependency of a unit
+            continue
+        for name in imports_of(path):
+            if name.startswith("llmkit.") and unit_of(name) != unit_of(me):
+                graph.setdefault(unit_of(me), {}).setdefault(unit_of(name), me)
+    return graph
+
+
+def find_cycle(graph: dict[str, dict[str, str]]) -> list[str] | None:
+    """One cycle of ``graph`` as [a, b, ..., a], or None (depth-first search, white/grey/black)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, {})):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_find_cycle():
+    assert find_cycle({"a": {"b": "x"}, "b": {"c": "y"}}) is None
+    assert find_cycle({"a": {"b": "x"}, "b": {"c": "y"}, "c": {"a": "z"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycles_between_packages():
+    # a cycle between packages (even through a function-level import) means neither can be read,
+    # tested or layered without the other: one direction only
+    graph = unit_graph()
+    cycle = find_cycle(graph)
+    assert cycle is None, (
+        "import cycle: "
+        + " -> ".join(f"{a} (in {graph[a][b]})" for a, b in zip(cycle[:-1], cycle[1:], strict=True))
+        + f" -> {cycle[-1]}"
+    )
 
 
 def test_l0_modules_import_without_torch():

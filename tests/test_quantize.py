@@ -29,8 +29,8 @@ from llmkit.quantize import (
     use_kernels,
 )
 from llmkit.quantize import tensors as qt
-from llmkit.quantize.convert import quantize_checkpoint
 from llmkit.quantize.explain import explain, explain_table, float_bits
+from llmkit.quantize_checkpoint import quantize_checkpoint
 
 
 def weights(rows: int, cols: int, seed: int = 0) -> torch.Tensor:

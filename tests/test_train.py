@@ -16,7 +16,6 @@ import torch
 
 from llmkit import checkpoint
 from llmkit.cli import main
-from llmkit.cli.pretrain import load_run_config, tokenizer_fields
 from llmkit.config import ModelConfig, TrainConfig
 from llmkit.data.builtin import python_docs_texts
 from llmkit.data.datasets import TokenDataset
@@ -24,6 +23,7 @@ from llmkit.data.shards import tokenize_corpus
 from llmkit.data.tokenizer_train import train_tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.models import build_model
+from llmkit.runconfig import load_run_config, tokenizer_fields
 from llmkit.train import loop, pretrain, step
 from llmkit.train.optim import lr_at, param_groups
 

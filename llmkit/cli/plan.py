@@ -11,6 +11,7 @@ from typing import Any
 
 from llmkit.cli._options import add_model_flags, model_overrides
 from llmkit.errors import LlmkitError
+from llmkit.files import read_json
 
 _DESCRIPTION = """\
 Plan a model before building it. MODEL is a preset (gpt2, smollm2-135m, ...), an llmkit checkpoint
@@ -110,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from llmkit.plan import PlanOptions, make_plan
+    from llmkit.plan import PlanOptions, make_plan, render, render_measured
 
     model, defaults = load_model(args.model, model_overrides(args), _int("--seq", args.seq))
     opts = PlanOptions(
@@ -185,13 +186,8 @@ def _read_config_json(path: Path, overrides: dict[str, Any]):
     from llmkit.config import ModelConfig
 
     file = path / "config.json" if path.is_dir() else path
-    if not file.is_file():
-        raise LlmkitError(f"{file} not found", "point MODEL at an llmkit checkpoint directory or its config.json")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LlmkitError(f"{file}: not valid JSON ({err})", "re-save the checkpoint") from None
-    if not isinstance(data, dict) or data.get("format") != "llmkit":
+    data = read_json(file, "re-save the checkpoint", "point MODEL at an llmkit checkpoint directory or its config.json")
+    if data.get("format") != "llmkit":
         raise LlmkitError(f"{file} is not an llmkit config", "for a Hugging Face checkpoint run llmkit convert first")
     data = {k: v for k, v in data.items() if k not in ("format", "format_version", "quantization")}
     try:
@@ -202,8 +198,8 @@ def _read_config_json(path: Path, overrides: dict[str, Any]):
 
 def _read_toml(path: Path, overrides: dict[str, Any]):
     """The model a run config trains, and its [train] shape as defaults: what ``llmkit pretrain`` would run."""
-    from llmkit.cli.pretrain import load_run_config
     from llmkit.plan import ModelSize
+    from llmkit.runconfig import load_run_config
 
     cfg, train = load_run_config(path, overrides)
     defaults = {
@@ -268,158 +264,3 @@ def _measure(plan, steps: int, device):
     return measure_training(
         plan.model.cfg, o.batch, plan.seq, o.precision, o.optimizer, o.recompute == "full", steps, device
     )
-
-
-# ---- output -------------------------------------------------------------------------------------
-
-
-def fmt_bytes(n: float) -> str:
-    """Decimal units, three significant digits: 168.9 MB, 2.00 GB."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}" if n / size < 100 else f"{n / size:.0f} {unit}"
-    return f"{n:.0f} B"
-
-
-def sci(x: float) -> str:
-    """3 significant digits, exponent without padding: 3.15e23."""
-    mantissa, _, exponent = f"{x:.3g}".partition("e")
-    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
-
-
-def fmt_count(n: float) -> str:
-    for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= size:
-            return f"{n / size:.3g}{suffix}"
-    return f"{n:.0f}"
-
-
-def _rows(rows: list[tuple[str, str, str]]) -> list[str]:
-    return [f"  {name:<34}{value:>12}  {note}".rstrip() for name, value, note in rows]
-
-
-def render(plan) -> str:
-    """The plan as text tables."""
-    lines: list[str] = []
-    if plan.model is not None:
-        lines += _render_model(plan)
-    if plan.inference is not None:
-        lines += _render_inference(plan)
-    if plan.training is not None:
-        lines += _render_training(plan)
-    if plan.compute is not None:
-        lines += _render_compute(plan)
-    if plan.optimum is not None:
-        lines += _render_optimum(plan.optimum)
-    lines += [f"note: {note}" for note in plan.notes]
-    return "\n".join(lines)
-
-
-def _render_model(plan) -> list[str]:
-    from llmkit.plan import describe
-
-    m = plan.model
-    lines = [f"{m.source}: {describe(m.cfg)}" if not m.assumed_shape else m.source]
-    lines.append(f"parameters: {m.parameters:,} ({fmt_count(m.parameters)}); in matrix multiplies (6N's N): "
-                 f"{m.matmul_parameters:,}")  # fmt: skip
-    if not m.assumed_shape:
-        lines.append(f"  {'component':<34}{'parameters':>12}  share")
-        for name, count in sorted(m.components.items(), key=lambda kv: -kv[1]):
-            lines.append(f"  {name:<34}{count:>12,}  {count / m.parameters:.1%}")
-    return lines
-
-
-def _render_inference(plan) -> list[str]:
-    from llmkit.plan import PRECISIONS
-
-    i, o, p = plan.inference, plan.options, PRECISIONS[plan.options.precision]
-    lines = [f"inference, batch {o.batch} x {plan.seq} tokens, {p.name} ({p.weights:g} bytes per weight):"]
-    return lines + _rows([
-        ("weights", fmt_bytes(i.weights), ""),
-        ("KV cache", fmt_bytes(i.kv_cache), f"{p.kv} bytes per value; encoders keep none"),
-        (f"overhead ({o.overhead:.0%})", fmt_bytes(i.overhead), ""),
-        ("total", fmt_bytes(i.total), ""),
-    ])  # fmt: skip
-
-
-def _render_training(plan) -> list[str]:
-    from llmkit.plan import PRECISIONS, optimizer_bytes
-
-    t, o, p = plan.training, plan.options, PRECISIONS[plan.options.precision]
-    a = t.activations
-    shard = f", ZeRO-{o.zero} over {o.gpus} GPUs" if o.zero else f", {o.gpus} GPU{'s' * (o.gpus > 1)}"
-    lines = [
-        f"training per GPU, batch {o.batch} x {plan.seq} tokens, {p.name} ({p.description}),",
-        f"  {o.optimizer}, recomputation {a.recompute}, {a.attention} attention{shard}:",
-    ]
-    rows = [
-        ("weights", fmt_bytes(t.weights), f"{p.weights:g} bytes/param"),
-        ("master weights (fp32)", fmt_bytes(t.master_weights), f"{p.master:g} bytes/param"),
-        ("gradients", fmt_bytes(t.gradients), f"{p.grads:g} bytes/param"),
-        ("optimizer states", fmt_bytes(t.optimizer_states), f"{optimizer_bytes(o.optimizer, p):g} bytes/param"),
-        ("activations stored for backward", fmt_bytes(sum(a.stored.values())), ""),
-    ]
-    if not p.master:
-        del rows[1]
-    rows += [(f"  {name}", fmt_bytes(value), "") for name, value in a.stored.items()]
-    rows += [
-        ("backward working set", fmt_bytes(a.working), "loss" if a.loss_working >= a.layer_working else "one block"),
-        ("peak of tensors", fmt_bytes(t.tensors_peak), _peak_rule(t)),
-        (f"overhead ({o.overhead:.0%})", fmt_bytes(t.overhead), ""),
-        ("peak", fmt_bytes(t.peak), ""),
-    ]
-    per_layer = sum(a.per_layer.values()) / (o.batch * plan.seq)
-    lines += _rows(rows)
-    lines.append(f"  one block keeps {per_layer:,.0f} bytes per token ({o.batch * plan.seq:,} tokens)")
-    return lines
-
-
-def _peak_rule(t) -> str:
-    if t.persistent_grads:
-        return "weights + master + states + grads + activations"
-    return "weights + master + states + max(activations, grads + end of backward)"
-
-
-def _render_compute(plan) -> list[str]:
-    c = plan.compute
-    budget = " (20 per parameter; set --tokens)" if c.tokens_from_rule else ""
-    days = " | ".join(f"{gpu} {d:,.0f}" if d >= 100 else f"{gpu} {d:.3g}" for gpu, d in c.days.items())
-    return [
-        "compute:",
-        f"  FLOPs per token: 6N {sci(c.flops_per_token_6n)}; with attention (PaLM) {sci(c.flops_per_token)}",
-        f"  {sci(c.tokens)} tokens{budget}: {sci(c.flops)} FLOPs (6ND {sci(c.flops_6nd)}) = "
-        f"{c.pf_days:,.4g} petaFLOP/s-days (6ND: {c.pf_days_6nd:,.4g})",
-        f"  days on {c.gpus} GPU{'s' * (c.gpus > 1)} at {c.mfu:.0%} MFU: {days}",
-    ]
-
-
-def _render_optimum(o) -> list[str]:
-    return [
-        f"compute-optimal for {sci(o.flops)} FLOPs (C = 6ND):",
-        f"  20 tokens per parameter: {fmt_count(o.rule_parameters)} parameters, {fmt_count(o.rule_tokens)} tokens "
-        f"(fitted loss {o.rule_loss:.3f})",
-        f"  Chinchilla fit (approach 3): {fmt_count(o.fit_parameters)} parameters, {fmt_count(o.fit_tokens)} tokens "
-        f"(fitted loss {o.fit_loss:.3f})",
-    ]
-
-
-def render_measured(plan, m) -> str:
-    """Measured bytes next to the prediction for the same step (tensors only, no overhead)."""
-    t = plan.training
-    a = t.activations
-    rows = [
-        ("weights", t.weights, m.weights),
-        ("gradients", t.gradients, m.gradients),
-        ("optimizer states", t.master_weights + t.optimizer_states, m.optimizer_states),
-        ("activations + loss working set", sum(a.stored.values()) + a.loss_working, m.activations),
-        ("peak of tensors", t.tensors_peak, m.peak),
-    ]
-    lines = [
-        f"measured on {m.device}: {m.steps} steps of llmkit's train_step, {m.attention} attention, "
-        f"{m.seconds:.1f} s (tensor bytes, no overhead):",
-        f"  {'':<34}{'predicted':>12}{'measured':>12}  measured/predicted",
-    ]
-    for name, predicted, measured in rows:
-        ratio = f"{measured / predicted:.3f}" if predicted else "-"
-        lines.append(f"  {name:<34}{fmt_bytes(predicted):>12}{fmt_bytes(measured):>12}  {ratio}")
-    return "\n".join(lines)

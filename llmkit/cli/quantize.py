@@ -93,8 +93,8 @@ def run(args: argparse.Namespace) -> None:
         return
     if not (args.model and args.out and args.to):
         raise LlmkitError("MODEL, --to and OUT are required", "e.g. llmkit quantize MODEL --to int8 OUT")
-    from llmkit.quantize.convert import quantize_checkpoint
     from llmkit.quantize.spec import QuantSpec
+    from llmkit.quantize_checkpoint import quantize_checkpoint
 
     spec = QuantSpec(args.to, args.group_size, embeddings=not args.keep_embeddings)
     print(quantize_checkpoint(args.model, args.out, spec).summary())

@@ -25,6 +25,7 @@ from tokenizers import Tokenizer as Backend
 
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
+from llmkit.files import read_json
 
 SPLITS = ("train", "val")
 FORMAT = "llmkit-tokens"
@@ -133,11 +134,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
     hint = "point at a directory written by `llmkit data tokenize`, or run it again"
     if not path.is_file():
         raise LlmkitError(f"no meta.json in {path.parent}", hint)
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LlmkitError(f"cannot read {path}: {err}", hint) from err
-    ok = isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("dtype") in ("uint16", "uint32")
+    meta = read_json(path, hint)
+    ok = meta.get("format") == FORMAT and meta.get("dtype") in ("uint16", "uint32")
     if not ok or not all(isinstance(meta.get("tokens", {}).get(s), int) for s in SPLITS) or "vocab_size" not in meta:
         raise LlmkitError(f"{path} is not an llmkit token meta file (format, dtype, tokens, vocab_size)", hint)
     return meta

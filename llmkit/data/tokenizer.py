@@ -18,7 +18,7 @@ import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from llmkit.errors import LlmkitError
-from llmkit.files import atomic_write
+from llmkit.files import atomic_write, read_json
 
 ROLES = ("bos", "eos", "pad", "unk", "mask", "cls", "sep")
 KINDS = ("bpe", "wordpiece", "unigram")
@@ -258,15 +258,7 @@ def _existing_dir(directory: str | os.PathLike) -> Path:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``, None when the file does not exist."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise LlmkitError(f"cannot read {path}: {err}", "the file is corrupt; save or download it again") from err
-    if not isinstance(data, dict):
-        raise LlmkitError(f"{path} does not hold a JSON object", "the file is corrupt; save or download it again")
-    return data
+    return read_json(path, "the file is corrupt; save or download it again") if path.is_file() else None
 
 
 def _token_content(value: Any) -> str | None:

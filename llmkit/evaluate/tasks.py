@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import LlmkitError
+from llmkit.files import read_toml
 from llmkit.prompts import SELECTIONS, Example, Prompt, PromptFormat, build_prompt, continuation, select_examples
 
 KINDS = ("classification", "generation")
@@ -118,7 +119,7 @@ def load_task(
 ) -> Task:
     """Read and check a task file; ``data`` / ``examples`` replace its [data] / [examples] paths."""
     path = find_task(path)
-    raw = _read_toml(path)
+    raw = read_toml(path, "fix the file (see tasks/ for examples)")
     where = str(path)
     known = {f.name for f in fields(Task)} - {"prompt", "data", "examples", "source"}
     tables = {"prompt", "labels", "data", "examples"}
@@ -145,17 +146,6 @@ def load_task(
         raise LlmkitError(f"{where}: {err}", "check the task file's keys") from None
     _check(task, where)
     return task
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise LlmkitError(f"{path}: not valid TOML ({err})", "fix the file (see tasks/ for examples)") from None
 
 
 def _prompt_format(table: dict[str, Any], where: str) -> PromptFormat:

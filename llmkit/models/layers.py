@@ -133,7 +133,7 @@ class RelativePositionBias(nn.Module):
 
 
 # ---- masks ----------------------------------------------------------------------------------
-def attention_bias(
+def additive_mask(
     attention_mask: torch.Tensor | None,
     q_len: int,
     k_len: int,
@@ -141,7 +141,8 @@ def attention_bias(
     dtype: torch.dtype,
     device: torch.device,
 ) -> torch.Tensor | None:
-    """Additive mask (B or 1, 1, T, S): 0 where a query may attend, the dtype's minimum elsewhere.
+    """Additive mask (B or 1, 1, T, S), added to the attention scores: 0 where a query may attend, the
+    dtype's minimum elsewhere.
 
     ``attention_mask`` is (B, S) with 1 for real tokens and 0 for padding. The minimum (not -inf)
     keeps fully masked rows (padding queries) finite, as transformers does.
@@ -162,7 +163,8 @@ class Attention(nn.Module):
     """Multi-head (or grouped-query) attention; self-attention, or cross-attention over ``memory``.
 
     The fast path is ``F.scaled_dot_product_attention``; ``need_weights`` takes the explicit
-    softmax(scale * Q K^T + bias) path and returns the weights (B, H, T, S).
+    softmax(scale * Q K^T + attn_mask) path and returns the weights (B, H, T, S). ``attn_mask`` is
+    additive (as SDPA's float masks): padding and causality, plus T5's relative position bias.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -181,7 +183,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         *,
         memory: torch.Tensor | None = None,
-        bias: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
         need_weights: bool = False,
@@ -207,10 +209,10 @@ class Attention(nn.Module):
             kv.cross_k, kv.cross_v = k, v
         dropout = self.dropout if self.training else 0.0
         if need_weights:
-            y, weights = self._explicit(q, k, v, bias, dropout)
+            y, weights = self._explicit(q, k, v, attn_mask, dropout)
         else:
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=bias, dropout_p=dropout, is_causal=is_causal and bias is None,
+                q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal and attn_mask is None,
                 scale=self.scale, enable_gqa=self.n_kv_head != self.n_head,
             )  # (B, H, T, D)  # fmt: skip
             weights = None
@@ -223,13 +225,13 @@ class Attention(nn.Module):
         v = self.v(src).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, S, D)
         return k, v
 
-    def _explicit(self, q, k, v, bias, dropout):
+    def _explicit(self, q, k, v, attn_mask, dropout):
         """Reference path: the weights a user can draw, softmax in fp32 as transformers does."""
         groups = self.n_head // self.n_kv_head
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # (B, H, S, D)
         scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, T, S)
-        if bias is not None:
-            scores = scores + bias
+        if attn_mask is not None:
+            scores = scores + attn_mask
         weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
         y = F.dropout(weights, p=dropout) @ v  # (B, H, T, D)
         return y, weights

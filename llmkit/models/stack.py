@@ -8,7 +8,7 @@ from torch.utils.checkpoint import checkpoint
 
 from llmkit.config import ModelConfig
 from llmkit.models.cache import KVCache
-from llmkit.models.layers import MLP, Attention, RelativePositionBias, Rotary, attention_bias, make_norm
+from llmkit.models.layers import MLP, Attention, RelativePositionBias, Rotary, additive_mask, make_norm
 
 Weights = torch.Tensor | None
 
@@ -24,15 +24,21 @@ class PreNormBlock(nn.Module):
         self.mlp_norm, self.mlp = make_norm(cfg), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, *, bias, is_causal, rope, memory, memory_bias, need_weights, kv=None, past=0):
+    def forward(self, x, *, attn_mask, is_causal, rope, memory, cross_attn_mask, need_weights, kv=None, past=0):
         h, weights = self.attn(
-            self.attn_norm(x), bias=bias, is_causal=is_causal, rope=rope, need_weights=need_weights, kv=kv, past=past
+            self.attn_norm(x),
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            rope=rope,
+            need_weights=need_weights,
+            kv=kv,
+            past=past,
         )
         x = x + self.drop(h)
         cross_weights = None
         if self.cross_attn is not None:
             h, cross_weights = self.cross_attn(
-                self.cross_norm(x), memory=memory, bias=memory_bias, need_weights=need_weights, kv=kv
+                self.cross_norm(x), memory=memory, attn_mask=cross_attn_mask, need_weights=need_weights, kv=kv
             )
             x = x + self.drop(h)
         x = x + self.drop(self.mlp(self.mlp_norm(x)))
@@ -50,14 +56,16 @@ class PostNormBlock(nn.Module):
         self.mlp, self.mlp_norm = MLP(cfg), make_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, *, bias, is_causal, rope, memory, memory_bias, need_weights, kv=None, past=0):
+    def forward(self, x, *, attn_mask, is_causal, rope, memory, cross_attn_mask, need_weights, kv=None, past=0):
         h, weights = self.attn(
-            x, bias=bias, is_causal=is_causal, rope=rope, need_weights=need_weights, kv=kv, past=past
+            x, attn_mask=attn_mask, is_causal=is_causal, rope=rope, need_weights=need_weights, kv=kv, past=past
         )
         x = self.attn_norm(x + self.drop(h))
         cross_weights = None
         if self.cross_attn is not None:
-            h, cross_weights = self.cross_attn(x, memory=memory, bias=memory_bias, need_weights=need_weights, kv=kv)
+            h, cross_weights = self.cross_attn(
+                x, memory=memory, attn_mask=cross_attn_mask, need_weights=need_weights, kv=kv
+            )
             x = self.cross_norm(x + self.drop(h))
         x = self.mlp_norm(x + self.drop(self.mlp(x)))
         return x, weights, cross_weights
@@ -103,29 +111,29 @@ class Stack(nn.Module):
             cache.check_room(T)
             past = cache.length
         S = past + T
-        bias = None
+        attn_mask = None  # additive, on the scores: padding and causality, plus T5's relative bias
         # A dense mask is needed for padding, the explicit path, the relative bias, and several new
         # queries over cached keys (SDPA's is_causal aligns the triangle top-left, not bottom-right).
         if attention_mask is not None or output_attentions or self.rel_bias is not None or (T > 1 and past > 0):
-            bias = attention_bias(attention_mask, T, S, self.causal, x.dtype, x.device)
+            attn_mask = additive_mask(attention_mask, T, S, self.causal, x.dtype, x.device)
         if self.rel_bias is not None:
             rel = self.rel_bias(T, S, q_offset=past).to(x.dtype)  # (1, H, T, S)
-            bias = rel if bias is None else bias + rel
+            attn_mask = rel if attn_mask is None else attn_mask + rel
         rope = None
         if self.rope is not None:
             if position_ids is None:
                 position_ids = torch.arange(past, S, device=x.device)[None]
             rope = self.rope(position_ids)
-        memory_bias = None
+        cross_attn_mask = None
         if memory is not None:
-            memory_bias = attention_bias(memory_mask, T, memory.shape[1], False, x.dtype, x.device)
+            cross_attn_mask = additive_mask(memory_mask, T, memory.shape[1], False, x.dtype, x.device)
         attentions, cross_attentions = [], []
         x = self.drop(x)
         # one query (a decoding step) sees every key anyway; testing T first keeps is_causal a plain
         # bool when ``past`` is symbolic under torch.compile (SDPA rejects a SymBool)
         is_causal = self.causal and T > 1 and past == 0
         kwargs = dict(
-            bias=bias, is_causal=is_causal, rope=rope, memory=memory, memory_bias=memory_bias,
+            attn_mask=attn_mask, is_causal=is_causal, rope=rope, memory=memory, cross_attn_mask=cross_attn_mask,
             need_weights=output_attentions, past=past,
         )  # fmt: skip
         for i, layer in enumerate(self.layers):

@@ -11,6 +11,7 @@ Bytes are decimal (1 GB = 1e9 bytes), as hardware and papers quote them.
 - ``activations``: what a training step keeps for backward (Korthikanti et al. 2022, generalised).
 - ``memory``: inference (weights + KV cache) and training memory per GPU, ZeRO sharding.
 - ``compute``: FLOPs per token, PF-days, GPU-days, Chinchilla's compute-optimal N and D.
+- ``report``: the plan as text tables (``render``), measured bytes beside it, ``describe``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
 from llmkit.plan.activations import Activations, activation_memory, layer_activations
 from llmkit.plan.compute import (
@@ -37,6 +37,7 @@ from llmkit.plan.compute import (
 from llmkit.plan.memory import InferenceMemory, TrainingMemory, inference_memory, kv_cache_bytes, training_memory
 from llmkit.plan.parameters import ModelSize, count_parameters, matmul_weights, parse_count
 from llmkit.plan.precision import ATTENTION, DEVICES, OPTIMIZERS, PRECISIONS, RECOMPUTE, Precision, optimizer_bytes
+from llmkit.plan.report import describe, render, render_measured
 
 __all__ = [
     "ATTENTION",
@@ -72,6 +73,8 @@ __all__ = [
     "optimizer_bytes",
     "optimum",
     "parse_count",
+    "render",
+    "render_measured",
     "training_memory",
 ]
 
@@ -227,13 +230,3 @@ def make_plan(model: ModelSize | None, opts: PlanOptions) -> Plan:
             "the KV cache and attention FLOPs"
         )
     return plan
-
-
-def describe(cfg: ModelConfig) -> str:
-    """One line: family, layers, widths, heads, vocabulary and context window."""
-    layers = f"{cfg.n_layer}+{cfg.n_decoder_layer}" if cfg.family == "encoder_decoder" else str(cfg.n_layer)
-    kv = f", {cfg.n_kv_head} kv heads" if cfg.n_kv_head != cfg.n_head else ""
-    return (
-        f"{cfg.family}, {layers} layers, d_model {cfg.d_model}, {cfg.n_head} heads x {cfg.head_dim}{kv}, "
-        f"d_ff {cfg.d_ff} {cfg.mlp}, vocab {cfg.vocab_size}, context {cfg.max_seq_len}"
-    )

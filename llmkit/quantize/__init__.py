@@ -3,8 +3,10 @@
 tensors   int8 per output channel, int4 per group: quantize, dequantize, pack (pure functions)
 spec      QuantSpec: method, group size, embeddings; the `quantization` entry of config.json
 layers    QuantizedLinear / QuantizedEmbedding / TiedQuantizedHead, quantize_model, use_kernels
-convert   quantize_checkpoint: a checkpoint directory in, a quantized one out
 explain   how one number is stored in each format, bit by bit
+
+Writing a quantized checkpoint is llmkit.quantize_checkpoint (it needs llmkit.checkpoint, which imports
+this package).
 """
 
 from __future__ import annotations

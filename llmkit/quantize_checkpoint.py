@@ -1,4 +1,8 @@
-"""quantize_checkpoint: an llmkit checkpoint directory in, a quantized one out (atomically)."""
+"""quantize_checkpoint: an llmkit checkpoint directory in, a quantized one out (atomically).
+
+A checkpoint workflow beside ``llmkit.checkpoint`` rather than inside ``llmkit.quantize``: checkpoint
+loading imports quantize (to rebuild quantized modules), so quantize must not import checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# the module, not its names: llmkit.checkpoint imports llmkit.quantize to load quantized models
 from llmkit import checkpoint
 from llmkit.errors import LlmkitError
 from llmkit.quantize.layers import QuantizedMatrix, quantize_model

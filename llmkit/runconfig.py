@@ -1,0 +1,80 @@
+"""Run configs: a TOML file with [model] and [train] tables -> (ModelConfig, TrainConfig), with overrides.
+
+What `llmkit pretrain --config` trains and what `llmkit plan FILE.toml` plans. Layer L1: the data's
+tokenizer (read only when the [train] data directory has one) supplies vocab_size and special ids.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from llmkit.config import PRESETS, ModelConfig, TrainConfig
+from llmkit.errors import LlmkitError
+from llmkit.files import read_toml
+
+TABLES = ("model", "train")
+
+
+def load_run_config(
+    path: str | os.PathLike, model_flags: dict[str, Any] | None = None, train_flags: dict[str, Any] | None = None
+) -> tuple[ModelConfig, TrainConfig]:
+    """The run's configs from a TOML file and flag overrides.
+
+    Order: read the file -> TrainConfig from [train] + flags -> the model: defaults < [model] preset
+    < the data's tokenizer (vocab_size, pad/bos/eos ids, T5's decoder start = pad) < [model] fields
+    < flags. A missing file, bad TOML, an unknown table or key, or a value of the wrong type raises
+    an LlmkitError.
+    """
+    tables = read_run_tables(path)
+    model_table, train_table = dict(tables.get("model", {})), dict(tables.get("train", {}))
+    train_cfg = _build(TrainConfig, {**train_table, **(train_flags or {})}, f"{path} [train]")
+    preset = model_table.pop("preset", None)
+    overrides = {**model_table, **(model_flags or {})}
+    if train_cfg.data and (Path(train_cfg.data) / "tokenizer.json").is_file():
+        from llmkit.data.tokenizer import Tokenizer
+
+        for key, value in tokenizer_fields(Tokenizer.from_dir(train_cfg.data), preset, overrides).items():
+            overrides.setdefault(key, value)
+    if preset is None:
+        return _build(ModelConfig, overrides, f"{path} [model]"), train_cfg
+    if not isinstance(preset, str):
+        raise LlmkitError(f"{path}: [model] preset must be a string, got {preset!r}", 'e.g. preset = "tiny-gpt-1m"')
+    try:
+        return ModelConfig.from_name(preset, **overrides), train_cfg
+    except TypeError as err:
+        raise LlmkitError(f"{path} [model]: a value has the wrong type ({err})", "check the [model] table") from None
+
+
+def tokenizer_fields(tokenizer, preset: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """vocab_size and special ids a model takes from its tokenizer, as `llmkit init --tokenizer` does."""
+    out: dict[str, Any] = {"vocab_size": tokenizer.vocab_size}
+    for role in ("pad", "bos", "eos"):
+        token_id = getattr(tokenizer, f"{role}_token_id")
+        if token_id is not None:
+            out[f"{role}_token_id"] = token_id
+    family = overrides.get("family") or (PRESETS.get(preset, {}).get("family") if preset else "decoder")
+    if family == "encoder_decoder" and tokenizer.pad_token_id is not None:
+        out["decoder_start_token_id"] = tokenizer.pad_token_id  # T5 starts decoding from pad
+    return out
+
+
+def read_run_tables(path: str | os.PathLike) -> dict[str, Any]:
+    """The tables of a run config; only [model] and [train] are allowed."""
+    path = Path(path)
+    tables = read_toml(path, "fix the file (see configs/ for examples)", "check the path (examples are in configs/)")
+    unknown = sorted(set(tables) - set(TABLES))
+    if unknown:
+        raise LlmkitError(f"{path}: unknown table or key {', '.join(unknown)}", "the file holds [model] and [train]")
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise LlmkitError(f"{path}: {name} must be a table ([{name}])", "see configs/ for examples")
+    return tables
+
+
+def _build(cls: type, data: dict[str, Any], source: str):
+    try:
+        return cls.from_dict(data, source=source)
+    except TypeError as err:
+        raise LlmkitError(f"{source}: a value has the wrong type ({err})", "check the values in that table") from None
