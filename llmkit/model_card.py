@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 CARD = "README.md"
+SIGNATURE = "Written by llmkit (`llmkit inspect` shows this card)."
 
 # licenses of the corpora that every Python installation carries (llmkit.data.builtin)
 BUILTIN_LICENSES = {
@@ -60,6 +61,7 @@ class ModelCard:
     )
     limitations: list[str] = field(default_factory=list)
     license: str | None = None  # of the weights, where known
+    base_card: str | None = None  # the card of the checkpoint this one was made from, kept whole
     architecture: dict[str, Any] = field(default_factory=dict)
 
     def with_defaults(self, **changes: Any) -> ModelCard:
@@ -159,7 +161,11 @@ def render(card: ModelCard) -> str:
     out += ["## Intended use", "", card.intended_use, ""]
     if card.limitations:
         out += ["## Limitations", "", *(f"- {item}" for item in card.limitations), ""]
-    out += ["Written by llmkit (`llmkit inspect` shows this card)."]
+    if card.base_card:  # its training data and licenses still apply: keep them, headings one level down
+        lines = [line for line in body(card.base_card).splitlines() if line != SIGNATURE]
+        demoted = [("##" + line if line.startswith("#") else line) for line in lines]
+        out += ["## Card of the base checkpoint", "", *demoted, ""]
+    out += [SIGNATURE]
     return "\n".join(out) + "\n"
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmkit import checkpoint
+from llmkit import checkpoint, model_card
 from llmkit.errors import LlmkitError
+from llmkit.model_card import ModelCard
 from llmkit.quantize.layers import QuantizedMatrix, quantize_model
 from llmkit.quantize.spec import QuantSpec
 
@@ -66,14 +67,32 @@ def quantize_checkpoint(source: str | os.PathLike, out: str | os.PathLike, spec:
     quantize_model(model, spec)
     errors = cast_errors(model, original) if spec.is_cast else quantized_errors(model, original)
     model.quantization = spec
-    checkpoint.save(model, out)
     worst = max(errors, key=errors.get) if errors else ""
+    checkpoint.save(model, out, card=quantized_card(source, spec, errors.get(worst, 0.0), worst))
     return QuantizeReport(
         source=source, out=out, spec=spec,
         source_bytes=(source / checkpoint.WEIGHTS).stat().st_size, out_bytes=(out / checkpoint.WEIGHTS).stat().st_size,
         tensors=len(errors), weights=sum(original[name].numel() for name in errors),
         max_error=errors.get(worst, 0.0), max_error_at=worst,
     )  # fmt: skip
+
+
+def quantized_card(source: Path, spec: QuantSpec, max_error: float, max_error_at: str) -> ModelCard:
+    """The card of a quantized copy: how it was made and its weight error, the source's card kept below."""
+    base = model_card.read(source)
+    return ModelCard(
+        how_made=f"Quantized by `llmkit quantize` from `{source}`: {spec.describe()}.",
+        name=f"{source.name} ({spec.method})",
+        base_model=str(source),
+        license=model_card.front_matter_value(base, "license") if base else None,
+        metrics={"largest relative weight error": f"{max_error:.3%} ({max_error_at})" if max_error_at else "0"},
+        limitations=[
+            f"{spec.method} weights differ from the source's (above): measure quality on your task "
+            "(e.g. `llmkit eval --perplexity`, bench/quantize_perplexity.py) before you rely on it.",
+            "The base checkpoint's data, licenses and limits (below) still apply.",
+        ],
+        base_card=base,
+    )
 
 
 def relative_error(stored: torch.Tensor, original: torch.Tensor) -> float:

@@ -90,3 +90,18 @@ def test_shipped_data_gets_its_catalog_license_in_a_pretrain_card():
         "- `builtin:python-docs` (0.0% of tokens): Python Software Foundation License 2.0",
         "- `notes/mine.txt` (0.0% of tokens): unknown: check the data's origin before you share or sell the model",
     ]
+
+
+def test_quantize_writes_its_card_with_the_weight_error_and_keeps_the_base_card(tmp_path, capsys):
+    assert main(["init", "tiny-gpt-1m", str(tmp_path / "m"), "--model.n_layer", "1"]) == 0
+    assert main(["quantize", str(tmp_path / "m"), "--to", "int8", str(tmp_path / "q")]) == 0
+    report = capsys.readouterr().out
+    text = (tmp_path / "q" / "README.md").read_text()
+    assert f"Quantized by `llmkit quantize` from `{tmp_path / 'm'}`: int8" in text
+    error = report.split("at most ")[1].split(" (")[0]  # the CLI's figure, e.g. "0.41%"
+    assert f"| largest relative weight error | {error[:-1]}" in text
+    base = model_card.body((tmp_path / "m" / "README.md").read_text())
+    assert "## Card of the base checkpoint" in text and "### Architecture" in text
+    assert "Freshly initialized with random weights (seed 0)" in text.split("## Card of the base checkpoint")[1]
+    kept = text.split("## Card of the base checkpoint")[1]
+    assert base.count("\n## ") == kept.count("\n#### ") == 4 and text.count(model_card.SIGNATURE) == 1
