@@ -18,7 +18,8 @@ FAMILIES = {
     "gpt": ModelConfig.from_name("tiny-gpt-1m", **TINY),
     "llama-gqa": ModelConfig.from_name("tiny-llama-10m", **TINY, n_kv_head=2, d_ff=48),
     "bert": ModelConfig.from_name("tiny-bert-1m", **TINY),
-    "t5": ModelConfig.from_name("tiny-t5-1m", **TINY, head_dim=8, d_ff=48),
+    # a decoder one layer deeper than the encoder, so per-stack counts cannot pass for each other
+    "t5": ModelConfig.from_name("tiny-t5-1m", **TINY, head_dim=8, d_ff=48, n_decoder_layer=3),
     "sinusoidal": ModelConfig.from_name("tiny-gpt-1m", **TINY, pos="sinusoidal"),
 }
 
@@ -141,7 +142,12 @@ def test_fast_attention_equals_reference_path(family):
         ref = _forward(model, ids, mask, output_attentions=True)
     torch.testing.assert_close(fast.logits, ref.logits, atol=1e-5, rtol=0)
     assert fast.attentions is None
-    assert len(ref.attentions) == model.config.n_layer if family != "t5" else model.config.n_decoder_layer
+    cfg = model.config
+    if family == "t5":  # self-attention maps are the decoder's; the encoder's and the cross-attention's apart
+        assert len(ref.attentions) == cfg.n_decoder_layer
+        assert len(ref.encoder_attentions) == cfg.n_layer and len(ref.cross_attentions) == cfg.n_decoder_layer
+    else:
+        assert len(ref.attentions) == cfg.n_layer
     for weights in ref.attentions:
         assert weights.shape[:2] == (2, model.config.n_head)
         torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]), atol=1e-5, rtol=0)
