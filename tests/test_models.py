@@ -30,6 +30,17 @@ def _forward(model, ids, mask=None, **kw):
     return model(ids, attention_mask=mask, **kw)
 
 
+def _padded_batch(family: str, length: int, row: int, real: int):
+    """A seeded model of ``family`` (eval mode) and two rows of ``length`` random ids, row ``row`` padded
+    on the right after its first ``real`` tokens: (model, ids, attention mask)."""
+    torch.manual_seed(0)
+    model = build_model(FAMILIES[family]).eval()
+    ids = torch.randint(3, 97, (2, length))
+    mask = torch.ones_like(ids)
+    mask[row, real:] = 0
+    return model, ids, mask
+
+
 # Published parameter counts (model cards / papers); ours must be within 1%.
 @pytest.mark.parametrize(
     "name,published",
@@ -115,11 +126,7 @@ def test_t5_relative_buckets_by_hand():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_padded_rows_equal_unpadded(family):
     """A row padded on the right gives the same outputs on its real tokens as the row alone."""
-    torch.manual_seed(0)
-    model = build_model(FAMILIES[family]).eval()
-    ids = torch.randint(3, 97, (2, 12))
-    mask = torch.ones_like(ids)
-    mask[1, 7:] = 0
+    model, ids, mask = _padded_batch(family, length=12, row=1, real=7)
     with torch.no_grad():
         batch = _forward(model, ids, mask).logits
         alone = _forward(model, ids[1:, :7], mask[1:, :7]).logits
@@ -132,11 +139,7 @@ def test_padded_rows_equal_unpadded(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fast_attention_equals_reference_path(family):
     """SDPA (default) and the explicit softmax path that returns weights agree; weights are distributions."""
-    torch.manual_seed(0)
-    model = build_model(FAMILIES[family]).eval()
-    ids = torch.randint(3, 97, (2, 10))
-    mask = torch.ones_like(ids)
-    mask[0, 6:] = 0
+    model, ids, mask = _padded_batch(family, length=10, row=0, real=6)
     with torch.no_grad():
         fast = _forward(model, ids, mask)
         ref = _forward(model, ids, mask, output_attentions=True)
