@@ -1,14 +1,23 @@
-"""Suite-wide settings: one torch thread per test process, and no silent skips in CI.
+"""Suite-wide settings and the tiny language model several test files share.
 
-The tests run tiny models, where a second OpenMP thread costs more in synchronisation than it
-gains, and on a busy 2-core machine spinning threads slowed some files 20x.
+One torch thread per test process: the tests run tiny models, where a second OpenMP thread costs
+more in synchronisation than it gains, and on a busy 2-core machine spinning threads slowed some
+files 20x.
+
+``tiny_tokenizer`` and ``tiny_checkpoint`` give the decoding, batching and serving tests one small
+model with real text: a byte-level BPE trained on ``TINY_CORPUS`` (ASCII prose and code, a chat turn,
+and emoji and CJK characters that take several byte-level tokens each) and a random-weight decoder
+(2 layers, 32 wide) saved with it as a checkpoint directory.
 
 Under CI (``LLMKIT_CI=1``, set by .ci/run) a skipped test fails instead: a missing browser, data
 set, package or checkpoint there means CI is not testing what the project promises. Outside CI a
 skip prints its reason (``make test`` runs ``pytest -rs``).
 """
 
+from __future__ import annotations
+
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,3 +48,57 @@ def pytest_runtest_makereport(item, call):
 def pytest_make_collect_report(collector):
     outcome = yield
     _fail_skip_under_ci(outcome.get_result())  # a module-level importorskip skips at collection
+
+
+TINY_CORPUS = [
+    "The cat ate the cake. The dog ate the donut. A banana is yellow.",
+    "Emoji: 😀 🎉 🚀 and 中文字符 日本語 테스트 mixed with plain words.",
+    "User: hello\nAssistant: hi there. def f(x):\n    return x + 1\n",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus() -> list[str]:
+    """TINY_CORPUS, for tests that train other kinds of tokenizer on the same text."""
+    return TINY_CORPUS
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A byte-level BPE of 300 tokens trained on TINY_CORPUS."""
+    from llmkit.data.tokenizer_train import train_tokenizer
+
+    return train_tokenizer(TINY_CORPUS, "bpe", vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_tokenizer, tmp_path_factory):
+    """``make(preset="tiny-gpt-1m", window=64, **overrides) -> Path``: a random-weight decoder (2 layers,
+    32 wide, 4 heads, seed 0) saved with ``tiny_tokenizer`` and the generation config for its family.
+
+    Each distinct call is built once per session; the directory is shared, so treat it as read-only.
+    """
+    from hf_utils import randomize
+
+    from llmkit import checkpoint
+    from llmkit.config import GenerationConfig, ModelConfig
+    from llmkit.models import build_model
+
+    built: dict[tuple, Path] = {}
+    bpe = tiny_tokenizer
+
+    def make(preset: str = "tiny-gpt-1m", window: int = 64, **overrides) -> Path:
+        key = (preset, window, *sorted(overrides.items()))
+        if key not in built:
+            torch.manual_seed(0)
+            cfg = ModelConfig.from_name(
+                preset, vocab_size=bpe.vocab_size, d_model=32, n_layer=2, n_head=4, max_seq_len=window,
+                bos_token_id=bpe.bos_token_id, eos_token_id=bpe.eos_token_id, pad_token_id=bpe.pad_token_id,
+                **overrides,
+            )  # fmt: skip
+            out = tmp_path_factory.mktemp(f"{preset}-{window}") / "tiny"
+            gen = GenerationConfig.for_model(cfg)
+            built[key] = checkpoint.save(randomize(build_model(cfg)), out, tokenizer=bpe, generation_config=gen)
+        return built[key]
+
+    return make

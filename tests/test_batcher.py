@@ -11,39 +11,21 @@ from __future__ import annotations
 import threading
 
 import pytest
-import torch
-from hf_utils import randomize
 
-from llmkit.config import GenerationConfig, ModelConfig
+from llmkit import checkpoint
+from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
 from llmkit.inference import generate
 from llmkit.inference.batcher import Batcher, Request, TokenEvent
 from llmkit.models import build_model
 
-CORPUS = [
-    "The cat ate the cake. The dog ate the donut. A banana is yellow.",
-    "def f(x):\n    return x + 1\n",
-] * 20
 PROMPTS = ["The cat", "def f(x):\n    return", "A banana is yellow. The dog ate", "The", "x"]
 NEW = [30, 20, 25, 50, 12]
 
 
-@pytest.fixture(scope="module")
-def bpe():
-    from llmkit.data.tokenizer_train import train_tokenizer
-
-    return train_tokenizer(CORPUS, "bpe", vocab_size=300)
-
-
-def tiny(bpe, preset: str, **kw):
-    torch.manual_seed(0)
-    cfg = ModelConfig.from_name(
-        preset, vocab_size=bpe.vocab_size, d_model=32, n_layer=2, n_head=4, max_seq_len=64,
-        bos_token_id=bpe.bos_token_id, eos_token_id=bpe.eos_token_id, pad_token_id=bpe.pad_token_id, **kw,
-    )  # fmt: skip
-    model = randomize(build_model(cfg))
-    model.tokenizer, model.generation_config = bpe, GenerationConfig.for_model(cfg)
-    return model
+def tiny(tiny_checkpoint, preset: str, **kw):
+    """conftest's tiny model (window 64) loaded with its tokenizer and generation config."""
+    return checkpoint.load(tiny_checkpoint(preset, window=64, **kw))
 
 
 class Collector:
@@ -65,9 +47,9 @@ class Collector:
 
 
 @pytest.fixture(scope="module", params=["tiny-gpt-1m", "tiny-llama-10m"])
-def model(request, bpe):
+def model(request, tiny_checkpoint):
     kw = {"n_kv_head": 2} if request.param == "tiny-llama-10m" else {}
-    return tiny(bpe, request.param, **kw)
+    return tiny(tiny_checkpoint, request.param, **kw)
 
 
 def run_all(model, prompts, news, max_batch: int, **settings) -> tuple[list[list[TokenEvent]], list[int]]:
@@ -105,14 +87,14 @@ def test_seeded_sampling_does_not_depend_on_the_batch(model):
     assert [e.token_id for e in alone[0]] == [e.token_id for e in together[0]]
 
 
-def test_stop_strings_and_logprobs(bpe):
-    model = tiny(bpe, "tiny-gpt-1m")
+def test_stop_strings_and_logprobs(tiny_checkpoint):
+    model = tiny(tiny_checkpoint, "tiny-gpt-1m")
     want = generate(model, "The cat", max_new_tokens=20, eos_token_id=[])[0].text
     stop = want[3:6]
     got = Collector(1)
     batcher = Batcher(model, max_batch=2).start()
     cfg = model.generation_config.replace(max_new_tokens=20, eos_token_id=[], stop_strings=[stop])
-    batcher.submit(Request(bpe.encode("The cat"), cfg, got.callback(0), logprobs=3))
+    batcher.submit(Request(model.tokenizer.encode("The cat"), cfg, got.callback(0), logprobs=3))
     assert got.done.wait(10)
     batcher.close()
     events = got.events[0]
@@ -122,8 +104,8 @@ def test_stop_strings_and_logprobs(bpe):
         assert len(e.top_logprobs) == 3 and e.top_logprobs[0] == (e.token_id, pytest.approx(e.logprob))
 
 
-def test_a_cancelled_request_frees_its_row(bpe):
-    model = tiny(bpe, "tiny-gpt-1m")
+def test_a_cancelled_request_frees_its_row(tiny_checkpoint):
+    model = tiny(tiny_checkpoint, "tiny-gpt-1m")
     batcher = Batcher(model, max_batch=2).start()
     first, seen = threading.Event(), []
     request: Request
@@ -134,20 +116,22 @@ def test_a_cancelled_request_frees_its_row(bpe):
             request.cancel()  # as the server does when the client goes away
             first.set()
 
-    request = Request(bpe.encode("The"), model.generation_config.replace(max_new_tokens=60), on_token)
+    request = Request(model.tokenizer.encode("The"), model.generation_config.replace(max_new_tokens=60), on_token)
     batcher.submit(request)
     assert first.wait(10)
     # a second request still runs to the end, alone: the cancelled one left the batch
     got = Collector(1)
-    batcher.submit(Request(bpe.encode("x"), model.generation_config.replace(max_new_tokens=5), got.callback(0)))
+    batcher.submit(
+        Request(model.tokenizer.encode("x"), model.generation_config.replace(max_new_tokens=5), got.callback(0))
+    )
     assert got.done.wait(10)
     batcher.close()
     assert len(seen) <= 4 and all(e.finish_reason is None for e in seen)
     assert batcher.slots == [] and batcher.step_sizes[-1] == 1
 
 
-def test_checks(bpe):
-    model = tiny(bpe, "tiny-gpt-1m")
+def test_checks(tiny_checkpoint):
+    model = tiny(tiny_checkpoint, "tiny-gpt-1m")
     batcher = Batcher(model, max_batch=1)
     with pytest.raises(LlmkitError, match="context window of 64"):
         batcher.check(60, 10)
@@ -155,7 +139,7 @@ def test_checks(bpe):
         Batcher(model, max_batch=0)
 
 
-def test_only_decoder_models(bpe):
-    bert = build_model(ModelConfig.from_name("tiny-bert-1m", vocab_size=bpe.vocab_size, n_layer=1))
+def test_only_decoder_models():
+    bert = build_model(ModelConfig.from_name("tiny-bert-1m", n_layer=1))
     with pytest.raises(LlmkitError, match="decoder-only"):
         Batcher(bert)

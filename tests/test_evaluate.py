@@ -162,6 +162,20 @@ def test_parse_label_takes_the_first_label_word():
 
 
 # ---- `llmkit eval` end to end -------------------------------------------------------------------
+def macro_f1_by_hand(predictions: list[dict]) -> float:
+    """From the confusion counts of (label, predicted) pairs: per class 2 TP / (2 TP + FP + FN), averaged
+    over the classes that occur as a label or a prediction."""
+    pairs = [(p["label"], p["predicted"]) for p in predictions]
+    classes = {g for g, _ in pairs} | {y for _, y in pairs if y is not None}
+    scores = []
+    for c in sorted(classes):
+        tp = sum(1 for g, y in pairs if g == c and y == c)
+        fp = sum(1 for g, y in pairs if g != c and y == c)
+        fn = sum(1 for g, y in pairs if g == c and y != c)
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores)
+
+
 def test_eval_command_on_converted_gpt2_and_t5(converted, sentiment_task, tmp_path, capsys):
     _, directory = converted
     out = tmp_path / "eval"
@@ -174,7 +188,9 @@ def test_eval_command_on_converted_gpt2_and_t5(converted, sentiment_task, tmp_pa
     for r in report["results"]:
         assert r["n"] == len(REVIEWS) - 4  # 4 went to the demonstration pool
         assert r["metrics"]["accuracy"] == r["counts"]["correct"] / r["n"]
-        assert 0 <= r["metrics"]["macro_f1"] <= 1
+        assert r["metrics"]["macro_f1"] == pytest.approx(macro_f1_by_hand(r["predictions"]), abs=1e-12)
+        labels = {"negative": "0", "positive": "1"}  # loglikelihood: the prediction is the best-scored label
+        assert all(p["predicted"] == labels[max(p["scores"], key=p["scores"].get)] for p in r["predictions"])
         assert all(p["shots_shown"] == r["shots"] for p in r["predictions"])
         assert all(set(p["scores"]) == {"negative", "positive"} for p in r["predictions"])
     assert (out / "shots.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

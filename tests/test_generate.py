@@ -209,33 +209,16 @@ def test_a_prompt_alone_decodes_as_in_the_batch(case):
     assert alone[0].token_ids == batch[1]
 
 
-# ---- text: tokenizer-backed models ---------------------------------------------------------------
-CORPUS = [
-    "The cat ate the cake. The dog ate the donut. A banana is yellow.",
-    "Emoji: 😀 🎉 🚀 and 中文字符 日本語 테스트 mixed with plain words.",
-    "def f(x):\n    return x + 1\n",
-] * 20
+# ---- text: tokenizer-backed models (tiny_tokenizer and tiny_checkpoint come from conftest.py) ----------
+@pytest.fixture(scope="module")
+def bpe(tiny_tokenizer):
+    return tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
-def bpe():
-    from llmkit.data.tokenizer_train import train_tokenizer
-
-    return train_tokenizer(CORPUS, "bpe", vocab_size=300)
-
-
-@pytest.fixture(scope="module")
-def gpt_dir(tmp_path_factory, bpe) -> Path:
+def gpt_dir(tiny_checkpoint) -> Path:
     """A tiny GPT-2 with a byte-level BPE tokenizer, saved as a checkpoint directory."""
-    torch.manual_seed(0)
-    cfg = ModelConfig.from_name(
-        "tiny-gpt-1m", vocab_size=bpe.vocab_size, d_model=32, n_layer=2, n_head=4, max_seq_len=64,
-        bos_token_id=bpe.bos_token_id, eos_token_id=bpe.eos_token_id, pad_token_id=bpe.pad_token_id,
-    )  # fmt: skip
-    model = randomize(build_model(cfg))
-    out = tmp_path_factory.mktemp("gpt") / "ckpt"
-    checkpoint.save(model, out, tokenizer=bpe, generation_config=GenerationConfig.for_model(cfg))
-    return out
+    return tiny_checkpoint("tiny-gpt-1m", window=64)
 
 
 @pytest.fixture(scope="module")
@@ -412,10 +395,10 @@ def test_explain_records_every_drawn_token(gpt):
 
 # ---- fill-mask ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory) -> Path:
+def bert_dir(tmp_path_factory, tiny_corpus) -> Path:
     from llmkit.data.tokenizer_train import train_tokenizer
 
-    tok = train_tokenizer(CORPUS, "wordpiece", vocab_size=200)
+    tok = train_tokenizer(tiny_corpus, "wordpiece", vocab_size=200)
     torch.manual_seed(0)
     cfg = ModelConfig.from_name("tiny-bert-1m", vocab_size=tok.vocab_size, d_model=32, n_layer=2, n_head=4)
     out = tmp_path_factory.mktemp("bert") / "ckpt"
@@ -547,10 +530,10 @@ def test_beam_search_text_stops_at_a_stop_string(gpt):
     assert cut.finish_reason == "stop" and cut.text == free.text[: free.text.index(stop)]
 
 
-def test_encoder_decoder_text_generation(tmp_path):
+def test_encoder_decoder_text_generation(tmp_path, tiny_corpus):
     from llmkit.data.tokenizer_train import train_tokenizer
 
-    tok = train_tokenizer(CORPUS, "unigram", vocab_size=200, n_sentinels=4)
+    tok = train_tokenizer(tiny_corpus, "unigram", vocab_size=200, n_sentinels=4)
     torch.manual_seed(0)
     ids = dict(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     cfg = ModelConfig.from_name(

@@ -105,3 +105,18 @@ def test_quantize_writes_its_card_with_the_weight_error_and_keeps_the_base_card(
     assert "Freshly initialized with random weights (seed 0)" in text.split("## Card of the base checkpoint")[1]
     kept = text.split("## Card of the base checkpoint")[1]
     assert base.count("\n## ") == kept.count("\n#### ") == 4 and text.count(model_card.SIGNATURE) == 1
+
+
+def test_inspect_shows_the_card_after_the_figures_and_in_json(tmp_path, capsys):
+    assert main(["init", "tiny-gpt-1m", str(tmp_path / "m"), "--model.n_layer", "1"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    figures, card = out.split("\nmodel card (README.md):\n\n")
+    assert "weights memory:" in figures and card.startswith("# tiny-gpt-1m\n\nFreshly initialized")
+    assert card.rstrip() == model_card.body((tmp_path / "m" / "README.md").read_text()).rstrip()
+    assert main(["inspect", str(tmp_path / "m"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model_card"] == (tmp_path / "m" / "README.md").read_text()
+    (tmp_path / "m" / "README.md").unlink()
+    assert main(["inspect", str(tmp_path / "m")]) == 0
+    assert "model card: none (README.md is missing from the checkpoint)" in capsys.readouterr().out

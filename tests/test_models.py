@@ -18,7 +18,8 @@ FAMILIES = {
     "gpt": ModelConfig.from_name("tiny-gpt-1m", **TINY),
     "llama-gqa": ModelConfig.from_name("tiny-llama-10m", **TINY, n_kv_head=2, d_ff=48),
     "bert": ModelConfig.from_name("tiny-bert-1m", **TINY),
-    "t5": ModelConfig.from_name("tiny-t5-1m", **TINY, head_dim=8, d_ff=48),
+    # a decoder one layer deeper than the encoder, so per-stack counts cannot pass for each other
+    "t5": ModelConfig.from_name("tiny-t5-1m", **TINY, head_dim=8, d_ff=48, n_decoder_layer=3),
     "sinusoidal": ModelConfig.from_name("tiny-gpt-1m", **TINY, pos="sinusoidal"),
 }
 
@@ -27,6 +28,17 @@ def _forward(model, ids, mask=None, **kw):
     if model.config.family == "encoder_decoder":
         return model(ids, attention_mask=mask, decoder_input_ids=ids[:, :5], **kw)
     return model(ids, attention_mask=mask, **kw)
+
+
+def _padded_batch(family: str, length: int, row: int, real: int):
+    """A seeded model of ``family`` (eval mode) and two rows of ``length`` random ids, row ``row`` padded
+    on the right after its first ``real`` tokens: (model, ids, attention mask)."""
+    torch.manual_seed(0)
+    model = build_model(FAMILIES[family]).eval()
+    ids = torch.randint(3, 97, (2, length))
+    mask = torch.ones_like(ids)
+    mask[row, real:] = 0
+    return model, ids, mask
 
 
 # Published parameter counts (model cards / papers); ours must be within 1%.
@@ -114,11 +126,7 @@ def test_t5_relative_buckets_by_hand():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_padded_rows_equal_unpadded(family):
     """A row padded on the right gives the same outputs on its real tokens as the row alone."""
-    torch.manual_seed(0)
-    model = build_model(FAMILIES[family]).eval()
-    ids = torch.randint(3, 97, (2, 12))
-    mask = torch.ones_like(ids)
-    mask[1, 7:] = 0
+    model, ids, mask = _padded_batch(family, length=12, row=1, real=7)
     with torch.no_grad():
         batch = _forward(model, ids, mask).logits
         alone = _forward(model, ids[1:, :7], mask[1:, :7]).logits
@@ -131,17 +139,18 @@ def test_padded_rows_equal_unpadded(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fast_attention_equals_reference_path(family):
     """SDPA (default) and the explicit softmax path that returns weights agree; weights are distributions."""
-    torch.manual_seed(0)
-    model = build_model(FAMILIES[family]).eval()
-    ids = torch.randint(3, 97, (2, 10))
-    mask = torch.ones_like(ids)
-    mask[0, 6:] = 0
+    model, ids, mask = _padded_batch(family, length=10, row=0, real=6)
     with torch.no_grad():
         fast = _forward(model, ids, mask)
         ref = _forward(model, ids, mask, output_attentions=True)
     torch.testing.assert_close(fast.logits, ref.logits, atol=1e-5, rtol=0)
     assert fast.attentions is None
-    assert len(ref.attentions) == model.config.n_layer if family != "t5" else model.config.n_decoder_layer
+    cfg = model.config
+    if family == "t5":  # self-attention maps are the decoder's; the encoder's and the cross-attention's apart
+        assert len(ref.attentions) == cfg.n_decoder_layer
+        assert len(ref.encoder_attentions) == cfg.n_layer and len(ref.cross_attentions) == cfg.n_decoder_layer
+    else:
+        assert len(ref.attentions) == cfg.n_layer
     for weights in ref.attentions:
         assert weights.shape[:2] == (2, model.config.n_head)
         torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]), atol=1e-5, rtol=0)

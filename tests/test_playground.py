@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from serve_utils import LiveServer, tiny_checkpoint
+from serve_utils import LiveServer
 
 from llmkit import checkpoint
 from llmkit.inference import generate
@@ -25,11 +25,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(request):
     if CHROMIUM is None:
         pytest.skip("no chromium on PATH: apt-get install -y chromium (as .ci/run does)")
     pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
-    model = checkpoint.load(tiny_checkpoint(tmp_path_factory.mktemp("playground") / "tiny", window=128))
+    tiny_checkpoint = request.getfixturevalue("tiny_checkpoint")  # conftest's, built only when the browser runs
+    model = checkpoint.load(tiny_checkpoint("tiny-gpt-1m", window=128))
     live = LiveServer(create_app(model, ServeSettings(name="tiny", api_key=KEY, max_batch=4)))
     yield model, live
     live.close()

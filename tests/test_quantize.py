@@ -244,7 +244,19 @@ def test_quantize_checkpoint_report_and_generation(source, tmp_path):
     report = quantize_checkpoint(source, tmp_path / "q4", QuantSpec("int4"))
     assert report.spec.group_size == 64
     assert report.out_bytes < 0.2 * report.source_bytes and report.ratio == report.out_bytes / report.source_bytes
-    assert 0 < report.max_error < 0.2
+    # the error the report states, recomputed from the files: each stored int4 matrix dequantized against
+    # the source's float weight, ||W - dq(q(W))|| / ||W||, the worst of them
+    before = checkpoint.read_weights(source / checkpoint.WEIGHTS)
+    after = checkpoint.read_weights(tmp_path / "q4" / checkpoint.WEIGHTS)
+    errors = {}
+    for key in (k for k in after if k.endswith(".qweight")):
+        name = key.removesuffix(".qweight")
+        w = before[f"{name}.weight"].double()
+        dq = qt.dequantize_int4(after[key], after[f"{name}.scales"], w.shape[1], 64).double()
+        errors[f"{name}.weight"] = float((w - dq).norm() / w.norm())
+    assert report.tensors == len(errors) and report.weights == sum(before[n].numel() for n in errors)
+    assert report.max_error_at == max(errors, key=errors.get)
+    assert report.max_error == pytest.approx(errors[report.max_error_at], rel=1e-9)
     model = llmkit.load(tmp_path / "q4")
     assert model.tokenizer is not None and model.generation_config is not None
     fast = llmkit.generate(model, "the cat", max_new_tokens=8)[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_utils import LiveServer, tiny_checkpoint
+from serve_utils import LiveServer
 
 from llmkit import checkpoint
 from llmkit.inference import generate
@@ -31,8 +31,8 @@ MAX_BODY = 16 * 1024
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny", window=WINDOW)
+def model_dir(tiny_checkpoint) -> Path:
+    return tiny_checkpoint("tiny-gpt-1m", window=WINDOW)
 
 
 @pytest.fixture(scope="module")

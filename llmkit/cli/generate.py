@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -95,16 +94,6 @@ def _add_device_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace):
-    import torch
-
-    from llmkit import checkpoint
-
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.dtype]
-    return checkpoint.load(args.model, device=device, dtype=dtype)
-
-
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out = {name: getattr(args, name) for name in _SETTINGS if getattr(args, name) is not None}
     if args.stop:
@@ -120,55 +109,21 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _prompts(args: argparse.Namespace) -> list[str]:
-    from llmkit.errors import LlmkitError
-
-    if (args.prompt is None) == (args.file is None):
-        raise LlmkitError("give a PROMPT or --file, not both or neither", 'e.g. llmkit generate MODEL "Once upon a"')
-    if args.file is None:
-        return [args.prompt]
-    if not args.file.is_file():
-        raise LlmkitError(f"{args.file}: file not found", "pass a JSONL file of prompts")
-    prompts = []
-    for n, line in enumerate(args.file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise LlmkitError(
-                f"{args.file}:{n}: not valid JSON ({err.msg})", 'write "text" or {"prompt": "text"}'
-            ) from None
-        prompt = item.get("prompt") if isinstance(item, dict) else item
-        if not isinstance(prompt, str):
-            raise LlmkitError(f"{args.file}:{n}: no prompt string", 'write "text" or {"prompt": "text"}')
-        prompts.append(prompt)
-    if not prompts:
-        raise LlmkitError(f"{args.file}: no prompts", "write one prompt per line")
-    return prompts
-
-
 def run(args: argparse.Namespace) -> None:
     from llmkit.errors import LlmkitError
-    from llmkit.inference import explain, generate, stream
+    from llmkit.inference import generate, stream
+    from llmkit.inference.loading import load_model
+    from llmkit.inference.prompt_file import choose_prompts
+    from llmkit.inference.report import completion_lines
 
-    prompts = _prompts(args)
-    temperatures = _plot_temperatures(args)
-    model = _load(args)
+    prompts = choose_prompts(args.prompt, args.file)
+    plot = _plot_request(args)  # checked before the model loads
+    model = load_model(args.model, args.device, args.dtype)
     overrides = _overrides(args)
     if args.explain:
         if len(prompts) != 1:
             raise LlmkitError("--explain takes one prompt", "drop --file or --explain")
-        scores: dict[int, Any] = {}
-
-        def keep_scores(t: int, step_scores, tokens) -> None:  # the whole distribution at the plotted position
-            if t == args.plot_position:
-                scores[t] = step_scores[0].float().clone()  # (V,)
-
-        result = explain(model, prompts[0], top=args.top, observer=keep_scores if args.plot else None, **overrides)
-        print(result.to_json() if args.json else result.table() + f"\n\ncompletion: {result.completion!r}")
-        if args.plot:
-            _plot_distribution(args, model, result, scores.get(args.plot_position), temperatures)
+        _explain(args, model, prompts[0], plot, overrides)
         return
     if args.stream:
         s = stream(model, prompts, **overrides)
@@ -180,86 +135,35 @@ def run(args: argparse.Namespace) -> None:
             print(piece.text, end="", flush=True)
         print()
         return
-    completions = generate(model, prompts, **overrides)
-    for c in completions:
-        text = (c.prompt or "") + c.text if args.echo else c.text
-        if args.json:
-            record = {"index": c.index, "prompt_index": c.prompt_index, "prompt": c.prompt, "completion": c.text,
-                      "token_ids": c.token_ids, "finish_reason": c.finish_reason}  # fmt: skip
-            if args.echo:
-                record["text"] = text
-            print(json.dumps(record, ensure_ascii=False))
-        else:
-            if len(completions) > 1:
-                print(f"=== prompt {c.prompt_index}, sequence {c.index} ({c.finish_reason}) ===")
-            print(text)
+    for line in completion_lines(generate(model, prompts, **overrides), args.echo, args.json):
+        print(line)
     sys.stdout.flush()
 
 
-def _plot_temperatures(args: argparse.Namespace) -> list[float]:
-    """--plot checks, done before the model loads: its temperatures, position and size."""
-    from llmkit.errors import LlmkitError
-
+def _plot_request(args: argparse.Namespace):
     if args.plot is None:
-        return []
-    if not args.explain:
-        raise LlmkitError("--plot draws the distribution --explain computes", "add --explain")
-    if args.plot.suffix.lower() != ".png":
-        raise LlmkitError(f"--plot {args.plot}: pictures are written as PNG", "give a file name ending in .png")
-    if args.plot_position < 0 or args.plot_top < 1:
-        raise LlmkitError("--plot-position must be >= 0 and --plot-top >= 1", "e.g. --plot-position 0 --plot-top 10")
-    try:
-        temperatures = [float(t) for t in args.plot_temperatures.split(",") if t.strip()]
-    except ValueError:
-        raise LlmkitError(f"--plot-temperatures {args.plot_temperatures!r} is not a list of numbers",
-                          "e.g. --plot-temperatures 0.5,1.0,1.5") from None  # fmt: skip
-    if not temperatures or any(t <= 0 for t in temperatures):
-        raise LlmkitError("--plot-temperatures needs numbers above 0", "e.g. --plot-temperatures 0.5,1.0,1.5")
-    return temperatures
+        return None
+    from llmkit.viz.next_token import plot_request
+
+    return plot_request(args.plot, args.plot_position, args.plot_top, args.plot_temperatures, args.explain)
 
 
-def _plot_distribution(args: argparse.Namespace, model, result, scores, temperatures: list[float]) -> None:
-    """Bar charts of softmax(scores / T) at --plot-position, one panel per temperature, written as a PNG."""
-    from llmkit.cli._viz import model_name
-    from llmkit.errors import LlmkitError
-    from llmkit.inference.explain import token_text
-    from llmkit.viz.distribution import Filters, draw_distribution, temperature_panels
-    from llmkit.viz.style import save_png
-    from llmkit.viz.tokens import visible
+def _explain(args: argparse.Namespace, model, prompt: str, plot, overrides: dict[str, Any]) -> None:
+    """The explanation (table or JSON), then with --plot the distribution at --plot-position."""
+    from llmkit.viz.next_token import explain_with_scores, plot_next_token
 
-    position = args.plot_position
-    if scores is None:
-        raise LlmkitError(
-            f"--plot-position {position}: the completion has {len(result.steps)} tokens (positions 0-"
-            f"{len(result.steps) - 1})",
-            "choose a smaller --plot-position or raise --max-new-tokens",
-        )
-    settings = result.settings
-    filters = Filters(settings["top_k"], settings["top_p"], settings["min_p"])
-    panels = temperature_panels(
-        scores, temperatures, lambda i: visible(token_text(model.tokenizer, i)), args.plot_top, filters
-    )
-    # the text the model had read when it scored this position: the prompt and the tokens drawn before it
-    before = model.tokenizer.decode([s.drawn_id for s in result.steps[:position]]) if model.tokenizer else ""
-    context = ((result.prompt or "") + before).replace("\n", "↵")
-    context = context if len(context) <= 40 else "…" + context[-39:]  # its end is what matters here
-    title = f"{model_name(args.model)}: next-token probabilities at position {position}, after “{context}”"
-    sampling = settings["temperature"] if settings["do_sample"] else None
-    path = save_png(draw_distribution(panels, title, filters, sampling), args.plot)
-    print(f"wrote {path}: position {position}, temperatures {', '.join(f'{t:g}' for t in temperatures)}")
+    result, scores = explain_with_scores(model, prompt, args.top, plot.position if plot else None, **overrides)
+    print(result.to_json() if args.json else result.table() + f"\n\ncompletion: {result.completion!r}")
+    if plot:
+        from llmkit.cli._viz import model_name
+
+        print(plot_next_token(model, result, scores, plot, model_name(args.model)))
 
 
 def run_fill_mask(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
-
     from llmkit.inference import fill_mask
+    from llmkit.inference.loading import load_model
+    from llmkit.inference.report import fill_mask_text
 
-    fills = fill_mask(_load(args), args.text, top_k=args.top_k)
-    if args.json:
-        print(json.dumps([[asdict(c) for c in row] for row in fills], indent=2, ensure_ascii=False))
-        return
-    for m, row in enumerate(fills):
-        if len(fills) > 1:
-            print(f"mask {m}:")
-        for c in row:
-            print(f"  {c.score:8.4f}  {json.dumps(c.token, ensure_ascii=False):<16} {c.sequence}")
+    fills = fill_mask(load_model(args.model, args.device, args.dtype), args.text, top_k=args.top_k)
+    print(fill_mask_text(fills, args.json))

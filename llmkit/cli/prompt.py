@@ -109,120 +109,43 @@ def _add_task_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _task(args: argparse.Namespace):
-    from dataclasses import replace
+    from llmkit.evaluate.preview import task_with_overrides
 
-    from llmkit.evaluate.tasks import load_task
-
-    task = load_task(args.task, data=args.data, examples=args.examples)
-    changes = {k: v for k, v in (("selection", args.selection), ("seed", args.seed)) if v is not None}
-    return replace(task, **changes)
+    return task_with_overrides(args.task, args.data, args.examples, args.selection, args.seed)
 
 
 def run_prompt(args: argparse.Namespace) -> None:
     from llmkit.errors import LlmkitError
-    from llmkit.evaluate.readers import load_data
-    from llmkit.evaluate.tasks import answer_reserve, item_prompt
-    from llmkit.prompts import continuation
+    from llmkit.evaluate.preview import preview_prompt
 
-    if args.shots < 0:
+    if args.shots < 0:  # a flag check, before the task file is read
         raise LlmkitError(f"--shots {args.shots} must be >= 0", "use 0 for zero-shot")
-    task = _task(args)
-    data = load_data(task)
-    item = None
-    if args.input is None:
-        by_index = {item.index: item for item in data.items}
-        index = data.items[0].index if args.index is None else args.index
-        if index not in by_index:
-            raise LlmkitError(
-                f"--index {index} is not an evaluated item (a demonstration, or past the end)",
-                "take an index from results.json",
-            )
-        item = by_index[index]
-    text = args.input if item is None else item.input
-    tokenizer, window, reserve = None, None, 0
-    if args.model:
-        from llmkit import checkpoint
-
-        cfg = checkpoint.load_config(args.model)
-        tokenizer = checkpoint.load_tokenizer(Path(args.model), cfg)
-        if tokenizer is None:
-            raise LlmkitError(f"{args.model} has no tokenizer.json", "count tokens with a checkpoint that has one")
-        window = cfg.max_seq_len
-        method = "generate" if task.kind == "generation" else (args.method or task.method)
-        reserve = answer_reserve(cfg, tokenizer, task, method)
-    prompt = item_prompt(task, data.pool, item.index if item else 0, text, args.shots, tokenizer, window, reserve)
-    print(prompt.text)
-    print("-" * 40)
-    if args.model:
-        print(prompt.summary())
-    else:
-        print(f"{len(prompt.examples)}-shot prompt, {len(prompt.text)} characters (tokens need --model)")
-    if task.kind == "classification":
-        print("scored continuations: " + " | ".join(repr(continuation(task.prompt, w)) for w in task.label_words))
-    if item is not None and item.label is not None:
-        print(f"answer: {continuation(task.prompt, task.labels[item.label])!r} (label {item.label})")
-    elif item is not None:
-        print(
-            f"reference: {item.references[0]!r}"
-            + (f" (+{len(item.references) - 1} more)" if len(item.references) > 1 else "")
-        )
+    preview = preview_prompt(_task(args), args.shots, args.input, args.index, args.model, args.method)
+    print(preview.render())
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    import torch
-
-    from llmkit import checkpoint
     from llmkit.cli._options import require_positive
     from llmkit.errors import LlmkitError
+    from llmkit.evaluate import checkpoint_eval as ev
+    from llmkit.evaluate.report import table
 
     if (args.task is None) == (args.perplexity is None):
         raise LlmkitError("give a TASK or --perplexity FILE, not both or neither", "e.g. llmkit eval MODEL sst2")
     require_positive("--batch-size", args.batch_size)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.dtype]
+    progress = not args.no_progress
     if args.perplexity is not None:
-        model = checkpoint.load(args.model, device=device, dtype=dtype)
-        _perplexity(model, args)
+        result = ev.checkpoint_perplexity(
+            args.model, args.perplexity, args.stride, args.batch_size, progress, args.device, args.dtype
+        )
+        print(ev.perplexity_line(result, args.perplexity))
         return
-    shots = _shots(args.shots)
+    shots = ev.parse_shots(args.shots)
     task = _task(args)
-    from llmkit.evaluate.evaluator import evaluate_task
-    from llmkit.evaluate.readers import load_data
-    from llmkit.evaluate.report import plot, table, write_json
-
-    data = load_data(task, limit=require_positive("--limit", args.limit) if args.limit is not None else None)
-    model = checkpoint.load(args.model, device=device, dtype=dtype)
-    name = Path(args.model).resolve().name
-    report = evaluate_task(model, task, data, shots, args.method, args.batch_size, not args.no_progress, name)
-    out = args.out or Path("runs") / "eval" / f"{task.name}-{name}"
-    out.mkdir(parents=True, exist_ok=True)
-    print(table(report))
-    print(f"wrote {write_json(report, out / 'results.json')} and {plot(report, out / 'shots.png')}")
-
-
-def _shots(text: str) -> list[int]:
-    from llmkit.errors import LlmkitError
-
-    try:
-        shots = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise LlmkitError(f"--shots {text!r} is not a comma-separated list of integers", "e.g. --shots 0,1,5") from None
-    if not shots or min(shots) < 0 or len(set(shots)) != len(shots):
-        raise LlmkitError(f"--shots {text!r} needs distinct counts >= 0", "e.g. --shots 0,1,5")
-    return shots
-
-
-def _perplexity(model, args: argparse.Namespace) -> None:
-    from llmkit.errors import LlmkitError
-    from llmkit.evaluate.perplexity import perplexity
-
-    if not args.perplexity.is_file():
-        raise LlmkitError(f"{args.perplexity}: file not found", "pass a UTF-8 text file")
-    if model.tokenizer is None:
-        raise LlmkitError(f"{args.model} has no tokenizer", "save one beside it (tokenizer.json)")
-    ids = model.tokenizer.encode(args.perplexity.read_text(encoding="utf-8"))
-    result = perplexity(model, ids, args.stride, args.batch_size, not args.no_progress)
-    print(
-        f"perplexity {result.perplexity:.3f} (mean NLL {result.nll:.4f} nats/token) over {result.tokens:,} tokens "
-        f"of {args.perplexity}: {result.windows} windows of {result.window}, stride {result.stride}"
+    limit = require_positive("--limit", args.limit) if args.limit is not None else None
+    report = ev.evaluate_checkpoint(
+        args.model, task, shots, limit, args.method, args.batch_size, progress, args.device, args.dtype
     )
+    print(table(report))
+    results, picture = ev.save_report(report, args.out or ev.default_out(task, args.model))
+    print(f"wrote {results} and {picture}")
