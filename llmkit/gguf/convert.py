@@ -67,7 +67,7 @@ def _state_dict(f: GGUFFile, cfg: ModelConfig, progress: bool) -> dict[str, torc
     for mine, theirs in tqdm(wanted.items(), desc="dequantizing", unit="tensor", disable=not progress):
         if theirs not in f.tensors:
             raise LlmkitError(f"{f.path}: missing tensor '{theirs}'", "the file is incomplete or corrupt")
-        out[mine] = layout.to_llmkit(mine, f.tensor(theirs), cfg, f.architecture)
+        out[mine] = layout.tensor_from_gguf(mine, f.tensor(theirs), cfg, f.architecture)
     return out
 
 
@@ -163,7 +163,7 @@ def _write(
     for key, value in meta.items():
         _add(writer, key, value)
     for mine, theirs in layout.names(cfg).items():
-        data = layout.to_gguf(mine, tensors[mine].float(), cfg, arch).contiguous().numpy()
+        data = layout.tensor_to_gguf(mine, tensors[mine].float(), cfg, arch).contiguous().numpy()
         kind = _tensor_type(data, qtype)
         writer.add_tensor(theirs, gguf.quants.quantize(data, kind), raw_dtype=kind)
     writer.write_header_to_file()

