@@ -57,8 +57,13 @@ def read_gguf(src: str | os.PathLike, progress: bool = False) -> tuple[torch.nn.
 def _state_dict(f: GGUFFile, cfg: ModelConfig, progress: bool) -> dict[str, torch.Tensor]:
     """Every tensor the config needs, dequantized and in llmkit's layout; leftovers are an error."""
     wanted = layout.names(cfg)
-    leftover = sorted(set(f.tensors) - set(wanted.values()) - {"rope_freqs.weight"})
-    if leftover:  # rope_freqs is a cached table of default RoPE frequencies some files carry
+    if "rope_freqs.weight" in f.tensors:  # per-frequency factors: Llama 3.1's scaled RoPE
+        raise LlmkitError(
+            f"{f.path}: RoPE frequency factors (rope_freqs.weight) are unsupported",
+            "llmkit implements plain RoPE; Llama 3.1-style scaled RoPE files cannot be converted",
+        )
+    leftover = sorted(set(f.tensors) - set(wanted.values()))
+    if leftover:
         raise LlmkitError(
             f"{f.path}: unexpected tensor '{leftover[0]}' ({len(leftover)} unexpected)",
             f"llmkit reads {', '.join(layout.ARCHITECTURES)} without extra layers; the metadata and tensors disagree",
