@@ -213,6 +213,8 @@ def test_f32_round_trip_is_exact(exported, tmp_path):
     first, second = generate(a, prompt, max_new_tokens=24), generate(b, prompt, max_new_tokens=24)
     assert first[0].token_ids == second[0].token_ids and len(first[0].token_ids) > 0
     assert json.loads((back / "tokenizer_config.json").read_text())["chat_template"] == "{{ messages[0]['content'] }}"
+    card = (back / "README.md").read_text()
+    assert "llmkit convert --from-gguf" in card and "F32 x" in card and "quantization error" in card
 
 
 def test_cli_round_trip(exported, tmp_path, capsys):
@@ -441,5 +443,6 @@ def test_real_smollm2_converts(smollm, tmp_path):
     config = json.loads((out / "tokenizer_config.json").read_text())
     assert "<|im_start|>" in config["chat_template"] and config["eos_token"] == "<|im_end|>"
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [2]
+    assert 'license: "apache-2.0"' in (out / "README.md").read_text()  # general.license of the file
     weights = checkpoint.read_weights(out / "model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}

@@ -24,6 +24,7 @@ from llmkit.errors import LlmkitError
 from llmkit.files import _umask
 from llmkit.gguf import layout, vocab
 from llmkit.gguf.reader import GGUFFile, open_gguf
+from llmkit.model_card import ModelCard
 from llmkit.models import build_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -35,10 +36,12 @@ __all__ = ["from_gguf", "to_gguf", "read_gguf", "EXPORT_TYPES", "DTYPES"]
 
 
 # ---- GGUF -> llmkit -----------------------------------------------------------------------------
-def read_gguf(src: str | os.PathLike, progress: bool = False) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+def read_gguf(
+    src: str | os.PathLike | GGUFFile, progress: bool = False
+) -> tuple[torch.nn.Module, dict[str, Any] | None]:
     """Build the model a GGUF file holds (fp32, eval mode, ``.tokenizer`` and ``.generation_config``
     attached) and return it with its tokenizer_config.json entries (None without a tokenizer)."""
-    f = open_gguf(src)
+    f = src if isinstance(src, GGUFFile) else open_gguf(src)
     source = str(f.path)
     layout.check_architecture(f.architecture, source)
     if "token_embd.weight" not in f.tensors:
@@ -81,17 +84,44 @@ def _generation_config(meta: dict[str, Any], cfg: ModelConfig) -> GenerationConf
     return GenerationConfig.for_model(cfg).replace(eos_token_id=list(dict.fromkeys(stops)))
 
 
-def from_gguf(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp32", progress: bool = False) -> Path:
-    """Convert a GGUF file (llama / qwen2) into an llmkit checkpoint directory, weights in ``dtype``."""
+def from_gguf(
+    src: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp32", progress: bool = False,
+    card: ModelCard | None = None,
+) -> Path:  # fmt: skip
+    """Convert a GGUF file (llama / qwen2) into an llmkit checkpoint directory, weights in ``dtype``.
+
+    ``card`` (e.g. from ``llmkit models get``) replaces the model card built from the file's metadata.
+    """
     if dtype not in DTYPES:
         raise LlmkitError(f"dtype '{dtype}' is not valid", f"choose one of: {', '.join(DTYPES)}")
-    model, tok_config = read_gguf(src, progress)
+    f = open_gguf(src)
+    model, tok_config = read_gguf(f, progress)
     model.to(DTYPES[dtype])
     extra = {}
     if model.tokenizer is not None:  # roles as Tokenizer.save writes them, plus what the GGUF adds
         roles = {f"{role}_token": token for role, token in model.tokenizer.special_tokens.items()}
         extra["tokenizer_config.json"] = {**roles, "tokenizer_class": "PreTrainedTokenizerFast", **tok_config}
-    return checkpoint.save(model, out, extra_files=extra)
+    return checkpoint.save(model, out, extra_files=extra, card=card or converted_card(f, dtype))
+
+
+def converted_card(f: GGUFFile, dtype: str, base_model: str | None = None, license_: str | None = None) -> ModelCard:
+    """The card of a converted GGUF: where it came from, and that its weights carry the file's quantization."""
+    meta = f.metadata
+    types = ", ".join(f"{name} x{n}" for name, n in sorted(f.type_counts().items(), key=lambda kv: -kv[1]))
+    name = str(meta.get("general.name") or f.path.stem)
+    return ModelCard(
+        how_made=f"Converted by `llmkit convert --from-gguf` from `{f.path.name}` (GGUF, architecture "
+        f"{f.architecture}; tensor types {types}): weights dequantized and stored as {dtype}.",
+        name=name,
+        base_model=base_model or str(meta.get("general.basename") or name),
+        license=license_ or meta.get("general.license"),
+        intended_use="As the source model's own card says; the GGUF file carries no card of its own.",
+        limitations=[
+            "The weights hold the GGUF file's quantization error (4-5 bits per weight for Q4/Q5 types): they "
+            "are what llama.cpp and transformers compute from the file, not the original checkpoint's weights.",
+            "llmkit did not train this model: its training data, biases and limits are the source's.",
+        ],
+    )
 
 
 # ---- llmkit -> GGUF -----------------------------------------------------------------------------

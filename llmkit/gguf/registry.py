@@ -165,13 +165,16 @@ def installed(model: KnownModel, directory: Path | None = None) -> bool:
 def get(name: str, out: Path | None = None, dtype: str = "bf16", install_missing: bool = True) -> Path:
     """Install the pinned packages if needed, check the GGUF's SHA-256, convert it to ``out``
     (default models/NAME) in ``dtype``; a joined multi-part file is removed after conversion."""
-    from llmkit.gguf.convert import from_gguf  # torch: only when converting
+    from llmkit.gguf.convert import converted_card, from_gguf  # torch: only when converting
+    from llmkit.gguf.reader import open_gguf
 
     model = known(name)
     out = out or models_dir() / model.name
     path = gguf_file(model, out.parent, install_missing)
     try:
-        return from_gguf(path, out, dtype=dtype, progress=True)
+        card = converted_card(open_gguf(path), dtype, base_model=model.origin, license_=model.license)
+        card.how_made += f" The file came from the PyPI packages {', '.join(model.packages)} (SHA-256 {model.sha256})."
+        return from_gguf(path, out, dtype=dtype, progress=True, card=card)
     finally:
         if len(model.parts) > 1:
             path.unlink(missing_ok=True)
