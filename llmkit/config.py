@@ -47,6 +47,7 @@ class ModelConfig:
     mlp: str = "standard"  # standard: down(act(up x)) | gated: down(act(gate x) * up x)
     activation: str = "gelu_tanh"  # gelu (erf) | gelu_tanh | relu | silu
     bias: bool = True  # biases on linear layers (and LayerNorm)
+    qkv_bias: bool = False  # biases on the q/k/v projections only (Qwen2); implied by bias
     tie_embeddings: bool = True  # lm head shares the token embedding matrix
     scale_attn: bool = True  # divide scores by sqrt(head_dim); T5 folds that into its init
     scale_decoder_output: bool = False  # T5 v1.0: hidden * d_model**-0.5 before the tied head

@@ -38,6 +38,7 @@ LAYERS = {
     "llmkit.checkpoint": 2,
     "llmkit.quantize_checkpoint": 2,
     "llmkit.hf": 2,
+    "llmkit.gguf": 2,
     "llmkit.summary": 2,
     "llmkit.train": 3,
     "llmkit.evaluate": 3,

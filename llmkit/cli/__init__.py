@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "tokenizer",
     "data",
     "convert",
+    "models",
     "inspect",
     "init",
     "pretrain",

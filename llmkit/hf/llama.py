@@ -45,6 +45,7 @@ class LlamaConverter:
             and cfg.mlp == "gated"
             and cfg.activation == "silu"
             and not cfg.bias
+            and not cfg.qkv_bias  # Qwen2's q/k/v biases have no place in LlamaForCausalLM
             and cfg.scale_attn
             and not cfg.type_vocab_size
             and not cfg.scale_decoder_output

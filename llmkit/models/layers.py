@@ -171,9 +171,10 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         inner, kv_inner = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
-        self.q = nn.Linear(cfg.d_model, inner, bias=cfg.bias)
-        self.k = nn.Linear(cfg.d_model, kv_inner, bias=cfg.bias)
-        self.v = nn.Linear(cfg.d_model, kv_inner, bias=cfg.bias)
+        qkv_bias = cfg.bias or cfg.qkv_bias  # Qwen2: biases on q/k/v, none on o or the MLP
+        self.q = nn.Linear(cfg.d_model, inner, bias=qkv_bias)
+        self.k = nn.Linear(cfg.d_model, kv_inner, bias=qkv_bias)
+        self.v = nn.Linear(cfg.d_model, kv_inner, bias=qkv_bias)
         self.o = nn.Linear(inner, cfg.d_model, bias=cfg.bias)
         self.scale = cfg.head_dim**-0.5 if cfg.scale_attn else 1.0  # T5: no scaling, init folds it in
         self.dropout = cfg.dropout

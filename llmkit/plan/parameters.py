@@ -24,7 +24,8 @@ def _norm(cfg: ModelConfig) -> int:
 def _attention(cfg: ModelConfig) -> int:
     """q and o are (n_head * head_dim) wide, k and v (n_kv_head * head_dim): grouped-query attention."""
     d, q, kv = cfg.d_model, cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
-    return _linear(d, q, cfg.bias) + 2 * _linear(d, kv, cfg.bias) + _linear(q, d, cfg.bias)
+    qkv_bias = cfg.bias or cfg.qkv_bias
+    return _linear(d, q, qkv_bias) + 2 * _linear(d, kv, qkv_bias) + _linear(q, d, cfg.bias)
 
 
 def _mlp(cfg: ModelConfig) -> int:
