@@ -38,8 +38,9 @@ CGROUP_V1 = Path("/sys/fs/cgroup/cpu")  # cpu.cfs_quota_us and cpu.cfs_period_us
 SYS_CPU = Path("/sys/devices/system/cpu")
 SAMPLE_SECONDS = 0.1  # /proc/stat counts in 10 ms ticks: 0.1 s resolves a tenth of a core
 # A core counts as taken when others kept it busy at least this share of the sample. A busy loop
-# reads 0.9-1.0 and an idle machine 0.0-0.2 (docs/benchmarks.md); half a core taken already
-# stalls a thread that needs it at every barrier.
+# holds a whole core (1.0), and half a core taken already stalls, at every barrier, the thread that
+# needs it. A judgment, not a fit: the shared machine of docs/benchmarks.md never went idle enough
+# to calibrate it.
 BUSY_THRESHOLD = 0.5
 WAIT_POLICY = "PASSIVE"  # see the module docstring; measured in docs/benchmarks.md, "Threads"
 
