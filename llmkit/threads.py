@@ -199,7 +199,7 @@ def decide(
             return Threads(parse_count(value, source), source, f"set by {source}", wait_policy=wait)
     if not policy_on:
         return Threads(None, "off", f"{ENV_POLICY}=off")
-    if torch_loaded if torch_loaded is not None else "torch" in sys.modules:
+    if torch_loaded if torch_loaded is not None else torch_imported():
         return Threads(None, "caller", "torch was imported before the command: its setting stays")
     cpus = affinity_cpus() if cpus is None else cpus
     usable = len(cpus)
@@ -220,6 +220,11 @@ def decide(
     else:
         reason = f"{taken} busy with other work" if taken else "idle"
     return Threads(count, "measured", reason, usable, busy, wait)
+
+
+def torch_imported() -> bool:
+    """Whether torch is loaded already (its thread pools and OpenMP settings then belong to the caller)."""
+    return "torch" in sys.modules
 
 
 def _wait_policy_set(env: Mapping[str, str]) -> bool:

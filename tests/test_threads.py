@@ -231,7 +231,7 @@ def test_cli_measured_default_reaches_torch():
 
 @pytest.mark.parametrize("value", ["0", "-1", "x"])
 def test_cli_bad_thread_counts_exit_2_with_one_line(value, capsys, monkeypatch):
-    monkeypatch.delenv("LLMKIT_THREADS", raising=False)
+    monkeypatch.setenv("LLMKIT_THREADS", "")  # an empty variable counts as unset
     assert main(["plan", "gpt2", "--threads", value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     hint = "give a whole number >= 1, e.g. --threads 2"
@@ -249,14 +249,24 @@ def test_every_command_takes_threads(capsys):
         assert "--threads" in leaf._option_string_actions, leaf.prog
 
 
-def test_pretrain_prints_the_decision(tmp_path, monkeypatch, capsys):
+def test_pretrain_prints_a_measured_decision_only(tmp_path, monkeypatch, capsys):
     # the line is printed before the handler runs: a missing config fails after it, cheaply
     for name in ("LLMKIT_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so what main() sets is undone (delenv of an unset one is not)
+        monkeypatch.delenv(name)
     before = torch.get_num_threads()
     try:
         assert main(["pretrain", "--config", str(tmp_path / "absent.toml"), "--threads", "1"]) == 2
+        assert len(capsys.readouterr().err.splitlines()) == 1  # a count the user chose needs no explaining
+        monkeypatch.delenv("OMP_NUM_THREADS")  # main() exported the count for torch's import
+        monkeypatch.setattr(threads, "sample_busy", lambda *a: 1.0)
+        monkeypatch.setattr(threads, "affinity_cpus", lambda: {0, 1})
+        monkeypatch.setattr(threads, "physical_cores", lambda cpus, sys_cpu: 2)
+        monkeypatch.setattr(threads, "cgroup_quota", lambda v2, v1: None)
+        monkeypatch.setattr(threads, "torch_imported", lambda: False)  # as in a fresh `llmkit` process
+        assert main(["pretrain", "--config", str(tmp_path / "absent.toml")]) == 2
     finally:
         torch.set_num_threads(before)
-    err = capsys.readouterr().err
-    assert err.splitlines()[0] == "threads: 1 (set by --threads)"
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "threads: 1 of 2 cores (1 busy with other work)"
+    assert err[1].startswith("llmkit pretrain: error: config file") and len(err) == 2

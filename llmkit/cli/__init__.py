@@ -31,7 +31,8 @@ COMMAND_MODULES = (
     "quantize",
     "serve",
 )
-# commands that run long enough for the thread decision to be worth a line at the start
+# commands that run long enough for a measured thread decision to be worth a line at the start
+# (a count the user set, or torch's own, needs no explaining)
 REPORT_THREADS = {"pretrain"}
 
 
@@ -72,7 +73,8 @@ def apply_threads(args: argparse.Namespace) -> threads.Threads:
     """Decide the thread count (llmkit.threads.decide) and apply it before the handler imports torch."""
     decision = threads.decide(getattr(args, "threads", None))
     threads.apply(decision)
-    if args.command in REPORT_THREADS and os.environ.get("RANK", "0") == "0":
+    measured = decision.source in ("measured", "torchrun")
+    if measured and args.command in REPORT_THREADS and os.environ.get("RANK", "0") == "0":
         print(decision.describe(), file=sys.stderr, flush=True)
     return decision
 
