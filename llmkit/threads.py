@@ -11,8 +11,9 @@ process, a 2-thread training step took 1-3 s instead of 0.15 s: every parallel r
 barrier for the thread whose core the other process holds (docs/benchmarks.md, "Threads").
 
 The decision is applied through the environment before torch is imported (OMP_NUM_THREADS, and
-OMP_WAIT_POLICY=PASSIVE unless the user set a wait policy, so threads that wait sleep instead of
-spinning on a core someone else needs); when torch is already loaded, through torch.set_num_threads.
+OMP_WAIT_POLICY=WAIT_POLICY when that is set and the user set no wait policy: waiting threads then
+sleep instead of spinning on a core someone else needs; off by default, see WAIT_POLICY); when
+torch is already loaded, through torch.set_num_threads.
 ``LLMKIT_THREADS_POLICY=off`` leaves torch's defaults alone (the old behaviour, for benchmarks).
 
 Standard library only (L0): the CLI decides before any handler imports torch.
@@ -42,7 +43,10 @@ SAMPLE_SECONDS = 0.1  # /proc/stat counts in 10 ms ticks: 0.1 s resolves a tenth
 # needs it. A judgment, not a fit: the shared machine of docs/benchmarks.md never went idle enough
 # to calibrate it.
 BUSY_THRESHOLD = 0.5
-WAIT_POLICY = "PASSIVE"  # see the module docstring; measured in docs/benchmarks.md, "Threads"
+# OMP_WAIT_POLICY to set when the user set none. None: in a quiet moment PASSIVE made 2-thread steps
+# 40-90% slower than libgomp's default spinning (a futex wake per parallel region), though on the
+# loaded machine it made them 2-3x faster (docs/benchmarks.md, "Threads"). "PASSIVE" switches it on.
+WAIT_POLICY: str | None = None
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,7 @@ def decide(
     """
     env = os.environ if environ is None else environ
     policy_on = env.get(ENV_POLICY, "").strip().lower() != "off"
-    wait = WAIT_POLICY if policy_on and not _wait_policy_set(env) else None
+    wait = WAIT_POLICY if WAIT_POLICY and policy_on and not _wait_policy_set(env) else None
     explicit = [(flag, "--threads")] + [(env.get(name), name) for name in (ENV_THREADS, "OMP_NUM_THREADS")]
     for value, source in explicit:
         if value is not None and str(value).strip() != "":
