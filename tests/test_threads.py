@@ -272,4 +272,4 @@ def test_pretrain_prints_a_measured_decision_only(tmp_path, monkeypatch, capsys)
         torch.set_num_threads(before)
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "threads: 1 of 2 cores (1 busy with other work)"
-    assert err[1].startswith("llmkit pretrain: error: config file") and len(err) == 2
+    assert err[1].startswith("llmkit pretrain: error: ") and "absent.toml: file not found" in err[1] and len(err) == 2
