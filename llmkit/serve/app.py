@@ -92,7 +92,7 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
         batcher.close()
 
     app = FastAPI(title="llmkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
-    app.openapi = lambda: _openapi(app)
+    app.openapi = lambda: _openapi(app, settings.name)
     app.state.batcher = batcher  # tests and the load benchmark read batcher.step_sizes
     server = _Server(model, settings, batcher)
 
@@ -160,13 +160,17 @@ def _kind(status: int) -> str:
 _BODIES = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatRequest, "/v1/explain": ExplainRequest}
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
+def _openapi(app: FastAPI, model_name: str) -> dict[str, Any]:
+    """The document FastAPI builds, plus the request bodies; ``model`` is the one name this server has."""
     if app.openapi_schema is None:
         doc = get_openapi(title=app.title, version="1", routes=app.routes)
         _, defs = models_json_schema(
             [(model, "validation") for model in _BODIES.values()], ref_template="#/components/schemas/{model}"
         )
-        doc.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(defs.get("$defs", {}))
+        for model in (CompletionRequest, ChatRequest):
+            schemas[model.__name__]["properties"]["model"] = {"type": "string", "enum": [model_name], "title": "Model"}
         for path, model in _BODIES.items():
             doc["paths"][path]["post"]["requestBody"] = {
                 "required": True,
