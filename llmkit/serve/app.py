@@ -64,7 +64,7 @@ class ServeSettings:
     max_tokens: int = 1024  # the most new tokens one request may ask for
     max_body: int = 1 << 20  # bytes
     chat: ChatTemplate = field(default_factory=ChatTemplate)
-    max_queue: int = 64  # choices waiting or decoding at once; more get 429
+    max_queue: int | None = None  # choices waiting or decoding at once (None: 8 batches' worth); more get 429
     body_timeout: float = 30.0  # seconds for a request body to arrive (slow senders hold a connection)
 
 
@@ -239,7 +239,7 @@ class _Server:
         """429 with Retry-After when ``choices`` more would pass ``max_queue``: a bounded wait for everyone.
         Counted from the batcher itself (rows decoding + requests waiting), so nothing can leak a count."""
         busy = len(self.batcher.slots) + self.batcher.pending.qsize() + self.explaining
-        if busy + choices > self.settings.max_queue:
+        if busy + choices > (self.settings.max_queue or 8 * self.settings.max_batch):
             wait = 1 + busy // max(self.settings.max_batch, 1)  # rough: a batch's worth per second
             raise ApiError(
                 429, f"the server is busy ({busy} choices queued or decoding); retry in {wait} s",
