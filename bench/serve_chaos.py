@@ -21,6 +21,7 @@ import collections
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +30,25 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_load import PROMPTS, free_port, start_server, tiny_model  # noqa: E402
+from serve_load import PROMPTS, free_port, tiny_model  # noqa: E402
+
+
+def start_server(model: Path, port: int, max_batch: int, log) -> subprocess.Popen:
+    """``llmkit serve`` with its log in a file: a pipe nobody reads fills up and blocks the server's logging."""
+    cmd = [sys.executable, "-m", "llmkit", "serve", str(model), "--port", str(port), "--name", "tiny",
+           "--max-batch", str(max_batch)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health").raise_for_status()
+            return proc
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise SystemExit("server did not start in 120 s") from None
+            time.sleep(0.2)
 
 
 def rss_mb(pid: int) -> float:
@@ -122,13 +141,16 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--quick", action="store_true", help="16 clients for 15 s")
+    ap.add_argument("--keep-log", type=Path, default=None, help="copy the server's log here")
     args = ap.parse_args()
     if args.quick:
         args.clients, args.seconds = 16, 15
     with tempfile.TemporaryDirectory() as tmp:
         model = tiny_model(Path(tmp) / "tiny")
         port = free_port()
-        server = start_server(model, port, max_batch=args.max_batch)
+        log_path = Path(tmp) / "server.log"
+        log = log_path.open("w")
+        server = start_server(model, port, args.max_batch, log)
         url = f"http://127.0.0.1:{port}"
         try:
             httpx.post(f"{url}/v1/completions", json={"model": "tiny", "prompt": "The", "max_tokens": 4}, timeout=60)
@@ -140,6 +162,11 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=10)
+            log.close()
+        lines = log_path.read_text(errors="replace").splitlines()
+        if args.keep_log:
+            args.keep_log.write_text("\n".join(lines) + "\n")
+    tracebacks = sum(line.startswith("Traceback") for line in lines)
     ttft = good["ttft"]
     print(f"well-formed: {args.clients} streaming clients x {args.seconds:.0f} s, {len(ttft)} requests of "
           f"{args.tokens} tokens, {len(good['errors'])} errors")  # fmt: skip
@@ -151,6 +178,7 @@ def main() -> int:
         print(f"  {kind:<20} {status!s:>9}  x{count}")
     server_errors = sum(count for (_, status), count in bad.items() if isinstance(status, int) and status >= 500)
     print(f"server RSS: {before:.0f} MB before, {after:.0f} MB after; rows active at the end: {health['active']}")
+    print(f"server log: {len(lines)} lines, {tracebacks} tracebacks")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     return 0 if not good["errors"] and server_errors == 0 else 1
 

@@ -39,6 +39,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from torch import nn
 
 from llmkit.config import GenerationConfig
@@ -210,6 +211,10 @@ class _Server:
         except asyncio.TimeoutError:
             raise ApiError(
                 408, f"the request body did not arrive within {self.settings.body_timeout:g} s", code="timeout"
+            ) from None
+        except ClientDisconnect:  # gone before its body arrived: nothing to answer, nothing to log as ours
+            raise ApiError(
+                400, "the client closed the connection before sending its body", code="client_closed"
             ) from None
         try:
             # large bodies parse in a worker thread, off the event loop
