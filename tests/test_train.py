@@ -307,6 +307,12 @@ def test_resume_refuses_a_corrupted_checkpoint_unless_told(data_dirs, tmp_path):
         pretrain(*configs("decoder", data_dirs, out, steps=4), resume=True)
 
 
+def test_absurd_model_sizes_are_refused_before_building(data_dirs, tmp_path):
+    with pytest.raises(LlmkitError, match=r"the model config: n_layer=100,000 is implausibly large"):
+        pretrain(*configs("decoder", data_dirs, tmp_path / "run", {"n_layer": 100_000}))
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_refuses_other_data_settings(data_dirs, tmp_path):
     out = tmp_path / "run"
     pretrain(*configs("decoder", data_dirs, out, steps=2, save_interval=2, eval_interval=2))

@@ -166,6 +166,7 @@ class _Run:
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, env: Dist, resume: bool, verify: bool = True) -> None:
         self.model_cfg, self.cfg, self.env = model_cfg, cfg, env
         self.out = Path(cfg.out_dir)
+        checkpoint.check_sizes(model_cfg, "the model config")  # before anything is built from it
         if not cfg.data:
             raise LlmkitError("no training data given", "set data in [train] or pass --train.data DIR")
         self.data = TokenDataset(cfg.data)
