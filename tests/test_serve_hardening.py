@@ -14,6 +14,7 @@ import time
 
 import httpx
 import pytest
+import torch
 from serve_utils import LiveServer
 
 from llmkit import checkpoint
@@ -214,3 +215,19 @@ def test_a_body_that_never_finishes_times_out(server):
         started = time.monotonic()
         reply = sock.recv(4096).decode()
     assert reply.startswith("HTTP/1.1 408") and time.monotonic() - started < 5
+
+
+def test_a_nan_model_answers_a_json_error_not_empty_text(tiny_checkpoint):
+    """NaN weights (loaded some other way than checkpoint.load, which refuses them) gave "" with
+    finish_reason "stop", or a 500 "not JSON compliant" with logprobs."""
+    model = checkpoint.load(tiny_checkpoint("tiny-gpt-1m", window=256))
+    with torch.no_grad():
+        model.stack.final_norm.weight.fill_(float("nan"))
+    live = LiveServer(create_app(model, ServeSettings(name="tiny")))
+    try:
+        for extra in ({}, {"logprobs": 2}):
+            r = httpx.post(f"{live.url}/v1/completions", json=ask(**extra), timeout=30)
+            err = error_of(r, 500)
+            assert err["code"] == "generation_failed" and "NaN or infinite" in err["message"]
+    finally:
+        live.close()

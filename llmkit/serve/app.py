@@ -334,9 +334,8 @@ class _Server:
                     next_check = time.monotonic() + DISCONNECT_POLL
                 if event is None:
                     continue
-                if isinstance(event, Exception):
-                    status = 422 if isinstance(event, LlmkitError) else 500  # e.g. NaN scores: this request's own
-                    raise ApiError(status, f"generation failed: {event}", code="generation_failed")
+                if isinstance(event, Exception):  # the request was valid: a failure of ours (e.g. NaN scores)
+                    raise ApiError(500, f"generation failed: {event}", code="generation_failed")
                 left -= event.finish_reason is not None
                 yield i, event
         finally:
