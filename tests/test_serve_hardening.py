@@ -225,7 +225,7 @@ def test_a_nan_model_answers_a_json_error_not_empty_text(tiny_checkpoint):
         model.stack.final_norm.weight.fill_(float("nan"))
     live = LiveServer(create_app(model, ServeSettings(name="tiny")))
     try:
-        for extra in ({}, {"logprobs": 2}):
+        for extra in ({}, {"logprobs": 2}, {"temperature": 0}, {"temperature": 0, "logprobs": 2}):
             r = httpx.post(f"{live.url}/v1/completions", json=ask(**extra), timeout=30)
             err = error_of(r, 500)
             assert err["code"] == "generation_failed" and "NaN or infinite" in err["message"]
