@@ -4,15 +4,21 @@ A quantized checkpoint (``llmkit quantize``) says so in the ``quantization`` ent
 its safetensors file holds ``NAME.qweight`` and ``NAME.scales`` in place of each quantized
 ``NAME.weight``, and ``load`` rebuilds the quantized modules before reading them (llmkit.quantize).
 
-Saves are atomic (a temporary directory beside the target, renamed into place), so a crash never
-leaves a half-written checkpoint. Loads validate every file and turn each problem into a one-line
-``LlmkitError`` that names the file.
+Saves are atomic (a temporary directory beside the target, renamed into place; llmkit.files), so a
+crash never leaves a half-written checkpoint, and ``recover`` puts back the newest complete copy a
+crash between the renames left aside. A save first checks the free disk space, and writes last a
+``manifest.json`` with the SHA-256 of every file. Loads check, before allocating anything, the
+config's sizes and every tensor's shape against the safetensors header (the model is built on the
+meta device), then the manifest's hashes (``verify=False`` skips them) and that no weight is NaN or
+infinite; each problem is a one-line ``LlmkitError`` that names the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,7 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 TOKENIZER = "tokenizer.json"
 GENERATION = "generation_config.json"
+MANIFEST = "manifest.json"  # SHA-256 of every other file, written last
 FORMAT = "llmkit"  # marks our config.json apart from a Hugging Face one
 FORMAT_VERSION = 1
 QUANTIZATION = "quantization"  # config.json entry of a quantized checkpoint (not a ModelConfig field)
@@ -82,17 +89,115 @@ def save(
         name=card.name or model.config.name,
         architecture=architecture(model.config.to_dict(), sum(count_parameters(model.config).values())),
     )
-    with atomic_directory(directory) as tmp:
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-        save_file(unique_state_dict(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
-        (tmp / GENERATION).write_text(json.dumps(gen.to_dict(), indent=2))
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-        (tmp / CARD).write_text(render(card), encoding="utf-8")
-        for name, content in (extra_files or {}).items():
-            data = content if isinstance(content, bytes) else json.dumps(content, indent=2).encode()
-            (tmp / name).write_bytes(data)
+    state = unique_state_dict(model)
+    extra = {
+        name: content if isinstance(content, bytes) else json.dumps(content, indent=2).encode()
+        for name, content in (extra_files or {}).items()
+    }
+    _check_free_space(
+        Path(directory),
+        sum(t.numel() * t.element_size() for t in state.values()) + sum(len(data) for data in extra.values()),
+    )
+    try:
+        with atomic_directory(directory) as tmp:
+            (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+            save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+            (tmp / GENERATION).write_text(json.dumps(gen.to_dict(), indent=2))
+            if tokenizer is not None:
+                tokenizer.save(tmp)
+            (tmp / CARD).write_text(render(card), encoding="utf-8")
+            for name, data in extra.items():
+                (tmp / name).write_bytes(data)
+            write_manifest(tmp)
+    except OSError as err:
+        raise LlmkitError(f"cannot save {directory}: {err.strerror or err}", _SPACE_HINT) from None
+    except Exception as err:  # safetensors reports a full disk as its own SafetensorError
+        if "SafetensorError" not in type(err).__name__:
+            raise
+        raise LlmkitError(f"cannot save {directory}: {err}", _SPACE_HINT) from None
     return Path(directory)
+
+
+_SPACE_HINT = "free disk space or save elsewhere; the previous checkpoint, if any, is unchanged"
+SPACE_MARGIN = 1.05  # headroom over the estimated size: headers, JSON, the file system's blocks
+
+
+def _check_free_space(directory: Path, payload: int) -> None:
+    """Refuse a save that cannot fit before writing anything (the old copy stays until the new one is whole)."""
+    parent = directory.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    needed = int(payload * SPACE_MARGIN) + (1 << 20)
+    if needed > free:
+        raise LlmkitError(
+            f"cannot save {directory}: it needs about {_size(needed)} and {parent} has {_size(free)} free",
+            _SPACE_HINT,
+        )
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+# ---- the manifest ---------------------------------------------------------------------------
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 16 MB blocks (about 1-2 GB/s: a 1 GB checkpoint adds a second)."""
+    digest = hashlib.sha256()
+    buffer = bytearray(16 << 20)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """``manifest.json``: the SHA-256 of every file under ``directory`` (written last, so it covers all)."""
+    hashes = {
+        str(p.relative_to(directory)): sha256(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    (directory / MANIFEST).write_text(json.dumps({"format": "llmkit-manifest", "sha256": hashes}, indent=2))
+
+
+def verify_manifest(directory: str | os.PathLike, skip: tuple[str, ...] = ()) -> bool:
+    """Check every file ``manifest.json`` lists against its hash, but those in ``skip`` (a run's own
+    log, appended after the save); False when there is no manifest (checkpoints saved before it, or
+    converted elsewhere). A changed or missing file raises."""
+    directory = Path(directory)
+    if not (directory / MANIFEST).is_file():
+        return False
+    hashes = read_json(directory / MANIFEST).get("sha256")
+    if not isinstance(hashes, dict):
+        raise LlmkitError(f"{directory / MANIFEST}: no 'sha256' table", "re-save the checkpoint")
+    for name, want in hashes.items():
+        if name in skip:
+            continue
+        path = directory / name
+        if not path.is_file():
+            raise LlmkitError(f"{path}: file not found (listed in {MANIFEST})", "restore it or re-save the checkpoint")
+        if sha256(path) != want:
+            raise LlmkitError(
+                f"{path}: contents differ from the SHA-256 in {MANIFEST} (corrupted or changed after saving)",
+                "restore the file or re-save the checkpoint; --no-verify loads it anyway",
+            )
+    return True
+
+
+def is_complete(directory: Path) -> bool:
+    """A directory whose manifest exists and verifies: a save that finished writing."""
+    try:
+        return verify_manifest(directory)
+    except LlmkitError:
+        return False
+
+
+def recover(directory: str | os.PathLike) -> Path | None:
+    """Put back the newest complete copy that a crash during a save left beside ``directory`` (when
+    it is missing) and remove stale temporaries; returns the directory when a copy was put back."""
+    return files.recover_directory(directory, complete=is_complete)
 
 
 # ---- loading --------------------------------------------------------------------------------
@@ -150,10 +255,67 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
+def read_header(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Name -> (shape, dtype) of every tensor of a safetensors file, from its header: nothing is loaded."""
+    if not path.is_file():
+        raise LlmkitError(f"{path}: file not found", f"is {path.parent} a complete llmkit checkpoint?")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            out = {}
+            for k in f.keys():
+                part = f.get_slice(k)
+                out[k] = (tuple(part.get_shape()), _DTYPES.get(part.get_dtype(), torch.float32))
+            return out
+    except Exception as err:  # safetensors raises several types for bad headers and short files
+        raise LlmkitError(
+            f"{path}: corrupt or truncated safetensors file ({err})", "restore it or re-save the checkpoint"
+        ) from None
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}  # fmt: skip
+
+# Far beyond any real model: larger values are a corrupt or hostile config.json, refused before building
+# anything (n_layer=100000 grew past 12 GB before the weights were even read).
+SIZE_LIMITS = {"vocab_size": 1 << 24, "d_model": 1 << 16, "d_ff": 1 << 19, "n_layer": 1 << 10,
+               "n_decoder_layer": 1 << 10, "n_head": 1 << 10, "max_seq_len": 1 << 21}  # fmt: skip
+
+
+def check_sizes(cfg: ModelConfig, source: str) -> None:
+    """A one-line error naming the first field of ``cfg`` past ``SIZE_LIMITS``."""
+    for name, limit in SIZE_LIMITS.items():
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > limit:
+            raise LlmkitError(
+                f"{source}: {name}={value:,} is implausibly large (limit {limit:,})",
+                "the config.json is corrupt or belongs to another model; restore it or re-save the checkpoint",
+            )
+
+
+def check_finite(model: nn.Module, source: str) -> None:
+    """Raise naming the first floating-point tensor with a NaN or infinite value."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise LlmkitError(
+                f"{source}: tensor '{name}' holds NaN or infinite values",
+                "the weights are corrupt or training diverged; restore an earlier checkpoint",
+            )
+
+
 def load_state_dict_checked(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
     """Copy ``weights`` into ``model`` after checking names and shapes; tied aliases may be absent."""
+    check_tensors(model, {k: (tuple(t.shape), t.dtype) for k, t in weights.items()}, source)
+    model.load_state_dict(weights, strict=False)
+
+
+def check_tensors(model: nn.Module, given: dict[str, tuple[tuple[int, ...], torch.dtype]], source: str) -> None:
+    """Names, shapes and integer dtypes of ``given`` (name -> (shape, dtype)) against ``model``'s state
+    dict; ``model`` may live on the meta device, so a header is checked before anything is allocated."""
     expected = model.state_dict()
-    aliases = set(expected) - set(unique_state_dict(model))
+    weights = given
+    # tied weights are one Parameter under two names (data pointers cannot tell on the meta device)
+    aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
     missing = sorted(set(expected) - set(weights) - aliases)
     unexpected = sorted(set(weights) - set(expected))
     if missing:
@@ -162,27 +324,39 @@ def load_state_dict_checked(model: nn.Module, weights: dict[str, torch.Tensor], 
         raise LlmkitError(
             f"{source}: unexpected tensor '{unexpected[0]}' ({len(unexpected)} unexpected)", _MISMATCH_HINT
         )
-    for name, tensor in weights.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
+    for name, (shape, dtype) in weights.items():
+        if shape != tuple(expected[name].shape):
             raise LlmkitError(
-                f"{source}: tensor '{name}' has shape {tuple(tensor.shape)}, config expects "
-                f"{tuple(expected[name].shape)}",
+                f"{source}: tensor '{name}' has shape {shape}, config expects {tuple(expected[name].shape)}",
                 _MISMATCH_HINT,
             )
         # quantized weights must keep their integer type: copying would silently convert them
-        if not expected[name].is_floating_point() and tensor.dtype != expected[name].dtype:
+        if not expected[name].is_floating_point() and dtype != expected[name].dtype:
             raise LlmkitError(
-                f"{source}: tensor '{name}' has dtype {tensor.dtype}, config expects {expected[name].dtype}",
+                f"{source}: tensor '{name}' has dtype {dtype}, config expects {expected[name].dtype}",
                 _MISMATCH_HINT,
             )
-    model.load_state_dict(weights, strict=False)
 
 
 _MISMATCH_HINT = "config.json and model.safetensors do not belong together; re-save or re-convert the checkpoint"
 
 
+def check_header(directory: Path, cfg: ModelConfig, quantization: QuantSpec | None = None) -> None:
+    """The config's sizes, then every tensor's shape against the weights file's header, on a model
+    built on the meta device: a config that does not match its weights is refused before allocating."""
+    check_sizes(cfg, str(directory / CONFIG))
+    header = read_header(directory / WEIGHTS)
+    model = build_model(cfg, device="meta", init=False)
+    if quantization is not None:
+        quantize_model(model, quantization, empty=True)
+    check_tensors(model, header, str(directory / WEIGHTS))
+
+
 def load(
-    directory: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    directory: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    verify: bool = True,
 ) -> nn.Module:
     """Load a checkpoint directory: a ready model in eval mode with ``.tokenizer`` (or None),
     ``.generation_config`` and ``.quantization`` (a QuantSpec, or None) attached.
@@ -190,10 +364,17 @@ def load(
     A quantized checkpoint: fp16/bf16 load in that dtype unless ``dtype`` says otherwise; int8/int4
     load as quantized modules (norms and biases in ``dtype``, fp32 by default) that run through
     torch's CPU kernels on CPU (``llmkit.quantize.use_kernels``).
+
+    Before any memory is allocated the config's sizes and the tensors' shapes are checked against
+    the weights file's header; then ``manifest.json``'s hashes unless ``verify`` is False, and the
+    weights for NaN/inf.
     """
     directory = Path(directory)
     cfg = load_config(directory)
     quantization = load_quantization(directory)
+    check_header(directory, cfg, quantization)
+    if verify:
+        verify_manifest(directory)
     weights = read_weights(directory / WEIGHTS)
     tokenizer = load_tokenizer(directory, cfg)
     gen_path = directory / GENERATION
@@ -203,6 +384,7 @@ def load(
         quantize_model(model, quantization, empty=True)  # the stored layout, to be filled below
         dtype = dtype or quantization.dtype
     load_state_dict_checked(model, weights, str(directory / WEIGHTS))
+    check_finite(model, str(directory / WEIGHTS))
     model.tokenizer = tokenizer
     model.generation_config = gen
     model.quantization = quantization

@@ -9,6 +9,7 @@ Standard library only (L0).
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -57,9 +58,11 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
 class atomic_directory:
     """Context manager yielding a temporary directory that replaces ``target`` only on success.
 
-    An existing ``target`` is moved aside first and removed after the rename, so at every moment
-    one complete copy exists; on an exception the temporary directory is removed and ``target``
-    is untouched.
+    The commit is three renames, each atomic: the finished temporary directory into a ``.new-*``
+    folder (from then on it is known complete), the existing ``target`` aside into an ``.old-*``
+    folder, and the new copy into place; then the old one is removed. At every moment one complete
+    copy exists, and a crash between the renames leaves it where ``recover_directory`` finds it. On
+    an exception the temporary directory is removed and ``target`` is untouched.
     """
 
     def __init__(self, target: str | os.PathLike) -> None:
@@ -67,7 +70,7 @@ class atomic_directory:
 
     def __enter__(self) -> Path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}{TMP}", dir=self.target.parent))
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -78,13 +81,70 @@ class atomic_directory:
         os.chmod(self.tmp, 0o777 & ~mask)
         for path in self.tmp.rglob("*"):
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+            if path.is_file():
+                _fsync(path)  # the data reaches the disk before a rename makes it the checkpoint
+        new = Path(tempfile.mkdtemp(prefix=f".{self.target.name}{NEW}", dir=self.target.parent))
+        os.replace(self.tmp, new / self.target.name)
         old = None
         if self.target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.old-", dir=self.target.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}{OLD}", dir=self.target.parent))
             os.replace(self.target, old / self.target.name)
-        os.replace(self.tmp, self.target)
+        os.replace(new / self.target.name, self.target)
+        _fsync(self.target.parent)
+        os.rmdir(new)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+# Leftovers of atomic_directory, named ".TARGET" + one of these + a random suffix.
+TMP, NEW, OLD = ".tmp-", ".new-", ".old-"
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot sync a directory; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def leftovers(target: str | os.PathLike) -> list[Path]:
+    """What interrupted ``atomic_directory`` commits of ``target`` left beside it, newest first."""
+    target = Path(target)
+    if not target.parent.is_dir():
+        return []
+    found = [p for p in target.parent.glob(f".{glob.escape(target.name)}.*-*") if p.is_dir()]
+    found = [p for p in found if any(p.name.startswith(f".{target.name}{kind}") for kind in (TMP, NEW, OLD))]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def recover_directory(target: str | os.PathLike, complete: Callable[[Path], bool] | None = None) -> Path | None:
+    """Finish what a crash inside ``atomic_directory``'s commit left undone; returns the copy put in place.
+
+    When ``target`` is missing, the newest complete leftover becomes it: a ``.new-*`` copy (the
+    save had finished writing), else a ``.tmp-*`` directory that ``complete`` accepts (for example
+    one whose manifest verifies), else the previous copy in ``.old-*``. Every other leftover is
+    stale and removed. Call it only where no other process is saving ``target``.
+    """
+    target = Path(target)
+    found = leftovers(target)
+    chosen = None
+    if not target.exists():
+        of = {k: [p for p in found if p.name.startswith(f".{target.name}{k}")] for k in (TMP, NEW, OLD)}
+        candidates = [p / target.name for p in of[NEW]]
+        candidates += [p for p in of[TMP] if complete is not None and complete(p)]
+        candidates += [p / target.name for p in of[OLD]]
+        chosen = next((c for c in candidates if c.is_dir()), None)
+        if chosen is not None:
+            os.replace(chosen, target)
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True)
+    return target if chosen is not None else None
 
 
 def read_json(path: str | os.PathLike, hint: str, missing_hint: str | None = None) -> dict[str, Any]:

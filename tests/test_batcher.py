@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 
 from llmkit import checkpoint
 from llmkit.config import ModelConfig
@@ -143,3 +144,45 @@ def test_only_decoder_models():
     bert = build_model(ModelConfig.from_name("tiny-bert-1m", n_layer=1))
     with pytest.raises(LlmkitError, match="decoder-only"):
         Batcher(bert)
+
+
+def test_a_failing_request_ends_alone_and_the_others_go_on(tiny_checkpoint):
+    """One row that raises mid-way (here its callback, on its third token) gets its own error; the
+    rows decoded with it in the same steps finish with the text they would have had alone."""
+    model = tiny(tiny_checkpoint, "tiny-gpt-1m")
+    prompts, news = PROMPTS[:3], [20, 20, 20]
+    expected = [generate(model, p, max_new_tokens=n, eos_token_id=[])[0] for p, n in zip(prompts, news, strict=True)]
+    batcher = Batcher(model, max_batch=4).start()
+    got, errors, poison_tokens = Collector(len(prompts)), [], []
+
+    def poison(event: TokenEvent) -> None:
+        poison_tokens.append(event)
+        if len(poison_tokens) == 3:
+            raise RuntimeError("this row breaks")
+
+    try:
+        cfg = model.generation_config.replace(max_new_tokens=20, eos_token_id=[])
+        batcher.submit(Request(model.tokenizer.encode("The dog"), cfg, poison, errors.append))
+        for i, p in enumerate(prompts):
+            batcher.submit(Request(model.tokenizer.encode(p), cfg, got.callback(i)))
+        assert got.done.wait(30)
+    finally:
+        batcher.close()
+    assert [str(e) for e in errors] == ["this row breaks"] and len(poison_tokens) == 3
+    for want, events in zip(expected, got.events, strict=True):
+        assert [e.token_id for e in events] == want.token_ids
+    assert batcher.slots == []
+
+
+def test_nan_scores_fail_their_row_with_a_clear_error(tiny_checkpoint):
+    from llmkit.inference.batcher import _Slot
+
+    model = tiny(tiny_checkpoint, "tiny-gpt-1m")
+    cfg = model.generation_config.replace(max_new_tokens=5)
+    slot = _Slot(Request([1, 2], cfg, lambda e: None), model.tokenizer, torch.device("cpu"))
+    scores = torch.zeros(1, model.config.vocab_size)
+    assert slot.choose(scores.clone()).token_id == 0  # finite scores are fine
+    for bad in (float("nan"), float("inf")):
+        scores[0, 3] = bad
+        with pytest.raises(LlmkitError, match="NaN or infinite"):
+            slot.choose(scores)

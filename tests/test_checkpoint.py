@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -39,6 +41,7 @@ def test_round_trip_is_exact(saved, tokenizer):
         "README.md",  # the model card
         "config.json",
         "generation_config.json",
+        "manifest.json",  # SHA-256 of the others
         "model.safetensors",
         "tokenizer.json",
         "tokenizer_config.json",
@@ -153,8 +156,10 @@ def test_tokenizer_larger_than_embedding(saved, tmp_path):
     big = train_tokenizer(TEXTS * 5 + ["zebra quokka lynx xylophone jukebox"] * 5, kind="bpe", vocab_size=400)
     assert big.vocab_size > 300
     big.save(out)
+    with pytest.raises(LlmkitError, match=r"tokenizer\.json: contents differ from the SHA-256"):
+        llmkit.load(out)  # the manifest sees the swap first
     with pytest.raises(LlmkitError, match=r"tokenizer\.json: vocabulary of \d+ tokens is larger than the model's"):
-        llmkit.load(out)
+        llmkit.load(out, verify=False)
 
 
 def test_load_in_bfloat16(saved):
@@ -171,3 +176,122 @@ def test_saved_files_get_the_umask_modes_not_owner_only(saved):
     assert out.stat().st_mode & 0o777 == 0o777 & ~mask
     for path in out.iterdir():
         assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path.name
+
+
+# ---- integrity: manifest, NaN, sizes, disk space, interrupted saves --------------------------
+def test_flipped_weight_bytes_are_caught_by_the_manifest(saved):
+    model, out = saved
+    path = out / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0x01  # one bit of the last tensor's data: the header still parses, the shapes still fit
+    path.write_bytes(bytes(data))
+    with pytest.raises(LlmkitError, match=r"model\.safetensors: contents differ from the SHA-256 in manifest\.json"):
+        llmkit.load(out)
+    loaded = llmkit.load(out, verify=False)  # the operator's choice
+    state = loaded.state_dict()
+    assert sum(not torch.equal(t, state[k]) for k, t in model.state_dict().items()) == 1
+
+
+def test_nan_weights_are_refused_at_load(tmp_path, tokenizer):
+    model = build_model(ModelConfig.from_name("tiny-gpt-1m", **TINY))
+    with torch.no_grad():
+        model.stack.layers[1].mlp.up.weight[3, 5] = float("nan")
+    out = checkpoint.save(model, tmp_path / "nan", tokenizer=tokenizer)  # the manifest matches: only the check sees it
+    with pytest.raises(LlmkitError, match=r"tensor 'stack\.layers\.1\.mlp\.up\.weight' holds NaN or infinite"):
+        llmkit.load(out)
+
+
+@pytest.mark.parametrize(
+    "field,value", [("n_layer", 100_000), ("d_model", 10**9), ("vocab_size", 10**12), ("max_seq_len", 10**10)]
+)
+def test_absurd_config_sizes_get_one_line_naming_the_field(saved, field, value):
+    _, out = saved
+    config = json.loads((out / "config.json").read_text())
+    config[field] = value
+    if field == "d_model":
+        config["n_head"] = config["n_kv_head"] = 1
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LlmkitError, match=rf"config\.json: {field}={value:,} is implausibly large"):
+        llmkit.load(out)
+
+
+def test_config_is_checked_against_the_header_before_allocating(saved, monkeypatch):
+    """One layer more than the weights hold: refused after building on the meta device only."""
+    _, out = saved
+    config = json.loads((out / "config.json").read_text())
+    config["n_layer"] = 3
+    (out / "config.json").write_text(json.dumps(config))
+    devices, real = [], checkpoint.build_model
+
+    def spy(cfg, device=None, init=True):
+        devices.append(str(device))
+        return real(cfg, device=device, init=init)
+
+    monkeypatch.setattr(checkpoint, "build_model", spy)
+    with pytest.raises(LlmkitError, match=r"missing tensor 'stack\.layers\.2\."):
+        llmkit.load(out)
+    assert devices == ["meta"]
+
+
+def test_a_save_that_cannot_fit_is_refused_before_writing(saved, tmp_path, monkeypatch):
+    model, out = saved
+    before = (out / "model.safetensors").read_bytes()
+    real = shutil.disk_usage
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: real(path)._replace(free=50_000))
+    with pytest.raises(LlmkitError, match=r"cannot save .*model: it needs about [\d.]+ MB and .* has 0\.1 MB free"):
+        checkpoint.save(model, out)
+    assert (out / "model.safetensors").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_a_full_disk_mid_save_is_one_line_and_keeps_the_old_checkpoint(saved, tmp_path, monkeypatch):
+    model, out = saved
+    before = (out / "model.safetensors").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    with pytest.raises(LlmkitError, match=r"cannot save .*model: No space left on device; free disk space"):
+        checkpoint.save(model, out)
+    assert (out / "model.safetensors").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def _leftover(tmp_path, kind: str, step: str, nested: bool = True):
+    """A directory as atomic_directory leaves it: ``.model.KIND-xyz`` (holding ``model`` when nested)."""
+    holder = tmp_path / f".model.{kind}-{step}"
+    copy = holder / "model" if nested else holder
+    copy.mkdir(parents=True)
+    (copy / "step.txt").write_text(step)
+    return copy
+
+
+def test_recover_puts_back_the_newest_complete_copy(tmp_path):
+    target = tmp_path / "model"
+    _leftover(tmp_path, "old", "4")
+    _leftover(tmp_path, "new", "8")  # the save had finished writing: newer and complete
+    _leftover(tmp_path, "tmp", "9", nested=False)  # still being written: no manifest
+    assert checkpoint.recover(target) == target
+    assert (target / "step.txt").read_text() == "8"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # the rest was stale
+
+
+def test_recover_falls_back_to_the_moved_aside_copy_and_accepts_a_verified_tmp(tmp_path):
+    target = tmp_path / "model"
+    _leftover(tmp_path, "old", "4")
+    assert checkpoint.recover(target) == target and (target / "step.txt").read_text() == "4"
+    shutil.rmtree(target)
+    _leftover(tmp_path, "old", "4")
+    tmp = _leftover(tmp_path, "tmp", "8", nested=False)
+    checkpoint.write_manifest(tmp)  # an older version's save interrupted before its renames
+    assert checkpoint.recover(target) == target and (target / "step.txt").read_text() == "8"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_recover_with_the_target_in_place_only_cleans_up(saved, tmp_path):
+    _, out = saved
+    _leftover(tmp_path, "old", "4")
+    assert checkpoint.recover(out) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    llmkit.load(out)

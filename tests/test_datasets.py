@@ -447,3 +447,37 @@ def test_cli(bpe, corpus, tmp_path, capsys, monkeypatch):
         main(["data", "tokenize", "--help"])
     help_text = capsys.readouterr().out
     assert "domain.txt:0.51 builtin:python-docs:0.49" in help_text and "Mixing" in help_text
+
+
+# --- damaged and hostile inputs (issue 16) ------------------------------------------------------------
+
+
+def test_a_corrupt_or_truncated_gz_is_one_line(bpe, tmp_path):
+    data = gzip.compress(("some text here\n" * 5000).encode())
+    (tmp_path / "cut.txt.gz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "fake.txt.gz").write_bytes(b"this was never gzip")
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a b"}\n' * 5000)[:100])
+    for name in ("cut.txt.gz", "fake.txt.gz", "cut.jsonl.gz"):
+        with pytest.raises(LlmkitError, match=rf"{name}: corrupt or truncated gzip file"):
+            tokenize([(tmp_path / name, None)], bpe, tmp_path / f"out-{name}")
+        with pytest.raises(LlmkitError, match=rf"{name}: corrupt or truncated gzip file"):
+            [list(blocks) for _, blocks in read_source(resolve_source(str(tmp_path / name)), line_documents=True)]
+        assert not (tmp_path / f"out-{name}").exists()
+
+
+def test_a_binary_file_is_refused(bpe, tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("fine text")
+    (tmp_path / "docs" / "b.txt").write_bytes(bytes(range(256)) * 40)  # e.g. an image renamed .txt
+    with pytest.raises(LlmkitError, match=r"b\.txt: looks like a binary file"):
+        tokenize([(tmp_path / "docs", None)], bpe, tmp_path / "out")
+
+
+def test_a_long_run_without_spaces_is_cut_into_bounded_pieces():
+    run = "x" * 3_000_000 + " tail"
+    blocks = [run[i : i + 100_000] for i in range(0, len(run), 100_000)]
+    pieces = list(split_pieces(blocks, size=1000))
+    assert "".join(pieces) == run
+    assert max(map(len, pieces)) <= 4000 and len(pieces) >= 750
+    text = "word " * 2000  # ordinary text still cuts at spaces only
+    assert all(p.startswith(" ") for p in list(split_pieces([text], size=1000))[1:])

@@ -21,8 +21,9 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from llmkit.config import GenerationConfig
 from llmkit.inference import logits_to_probs, sample
-from llmkit.inference.sampling import apply_repetition_penalty, suppress
+from llmkit.inference.sampling import MIN_TEMPERATURE, apply_repetition_penalty, next_tokens, suppress
 
 DRAWS = 20_000
 ALPHA = 1e-3  # fixed seeds make each test deterministic; a low alpha keeps a correct sampler well clear
@@ -170,3 +171,13 @@ def test_repetition_penalty_and_min_new_tokens_equal_transformers():
     eos = torch.tensor([2, 5])
     hf = MinNewTokensLengthLogitsProcessor(4, 3, eos)(ids, scores.clone())  # 0 new tokens < 3: EOS masked
     assert torch.equal(suppress(scores, eos), hf)
+
+
+@pytest.mark.parametrize("t", [2.856e-39, 1e-45, MIN_TEMPERATURE / 2])
+def test_temperatures_below_the_floor_decode_greedily(t):
+    """A tiny temperature overflowed the logits to inf and the draw to NaN (a probe's 2.856e-39)."""
+    logits = torch.tensor([[3.0, 1.0, -2.0, 2.9], [-1.0, 0.5, 4.0, 0.0]])
+    cfg = GenerationConfig(do_sample=True, temperature=t, top_k=0, top_p=1.0, seed=1)
+    assert next_tokens(logits, cfg, torch.Generator().manual_seed(1)).tolist() == [0, 2]
+    probs = logits_to_probs(logits, temperature=t)
+    assert torch.isfinite(probs).all() and probs.argmax(-1).tolist() == [0, 2] and probs.max(-1).values.eq(1).all()

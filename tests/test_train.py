@@ -248,6 +248,71 @@ def test_kill_and_resume_is_bit_identical(family, dtype, data_dirs, tmp_path, mo
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
 
 
+# A run in a child process whose ``os.replace`` SIGKILLs it at the second save, just before the
+# rename that puts the new checkpoint in place: the old copy is already moved aside, out_dir is gone.
+_KILLED_MID_SAVE = """
+import json, os, signal, sys
+import torch
+from llmkit.config import ModelConfig, TrainConfig
+from llmkit.train import pretrain
+
+torch.set_num_threads(1)
+model_cfg, train_cfg = ModelConfig.from_dict(json.loads(sys.argv[1])), TrainConfig.from_dict(json.loads(sys.argv[2]))
+out, real, saves = os.path.abspath(train_cfg.out_dir), os.replace, []
+
+def replace(src, dst, *args, **kwargs):
+    if os.path.abspath(dst) == out:
+        saves.append(src)
+        if len(saves) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst, *args, **kwargs)
+
+os.replace = replace
+pretrain(model_cfg, train_cfg)
+"""
+
+
+def test_kill_9_between_the_renames_of_a_save_resumes_bit_identically(data_dirs, tmp_path):
+    """Killed while saving step 8 (of 12, saves every 4) between moving the old checkpoint aside and
+    renaming the new one in: --resume recovers the newest complete copy, continues, and ends with the
+    weights of a run that was never killed; no leftovers remain."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    pretrain(*configs("decoder", data_dirs, straight, steps=12))
+    model_cfg, train_cfg = configs("decoder", data_dirs, killed, steps=12)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    args = [json.dumps(model_cfg.to_dict()), json.dumps(train_cfg.to_dict())]
+    proc = subprocess.run([sys.executable, "-c", _KILLED_MID_SAVE, *args], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert not killed.exists() and len(list(tmp_path.glob(".killed.*"))) >= 2  # the copies sit aside
+
+    summary = pretrain(model_cfg, train_cfg, resume=True)
+    assert summary["steps_this_run"] == 4  # from the step-8 copy the save had finished writing
+    a = checkpoint.read_weights(straight / checkpoint.WEIGHTS)
+    b = checkpoint.read_weights(killed / checkpoint.WEIGHTS)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(killed) == losses(straight)
+    assert list(tmp_path.glob(".killed.*")) == []  # stale temporaries were removed
+    checkpoint.load(killed)  # its manifest verifies
+
+
+def test_resume_refuses_a_corrupted_checkpoint_unless_told(data_dirs, tmp_path):
+    out = tmp_path / "run"
+    pretrain(*configs("decoder", data_dirs, out, steps=2, save_interval=2, eval_interval=2))
+    path = out / loop.TRAIN_STATE
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte somewhere in the optimizer state
+    path.write_bytes(bytes(data))
+    with pytest.raises(LlmkitError, match=r"train_state\.pt: contents differ from the SHA-256"):
+        pretrain(*configs("decoder", data_dirs, out, steps=4), resume=True)
+
+
+def test_absurd_model_sizes_are_refused_before_building(data_dirs, tmp_path):
+    with pytest.raises(LlmkitError, match=r"the model config: n_layer=100,000 is implausibly large"):
+        pretrain(*configs("decoder", data_dirs, tmp_path / "run", {"n_layer": 100_000}))
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_refuses_other_data_settings(data_dirs, tmp_path):
     out = tmp_path / "run"
     pretrain(*configs("decoder", data_dirs, out, steps=2, save_interval=2, eval_interval=2))

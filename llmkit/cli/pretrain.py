@@ -46,7 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, metavar="FILE.toml", help="run config with [model] and [train]")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in out_dir")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run saved in out_dir (after a crash mid-save: from the newest complete copy left beside it)",
+    )
+    p.add_argument("--no-verify", action="store_true", help="with --resume: skip the SHA-256 check of the checkpoint")
     add_model_flags(p)
     add_train_flags(p)
     p.set_defaults(handler=run)
@@ -66,4 +71,4 @@ def run(args: argparse.Namespace) -> None:
     from llmkit.train import pretrain
 
     model_cfg, train_cfg = load_run_config(args.config, model_overrides(args), train_overrides(args))
-    pretrain(model_cfg, train_cfg, resume=args.resume)
+    pretrain(model_cfg, train_cfg, resume=args.resume, verify=not args.no_verify)

@@ -12,7 +12,9 @@ is prefilled alone on a cache of its own (its numbers equal ``generate`` of that
 keys/values copied into a free row at [length - P, length). Columns are recycled by shifting:
 left by the oldest row's start when the cache is full, right when a prompt is longer than the
 shared length. A finished or cancelled request's row is refilled by the last active row, so the
-active rows stay first. Sampling runs per row with that request's own settings and generator.
+active rows stay first. Sampling runs per row with that request's own settings and generator; a
+row whose scores are NaN/inf, whose draw raises or whose callback raises gets its own error and
+leaves the batch, and the other rows go on.
 
 Decoder-only models; per-request settings are those of the OpenAI API (no beam search, no
 repetition penalty). Callbacks run on the batcher's thread and must be quick (the server posts
@@ -76,10 +78,20 @@ class _Slot:
         self.generator = torch.Generator(device).manual_seed(cfg.seed) if cfg.seed is not None else None
         self.start = 0  # first cache column of this row
         self.last = 0  # the token fed at the next step
+        self.failed = False  # its choice or callback raised: it leaves the batch, the others go on
 
     def choose(self, scores: torch.Tensor) -> TokenEvent:
-        """The next token from this row's scores (1, V), with its log-probability; sets ``last``."""
+        """The next token from this row's scores (1, V), with its log-probability; sets ``last``.
+
+        NaN or +inf scores (a broken model, or an overflow) raise for this row alone: the argmax of
+        NaN is arbitrary and a draw from them raises deep inside torch.
+        """
         req = self.request
+        if bool(scores.isnan().any()) or bool(scores.isposinf().any()):
+            raise LlmkitError(
+                "the model's scores for this request are NaN or infinite",
+                "check the checkpoint (llmkit inspect) and its dtype; fp16 overflows where bf16 and fp32 do not",
+            )
         token = int(next_tokens(scores, req.config, self.generator)[0])
         logp = scores[0].float().log_softmax(-1)
         top = []
@@ -157,7 +169,7 @@ class Batcher:
             if self.slots:
                 try:
                     self._step()
-                except Exception as err:  # a failed step fails its requests, not the server
+                except Exception as err:  # a failed forward pass fails its requests, not the server
                     for slot in self.slots:
                         slot.request.on_error(err)
                     self._drop(lambda slot: True)
@@ -213,9 +225,14 @@ class Batcher:
         self.cache.length = view.length
         self.step_sizes.append(n)
         for r, slot in enumerate(self.slots):
-            if not slot.request.cancelled:
+            if slot.request.cancelled:
+                continue
+            try:
                 slot.request.on_token(slot.choose(logits[r : r + 1]))
-        self._drop(lambda slot: slot.request.cancelled or slot.sequence.finish_reason is not None)
+            except Exception as err:  # this row's own failure (its scores, settings or callback): it alone ends
+                slot.failed = True
+                slot.request.on_error(err)
+        self._drop(lambda slot: slot.request.cancelled or slot.failed or slot.sequence.finish_reason is not None)
 
     def _drop(self, gone: Callable[[_Slot], bool]) -> None:
         """Remove finished slots; the last active row moves into each freed row."""

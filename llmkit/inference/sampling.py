@@ -4,6 +4,9 @@ Order, as transformers' ``_get_logits_processor`` applies them:
 repetition penalty -> EOS masked below ``min_new_tokens`` -> [sampling only] temperature -> top-k
 -> top-p -> min-p -> softmax -> draw. Greedy decoding takes the argmax after the first two.
 Filtered tokens get -inf, so the softmax renormalises over the kept ones.
+
+Temperatures below ``MIN_TEMPERATURE`` decode greedily: dividing fp32 logits by a tinier number
+overflows them to inf, and the softmax of inf - inf is NaN (a 2.9e-39 temperature did that).
 """
 
 from __future__ import annotations
@@ -11,6 +14,10 @@ from __future__ import annotations
 import torch
 
 from llmkit.config import GenerationConfig
+
+# Below this the draw is the argmax anyway (a gap of 1e-3 in logits becomes e^100 in odds), and
+# logits up to 1e33 still divide without overflow. vLLM uses the same floor (_SAMPLING_EPS).
+MIN_TEMPERATURE = 1e-5
 
 
 # ---- processors (all decoding strategies) -----------------------------------------------------
@@ -62,9 +69,9 @@ def warp(
 ) -> torch.Tensor:
     """temperature -> top-k -> top-p -> min-p on logits (B, V); each filter sees the previous one's output.
 
-    ``temperature == 0`` keeps only the argmax (greedy).
+    ``temperature`` below ``MIN_TEMPERATURE`` (0 included) keeps only the argmax (greedy).
     """
-    if temperature == 0:
+    if temperature < MIN_TEMPERATURE:
         return logits.masked_fill(~_argmax_mask(logits), float("-inf"))
     if temperature != 1.0:
         logits = logits / temperature
@@ -88,7 +95,7 @@ def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> tor
 
 def next_tokens(scores: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
     """The next token of each row from processed scores (B, V): argmax, or a draw when ``do_sample``."""
-    if not config.do_sample or config.temperature == 0:
+    if not config.do_sample or config.temperature < MIN_TEMPERATURE:
         return scores.argmax(dim=-1)
     probs = logits_to_probs(scores, config.temperature, config.top_k, config.top_p, config.min_p)
     return sample(probs, generator)

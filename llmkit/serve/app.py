@@ -9,12 +9,22 @@ Per request: API key (when set) -> body read up to ``max_body`` bytes -> pydanti
 model name -> prompt tokens -> GenerationConfig (its own checks) -> context window -> one batcher
 request per choice (``n``) -> tokens back through an asyncio queue. Every failure is a 4xx JSON
 error in OpenAI's shape; a client that disconnects cancels its requests, freeing their rows.
+
+Hardening: tokenizing and chat templates run in worker threads, never on the event loop (eight
+1 MB prompts froze it for 9 s); at most ``max_queue`` choices wait or decode at once, beyond that
+a 429 with ``Retry-After``; ``n`` x ``max_tokens`` is capped by the server's ``max_tokens``; a body
+must arrive within ``body_timeout`` seconds; an abandoned /v1/explain stops at its next token; an
+error inside a stream is an SSE error event; any unexpected error is a JSON 500; the OpenAPI
+document (with the request schemas) is served at /openapi.json; an empty API key is refused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,9 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from torch import nn
 
 from llmkit.config import GenerationConfig
@@ -35,7 +48,7 @@ from llmkit.inference.batcher import Batcher, TokenEvent
 from llmkit.inference.batcher import Request as BatchRequest
 from llmkit.inference.explain import explain, token_text
 from llmkit.serve.chat import ChatTemplate
-from llmkit.serve.schemas import ChatRequest, CompletionRequest, ExplainRequest, Sampling, error_body
+from llmkit.serve.schemas import MAX_SEED, ChatRequest, CompletionRequest, ExplainRequest, Sampling, error_body
 
 PLAYGROUND = Path(__file__).with_name("playground.html")
 DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is still there
@@ -52,18 +65,25 @@ class ServeSettings:
     max_tokens: int = 1024  # the most new tokens one request may ask for
     max_body: int = 1 << 20  # bytes
     chat: ChatTemplate = field(default_factory=ChatTemplate)
+    max_queue: int | None = None  # choices waiting or decoding at once (None: 8 batches' worth); more get 429
+    body_timeout: float = 30.0  # seconds for a request body to arrive (slow senders hold a connection)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None, headers=None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
 
 
 def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
     """The app for ``model`` (with a tokenizer); the batcher thread runs while the app does."""
     if getattr(model, "tokenizer", None) is None:
         raise LlmkitError("serving needs a tokenizer and this checkpoint has none", "save the model with its tokenizer")
+    if settings.api_key is not None and not settings.api_key.strip():
+        raise LlmkitError("the API key is empty: that would turn authentication off", "give a non-empty --api-key")
     batcher = Batcher(model, settings.max_batch)
 
     @asynccontextmanager
@@ -72,13 +92,20 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
         yield
         batcher.close()
 
-    app = FastAPI(title="llmkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="llmkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    app.openapi = lambda: _openapi(app, settings.name)
     app.state.batcher = batcher  # tests and the load benchmark read batcher.step_sizes
     server = _Server(model, settings, batcher)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(err.message, _kind(err.status), err.param, err.code), status_code=err.status)
+        body = error_body(err.message, _kind(err.status), err.param, err.code)
+        return JSONResponse(body, status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        # still logged by uvicorn with its traceback; the client gets JSON, not plain text
+        return JSONResponse(error_body(f"internal error: {type(err).__name__}", _kind(500)), status_code=500)
 
     @app.exception_handler(404)
     async def _not_found(request: Request, err: Exception) -> JSONResponse:
@@ -118,15 +145,40 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
     async def explain_route(request: Request) -> dict[str, Any]:
         server.authorize(request)
         body = await server.read(request, ExplainRequest)
-        return await server.explain(body)
+        return await server.explain(request, body)
 
     return app
 
 
 def _kind(status: int) -> str:
-    return {401: "authentication_error", 404: "not_found_error", 500: "server_error"}.get(
+    return {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error", 500: "server_error"}.get(
         status, "invalid_request_error"
     )
+
+
+# Routes read their bodies themselves (to bound their size), so FastAPI cannot see the schemas:
+# they are added here, for client generators and fuzzers (schemathesis) that read the document.
+_BODIES = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatRequest, "/v1/explain": ExplainRequest}
+
+
+def _openapi(app: FastAPI, model_name: str) -> dict[str, Any]:
+    """The document FastAPI builds, plus the request bodies; ``model`` is the one name this server has."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version="1", routes=app.routes)
+        _, defs = models_json_schema(
+            [(model, "validation") for model in _BODIES.values()], ref_template="#/components/schemas/{model}"
+        )
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(defs.get("$defs", {}))
+        for model in (CompletionRequest, ChatRequest):
+            schemas[model.__name__]["properties"]["model"] = {"type": "string", "enum": [model_name], "title": "Model"}
+        for path, model in _BODIES.items():
+            doc["paths"][path]["post"]["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+            }
+        app.openapi_schema = doc
+    return app.openapi_schema
 
 
 class _Server:
@@ -136,6 +188,7 @@ class _Server:
         self.model, self.settings, self.batcher = model, settings, batcher
         self.tokenizer = model.tokenizer
         self.created = int(time.time())
+        self.explaining = 0  # /v1/explain calls running; changed on the event loop only
 
     # ---- checks -------------------------------------------------------------------------------
     def authorize(self, request: Request) -> None:
@@ -148,18 +201,25 @@ class _Server:
             raise ApiError(401, "missing or wrong API key; send 'Authorization: Bearer KEY'", code="invalid_api_key")
 
     async def read(self, request: Request, schema: type[BaseModel]) -> Any:
-        """The body, at most ``max_body`` bytes, validated by ``schema``."""
+        """The body, at most ``max_body`` bytes arriving within ``body_timeout`` seconds, validated by ``schema``."""
         limit = self.settings.max_body
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ApiError(413, f"request body of {declared} bytes exceeds the limit of {limit}", code="body_too_large")
-        raw = bytearray()
-        async for chunk in request.stream():  # a body without Content-Length is counted as it arrives
-            raw += chunk
-            if len(raw) > limit:
-                raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
         try:
-            body = schema.model_validate_json(bytes(raw))
+            raw = await asyncio.wait_for(self._body(request, limit), self.settings.body_timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(
+                408, f"the request body did not arrive within {self.settings.body_timeout:g} s", code="timeout"
+            ) from None
+        except ClientDisconnect:  # gone before its body arrived: nothing to answer, nothing to log as ours
+            raise ApiError(
+                400, "the client closed the connection before sending its body", code="client_closed"
+            ) from None
+        try:
+            # large bodies parse in a worker thread, off the event loop
+            validate = schema.model_validate_json
+            body = validate(raw) if len(raw) < 65536 else await run_in_threadpool(validate, raw)
         except ValidationError as err:
             first = err.errors()[0]
             param = ".".join(str(p) for p in first["loc"]) or None
@@ -170,6 +230,26 @@ class _Server:
                 param="model", code="model_not_found",
             )  # fmt: skip
         return body
+
+    @staticmethod
+    async def _body(request: Request, limit: int) -> bytes:
+        raw = bytearray()
+        async for chunk in request.stream():  # a body without Content-Length is counted as it arrives
+            raw += chunk
+            if len(raw) > limit:
+                raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
+        return bytes(raw)
+
+    def admit(self, choices: int) -> None:
+        """429 with Retry-After when ``choices`` more would pass ``max_queue``: a bounded wait for everyone.
+        Counted from the batcher itself (rows decoding + requests waiting), so nothing can leak a count."""
+        busy = len(self.batcher.slots) + self.batcher.pending.qsize() + self.explaining
+        if busy + choices > (self.settings.max_queue or 8 * self.settings.max_batch):
+            wait = 1 + busy // max(self.settings.max_batch, 1)  # rough: a batch's worth per second
+            raise ApiError(
+                429, f"the server is busy ({busy} choices queued or decoding); retry in {wait} s",
+                code="rate_limit_exceeded", headers={"Retry-After": str(wait)},
+            )  # fmt: skip
 
     def model_card(self) -> dict[str, Any]:
         return {"id": self.settings.name, "object": "model", "created": self.created, "owned_by": "llmkit"}
@@ -186,16 +266,21 @@ class _Server:
                 param="prompt", code="context_length_exceeded",
             )  # fmt: skip
         limit = self.settings.max_tokens
-        wanted = body.max_tokens if body.max_tokens is not None else min(default or limit, limit, room)
+        wanted = body.max_tokens if body.max_tokens is not None else min(default or limit, limit // body.n, room)
         if wanted > limit:
             raise ApiError(400, f"max_tokens={wanted} exceeds this server's limit of {limit}", param="max_tokens")
+        if wanted * body.n > limit:  # n choices cost n times the decoding
+            raise ApiError(
+                400, f"n={body.n} x max_tokens={wanted} = {body.n * wanted} new tokens exceeds this server's limit "
+                f"of {limit} per request", param="max_tokens",
+            )  # fmt: skip
         if wanted > room:
             raise ApiError(
                 400, f"{prompt_len} prompt tokens + max_tokens={wanted} exceed the context window of "
                 f"{self.batcher.capacity}; lower max_tokens to {room} or less",
                 param="max_tokens", code="context_length_exceeded",
             )  # fmt: skip
-        sampling = body.temperature > 0
+        sampling = body.temperature > 0  # below MIN_TEMPERATURE but 0 the schema refuses
         base = dict(
             max_new_tokens=wanted, min_new_tokens=0, do_sample=sampling,
             temperature=body.temperature if sampling else 1.0, top_k=body.top_k, top_p=body.top_p,
@@ -205,7 +290,9 @@ class _Server:
         try:
             # choice i draws with seed + i: reproducible, and the n choices differ
             return [
-                self.model.generation_config.replace(**base, seed=None if body.seed is None else body.seed + i)
+                self.model.generation_config.replace(
+                    **base, seed=None if body.seed is None else (body.seed + i) % (MAX_SEED + 1)
+                )
                 for i in range(body.n)
             ]
         except LlmkitError as err:
@@ -247,13 +334,17 @@ class _Server:
                     next_check = time.monotonic() + DISCONNECT_POLL
                 if event is None:
                     continue
-                if isinstance(event, Exception):
+                if isinstance(event, Exception):  # the request was valid: a failure of ours (e.g. NaN scores)
                     raise ApiError(500, f"generation failed: {event}", code="generation_failed")
                 left -= event.finish_reason is not None
                 yield i, event
         finally:
             for r in requests:  # finished ones are already gone; the rest leave the batch
                 r.cancel()
+
+    async def encode_async(self, text: str) -> list[int]:
+        """``encode`` in a worker thread: a 1 MB prompt takes a second of CPU the event loop must not spend."""
+        return await run_in_threadpool(self.encode, text)
 
     def encode(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text)
@@ -265,8 +356,9 @@ class _Server:
 
     # ---- /v1/completions ----------------------------------------------------------------------
     async def complete(self, http: Request, body: CompletionRequest):
-        ids = self.encode(body.prompt)
+        ids = await self.encode_async(body.prompt)
         configs = self.configs(body, len(ids), default=16)
+        self.admit(len(configs))
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": self.settings.name}  # fmt: skip
         events = self.events(http, ids, configs, body.logprobs or 0, watch=not body.stream)
@@ -304,17 +396,20 @@ class _Server:
             at += len(ev.text)
         return {
             "tokens": tokens,
-            "token_logprobs": [ev.logprob for ev in events],
-            "top_logprobs": [{token_text(self.tokenizer, t): lp for t, lp in ev.top_logprobs} for ev in events],
+            "token_logprobs": [_finite(ev.logprob) for ev in events],
+            "top_logprobs": [
+                {token_text(self.tokenizer, t): _finite(lp) for t, lp in ev.top_logprobs} for ev in events
+            ],
             "text_offset": offsets,
         }
 
     # ---- /v1/chat/completions -----------------------------------------------------------------
     async def chat(self, http: Request, body: ChatRequest):
         template = self.settings.chat
-        prompt = template.render([m.model_dump(exclude_none=True) for m in body.messages])
-        ids = self.encode(prompt)
+        prompt = await run_in_threadpool(template.render, [m.model_dump(exclude_none=True) for m in body.messages])
+        ids = await self.encode_async(prompt)
         configs = self.configs(body, len(ids), default=None, extra_stop=template.stop)
+        self.admit(len(configs))
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.settings.name}  # fmt: skip
         top = (body.top_logprobs or 0) if body.logprobs else 0
@@ -347,13 +442,13 @@ class _Server:
     def _chat_logprob(self, ev: TokenEvent) -> dict[str, Any]:
         def entry(token_id: int, logprob: float) -> dict[str, Any]:
             text = token_text(self.tokenizer, token_id)
-            return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+            return {"token": text, "logprob": _finite(logprob), "bytes": list(text.encode("utf-8"))}
 
         return {**entry(ev.token_id, ev.logprob), "top_logprobs": [entry(t, lp) for t, lp in ev.top_logprobs]}
 
     # ---- /v1/explain --------------------------------------------------------------------------
-    async def explain(self, body: ExplainRequest) -> dict[str, Any]:
-        ids = self.encode(body.prompt)
+    async def explain(self, http: Request, body: ExplainRequest) -> dict[str, Any]:
+        ids = await self.encode_async(body.prompt)
         room = self.batcher.capacity - len(ids)
         if body.max_tokens > min(room, self.settings.max_tokens):
             raise ApiError(400, f"max_tokens={body.max_tokens} exceeds the room of {room}", param="max_tokens")
@@ -362,14 +457,45 @@ class _Server:
             top_p=body.top_p, seed=body.seed, stop_strings=body.stop, num_beams=1, num_return_sequences=1,
             compile=False,  # a compiled step would re-lay out the weights the batcher thread is using
         )  # fmt: skip
+        self.admit(1)
+        self.explaining += 1
         try:
-            # the engine in a worker thread: it runs beside the batcher's thread, not inside the event loop
-            result = await run_in_threadpool(explain, self.model, [ids], None, body.top, **settings)
+            result = await self._explain_until_abandoned(http, ids, body.top, settings)
         except LlmkitError as err:
             raise ApiError(400, str(err), code="invalid_value") from None
+        finally:
+            self.explaining -= 1
         out = result.to_dict()
         out["prompt"] = body.prompt
         return out
+
+    async def _explain_until_abandoned(self, http: Request, ids: list[int], top: int, settings: dict[str, Any]):
+        """The engine in a worker thread (beside the batcher's, not inside the event loop); a client that
+        goes away stops it at its next token, so abandoned calls do not keep a core busy."""
+        stop = threading.Event()
+
+        def observer(t: int, scores, tokens) -> None:
+            if stop.is_set():
+                raise _Abandoned
+
+        work = asyncio.ensure_future(run_in_threadpool(explain, self.model, [ids], None, top, observer, **settings))
+        work.add_done_callback(lambda done: done.cancelled() or done.exception())  # an abandoned one's end is expected
+        try:
+            while not (await asyncio.wait({work}, timeout=DISCONNECT_POLL))[0]:
+                if await http.is_disconnected():
+                    raise ApiError(499, "the client closed the request", code="client_closed")
+            return work.result()
+        finally:
+            stop.set()  # also when this handler is cancelled
+
+
+class _Abandoned(Exception):
+    """Raised inside an abandoned /v1/explain's decoding loop to end it."""
+
+
+def _finite(logprob: float) -> float:
+    """JSON has no -inf: a token the filters removed gets OpenAI's -9999.0."""
+    return logprob if math.isfinite(logprob) else -9999.0
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -378,15 +504,18 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
 
 def _sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
     """Server-sent events as OpenAI sends them: ``data: {json}`` per chunk, then ``data: [DONE]``.
-    An error after the stream has started cannot change the status, so it goes out as an error event."""
-    import json
+    An error after the stream has started cannot change the status, so it goes out as an error event
+    with the error's own type (server_error for a failure of ours)."""
 
     async def body() -> AsyncIterator[str]:
         try:
             async for chunk in chunks:
                 yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
         except ApiError as err:
-            yield f"data: {json.dumps(error_body(err.message, code=err.code))}\n\n"
+            yield f"data: {json.dumps(error_body(err.message, _kind(err.status), err.param, err.code))}\n\n"
+        except Exception as err:  # noqa: BLE001 - the client must learn that the stream broke
+            body = error_body(f"internal error: {type(err).__name__}", _kind(500), code="internal_error")
+            yield f"data: {json.dumps(body)}\n\n"
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from llmkit import checkpoint
+from llmkit import checkpoint, files
 from llmkit.config import ModelConfig, TrainConfig
 from llmkit.data.datasets import TokenDataset
 from llmkit.data.tokenizer import Tokenizer
@@ -94,11 +94,11 @@ def save_checkpoint(
         }
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        files = {TRAIN_STATE: buffer.getvalue()}
+        extra_files = {TRAIN_STATE: buffer.getvalue()}
         for name in (METRICS, LOSS_PLOT):  # the directory is replaced whole: carry the run's own files
             if (out_dir / name).is_file():
-                files[name] = (out_dir / name).read_bytes()
-        checkpoint.save(state.raw, out_dir, tokenizer=tokenizer, extra_files=files, card=card)
+                extra_files[name] = (out_dir / name).read_bytes()
+        checkpoint.save(state.raw, out_dir, tokenizer=tokenizer, extra_files=extra_files, card=card)
     distributed.barrier()
 
 
@@ -138,7 +138,9 @@ def check_resumable(saved: dict[str, Any], model_cfg: ModelConfig, cfg: TrainCon
 
 
 # ---- the loop -------------------------------------------------------------------------------
-def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
+def pretrain(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, *, resume: bool = False, verify: bool = True
+) -> dict[str, Any]:
     """Pretrain a model from scratch (or resume a run in ``train_cfg.out_dir``); returns the summary.
 
     Order: join the processes (torchrun) -> open the data and its tokenizer -> check sizes -> build the
@@ -146,10 +148,14 @@ def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, *, resume: bool = F
     -> steps, logging every ``log_interval``, evaluating every ``eval_interval`` and saving every
     ``save_interval`` (and all three at the end) -> loss plot -> summary. A nan/inf loss stops the run
     with an ``LlmkitError`` and leaves the last checkpoint as it was.
+
+    ``resume`` first recovers a save that a crash interrupted between its renames (the newest
+    complete copy left beside out_dir), then checks the checkpoint's manifest (unless ``verify`` is
+    False) and that its weights are finite.
     """
     env = distributed.init(train_cfg.device)
     try:
-        return _Run(model_cfg, train_cfg, env, resume).train()
+        return _Run(model_cfg, train_cfg, env, resume, verify).train()
     finally:
         distributed.cleanup()
 
@@ -157,21 +163,23 @@ def pretrain(model_cfg: ModelConfig, train_cfg: TrainConfig, *, resume: bool = F
 class _Run:
     """One pretraining run's state between steps; ``train()`` is the loop."""
 
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, env: Dist, resume: bool) -> None:
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, env: Dist, resume: bool, verify: bool = True) -> None:
         self.model_cfg, self.cfg, self.env = model_cfg, cfg, env
         self.out = Path(cfg.out_dir)
+        checkpoint.check_sizes(model_cfg, "the model config")  # before anything is built from it
         if not cfg.data:
             raise LlmkitError("no training data given", "set data in [train] or pass --train.data DIR")
         self.data = TokenDataset(cfg.data)
         self.tokenizer = self.data.tokenizer()  # the one that made the ids: saved with every checkpoint
         self.objective = make_objective(model_cfg, cfg, self.tokenizer)
         _check_shapes(model_cfg, cfg, self.data)
-        saved = self._open_out_dir(resume)
+        saved = self._open_out_dir(resume, verify)
         torch.manual_seed(cfg.seed)  # the same initial weights on every process
         model = build_model(model_cfg, init=saved is None)
         if saved is not None:
             weights = checkpoint.read_weights(self.out / checkpoint.WEIGHTS)
             checkpoint.load_state_dict_checked(model, weights, str(self.out / checkpoint.WEIGHTS))
+            checkpoint.check_finite(model, str(self.out / checkpoint.WEIGHTS))
         self.state = make_state(model, cfg, env)
         if saved is not None:
             self.state.optimizer.load_state_dict(saved["optimizer"])
@@ -185,8 +193,13 @@ class _Run:
         dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
         self.peak = measure_peak_flops(env.device, dtype)
 
-    def _open_out_dir(self, resume: bool) -> dict[str, Any] | None:
+    def _open_out_dir(self, resume: bool, verify: bool) -> dict[str, Any] | None:
         if resume:
+            if self.env.is_main:  # one process moves directories; the others wait for it
+                checkpoint.recover(self.out)
+            distributed.barrier()
+            if verify:
+                checkpoint.verify_manifest(self.out, skip=(METRICS, LOSS_PLOT))  # the log grows after a save
             saved = load_train_state(self.out)
             check_resumable(saved, self.model_cfg, self.cfg, self.env)
             if saved["step"] >= self.cfg.steps:
@@ -194,6 +207,11 @@ class _Run:
                     f"the run in {self.out} already finished {saved['step']} steps", "raise --train.steps to go on"
                 )
             return saved
+        if not self.out.exists() and files.leftovers(self.out):
+            raise LlmkitError(
+                f"a save of the run in {self.out} was interrupted; its copies are beside it",
+                "pass --resume to recover and continue it, or choose another --train.out_dir",
+            )
         if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
             raise LlmkitError(
                 f"out_dir {self.out} already exists and is not empty",
