@@ -545,3 +545,26 @@ def test_encoder_decoder_text_generation(tmp_path, tiny_corpus):
     assert all(len(c.token_ids) == 10 for c in out)
     assert out[0].text == tok.decode(out[0].token_ids)  # the decoder starts from nothing: no prompt context
     assert "".join(p.text for p in stream(t5, "The cat ate", max_new_tokens=10, eos_token_id=[])) == out[0].text
+
+
+@pytest.mark.parametrize("preset, pos", [
+    ("tiny-gpt-1m", "learned"), ("tiny-gpt-1m", "sinusoidal"), ("tiny-llama-10m", "rope"), ("tiny-t5-1m", "relative"),
+])  # fmt: skip
+def test_context_window_is_one_rule_for_every_position_kind(tiny_checkpoint, capsys, preset, pos):
+    """A prompt + new tokens past the window is an error on the CLI and in the library for every kind of
+    position, as the server refuses it; --truncate keeps the prompt's last tokens instead."""
+    from llmkit.cli import main
+
+    model_dir = tiny_checkpoint(preset, window=32, pos=pos)
+    model = checkpoint.load(model_dir)
+    assert model.config.pos == pos
+    long = "The cat ate the cake. " * 20
+    with pytest.raises(LlmkitError, match="exceed the context window of 32"):
+        generate(model, long, max_new_tokens=8)
+    with pytest.raises(LlmkitError, match="context window of 32"):
+        list(stream(model, long, max_new_tokens=8))
+    assert main(["generate", str(model_dir), long, "--max-new-tokens", "8"]) == 2
+    assert "context window of 32" in capsys.readouterr().err
+    assert main(["generate", str(model_dir), long, "--max-new-tokens", "8", "--truncate"]) == 0
+    assert main(["generate", str(model_dir), "The cat", "--max-new-tokens", "40"]) == 2
+    assert "context window of 32" in capsys.readouterr().err
