@@ -43,8 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--do-sample", dest="do_sample", action="store_true", default=None, help="sample, not greedy")
     p.add_argument("--greedy", dest="do_sample", action="store_false", help="greedy even if the config samples")
     p.add_argument("--early-stopping", choices=["true", "false", "never"], default=None, help="beam search")
-    p.add_argument("--truncate", action="store_true", default=None, help="when prompt + --max-new-tokens exceed the context window, keep the prompt's last tokens "
-                   "(default: an error with the numbers)")
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        default=None,
+        help="when prompt + --max-new-tokens exceed the context window, keep the prompt's last tokens "
+        "(default: an error with the numbers)",
+    )
     p.add_argument(
         "--compile", action="store_true", default=None,
         help="torch.compile the decoding step: faster per token after seconds to a minute of compiling",
