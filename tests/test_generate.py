@@ -425,6 +425,38 @@ def test_fill_mask_ranks_the_mlm_head_softmax(bert_dir):
         fill_mask(bert, "no mask here")
 
 
+def test_two_masks_each_filled_sentence_keeps_the_other_mask(bert_dir, capsys):
+    from llmkit.cli import main
+    from llmkit.inference import fill_mask
+
+    bert = checkpoint.load(bert_dir)
+    first, second = fill_mask(bert, "the cat [MASK] the cake. the [MASK] ate.", top_k=2)
+    for c in first:  # the filled token may be a ##piece that joins the word before it
+        assert c.sequence.startswith("the cat") and c.sequence.endswith(" the cake. the [MASK] ate.")
+        assert c.token.strip("#") in c.sequence and c.sequence.count("[MASK]") == 1
+    for c in second:
+        assert c.sequence.startswith("the cat [MASK] the cake. the") and c.sequence.endswith(" ate.")
+        assert c.token.strip("#") in c.sequence and c.sequence.count("[MASK]") == 1
+    assert main(["fill-mask", str(bert_dir), "the cat [MASK] the cake. the [MASK] ate."]) == 0
+    assert capsys.readouterr().out.count("[MASK]") == 2 * 5  # each candidate line keeps the other mask
+
+
+def test_an_encoder_without_mlm_head_points_to_what_works(tmp_path, tiny_corpus, capsys):
+    """fill-mask said "use generate" and generate said "use fill-mask": both now name embeddings and inspect."""
+    from llmkit.cli import main
+    from llmkit.data.tokenizer_train import train_tokenizer
+
+    tok = train_tokenizer(tiny_corpus, "wordpiece", vocab_size=200)
+    cfg = ModelConfig.from_name("tiny-bert-1m", vocab_size=tok.vocab_size, d_model=32, n_layer=1, n_head=4,
+                                encoder_head="none")  # fmt: skip
+    out = checkpoint.save(build_model(cfg), tmp_path / "minilm", tokenizer=tok)
+    for command in (["fill-mask", str(out), "a [MASK] b"], ["generate", str(out), "a b"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "llmkit embeddings MODEL TEXT" in err and "inspect" in err, err
+        assert "use generate" not in err and "use fill_mask" not in err
+
+
 # ---- CLI ----------------------------------------------------------------------------------------
 def test_cli_generate_prints_the_completion(gpt_dir, gpt, capsys):
     from llmkit.cli import main
