@@ -470,7 +470,10 @@ def test_cli_generate_prints_the_completion(gpt_dir, gpt, capsys):
     assert main(["generate", str(gpt_dir), "The cat", "--max-new-tokens", "8", "--stream", "--echo"]) == 0
     assert capsys.readouterr().out == "The cat" + expected + "\n"
     assert main(["generate", str(gpt_dir), "The cat", "--max-new-tokens", "8", "--compile"]) == 0
-    assert capsys.readouterr().out == expected + "\n"
+    out = capsys.readouterr()
+    assert out.out == expected + "\n"
+    # said before the silent compile: what happens, how long it usually takes, and that the cache is reused
+    assert "compiling the decoding step" in out.err and "a few seconds" in out.err and "later runs" in out.err
 
 
 def test_cli_sampling_seed_file_and_json(gpt_dir, tmp_path, capsys):
