@@ -18,9 +18,10 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def model_name(path: str) -> str:
-    """A short name for titles: the last two parts of the path (runs/quickstart/model -> quickstart/model)."""
-    parts = Path(path).resolve().parts
-    return "/".join(parts[-2:]) if len(parts) >= 2 else str(path)
+    """The name for titles: the one the checkpoint carries (llmkit.inference.loading.model_name)."""
+    from llmkit.inference.loading import model_name as recorded_name
+
+    return recorded_name(path)
 
 
 def load_model(path: str, device: str = "cpu") -> Any:

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> None:
 
     from llmkit import checkpoint
     from llmkit.errors import LlmkitError
+    from llmkit.inference.loading import model_name, name_slug
     from llmkit.serve.app import ServeSettings, create_app
     from llmkit.serve.chat import ChatTemplate
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> None:
     roles = model.tokenizer.special_tokens if model.tokenizer is not None else {}
     special = {f"{role}_token": roles[role] for role in ("bos", "eos") if role in roles}  # names chat templates use
     settings = ServeSettings(
-        name=args.name or directory.resolve().name, api_key=args.api_key, max_batch=args.max_batch,
+        name=args.name or name_slug(model_name(directory)), api_key=args.api_key, max_batch=args.max_batch,
         max_tokens=args.max_tokens, max_body=args.max_body, chat=ChatTemplate.from_dir(directory, special),
     )  # fmt: skip
     app = create_app(model, settings)
