@@ -427,8 +427,8 @@ def test_pretrain_names_the_model_and_warns_about_a_long_warmup(data_dirs, tmp_p
     assert "  name: docs lm" in capsys.readouterr().out
     assert default_out(load_task("sst2"), out).name == "sst2-docs-lm"
     served = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.update(app=app))
-    assert main(["serve", str(out)]) == 0
+    monkeypatch.setattr("llmkit.cli.serve.serve_on", lambda server, sock: served.update(app=server.config.app))
+    assert main(["serve", str(out), "--port", "0"]) == 0
     from fastapi.testclient import TestClient
 
     assert TestClient(served["app"]).get("/v1/models").json()["data"][0]["id"] == "docs-lm"
