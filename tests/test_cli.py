@@ -179,3 +179,25 @@ def test_sampling_flags_turn_sampling_on(tiny_checkpoint, capsys):
     assert main(base) == 0
     greedy = json.loads(capsys.readouterr().out)["token_ids"]
     assert json.loads(out.out)["token_ids"] == greedy != sampled
+
+
+def test_tokenizer_flags_take_the_tokenizer_json_file(tiny_tokenizer, tmp_path, capsys):
+    """`--tokenizer path/tokenizer.json` said "tokenizer directory not found": the file now means its folder,
+    for init, data tokenize and the commands that take a tokenizer path; a file of another name says to pass
+    its folder."""
+    tok = tmp_path / "tok"
+    tiny_tokenizer.save(tok)
+    file = str(tok / "tokenizer.json")
+    assert main(["init", "tiny-gpt-1m", str(tmp_path / "m"), "--tokenizer", file, "--model.n_layer", "1"]) == 0
+    assert (tmp_path / "m" / "tokenizer.json").is_file()
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("The cat ate the cake. " * 50)
+    assert main(["data", "tokenize", str(corpus), "--tokenizer", file, "--out", str(tmp_path / "d")]) == 0
+    assert main(["tokenizer", "encode", file, "The cat"]) == 0
+    capsys.readouterr()
+    other = tmp_path / "vocab.json"
+    other.write_text("{}")
+    with pytest.raises(SystemExit) as exit_:
+        main(["init", "tiny-gpt-1m", str(tmp_path / "n"), "--tokenizer", str(other)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "pass the folder that holds tokenizer.json" in err

@@ -40,6 +40,8 @@ def load_tokenizer(path: str) -> tuple[Any, Any]:
     from llmkit.data.tokenizer import Tokenizer
 
     directory = Path(path)
+    if directory.is_file() and directory.name == "tokenizer.json":  # the file means its folder
+        directory = directory.parent
     if not directory.is_dir():
         raise LlmkitError(f"{path}: no such directory", "pass a checkpoint directory or a tokenizer directory")
     if (directory / checkpoint.CONFIG).is_file() and (directory / checkpoint.WEIGHTS).is_file():
