@@ -201,3 +201,13 @@ def test_tokenizer_flags_take_the_tokenizer_json_file(tiny_tokenizer, tmp_path, 
         main(["init", "tiny-gpt-1m", str(tmp_path / "n"), "--tokenizer", str(other)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and "pass the folder that holds tokenizer.json" in err
+
+
+def test_tokenizer_train_into_a_pipe_counts_in_words_and_draws_no_bars(tmp_path):
+    """Piped, `tokenizer train` printed '1 texts' and blank progress lines: now '1 text' and no bar."""
+    corpus = tmp_path / "one.txt"
+    corpus.write_text("The cat ate the cake, and the dog ate the bone. " * 40)
+    out = run_cli("tokenizer", "train", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "tok"))
+    assert out.returncode == 0, out.stderr
+    assert ", 1 text, " in out.stdout and "1 texts" not in out.stdout
+    assert out.stderr == ""  # no progress bar (nor the blank lines it leaves) when stderr is not a terminal
