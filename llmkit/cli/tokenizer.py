@@ -151,7 +151,8 @@ def _train(args: argparse.Namespace) -> None:
     sampled = "" if sample_chars == texts.n_chars else f" (first {sample_chars:,} chars)"
     print(
         f"trained {args.kind} tokenizer: vocab {tokenizer.vocab_size:,}, {_count(texts.n_texts, 'text')}, "
-        f"{_count(texts.n_chars, 'char')}, {seconds:.1f} s, {sample_tokens / sample_chars:.3f} tokens/char{sampled} -> {out}"
+        f"{_count(texts.n_chars, 'char')}, {seconds:.1f} s, "
+        f"{sample_tokens / sample_chars:.3f} tokens/char{sampled} -> {out}"
     )
 
 
