@@ -603,3 +603,17 @@ def test_context_window_is_one_rule_for_every_position_kind(tiny_checkpoint, cap
     assert main(["generate", str(model_dir), long, "--max-new-tokens", "8", "--truncate"]) == 0
     assert main(["generate", str(model_dir), "The cat", "--max-new-tokens", "40"]) == 2
     assert "context window of 32" in capsys.readouterr().err
+
+
+def test_cli_headers_say_which_prompt_and_why_it_stopped(gpt_dir, tmp_path, capsys):
+    from llmkit.cli import main
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"The cat"\n"A banana"\n"The dog"\n')
+    base = ["generate", str(gpt_dir), "--file", str(prompts), "--max-new-tokens", "3", "--min-new-tokens", "3"]
+    assert main(base) == 0
+    headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("---")]
+    assert headers == [f"--- prompt {i} of 3, stopped at the length limit ---" for i in (1, 2, 3)]
+    assert main([*base, "--do-sample", "--seed", "0", "--num-return-sequences", "2"]) == 0
+    headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("---")]
+    assert headers[1] == "--- prompt 1 of 3, sequence 2 of 2, stopped at the length limit ---" and len(headers) == 6
