@@ -211,3 +211,18 @@ def test_tokenizer_train_into_a_pipe_counts_in_words_and_draws_no_bars(tmp_path)
     assert out.returncode == 0, out.stderr
     assert ", 1 text, " in out.stdout and "1 texts" not in out.stdout
     assert out.stderr == ""  # no progress bar (nor the blank lines it leaves) when stderr is not a terminal
+
+
+def test_quickstart_generate_lines_parse_and_decode_without_repeating():
+    """The quickstart's generate commands use flags that exist, and the greedy one a repetition penalty: without
+    one the tiny model's greedy completions were lines of '#'."""
+    import shlex
+    from pathlib import Path
+
+    script = (Path(__file__).parents[1] / "examples" / "quickstart.sh").read_text()
+    commands = [line for line in script.replace("\\\n", " ").splitlines() if line.startswith("$LLMKIT generate")]
+    assert len(commands) == 2
+    parser = build_parser()
+    greedy, sampled = (parser.parse_args(shlex.split(c.replace("$LLMKIT ", ""))) for c in commands)
+    assert not greedy.do_sample and greedy.repetition_penalty > 1 and greedy.file and greedy.echo
+    assert sampled.do_sample and sampled.seed is not None
