@@ -116,12 +116,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["stop_strings"] = args.stop
     if args.do_sample is not None:
         out["do_sample"] = args.do_sample
-    given = [f"--{n.replace('_', '-')}" for n in _SAMPLING_FLAGS if getattr(args, n) is not None]
-    if given and args.do_sample is None:
+    if args.do_sample is None and _sampling_flags(args):
         out["do_sample"] = True
-        print(f"llmkit generate: {' '.join(given)} turns sampling on (--greedy to decode greedily)", file=sys.stderr)
-    elif given and args.do_sample is False:
-        print(f"llmkit generate: {' '.join(given)} ignored: --greedy decodes without sampling", file=sys.stderr)
     if args.early_stopping is not None:
         out["early_stopping"] = {"true": True, "false": False}.get(args.early_stopping, args.early_stopping)
     if args.truncate:
@@ -129,6 +125,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.compile:
         out["compile"] = True
     return out
+
+
+def _sampling_flags(args: argparse.Namespace) -> str:
+    return " ".join(f"--{n.replace('_', '-')}" for n in _SAMPLING_FLAGS if getattr(args, n) is not None)
+
+
+def _sampling_note(args: argparse.Namespace) -> str | None:
+    """One line when sampling flags decide (or cannot decide) whether to sample; printed once they are valid."""
+    given = _sampling_flags(args)
+    if given and args.do_sample is None:
+        return f"llmkit generate: {given} turns sampling on (--greedy to decode greedily)"
+    if given and args.do_sample is False:
+        return f"llmkit generate: {given} ignored: --greedy decodes without sampling"
+    return None
 
 
 def run(args: argparse.Namespace) -> None:
@@ -142,6 +152,12 @@ def run(args: argparse.Namespace) -> None:
     plot = _plot_request(args)  # checked before the model loads
     model = load_model(args.model, args.device, args.dtype)
     overrides = _overrides(args)
+    note = _sampling_note(args)
+    if note:
+        from llmkit.inference.engine import resolve_config
+
+        resolve_config(model, None, overrides)  # a bad value is the one line printed, not the note and then it
+        print(note, file=sys.stderr)
     if overrides.get("compile"):
         print(_compile_notice(model), file=sys.stderr, flush=True)
     if args.explain:
