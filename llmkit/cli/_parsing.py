@@ -28,7 +28,7 @@ class HelpWithDefaults(argparse.HelpFormatter):
             and "default" not in text
         ):
             shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-            text += f" (default: {shown})"
+            text += " (default: {})".format(str(shown).replace("%", "%%"))  # help is %-formatted
         return text
 
 

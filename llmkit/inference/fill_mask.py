@@ -14,8 +14,8 @@ MASK_PLACEHOLDER = "[MASK]"  # written in the text whatever the tokenizer's own 
 # it would get a head: said both by fill-mask and by generate, so neither sends the user to the other
 NO_MLM_HEAD_HINT = (
     "it gives sentence embeddings (llmkit embeddings MODEL TEXT) and llmkit inspect MODEL describes it; to fill "
-    "masks, use a checkpoint with a masked-LM head (e.g. convert bert-base-uncased) or train one "
-    "(llmkit pretrain with --model.encoder_head mlm, objective masked_lm)"
+    "masks, use a checkpoint with a masked-LM head (e.g. convert bert-base-uncased) or train one: llmkit pretrain "
+    "of an encoder (--model.encoder_head mlm) trains the head with the masked-LM objective"
 )
 
 
