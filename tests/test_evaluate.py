@@ -392,3 +392,22 @@ def test_perplexity_command(converted, tmp_path, capsys):
         assert code == 0 and "perplexity" in capsys.readouterr().out
     else:
         assert code == 2 and "needs a decoder-only model" in capsys.readouterr().err
+
+
+def test_perplexity_reads_gz_files_the_same_and_refuses_binary(converted, tmp_path, capsys):
+    import gzip
+
+    _, directory = converted
+    if checkpoint.load_config(directory).family != "decoder":
+        return  # perplexity is decoder-only (the test above checks the refusal)
+    body = " ".join(t for t, _ in REVIEWS) * 3
+    (tmp_path / "text.txt").write_text(body)
+    (tmp_path / "text.txt.gz").write_bytes(gzip.compress(body.encode()))
+    outputs = []
+    for name in ("text.txt", "text.txt.gz"):
+        assert main(["eval", str(directory), "--perplexity", str(tmp_path / name), "--no-progress"]) == 0
+        outputs.append(capsys.readouterr().out.split(" over ")[0])  # "perplexity X (mean NLL Y nats/token)"
+    assert outputs[0] == outputs[1] and outputs[0].startswith("perplexity ")
+    (tmp_path / "binary.bin").write_bytes(b"\xff\xfe\x00\x81" * 10)
+    assert main(["eval", str(directory), "--perplexity", str(tmp_path / "binary.bin"), "--no-progress"]) == 2
+    assert "binary.bin: not UTF-8 text" in capsys.readouterr().err

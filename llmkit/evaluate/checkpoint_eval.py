@@ -3,6 +3,7 @@ perplexity of a text file under the checkpoint."""
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def checkpoint_perplexity(
     device: str = "auto",
     dtype: str | None = None,
 ) -> Perplexity:
-    """Sliding-window perplexity of the UTF-8 text file at ``path`` under the checkpoint at ``directory``.
+    """Sliding-window perplexity of the UTF-8 text file (or .gz) at ``path`` under the checkpoint at ``directory``.
 
     Order: load the model -> check the file and the model's tokenizer -> encode -> score every token once.
     """
@@ -77,8 +78,21 @@ def checkpoint_perplexity(
         raise LlmkitError(f"{path}: file not found", "pass a UTF-8 text file")
     if model.tokenizer is None:
         raise LlmkitError(f"{directory} has no tokenizer", "save one beside it (tokenizer.json)")
-    ids = model.tokenizer.encode(path.read_text(encoding="utf-8"))
+    ids = model.tokenizer.encode(read_text_file(path))
     return perplexity(model, ids, stride, batch_size, progress)
+
+
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file, or a gzip'd one (``.gz``, as the data sets in data/ are), or a one-line error."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as file:
+                return file.read()
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise LlmkitError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})", "pass a text file") from None
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError; a cut .gz ends in EOFError
+        raise LlmkitError(f"{path}: unreadable ({err})", "restore the file or pass another") from None
 
 
 def perplexity_line(result: Perplexity, path: Path) -> str:

@@ -10,7 +10,6 @@ temporary file renamed into place.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from llmkit import checkpoint
 from llmkit.config import GenerationConfig, ModelConfig
 from llmkit.errors import LlmkitError
-from llmkit.files import _umask
+from llmkit.files import atomic_file
 from llmkit.gguf import layout, vocab
 from llmkit.gguf.reader import GGUFFile, open_gguf
 from llmkit.model_card import ModelCard
@@ -152,15 +151,8 @@ def to_gguf(src: str | os.PathLike, out: str | os.PathLike, qtype: str = "f32", 
     tensors = checkpoint.unique_state_dict(model)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        _write(Path(tmp), arch, meta, tensors, cfg, qtype, progress)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out) as tmp:
+        _write(tmp, arch, meta, tensors, cfg, qtype, progress)
     return out
 
 
