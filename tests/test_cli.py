@@ -96,3 +96,133 @@ def test_convert_missing_source_is_one_line_exit_2(tmp_path):
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "no such directory" in out.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ---- the first hour (issue 17): flag mistakes, --version, defaults in --help, closed pipes ----------------------
+def test_version_comes_from_the_package_metadata():
+    from importlib.metadata import version
+
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"llmkit {version('llmkit')}"
+
+
+@pytest.mark.parametrize("args, suggestion", [
+    (["generate", "m", "--temprature", "0.5"], "unrecognized argument --temprature (did you mean --temperature?)"),
+    (["pretrain", "--config", "c.toml", "--train.stesp", "50"], "--train.stesp (did you mean --train.steps?)"),
+    (["init", "tiny-gpt-1m", "o", "--model.n_layr", "2"], "--model.n_layr (did you mean --model.n_layer?)"),
+    (["tokenizer", "train", "--out", "o", "--vocab-sise", "5"], "--vocab-sise (did you mean --vocab-size?)"),
+    (["serve", "m", "--prot", "1"], "--prot (did you mean --port?)"),
+])  # fmt: skip
+def test_a_mistyped_flag_is_one_line_with_the_closest_flag(capsys, args, suggestion):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and suggestion in err, err
+
+
+def test_underscore_spellings_of_our_flags_are_accepted():
+    parser = build_parser()
+    args = parser.parse_args(["generate", "m", "p", "--max_new_tokens", "5", "--top_k=3", "--do_sample"])
+    assert (args.max_new_tokens, args.top_k, args.do_sample) == (5, 3, True)
+    args = parser.parse_args(["pretrain", "--config", "c.toml", "--train.warmup_steps", "7"])
+    assert args.train__warmup_steps == 7  # dotted field names keep their underscores untouched
+    args = parser.parse_args(["generate", "m", "--", "--max_new_tokens"])  # after --, words are not flags
+    assert args.prompt == "--max_new_tokens"
+
+
+def _all_parsers(parser, path=("llmkit",)):
+    yield " ".join(path), parser
+    for action in parser._actions:
+        if isinstance(action, __import__("argparse")._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _all_parsers(sub, (*path, name))
+
+
+def test_every_flag_of_every_command_says_what_it_does_and_its_default():
+    import argparse
+
+    missing = []
+    for name, parser in _all_parsers(build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS:
+                continue  # positionals are named in the usage; the dotted config flags are listed in their group
+            flag = f"{name} {action.option_strings[-1]}"
+            if not action.help:
+                missing.append(f"{flag}: no help")
+            elif action.nargs != 0 and action.default is not None and "default" not in formatter._expand_help(action):
+                missing.append(f"{flag}: default {action.default!r} not stated")
+    assert not missing, "\n".join(missing)
+    out = run_cli("generate", "--help").stdout
+    assert "--temperature TEMPERATURE" in out and "greedily by default" in out and "samples by default" in out
+
+
+@pytest.mark.parametrize("args", [["inspect", "gpt2"], ["plan", "gpt2", "--json"]])
+def test_a_closed_pipe_ends_quietly(args):
+    """`llmkit inspect gpt2 | head -1`: the reader is gone before llmkit writes; no BrokenPipeError."""
+    proc = subprocess.Popen([sys.executable, "-m", "llmkit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == "", err
+
+
+def test_sampling_flags_turn_sampling_on(tiny_checkpoint, capsys):
+    model = str(tiny_checkpoint())
+    base = ["generate", model, "The cat", "--max-new-tokens", "8", "--json"]
+    assert main([*base, "--temperature", "5", "--seed", "1"]) == 0
+    out = capsys.readouterr()
+    assert "--temperature turns sampling on" in out.err
+    sampled = json.loads(out.out)["token_ids"]
+    assert main([*base, "--temperature", "5", "--greedy"]) == 0
+    out = capsys.readouterr()
+    assert "--temperature ignored: --greedy" in out.err
+    assert main(base) == 0
+    greedy = json.loads(capsys.readouterr().out)["token_ids"]
+    assert json.loads(out.out)["token_ids"] == greedy != sampled
+
+
+def test_tokenizer_flags_take_the_tokenizer_json_file(tiny_tokenizer, tmp_path, capsys):
+    """`--tokenizer path/tokenizer.json` said "tokenizer directory not found": the file now means its folder,
+    for init, data tokenize and the commands that take a tokenizer path; a file of another name says to pass
+    its folder."""
+    tok = tmp_path / "tok"
+    tiny_tokenizer.save(tok)
+    file = str(tok / "tokenizer.json")
+    assert main(["init", "tiny-gpt-1m", str(tmp_path / "m"), "--tokenizer", file, "--model.n_layer", "1"]) == 0
+    assert (tmp_path / "m" / "tokenizer.json").is_file()
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("The cat ate the cake. " * 50)
+    assert main(["data", "tokenize", str(corpus), "--tokenizer", file, "--out", str(tmp_path / "d")]) == 0
+    assert main(["tokenizer", "encode", file, "The cat"]) == 0
+    capsys.readouterr()
+    other = tmp_path / "vocab.json"
+    other.write_text("{}")
+    with pytest.raises(SystemExit) as exit_:
+        main(["init", "tiny-gpt-1m", str(tmp_path / "n"), "--tokenizer", str(other)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "pass the folder that holds tokenizer.json" in err
+
+
+def test_tokenizer_train_into_a_pipe_counts_in_words_and_draws_no_bars(tmp_path):
+    """Piped, `tokenizer train` printed '1 texts' and blank progress lines: now '1 text' and no bar."""
+    corpus = tmp_path / "one.txt"
+    corpus.write_text("The cat ate the cake, and the dog ate the bone. " * 40)
+    out = run_cli("tokenizer", "train", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "tok"))
+    assert out.returncode == 0, out.stderr
+    assert ", 1 text, " in out.stdout and "1 texts" not in out.stdout
+    assert out.stderr == ""  # no progress bar (nor the blank lines it leaves) when stderr is not a terminal
+
+
+def test_quickstart_generate_lines_parse_and_decode_without_repeating():
+    """The quickstart's generate commands use flags that exist, and the greedy one a repetition penalty: without
+    one the tiny model's greedy completions were lines of '#'."""
+    import shlex
+    from pathlib import Path
+
+    script = (Path(__file__).parents[1] / "examples" / "quickstart.sh").read_text()
+    commands = [line for line in script.replace("\\\n", " ").splitlines() if line.startswith("$LLMKIT generate")]
+    assert len(commands) == 2
+    parser = build_parser()
+    greedy, sampled = (parser.parse_args(shlex.split(c.replace("$LLMKIT ", ""))) for c in commands)
+    assert not greedy.do_sample and greedy.repetition_penalty > 1 and greedy.file and greedy.echo
+    assert sampled.do_sample and sampled.seed is not None

@@ -207,6 +207,24 @@ def test_eval_command_on_converted_gpt2_and_t5(converted, sentiment_task, tmp_pa
     assert all("output" in p for p in report["results"][0]["predictions"])
 
 
+def test_eval_warns_when_items_and_demonstrations_are_one_file(converted, sentiment_task, tmp_path, capsys):
+    """The same file as items and demonstrations leaks answers into prompts: eval and prompt warn; zero-shot,
+    a separate file or the task's own hold-out do not."""
+    _, directory = converted
+    data = str(sentiment_task.parent / "reviews.tsv")
+    base = ["eval", str(directory), str(sentiment_task), "--limit", "2", "--no-progress", "--out", str(tmp_path / "e")]
+    assert main([*base, "--shots", "1", "--examples", data]) == 0
+    err = capsys.readouterr().err
+    assert "llmkit eval: warning: the items and the demonstrations are the same file" in err and "1-shot" in err
+    assert main(["prompt", str(sentiment_task), "--shots", "2", "--examples", data]) == 0
+    assert "llmkit prompt: warning: the items and the demonstrations are the same file" in capsys.readouterr().err
+    other = tmp_path / "pool.tsv"
+    other.write_text((sentiment_task.parent / "reviews.tsv").read_text())
+    for extra in (["--shots", "0", "--examples", data], ["--shots", "1", "--examples", str(other)], ["--shots", "1"]):
+        assert main([*base, *extra]) == 0
+        assert "warning" not in capsys.readouterr().err
+
+
 def test_eval_errors_are_one_line(converted, sentiment_task, capsys):
     _, directory = converted
     assert main(["eval", str(directory), str(sentiment_task), "--shots", "0,x"]) == 2

@@ -425,6 +425,38 @@ def test_fill_mask_ranks_the_mlm_head_softmax(bert_dir):
         fill_mask(bert, "no mask here")
 
 
+def test_two_masks_each_filled_sentence_keeps_the_other_mask(bert_dir, capsys):
+    from llmkit.cli import main
+    from llmkit.inference import fill_mask
+
+    bert = checkpoint.load(bert_dir)
+    first, second = fill_mask(bert, "the cat [MASK] the cake. the [MASK] ate.", top_k=2)
+    for c in first:  # the filled token may be a ##piece that joins the word before it
+        assert c.sequence.startswith("the cat") and c.sequence.endswith(" the cake. the [MASK] ate.")
+        assert c.token.strip("#") in c.sequence and c.sequence.count("[MASK]") == 1
+    for c in second:
+        assert c.sequence.startswith("the cat [MASK] the cake. the") and c.sequence.endswith(" ate.")
+        assert c.token.strip("#") in c.sequence and c.sequence.count("[MASK]") == 1
+    assert main(["fill-mask", str(bert_dir), "the cat [MASK] the cake. the [MASK] ate."]) == 0
+    assert capsys.readouterr().out.count("[MASK]") == 2 * 5  # each candidate line keeps the other mask
+
+
+def test_an_encoder_without_mlm_head_points_to_what_works(tmp_path, tiny_corpus, capsys):
+    """fill-mask said "use generate" and generate said "use fill-mask": both now name embeddings and inspect."""
+    from llmkit.cli import main
+    from llmkit.data.tokenizer_train import train_tokenizer
+
+    tok = train_tokenizer(tiny_corpus, "wordpiece", vocab_size=200)
+    cfg = ModelConfig.from_name("tiny-bert-1m", vocab_size=tok.vocab_size, d_model=32, n_layer=1, n_head=4,
+                                encoder_head="none")  # fmt: skip
+    out = checkpoint.save(build_model(cfg), tmp_path / "minilm", tokenizer=tok)
+    for command in (["fill-mask", str(out), "a [MASK] b"], ["generate", str(out), "a b"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "llmkit embeddings MODEL TEXT" in err and "inspect" in err, err
+        assert "use generate" not in err and "use fill_mask" not in err
+
+
 # ---- CLI ----------------------------------------------------------------------------------------
 def test_cli_generate_prints_the_completion(gpt_dir, gpt, capsys):
     from llmkit.cli import main
@@ -438,7 +470,10 @@ def test_cli_generate_prints_the_completion(gpt_dir, gpt, capsys):
     assert main(["generate", str(gpt_dir), "The cat", "--max-new-tokens", "8", "--stream", "--echo"]) == 0
     assert capsys.readouterr().out == "The cat" + expected + "\n"
     assert main(["generate", str(gpt_dir), "The cat", "--max-new-tokens", "8", "--compile"]) == 0
-    assert capsys.readouterr().out == expected + "\n"
+    out = capsys.readouterr()
+    assert out.out == expected + "\n"
+    # said before the silent compile: what happens, how long it usually takes, and that the cache is reused
+    assert "compiling the decoding step" in out.err and "a few seconds" in out.err and "later runs" in out.err
 
 
 def test_cli_sampling_seed_file_and_json(gpt_dir, tmp_path, capsys):
@@ -545,3 +580,40 @@ def test_encoder_decoder_text_generation(tmp_path, tiny_corpus):
     assert all(len(c.token_ids) == 10 for c in out)
     assert out[0].text == tok.decode(out[0].token_ids)  # the decoder starts from nothing: no prompt context
     assert "".join(p.text for p in stream(t5, "The cat ate", max_new_tokens=10, eos_token_id=[])) == out[0].text
+
+
+@pytest.mark.parametrize("preset, pos", [
+    ("tiny-gpt-1m", "learned"), ("tiny-gpt-1m", "sinusoidal"), ("tiny-llama-10m", "rope"), ("tiny-t5-1m", "relative"),
+])  # fmt: skip
+def test_context_window_is_one_rule_for_every_position_kind(tiny_checkpoint, capsys, preset, pos):
+    """A prompt + new tokens past the window is an error on the CLI and in the library for every kind of
+    position, as the server refuses it; --truncate keeps the prompt's last tokens instead."""
+    from llmkit.cli import main
+
+    model_dir = tiny_checkpoint(preset, window=32, pos=pos)
+    model = checkpoint.load(model_dir)
+    assert model.config.pos == pos
+    long = "The cat ate the cake. " * 20
+    with pytest.raises(LlmkitError, match="exceed the context window of 32"):
+        generate(model, long, max_new_tokens=8)
+    with pytest.raises(LlmkitError, match="context window of 32"):
+        list(stream(model, long, max_new_tokens=8))
+    assert main(["generate", str(model_dir), long, "--max-new-tokens", "8"]) == 2
+    assert "context window of 32" in capsys.readouterr().err
+    assert main(["generate", str(model_dir), long, "--max-new-tokens", "8", "--truncate"]) == 0
+    assert main(["generate", str(model_dir), "The cat", "--max-new-tokens", "40"]) == 2
+    assert "context window of 32" in capsys.readouterr().err
+
+
+def test_cli_headers_say_which_prompt_and_why_it_stopped(gpt_dir, tmp_path, capsys):
+    from llmkit.cli import main
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"The cat"\n"A banana"\n"The dog"\n')
+    base = ["generate", str(gpt_dir), "--file", str(prompts), "--max-new-tokens", "3", "--min-new-tokens", "3"]
+    assert main(base) == 0
+    headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("---")]
+    assert headers == [f"--- prompt {i} of 3, stopped at the length limit ---" for i in (1, 2, 3)]
+    assert main([*base, "--do-sample", "--seed", "0", "--num-return-sequences", "2"]) == 0
+    headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("---")]
+    assert headers[1] == "--- prompt 1 of 3, sequence 2 of 2, stopped at the length limit ---" and len(headers) == 6

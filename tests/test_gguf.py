@@ -446,3 +446,20 @@ def test_real_smollm2_converts(smollm, tmp_path):
     assert 'license: "apache-2.0"' in (out / "README.md").read_text()  # general.license of the file
     weights = checkpoint.read_weights(out / "model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+
+
+def test_models_get_names_the_model_as_installed(smollm, tmp_path, monkeypatch):
+    """`models get NAME` records NAME in the card, so serve's id and inspect say smollm2-135m-instruct, not the
+    file's training-run label ('Smollm2 135M 8k Lc100K Mix1 Ep2')."""
+    from llmkit.inference.loading import model_name
+
+    cards = []
+    monkeypatch.setattr(registry, "gguf_file", lambda model, folder, install: smollm)
+    monkeypatch.setattr("llmkit.gguf.convert.from_gguf", lambda path, out, dtype, progress, card: cards.append(card))
+    registry.get(SMOLLM.name, tmp_path / "m")
+    assert cards[0].name == SMOLLM.name
+    (tmp_path / "m").mkdir()
+    from llmkit.model_card import render
+
+    (tmp_path / "m" / "README.md").write_text(render(cards[0]))
+    assert model_name(tmp_path / "m") == "smollm2-135m-instruct"

@@ -317,3 +317,15 @@ def test_plan_imports_without_torch():
     code = "import sys, llmkit.plan, llmkit.cli.plan; llmkit.cli.main(['plan', 'gpt2']); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("False")
+
+
+def test_plan_measure_with_the_default_precision_runs_amp(capsys):
+    """`llmkit plan gpt2 --measure` failed with the default precision (mixed is not a way llmkit trains):
+    with --measure the default is amp, which it runs; an explicit --precision mixed is still refused."""
+    argv = ["plan", "tiny-gpt-1m", "--model.n_layer", "1", "--batch", "1", "--seq", "16", "--measure", "--steps", "1",
+            "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "measured on cpu: 1 step" in out and "amp" in out
+    assert main([*argv, "--precision", "mixed"]) == 2
+    assert "pass --precision fp32 or --precision amp" in capsys.readouterr().err

@@ -325,10 +325,48 @@ def test_cli_serves_on_loopback(model_dir):
             except httpx.ConnectError:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-        assert r.json()["data"][0]["id"] == model_dir.name
+        assert r.json()["data"][0]["id"] == "tiny-gpt-1m"  # the name the checkpoint carries, not its folder's
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_cli_on_a_busy_port_is_one_line_exit_2(model_dir):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cmd = [sys.executable, "-m", "llmkit", "serve", str(model_dir), "--port", str(port)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"llmkit serve: error: port {port} on 127.0.0.1 is in use; pass another --port")
+    assert "serving" not in r.stdout + r.stderr  # nothing is announced that will not happen
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_cli_request_log_one_line_per_request(model_dir, monkeypatch, capsys, quiet):
+    from fastapi.testclient import TestClient
+
+    from llmkit.cli import main
+
+    served = {}
+    monkeypatch.setattr("llmkit.cli.serve.serve_on", lambda server, sock: served.update(app=server.config.app))
+    assert main(["serve", str(model_dir), "--port", "0", *(["--quiet"] if quiet else [])]) == 0
+    capsys.readouterr()
+    with TestClient(served["app"]) as c:
+        body = {"model": "tiny-gpt-1m", "prompt": "The cat", "max_tokens": 5, "temperature": 0}
+        assert c.post("/v1/completions", json=body).status_code == 200
+        assert c.post("/v1/completions", json={**body, "stream": True}).status_code == 200
+        assert c.get("/nowhere").status_code == 404
+    lines = capsys.readouterr().err.splitlines()
+    if quiet:
+        assert lines == []
+        return
+    n = len(checkpoint.load(model_dir).tokenizer.encode("The cat"))
+    assert len(lines) == 3, lines
+    assert lines[0].startswith(f"POST /v1/completions 200 {n} tokens in, 5 out, ") and lines[0].endswith(" s")
+    assert lines[1].startswith(f"POST /v1/completions 200 {n} tokens in, 5 out, ")  # streamed: counted at its end
+    assert lines[2].startswith("GET /nowhere 404, ")
 
 
 def test_cli_errors(model_dir):

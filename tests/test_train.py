@@ -461,3 +461,45 @@ def test_a_run_writes_a_model_card_with_its_data_steps_tokens_and_losses(data_di
     assert "- `docs` (100.0% of tokens): unknown" in card
     params = sum(p.numel() for p in build_model(model_cfg).parameters())
     assert f"| parameters | {params:,} |" in card
+
+
+def test_pretrain_names_the_model_and_warns_about_a_long_warmup(data_dirs, tmp_path, capsys, monkeypatch):
+    """--name is recorded in the checkpoint: inspect shows it, serve uses it as the model id, eval's folder
+    and the loss plot carry it, the plot with the true parameter count; a warmup of 80% of the run is warned of."""
+    from llmkit.cli import main
+    from llmkit.evaluate.checkpoint_eval import default_out
+    from llmkit.evaluate.tasks import load_task
+    from llmkit.inference.loading import model_name
+    from llmkit.units import human_count
+
+    model_cfg, train_cfg = configs("decoder", data_dirs, tmp_path / "model", steps=5, warmup_steps=4, eval_interval=5,
+                                   save_interval=5)  # fmt: skip
+    config = tmp_path / "tiny-run.toml"
+    config.write_text(toml_for(model_cfg, train_cfg))
+    titles = []
+    real_plot = loop.plot_loss
+    monkeypatch.setattr(
+        loop, "plot_loss", lambda records, path, title: titles.append(title) or real_plot(records, path, title)
+    )
+    assert main(["pretrain", "--config", str(config), "--name", "docs lm"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: warmup_steps 4 is 80% of the 5-step run" in err and "--train.warmup_steps 1" in err
+    out = tmp_path / "model"
+    params = sum(p.numel() for p in checkpoint.load(out).parameters())
+    assert titles[-1] == f"docs lm: {human_count(params)} parameters, {human_count(5 * 8 * 32)} tokens"
+    assert model_name(out) == "docs lm" and checkpoint.read_json(out / checkpoint.CONFIG)["name"] == "docs lm"
+    assert main(["inspect", str(out)]) == 0
+    assert "  name: docs lm" in capsys.readouterr().out
+    assert default_out(load_task("sst2"), out).name == "sst2-docs-lm"
+    served = {}
+    monkeypatch.setattr("llmkit.cli.serve.serve_on", lambda server, sock: served.update(app=server.config.app))
+    assert main(["serve", str(out), "--port", "0"]) == 0
+    from fastapi.testclient import TestClient
+
+    assert TestClient(served["app"]).get("/v1/models").json()["data"][0]["id"] == "docs-lm"
+    # without --name the run is named after its config file, not the preset (whose size it may not have)
+    assert (
+        main(["pretrain", "--config", str(config), "--train.warmup_steps", "1", "--train.out_dir", str(tmp_path / "b")])
+        == 0
+    )
+    assert "warning" not in capsys.readouterr().err and model_name(tmp_path / "b") == "tiny-run"

@@ -2,8 +2,10 @@
 
 Each command lives in its own module with ``register(subparsers)``; heavy imports (torch) happen
 inside the handlers so `llmkit --help` stays fast. An ``LlmkitError`` becomes one line on stderr
-and exit code 2. Every command takes ``--threads N``; the thread policy (llmkit/threads.py) is
-decided and applied before the handler runs, so the environment it sets reaches torch's import.
+and exit code 2, as does a flag mistake (with the closest flag: llmkit/cli/_parsing.py). A reader that
+goes away (`llmkit inspect M | head -6`) ends the command quietly. Every command takes ``--threads N``;
+the thread policy (llmkit/threads.py) is decided and applied before the handler runs, so the
+environment it sets reaches torch's import.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import sys
 
 from llmkit import threads
+from llmkit.cli._parsing import LlmkitParser, subparser_for, unknown_flags_message
 from llmkit.errors import LlmkitError
 
 COMMAND_MODULES = (
@@ -39,12 +42,18 @@ REPORT_THREADS = {"pretrain"}
 
 def build_parser() -> argparse.ArgumentParser:
     import importlib
+    from importlib.metadata import PackageNotFoundError, version
 
-    parser = argparse.ArgumentParser(
+    parser = LlmkitParser(
         prog="llmkit",
         description="llmkit: plan, curate, pretrain, generate, evaluate, fine-tune, quantize and serve "
         "transformer language models (decoder-only, encoder-only, encoder-decoder).",
     )
+    try:
+        release = version("llmkit")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        from llmkit import __version__ as release
+    parser.add_argument("--version", action="version", version=f"llmkit {release}", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"llmkit.cli.{name}").register(sub)
@@ -82,13 +91,22 @@ def apply_threads(args: argparse.Namespace) -> threads.Threads:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = subparser_for(parser, argv)
+        command.error(unknown_flags_message(command, extras))
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
     try:
         apply_threads(args)
         args.handler(args)
+        sys.stdout.flush()  # here, so a closed pipe is caught below and not at interpreter exit
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly; stdout goes to devnull so the exit flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except LlmkitError as err:
         print(f"llmkit {args.command}: error: {err}", file=sys.stderr)
         return 2

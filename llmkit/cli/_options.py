@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from llmkit.config import ModelConfig
@@ -63,3 +64,14 @@ def require_positive(name: str, value: int) -> int:
     if value < 1:
         raise LlmkitError(f"{name}={value} must be >= 1", f"change {name}")
     return value
+
+
+def tokenizer_dir(text: str) -> str:
+    """``--tokenizer`` as argparse's type: a tokenizer folder, or its ``tokenizer.json`` (which means its folder).
+    A file of another name is refused with what to pass, since roles and added files live beside it."""
+    path = Path(text)
+    if path.is_file():
+        if path.name == "tokenizer.json":
+            return str(path.parent)
+        raise argparse.ArgumentTypeError(f"{text} is a file; pass the folder that holds tokenizer.json")
+    return text

@@ -18,9 +18,10 @@ def add_device_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def model_name(path: str) -> str:
-    """A short name for titles: the last two parts of the path (runs/quickstart/model -> quickstart/model)."""
-    parts = Path(path).resolve().parts
-    return "/".join(parts[-2:]) if len(parts) >= 2 else str(path)
+    """The name for titles: the one the checkpoint carries (llmkit.inference.loading.model_name)."""
+    from llmkit.inference.loading import model_name as recorded_name
+
+    return recorded_name(path)
 
 
 def load_model(path: str, device: str = "cpu") -> Any:
@@ -39,6 +40,8 @@ def load_tokenizer(path: str) -> tuple[Any, Any]:
     from llmkit.data.tokenizer import Tokenizer
 
     directory = Path(path)
+    if directory.is_file() and directory.name == "tokenizer.json":  # the file means its folder
+        directory = directory.parent
     if not directory.is_dir():
         raise LlmkitError(f"{path}: no such directory", "pass a checkpoint directory or a tokenizer directory")
     if (directory / checkpoint.CONFIG).is_file() and (directory / checkpoint.WEIGHTS).is_file():

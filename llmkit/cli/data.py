@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from llmkit.cli._options import tokenizer_dir
+
 _TOKENIZE_DESCRIPTION = """\
 Tokenize text into a data directory for `llmkit pretrain` (its --train.data):
 train.bin and val.bin (raw little-endian token ids: uint16 when the vocabulary has at most 65,535
@@ -74,7 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="SOURCE[:WEIGHT]",
         help="a file, folder, .jsonl or builtin:NAME, optionally with a mixing weight (all or none weighted)",
     )
-    tokenize.add_argument("--tokenizer", required=True, metavar="DIR", help="tokenizer directory (tokenizer.json)")
+    tokenize.add_argument("--tokenizer", required=True, metavar="DIR", type=tokenizer_dir,
+                          help="tokenizer directory (or its tokenizer.json)")  # fmt: skip
     tokenize.add_argument("--out", required=True, metavar="DIR", help="data directory to write (replaced if it is one)")
     tokenize.add_argument(
         "--val-fraction",

@@ -7,20 +7,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# flag -> GenerationConfig field; flags left unset keep the checkpoint's generation_config.json
+from llmkit.config import GenerationConfig
+
+# flag -> (GenerationConfig field type, help); flags left unset keep the checkpoint's generation_config.json
 _SETTINGS = {
-    "max_new_tokens": int,
-    "min_new_tokens": int,
-    "temperature": float,
-    "top_k": int,
-    "top_p": float,
-    "min_p": float,
-    "repetition_penalty": float,
-    "seed": int,
-    "num_beams": int,
-    "num_return_sequences": int,
-    "length_penalty": float,
+    "max_new_tokens": (int, "most tokens to generate per sequence"),
+    "min_new_tokens": (int, "EOS is masked until this many tokens are generated"),
+    "temperature": (float, "divide the scores by T before sampling; implies --do-sample (0 = greedy)"),
+    "top_k": (int, "sample among the K most likely tokens; implies --do-sample (0 = off)"),
+    "top_p": (float, "sample among the fewest tokens whose probabilities sum to P; implies --do-sample (1 = off)"),
+    "min_p": (float, "drop tokens less likely than P x the top token's probability; implies --do-sample (0 = off)"),
+    "repetition_penalty": (float, "> 1 discourages tokens already in the sequence, as transformers (1 = off)"),
+    "seed": (int, "seed for sampling, for repeatable draws (unset: torch's global generator)"),
+    "num_beams": (int, "beam search with N beams (1 = greedy or sampling)"),
+    "num_return_sequences": (int, "sequences per prompt (greedy needs beams or --do-sample to differ)"),
+    "length_penalty": (float, "beam search: scores are sum(log p) / length**L"),
 }
+# these only matter when sampling: giving one turns sampling on (transformers would warn and ignore it)
+_SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "min_p")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,18 +36,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--min-new-tokens -> greedy argmax, or with --do-sample temperature -> top-k -> top-p -> min-p -> draw. "
         "A sequence stops at EOS, a --stop string, or --max-new-tokens. --stream prints tokens as they come; "
         "--explain shows, per position, the top candidates with their raw probability, probability after "
-        "temperature, which filters kept them, and the token drawn.",
+        "temperature, which filters kept them, and the token drawn. "
+        "The CLI decodes greedily by default, as transformers does: the model's most likely continuation, the "
+        "same on every run; --temperature/--top-k/--top-p/--min-p turn sampling on. The server (llmkit serve) "
+        "samples by default (temperature 1), as OpenAI's API does, because its clients expect varied replies.",
     )
     p.add_argument("model", metavar="MODEL", help="llmkit checkpoint directory")
     p.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt text")
     p.add_argument("--file", type=Path, help='JSONL of prompts: a string or {"prompt": ...} per line (one batch)')
-    for name, kind in _SETTINGS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, metavar=name.upper())
+    for name, (kind, text) in _SETTINGS.items():
+        fallback = getattr(GenerationConfig(), name)
+        text += f" (default: the checkpoint's generation_config.json, else {fallback})"
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, metavar=name.upper(),
+                       help=text)  # fmt: skip
     p.add_argument("--stop", action="append", default=None, metavar="TEXT", help="stop string (repeatable)")
     p.add_argument("--do-sample", dest="do_sample", action="store_true", default=None, help="sample, not greedy")
     p.add_argument("--greedy", dest="do_sample", action="store_false", help="greedy even if the config samples")
     p.add_argument("--early-stopping", choices=["true", "false", "never"], default=None, help="beam search")
-    p.add_argument("--truncate", action="store_true", default=None, help="keep a too-long prompt's last tokens")
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        default=None,
+        help="when prompt + --max-new-tokens exceed the context window, keep the prompt's last tokens "
+        "(default: an error with the numbers)",
+    )
     p.add_argument(
         "--compile", action="store_true", default=None,
         help="torch.compile the decoding step: faster per token after seconds to a minute of compiling",
@@ -100,6 +116,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["stop_strings"] = args.stop
     if args.do_sample is not None:
         out["do_sample"] = args.do_sample
+    if args.do_sample is None and _sampling_flags(args):
+        out["do_sample"] = True
     if args.early_stopping is not None:
         out["early_stopping"] = {"true": True, "false": False}.get(args.early_stopping, args.early_stopping)
     if args.truncate:
@@ -107,6 +125,20 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.compile:
         out["compile"] = True
     return out
+
+
+def _sampling_flags(args: argparse.Namespace) -> str:
+    return " ".join(f"--{n.replace('_', '-')}" for n in _SAMPLING_FLAGS if getattr(args, n) is not None)
+
+
+def _sampling_note(args: argparse.Namespace) -> str | None:
+    """One line when sampling flags decide (or cannot decide) whether to sample; printed once they are valid."""
+    given = _sampling_flags(args)
+    if given and args.do_sample is None:
+        return f"llmkit generate: {given} turns sampling on (--greedy to decode greedily)"
+    if given and args.do_sample is False:
+        return f"llmkit generate: {given} ignored: --greedy decodes without sampling"
+    return None
 
 
 def run(args: argparse.Namespace) -> None:
@@ -120,6 +152,14 @@ def run(args: argparse.Namespace) -> None:
     plot = _plot_request(args)  # checked before the model loads
     model = load_model(args.model, args.device, args.dtype)
     overrides = _overrides(args)
+    note = _sampling_note(args)
+    if note:
+        from llmkit.inference.engine import resolve_config
+
+        resolve_config(model, None, overrides)  # a bad value is the one line printed, not the note and then it
+        print(note, file=sys.stderr)
+    if overrides.get("compile"):
+        print(_compile_notice(model), file=sys.stderr, flush=True)
     if args.explain:
         if len(prompts) != 1:
             raise LlmkitError("--explain takes one prompt", "drop --file or --explain")
@@ -138,6 +178,17 @@ def run(args: argparse.Namespace) -> None:
     for line in completion_lines(generate(model, prompts, **overrides), args.echo, args.json):
         print(line)
     sys.stdout.flush()
+
+
+def _compile_notice(model) -> str:
+    """What --compile is doing during its silent first step, and for about how long (llmkit.inference.compiled
+    measured seconds for the tiny presets and about a minute for GPT-2 small on a 2-core CPU)."""
+    params = sum(p.numel() for p in model.parameters())
+    usual = "a few seconds for a model this small" if params < 20e6 else "up to a minute or two at this size"
+    return (
+        f"llmkit generate: compiling the decoding step (torch.compile), usually {usual} on CPU, less on a GPU; "
+        "later runs reuse torch's on-disk compile cache and start faster"
+    )
 
 
 def _plot_request(args: argparse.Namespace):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from llmkit.cli._options import add_model_flags, model_overrides
+from llmkit.cli._options import add_model_flags, model_overrides, tokenizer_dir
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("preset", metavar="PRESET", help="preset name (see `llmkit inspect --help` / README)")
     p.add_argument("out", metavar="OUT", help="checkpoint directory to write")
-    p.add_argument("--tokenizer", metavar="DIR", help="directory holding tokenizer.json to ship with the model")
+    p.add_argument("--tokenizer", metavar="DIR", type=tokenizer_dir,
+                   help="directory holding tokenizer.json (or that file) to ship with the model")  # fmt: skip
+    p.add_argument("--name", help="the model's name, recorded in config.json and its model card; inspect shows it, "
+                   "serve uses it as the model id (default: the preset)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the weight initialization (default 0)")
     add_model_flags(p)
     p.set_defaults(handler=run)
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> None:
             if token_id is not None:
                 overrides.setdefault(f"{role}_token_id", token_id)
     cfg = ModelConfig.from_name(args.preset, **overrides)
+    cfg.name = args.name or cfg.name
     torch.manual_seed(args.seed)
     model = build_model(cfg)
     card = ModelCard(

@@ -75,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seq", metavar="T", help="tokens per sequence (default: the context window, or block_size)")
     g = p.add_argument_group("precision and optimizer")
     g.add_argument("--precision", choices=("fp32", "amp", "mixed", "bf16", "fp16", "int8", "int4"),
-                   help="byte accounting above (default mixed; a .toml's dtype bf16 means amp)")  # fmt: skip
+                   help="byte accounting above (default mixed, or amp with --measure, as llmkit trains; "
+                   "a .toml's dtype bf16 means amp)")  # fmt: skip
     g.add_argument("--optimizer", choices=("adamw", "sgd", "adamw8bit"), default="adamw",
                    help="AdamW (2 states), SGD with momentum (1), 8-bit AdamW (2 one-byte); default adamw")  # fmt: skip
     g.add_argument("--checkpointing", nargs="?", const="full", choices=("none", "full", "selective"),
@@ -117,7 +118,8 @@ def run(args: argparse.Namespace) -> None:
     opts = PlanOptions(
         batch=_int("--batch", args.batch, defaults.get("batch", 1)),
         seq=_int("--seq", args.seq, defaults.get("seq")),
-        precision=args.precision or defaults.get("precision", "mixed"),
+        # --measure runs real training steps, and llmkit trains in amp (bf16 autocast over fp32 weights)
+        precision=args.precision or defaults.get("precision") or ("amp" if args.measure else "mixed"),
         optimizer=args.optimizer,
         recompute=args.checkpointing or defaults.get("recompute", "none"),
         attention=args.attention or "flash",

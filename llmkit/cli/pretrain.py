@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 from llmkit.cli._options import add_config_flags, add_model_flags, config_overrides, model_overrides
@@ -52,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="continue the run saved in out_dir (after a crash mid-save: from the newest complete copy left beside it)",
     )
     p.add_argument("--no-verify", action="store_true", help="with --resume: skip the SHA-256 check of the checkpoint")
+    p.add_argument("--name", help="the model's name, recorded in config.json and its model card; inspect shows it, "
+                   "serve uses it as the model id, eval and plots are titled with it "
+                   "(default: the config file's name, e.g. quickstart for configs/quickstart.toml)")  # fmt: skip
     add_model_flags(p)
     add_train_flags(p)
     p.set_defaults(handler=run)
@@ -71,4 +76,29 @@ def run(args: argparse.Namespace) -> None:
     from llmkit.train import pretrain
 
     model_cfg, train_cfg = load_run_config(args.config, model_overrides(args), train_overrides(args))
+    # a run config names a run; the preset's name (tiny-llama-10m) would misstate a reshaped model's size.
+    # A resumed run keeps the name it was saved with (runs saved before --name carry their preset's).
+    model_cfg.name = args.name or (_saved_name(train_cfg.out_dir) if args.resume else None) or Path(args.config).stem
+    warning = warmup_warning(train_cfg.warmup_steps, train_cfg.steps)
+    if warning:
+        print(f"llmkit pretrain: warning: {warning}", file=sys.stderr)
     pretrain(model_cfg, train_cfg, resume=args.resume, verify=not args.no_verify)
+
+
+def _saved_name(out_dir: str) -> str | None:
+    from llmkit import checkpoint
+
+    config = Path(out_dir) / checkpoint.CONFIG
+    return checkpoint.read_json(config).get("name") if config.is_file() else None
+
+
+def warmup_warning(warmup: int, steps: int, share: float = 0.25) -> str | None:
+    """A warning when warmup takes more than ``share`` of the run: a config's warmup_steps 40 kept for a
+    50-step trial run means the learning rate peaks near the end and the run barely trains at full rate."""
+    if steps < 1 or warmup <= share * steps:
+        return None
+    suggested = max(1, steps // 10)
+    return (
+        f"warmup_steps {warmup} is {min(warmup / steps, 1):.0%} of the {steps}-step run, so the learning rate "
+        f"peaks late; --train.warmup_steps {suggested} keeps it to about 10%"
+    )

@@ -4,6 +4,7 @@ and llmkit.evaluate."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 _TASK_HELP = (
@@ -108,10 +109,30 @@ def _add_task_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _task(args: argparse.Namespace):
+def _task(args: argparse.Namespace, shots: int):
     from llmkit.evaluate.preview import task_with_overrides
 
-    return task_with_overrides(args.task, args.data, args.examples, args.selection, args.seed)
+    task = task_with_overrides(args.task, args.data, args.examples, args.selection, args.seed)
+    warning = leak_warning(task, shots)
+    if warning:
+        print(f"llmkit {args.command}: warning: {warning}", file=sys.stderr)
+    return task
+
+
+def leak_warning(task, shots: int) -> str | None:
+    """A warning when the demonstrations are drawn from the very file that is evaluated: an item may be shown,
+    with its answer, in its own prompt, and the score rises for no merit. (Without [examples] the task holds its
+    demonstrations out of [data] itself.)"""
+    if shots < 1 or task.examples is None:
+        return None
+    data, examples = Path(task.data.path), Path(task.examples.path)
+    if data.resolve() != examples.resolve():
+        return None
+    return (
+        f"the items and the demonstrations are the same file ({data}): a {shots}-shot prompt may show an item "
+        "with its answer; pass a separate --examples file, or leave [examples] out so the task holds its "
+        "demonstrations out of the items"
+    )
 
 
 def run_prompt(args: argparse.Namespace) -> None:
@@ -120,7 +141,7 @@ def run_prompt(args: argparse.Namespace) -> None:
 
     if args.shots < 0:  # a flag check, before the task file is read
         raise LlmkitError(f"--shots {args.shots} must be >= 0", "use 0 for zero-shot")
-    preview = preview_prompt(_task(args), args.shots, args.input, args.index, args.model, args.method)
+    preview = preview_prompt(_task(args, args.shots), args.shots, args.input, args.index, args.model, args.method)
     print(preview.render())
 
 
@@ -141,7 +162,7 @@ def run_eval(args: argparse.Namespace) -> None:
         print(ev.perplexity_line(result, args.perplexity))
         return
     shots = ev.parse_shots(args.shots)
-    task = _task(args)
+    task = _task(args, max(shots))
     limit = require_positive("--limit", args.limit) if args.limit is not None else None
     report = ev.evaluate_checkpoint(
         args.model, task, shots, limit, args.method, args.batch_size, progress, args.device, args.dtype

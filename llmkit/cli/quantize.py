@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from llmkit.cli._parsing import LlmkitParser
 
-class _IntermixedParser(argparse.ArgumentParser):
+
+class _IntermixedParser(LlmkitParser):
     """Lets OUT follow the options (`MODEL --to int8 OUT`) although MODEL and OUT are optional (--explain
     needs neither): plain argparse fills optional positionals only before the first option."""
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
+import socket
 import sys
 from pathlib import Path
 
@@ -31,9 +33,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the most new tokens one request may ask for (default 1024; the context window also caps it)",
     )  # fmt: skip
     p.add_argument("--max-body", type=int, default=1 << 20, metavar="BYTES", help="largest request body (1 MiB)")
-    p.add_argument("--name", default=None, help="model id clients send (default: the directory's name)")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="model id clients send (default: the name the checkpoint carries, see llmkit inspect)",
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no request log (by default one stderr line per request: method, path, status, "
+        "tokens in and out, seconds)",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="cast the weights")
+    p.add_argument(
+        "--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="cast the weights (default: as stored)"
+    )
     p.set_defaults(handler=run)
 
 
@@ -43,6 +57,7 @@ def run(args: argparse.Namespace) -> None:
 
     from llmkit import checkpoint
     from llmkit.errors import LlmkitError
+    from llmkit.inference.loading import model_name, name_slug
     from llmkit.serve.app import ServeSettings, create_app
     from llmkit.serve.chat import ChatTemplate
 
@@ -55,6 +70,7 @@ def run(args: argparse.Namespace) -> None:
             raise LlmkitError(f"{flag} {value} must be >= 1", f"pass a positive {flag}")
     if not 0 <= args.port <= 65535:
         raise LlmkitError(f"--port {args.port} is not a TCP port", "pass 0-65535")
+    sock = bind(args.host, args.port)  # before the model loads: a busy port fails at once, in one line
     directory = Path(args.model)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.dtype]
@@ -62,14 +78,40 @@ def run(args: argparse.Namespace) -> None:
     roles = model.tokenizer.special_tokens if model.tokenizer is not None else {}
     special = {f"{role}_token": roles[role] for role in ("bos", "eos") if role in roles}  # names chat templates use
     settings = ServeSettings(
-        name=args.name or directory.resolve().name, api_key=args.api_key, max_batch=args.max_batch,
+        name=args.name or name_slug(model_name(directory)), api_key=args.api_key, max_batch=args.max_batch,
         max_tokens=args.max_tokens, max_body=args.max_body, chat=ChatTemplate.from_dir(directory, special),
+        request_log=not args.quiet,
     )  # fmt: skip
     app = create_app(model, settings)
     if not _loopback(args.host) and args.api_key is None:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
-    print(f"serving {settings.name} at http://{args.host}:{args.port}/ (playground at /, API at /v1)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    port = sock.getsockname()[1]  # the real one when --port 0 picked it
+    print(f"serving {settings.name} at http://{args.host}:{port}/ (playground at /, API at /v1)", file=sys.stderr)
+    serve_on(uvicorn.Server(uvicorn.Config(app, log_level="warning")), sock)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on (host, port), as uvicorn would bind it; a busy port is a one-line error."""
+    from llmkit.errors import LlmkitError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart may reuse the port
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise LlmkitError(f"port {port} on {host} is in use", "pass another --port (0 picks a free one)") from None
+        raise LlmkitError(f"cannot listen on {host}:{port}: {err.strerror or err}", "check --host and --port") from None
+    return sock
+
+
+def serve_on(server, sock: socket.socket) -> None:
+    """Run uvicorn's ``server`` on the bound ``sock`` until it stops (a seam for tests)."""
+    with sock:
+        server.run(sockets=[sock])
 
 
 def _loopback(host: str) -> bool:

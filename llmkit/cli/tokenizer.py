@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Iterable, Iterator
 
@@ -133,7 +134,12 @@ def _train(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     tokenizer = train_tokenizer(
-        texts, args.kind, args.vocab_size, args.min_frequency, n_sentinels=args.sentinels, show_progress=True
+        texts,
+        args.kind,
+        args.vocab_size,
+        args.min_frequency,
+        n_sentinels=args.sentinels,
+        show_progress=sys.stderr.isatty(),  # tokenizers' bars print blank lines into a pipe or a log
     )
     seconds = time.perf_counter() - start
     if texts.n_chars == 0:
@@ -144,8 +150,9 @@ def _train(args: argparse.Namespace) -> None:
     sample_tokens = sum(map(len, tokenizer.encode_batch(texts.sample, add_special_tokens=False)))
     sampled = "" if sample_chars == texts.n_chars else f" (first {sample_chars:,} chars)"
     print(
-        f"trained {args.kind} tokenizer: vocab {tokenizer.vocab_size:,}, {texts.n_texts:,} texts, "
-        f"{texts.n_chars:,} chars, {seconds:.1f} s, {sample_tokens / sample_chars:.3f} tokens/char{sampled} -> {out}"
+        f"trained {args.kind} tokenizer: vocab {tokenizer.vocab_size:,}, {_count(texts.n_texts, 'text')}, "
+        f"{_count(texts.n_chars, 'char')}, {seconds:.1f} s, "
+        f"{sample_tokens / sample_chars:.3f} tokens/char{sampled} -> {out}"
     )
 
 
@@ -159,3 +166,8 @@ def _encode(args: argparse.Namespace) -> None:
     print(f"tokens: {[s.piece for s in spans]}")
     print(f"ids:    {[s.id for s in spans]}")
     print(f"{len(spans)} tokens, {len(args.text)} chars")
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 text``, ``2 texts``, ``1,024 chars``."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")

@@ -13,7 +13,7 @@ from llmkit.evaluate.perplexity import Perplexity, perplexity
 from llmkit.evaluate.readers import load_data
 from llmkit.evaluate.report import plot, write_json
 from llmkit.evaluate.tasks import Task
-from llmkit.inference.loading import load_model
+from llmkit.inference.loading import load_model, model_name, name_slug
 
 
 def parse_shots(text: str) -> list[int]:
@@ -45,13 +45,13 @@ def evaluate_checkpoint(
     """
     data = load_data(task, limit=limit)
     model = load_model(directory, device, dtype)
-    name = Path(directory).resolve().name
+    name = model_name(directory)
     return evaluate_task(model, task, data, shots, method, batch_size, progress, name)
 
 
 def default_out(task: Task, directory: str | os.PathLike) -> Path:
-    """runs/eval/TASK-MODELNAME, where results go unless the user names a folder."""
-    return Path("runs") / "eval" / f"{task.name}-{Path(directory).resolve().name}"
+    """runs/eval/TASK-NAME (the name the checkpoint carries), where results go unless the user names a folder."""
+    return Path("runs") / "eval" / f"{task.name}-{name_slug(model_name(directory))}"
 
 
 def save_report(report: EvalReport, out: Path) -> tuple[Path, Path]:

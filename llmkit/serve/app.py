@@ -24,6 +24,7 @@ import asyncio
 import json
 import math
 import secrets
+import sys
 import threading
 import time
 import uuid
@@ -67,6 +68,7 @@ class ServeSettings:
     chat: ChatTemplate = field(default_factory=ChatTemplate)
     max_queue: int | None = None  # choices waiting or decoding at once (None: 8 batches' worth); more get 429
     body_timeout: float = 30.0  # seconds for a request body to arrive (slow senders hold a connection)
+    request_log: bool = False  # one stderr line per request (llmkit serve turns it on; --quiet off)
 
 
 class ApiError(Exception):
@@ -96,6 +98,9 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
     app.openapi = lambda: _openapi(app, settings.name)
     app.state.batcher = batcher  # tests and the load benchmark read batcher.step_sizes
     server = _Server(model, settings, batcher)
+
+    if settings.request_log:
+        app.middleware("http")(_log_request)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError) -> JSONResponse:
@@ -148,6 +153,29 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
         return await server.explain(request, body)
 
     return app
+
+
+async def _log_request(request: Request, call_next):
+    """``POST /v1/completions 200 12 tokens in, 40 out, 0.53 s``, written when the response (a stream
+    included) has been sent; the token counts come from ``_Server.events`` through ``request.state``."""
+    start = time.perf_counter()
+    request.state.tokens = [0, 0]  # prompt tokens, generated tokens
+    response = await call_next(request)
+    body = response.body_iterator
+
+    async def logged() -> AsyncIterator:
+        try:
+            async for chunk in body:
+                yield chunk
+        finally:
+            tokens_in, tokens_out = request.state.tokens
+            line = f"{request.method} {request.url.path} {response.status_code}"
+            if tokens_in or tokens_out:
+                line += f" {tokens_in} tokens in, {tokens_out} out"
+            print(f"{line}, {time.perf_counter() - start:.2f} s", file=sys.stderr, flush=True)
+
+    response.body_iterator = logged()
+    return response
 
 
 def _kind(status: int) -> str:
@@ -320,6 +348,9 @@ class _Server:
         """(choice, TokenEvent) until every choice has finished; a disconnected client cancels them all:
         a stream is cancelled by Starlette when the client goes (``watch=False``), a plain request polls."""
         requests, items = self.submit(prompt_ids, configs, logprobs)
+        counts = getattr(http.state, "tokens", None)  # the request log's, when it is on
+        if counts is not None:
+            counts[0] = len(prompt_ids)
         left, next_check = len(requests), time.monotonic() + DISCONNECT_POLL
         try:
             while left:
@@ -337,6 +368,8 @@ class _Server:
                 if isinstance(event, Exception):  # the request was valid: a failure of ours (e.g. NaN scores)
                     raise ApiError(500, f"generation failed: {event}", code="generation_failed")
                 left -= event.finish_reason is not None
+                if counts is not None:
+                    counts[1] += 1
                 yield i, event
         finally:
             for r in requests:  # finished ones are already gone; the rest leave the batch

@@ -28,7 +28,7 @@ from llmkit.objectives import IGNORE_INDEX, Objective, lm_loss, make_objective
 from llmkit.train import distributed
 from llmkit.train.card import pretrain_card
 from llmkit.train.distributed import Dist
-from llmkit.train.metrics import MetricsLog, plot_loss
+from llmkit.train.metrics import MetricsLog, loss_title, plot_loss
 from llmkit.train.optim import lr_at
 from llmkit.train.step import (
     EVAL_SEEDS,
@@ -297,7 +297,9 @@ class _Run:
 
     def _save(self) -> None:
         if self.metrics is not None:
-            title = f"{self.model_cfg.name or self.model_cfg.family}: {self.out.name}"
+            tokens = self.state.step * self.rows * self.cfg.block_size
+            params = sum(p.numel() for p in self.state.raw.parameters())  # tied weights once
+            title = loss_title(self.model_cfg.name or self.model_cfg.family, params, tokens)
             plot_loss(self.metrics.records, self.out / LOSS_PLOT, title)
         extra = {"model_config": self.model_cfg.to_dict(), "train_seconds": self.train_seconds}
         extra["init_val_loss"] = self.init_val

@@ -34,6 +34,13 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
+def loss_title(name: str, parameters: int, tokens: int) -> str:
+    """``NAME: 1.26M parameters, 8.19M tokens``: the figures of the model and run that was trained."""
+    from llmkit.units import human_count
+
+    return f"{name}: {human_count(parameters)} parameters, {human_count(tokens)} tokens"
+
+
 def plot_loss(records: list[dict[str, Any]], path: str | os.PathLike, title: str) -> Path:
     """Train and validation loss against step, saved as a PNG.
 

@@ -93,10 +93,12 @@ def model_report(model: str) -> ModelReport:
     card = None
     if path.is_dir():
         from llmkit import checkpoint
+        from llmkit.inference.loading import model_name
 
         cfg = checkpoint.load_config(path)
+        stored["name"] = model_name(path)  # the name it is served, evaluated and plotted under
         quantization = checkpoint.load_quantization(path)
-        stored = {"quantization": quantization.describe() if quantization is not None else "none"}
+        stored["quantization"] = quantization.describe() if quantization is not None else "none"
         stored.update(stored_weights(path / checkpoint.WEIGHTS))
         tok = checkpoint.load_tokenizer(path, cfg)
         stored["tokenizer vocab"] = tok.vocab_size if tok is not None else None
