@@ -186,6 +186,7 @@ def exported(request, tokenizer, tmp_path_factory):
     config = json.loads((src / "tokenizer_config.json").read_text())
     config["chat_template"] = "{{ messages[0]['content'] }}"
     (src / "tokenizer_config.json").write_text(json.dumps(config))
+    checkpoint.write_manifest(src)  # the edit is the checkpoint's content now, as a re-save would record it
     return src, to_gguf(src, root / "m.gguf", "f32")
 
 
