@@ -231,3 +231,54 @@ def test_a_nan_model_answers_a_json_error_not_empty_text(tiny_checkpoint):
             assert err["code"] == "generation_failed" and "NaN or infinite" in err["message"]
     finally:
         live.close()
+
+
+# ---- slow headers ---------------------------------------------------------------------------------------
+def _closed_after(sock: socket.socket, limit: float) -> float | None:
+    """Seconds until the server closed ``sock`` (recv gives b""), None if it was still open after ``limit``."""
+    sock.settimeout(limit)
+    start = time.monotonic()
+    try:
+        while sock.recv(4096):
+            pass  # a response may come first (keep-alive): read through it
+    except TimeoutError:
+        return None
+    return time.monotonic() - start
+
+
+def test_a_client_that_never_finishes_its_headers_is_closed_and_others_are_served(model):
+    from llmkit.serve.connections import header_timeout_protocol
+
+    app = create_app(model, ServeSettings(name="tiny", max_batch=2))
+    live = LiveServer(app, http=header_timeout_protocol(0.5))
+    host, port = live.url.removeprefix("http://").split(":")
+    try:
+        half = [socket.create_connection((host, int(port))) for _ in range(20)]  # half-open clients
+        for s in half:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # headers never end
+        idle = socket.create_connection((host, int(port)))  # sends nothing at all
+        assert httpx.get(f"{live.url}/health", timeout=10).status_code == 200  # a well-formed client meanwhile
+        waits = [_closed_after(s, 5.0) for s in [*half, idle]]
+        assert all(w is not None and w < 3.0 for w in waits), waits
+        # a keep-alive connection: a whole request is answered, a half second one is closed in time
+        keep = socket.create_connection((host, int(port)))
+        keep.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        keep.settimeout(5)
+        assert keep.recv(4096).startswith(b"HTTP/1.1 200")
+        keep.sendall(b"GET /health HTTP/1.1\r\n")
+        assert _closed_after(keep, 5.0) is not None
+    finally:
+        live.close()
+
+
+def test_serve_uses_the_header_deadline(tiny_checkpoint, monkeypatch):
+    from llmkit.cli import main
+    from llmkit.serve.connections import HeaderDeadlineProtocol
+
+    served = {}
+    monkeypatch.setattr("llmkit.cli.serve.serve_on", lambda server, sock: served.update(config=server.config))
+    directory = tiny_checkpoint("tiny-gpt-1m", window=256)
+    assert main(["serve", str(directory), "--port", "0", "--quiet", "--header-timeout", "2.5"]) == 0
+    protocol = served["config"].http
+    assert issubclass(protocol, HeaderDeadlineProtocol) and protocol.header_timeout == 2.5
+    assert main(["serve", str(directory), "--port", "0", "--header-timeout", "0"]) == 2

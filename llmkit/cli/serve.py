@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--max-body", type=int, default=1 << 20, metavar="BYTES", help="largest request body (1 MiB)")
     p.add_argument(
+        "--header-timeout", type=float, default=10.0, metavar="SECONDS",
+        help="close a connection whose request headers have not all arrived within SECONDS (default 10): "
+        "slow or half-open clients cannot hold sockets",
+    )  # fmt: skip
+    p.add_argument(
         "--name",
         default=None,
         help="model id clients send (default: the name the checkpoint carries, see llmkit inspect)",
@@ -60,6 +65,7 @@ def run(args: argparse.Namespace) -> None:
     from llmkit.inference.loading import model_name, name_slug
     from llmkit.serve.app import ServeSettings, create_app
     from llmkit.serve.chat import ChatTemplate
+    from llmkit.serve.connections import header_timeout_protocol
 
     for flag, value in (
         ("--max-batch", args.max_batch),
@@ -68,6 +74,8 @@ def run(args: argparse.Namespace) -> None:
     ):
         if value < 1:
             raise LlmkitError(f"{flag} {value} must be >= 1", f"pass a positive {flag}")
+    if not args.header_timeout > 0:
+        raise LlmkitError(f"--header-timeout {args.header_timeout} must be > 0", "pass a number of seconds, e.g. 10")
     if not 0 <= args.port <= 65535:
         raise LlmkitError(f"--port {args.port} is not a TCP port", "pass 0-65535")
     sock = bind(args.host, args.port)  # before the model loads: a busy port fails at once, in one line
@@ -87,7 +95,8 @@ def run(args: argparse.Namespace) -> None:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
     port = sock.getsockname()[1]  # the real one when --port 0 picked it
     print(f"serving {settings.name} at http://{args.host}:{port}/ (playground at /, API at /v1)", file=sys.stderr)
-    serve_on(uvicorn.Server(uvicorn.Config(app, log_level="warning")), sock)
+    protocol = header_timeout_protocol(args.header_timeout)
+    serve_on(uvicorn.Server(uvicorn.Config(app, log_level="warning", http=protocol)), sock)
 
 
 def bind(host: str, port: int) -> socket.socket:
