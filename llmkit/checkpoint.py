@@ -162,6 +162,9 @@ def write_manifest(directory: Path) -> None:
     (directory / MANIFEST).write_text(json.dumps({"format": "llmkit-manifest", "sha256": hashes}, indent=2))
 
 
+NO_VERIFY_ENV = "LLMKIT_NO_VERIFY"  # "1": loads skip the manifest check (the commands' --no-verify)
+
+
 def verify_manifest(directory: str | os.PathLike, skip: tuple[str, ...] = ()) -> bool:
     """Check every file ``manifest.json`` lists against its hash, but those in ``skip`` (a run's own
     log, appended after the save); False when there is no manifest (checkpoints saved before it, or
@@ -356,7 +359,7 @@ def load(
     directory: str | os.PathLike,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
-    verify: bool = True,
+    verify: bool | None = None,
 ) -> nn.Module:
     """Load a checkpoint directory: a ready model in eval mode with ``.tokenizer`` (or None),
     ``.generation_config`` and ``.quantization`` (a QuantSpec, or None) attached.
@@ -366,10 +369,13 @@ def load(
     torch's CPU kernels on CPU (``llmkit.quantize.use_kernels``).
 
     Before any memory is allocated the config's sizes and the tensors' shapes are checked against
-    the weights file's header; then ``manifest.json``'s hashes unless ``verify`` is False, and the
-    weights for NaN/inf.
+    the weights file's header; then ``manifest.json``'s hashes unless ``verify`` is False (None: the
+    environment decides, ``LLMKIT_NO_VERIFY=1`` skips them, as every command's ``--no-verify`` sets),
+    and the weights for NaN/inf.
     """
     directory = Path(directory)
+    if verify is None:
+        verify = os.environ.get(NO_VERIFY_ENV) != "1"
     cfg = load_config(directory)
     quantization = load_quantization(directory)
     check_header(directory, cfg, quantization)

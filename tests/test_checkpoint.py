@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import os
@@ -295,3 +296,30 @@ def test_recover_with_the_target_in_place_only_cleans_up(saved, tmp_path):
     assert checkpoint.recover(out) is None
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
     llmkit.load(out)
+
+
+def test_every_loading_command_checks_the_manifest_and_no_verify_skips_it(tmp_path, capsys):
+    from llmkit.cli import main
+
+    assert main(["init", "tiny-gpt-1m", str(tmp_path / "m"), "--model.n_layer", "1"]) == 0
+    config = tmp_path / "m" / "generation_config.json"
+    config.write_text(config.read_text().replace("\n", "\n "))  # same settings, other bytes: not what was saved
+    capsys.readouterr()
+    assert main(["quantize", str(tmp_path / "m"), "--to", "int8", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err
+    assert "generation_config.json: contents differ from the SHA-256 in manifest.json" in err and err.count("\n") == 1
+    assert main(["quantize", str(tmp_path / "m"), "--to", "int8", str(tmp_path / "q"), "--no-verify"]) == 0
+    assert os.environ.get(checkpoint.NO_VERIFY_ENV) is None  # the command's setting does not outlive it
+    assert checkpoint.load(tmp_path / "q") is not None  # the new checkpoint has its own, right manifest
+    with pytest.raises(LlmkitError, match="contents differ"):
+        checkpoint.load(tmp_path / "m")
+    for command in ("generate", "fill-mask", "serve", "eval", "prompt", "quantize", "convert", "tokenize"):
+        assert "--no-verify" in subprocess_free_help(command), command
+
+
+def subprocess_free_help(command: str) -> str:
+    from llmkit.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command].format_help()

@@ -11,12 +11,16 @@ environment it sets reaches torch's import.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 from llmkit import threads
 from llmkit.cli._parsing import LlmkitParser, subparser_for, unknown_flags_message
 from llmkit.errors import LlmkitError
+
+NO_VERIFY_ENV = "LLMKIT_NO_VERIFY"  # llmkit.checkpoint.NO_VERIFY_ENV (this module imports no torch)
 
 COMMAND_MODULES = (
     "plan",
@@ -59,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(f"llmkit.cli.{name}").register(sub)
     for command in _all_subparsers(sub):
         add_threads_flag(command)
+        if command.prog.split()[1] in LOADS_CHECKPOINTS and "--no-verify" not in command._option_string_actions:
+            command.add_argument(
+                "--no-verify", action="store_true",
+                help="load checkpoints without checking their files against manifest.json's SHA-256 "
+                "(default: checked, so a corrupted or edited file is an error)",
+            )  # fmt: skip
     return parser
 
 
@@ -69,6 +79,11 @@ def _all_subparsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentPa
         nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         found += [parser] if not nested else [p for group in nested for p in _all_subparsers(group)]
     return found
+
+
+# commands that read llmkit checkpoints (pretrain has its own --no-verify, for --resume)
+LOADS_CHECKPOINTS = {"generate", "fill-mask", "serve", "eval", "prompt", "quantize", "convert", "tokenize",
+                     "embeddings", "attention"}  # fmt: skip
 
 
 def add_threads_flag(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +104,22 @@ def apply_threads(args: argparse.Namespace) -> threads.Threads:
     return decision
 
 
+@contextlib.contextmanager
+def _no_verify(on: bool) -> Iterator[None]:
+    """While the handler runs, checkpoint.load skips manifests (``--no-verify``); the environment is restored
+    after, so one in-process call (tests, notebooks) does not change the next."""
+    before = os.environ.get(NO_VERIFY_ENV)
+    if on:
+        os.environ[NO_VERIFY_ENV] = "1"
+    try:
+        yield
+    finally:
+        if on and before is None:
+            os.environ.pop(NO_VERIFY_ENV, None)
+        elif on:
+            os.environ[NO_VERIFY_ENV] = before
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -101,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         apply_threads(args)
-        args.handler(args)
+        with _no_verify(getattr(args, "no_verify", False) and args.command != "pretrain"):
+            args.handler(args)
         sys.stdout.flush()  # here, so a closed pipe is caught below and not at interpreter exit
     except BrokenPipeError:
         # the reader went away (`| head`): stop quietly; stdout goes to devnull so the exit flush cannot fail again
