@@ -67,7 +67,7 @@ def evaluate_task(
     """Evaluate ``model`` on ``data.items`` at each shot count; ``method`` overrides the task's
     (classification only: "loglikelihood" or "generate"; generation tasks always generate)."""
     check_model(model)
-    method = "generate" if task.kind == "generation" else (method or task.method)
+    method = "generate" if task.kind != "classification" else (method or task.method)
     if method not in ("loglikelihood", "generate"):
         raise LlmkitError(f"unknown method {method!r}", "use loglikelihood or generate")
     data, skipped = _fitting(model, task, data, method)
@@ -118,11 +118,16 @@ def _answer_and_score(
     predicted, texts, scores = _answer(model, task, prompts, method, batch_size, f"{task.name} {k}-shot", progress)
     if task.kind == "classification":
         figures, counts = _classification(task, items, predicted)
+    elif task.kind == "code":
+        figures, counts, outcomes = _code(task, items, prompts, texts)
     else:
         figures, counts = _generation(task, items, texts)
     counts["prompts_with_dropped_examples"] = sum(p.dropped > 0 for p in prompts)
     counts["dropped_examples"] = sum(p.dropped for p in prompts)
     records = _records(task, items, prompts, predicted, texts, scores)
+    if task.kind == "code":
+        for record, outcome in zip(records, outcomes, strict=True):
+            record |= {"status": outcome.status, "detail": outcome.detail}
     mean_tokens = sum(p.tokens for p in prompts) / len(prompts)
     return ShotResult(k, len(items), figures, counts, mean_tokens, records)
 
@@ -135,9 +140,11 @@ def _answer(model, task: Task, prompts: list[Prompt], method: str, batch_size: i
         flat = score_requests(model, requests, batch_size, desc, progress)
         scores = [flat[i * len(words) : (i + 1) * len(words)] for i in range(len(prompts))]
         return [keys[max(range(len(words)), key=row.__getitem__)] for row in scores], None, scores
+    # code keeps the completion's leading indentation: it continues the function body
     texts = generate_answers(
-        model, [p.text for p in prompts], task.max_new_tokens, task.stop, batch_size, desc, progress
-    )
+        model, [p.text for p in prompts], task.max_new_tokens, task.stop, batch_size, desc, progress,
+        strip=task.kind != "code",
+    )  # fmt: skip
     if task.kind != "classification":
         return None, texts, None
     chosen = [parse_label(t, words) for t in texts]
@@ -179,6 +186,15 @@ def _generation(task: Task, items: list[Item], texts: list[str]) -> tuple[dict, 
         elif name == "chrf":
             figures["chrf"] = M.chrf(texts, references)
     return figures, {"empty_outputs": sum(not t for t in texts)}
+
+
+def _code(task: Task, items: list[Item], prompts: list[Prompt], texts: list[str]) -> tuple[dict, dict, list]:
+    from llmkit.evaluate.code import pass_at_1, run_completions
+    from llmkit.evaluate.execution import Limits
+
+    outcomes = run_completions([p.text for p in prompts], texts, [i.references for i in items], Limits(task.timeout))
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("passed", "failed", "timeout")}
+    return {"pass_at_1": pass_at_1(outcomes)}, counts, outcomes
 
 
 def _metric_names(task: Task) -> list[str]:

