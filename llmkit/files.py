@@ -1,4 +1,4 @@
-"""Files: atomic writes, and reading a JSON or TOML file with a one-line error.
+"""Files: atomic writes, and reading a text (plain or .gz), JSON or TOML file with a one-line error.
 
 The write helpers write beside the target and rename into place, so a reader (or a crash) never
 sees a half-written file or directory. ``mkstemp``/``mkdtemp`` create owner-only paths; the result
@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import gzip
 import json
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 try:
     import tomllib
@@ -145,6 +147,25 @@ def recover_directory(target: str | os.PathLike, complete: Callable[[Path], bool
     for path in found:
         shutil.rmtree(path, ignore_errors=True)
     return target if chosen is not None else None
+
+
+@contextlib.contextmanager
+def open_text(
+    path: str | os.PathLike,
+    errors: str = "strict",
+    newline: str | None = None,
+    hint: str = "restore or re-download it",
+) -> Iterator[IO[str]]:
+    """A UTF-8 text file open for reading; a ``.gz`` file (as the data sets in data/ are) decompressed on
+    the fly. A damaged gzip stream, found on opening or on any read in the ``with`` body, is a one-line
+    error naming the file."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors=errors, newline=newline) as file:
+            yield file
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:  # a cut stream ends in EOFError
+        raise LlmkitError(f"{path}: corrupt or truncated gzip file ({err})", hint) from None
 
 
 def read_json(path: str | os.PathLike, hint: str, missing_hint: str | None = None) -> dict[str, Any]:

@@ -11,18 +11,16 @@ Standard library only (layer L0).
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
-import zlib
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmkit.data.builtin import BUILTIN_CORPORA, python_docs_texts, stdlib_source_files
 from llmkit.errors import LlmkitError
+from llmkit.files import open_text
 
 PIECE_CHARS = 16_384  # documents are read, encoded and assigned to a split in pieces of about this size
 MAX_PIECE_FACTOR = 4  # a piece with no place to cut is cut hard at this many times the piece size
@@ -153,21 +151,10 @@ def split_pieces(blocks: Iterable[str], size: int = PIECE_CHARS) -> Iterator[str
         yield buffer[start:]
 
 
-def _open_text(path: Path):
-    opener = gzip.open if path.suffix == ".gz" else open
-    return opener(path, "rt", encoding="utf-8", errors="replace", newline="")
-
-
-@contextmanager
 def _reading(path: Path):
-    """``_open_text``, with a damaged gzip stream turned into a one-line error naming the file."""
-    try:
-        with _open_text(path) as file:
-            yield file
-    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise LlmkitError(
-            f"{path}: corrupt or truncated gzip file ({err})", "re-download or re-compress it, or leave it out"
-        ) from None
+    """The file's text (``.gz`` decompressed, stray bytes replaced, line ends kept); a damaged gzip stream is
+    a one-line error naming the file."""
+    return open_text(path, errors="replace", newline="", hint="re-download or re-compress it, or leave it out")
 
 
 def _check_text(path: Path) -> None:

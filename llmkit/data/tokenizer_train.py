@@ -6,7 +6,6 @@ pre-tokenizer, model, post-processor, decoder) and the special tokens with their
 
 from __future__ import annotations
 
-import gzip
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from llmkit.data.tokenizer import KINDS, Tokenizer, bert_post_processor
 from llmkit.errors import LlmkitError
+from llmkit.files import open_text
 
 TEXT_SUFFIXES = (".txt", ".md", ".txt.gz", ".md.gz")  # what a folder contributes
 
@@ -153,13 +153,8 @@ def iter_text_files(paths: Iterable[str | os.PathLike]) -> Iterator[str]:
 def _read_text(path: Path) -> str:
     """A text file's contents; ``.gz`` files (as the shipped data sets in data/ are) decompressed."""
     # Real corpora carry stray bytes; a replacement character is better than aborting a long run.
-    if path.suffix != ".gz":
-        return path.read_text(encoding="utf-8", errors="replace")
-    try:
-        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as file:
-            return file.read()
-    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError; a cut file ends in EOFError
-        raise LlmkitError(f"{path}: corrupt or truncated gzip file ({err})", "restore or re-download it") from None
+    with open_text(path, errors="replace") as file:
+        return file.read()
 
 
 # --- helpers --------------------------------------------------------------------------------------

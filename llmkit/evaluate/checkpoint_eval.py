@@ -3,7 +3,6 @@ perplexity of a text file under the checkpoint."""
 
 from __future__ import annotations
 
-import gzip
 import os
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from llmkit.evaluate.perplexity import Perplexity, perplexity
 from llmkit.evaluate.readers import load_data
 from llmkit.evaluate.report import plot, write_json
 from llmkit.evaluate.tasks import Task
+from llmkit.files import open_text
 from llmkit.inference.loading import load_model, model_name, name_slug
 
 
@@ -85,13 +85,11 @@ def checkpoint_perplexity(
 def read_text_file(path: Path) -> str:
     """A UTF-8 text file, or a gzip'd one (``.gz``, as the data sets in data/ are), or a one-line error."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rt", encoding="utf-8") as file:
-                return file.read()
-        return path.read_text(encoding="utf-8")
+        with open_text(path) as file:  # a damaged .gz is open_text's own one-line error
+            return file.read()
     except UnicodeDecodeError as err:
         raise LlmkitError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})", "pass a text file") from None
-    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError; a cut .gz ends in EOFError
+    except OSError as err:
         raise LlmkitError(f"{path}: unreadable ({err})", "restore the file or pass another") from None
 
 

@@ -9,8 +9,6 @@ with ``limit``, a seeded random sample of the items.
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import json
 import random
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ from typing import Any
 
 from llmkit.errors import LlmkitError
 from llmkit.evaluate.tasks import DataSpec, Task
+from llmkit.files import open_text
 from llmkit.prompts import Example
 
 
@@ -148,12 +147,10 @@ def _line_records(spec: DataSpec) -> Iterator[tuple[str, dict[str, Any]]]:
                     yield f"{path}:{n}", {spec.input_field: line, field_name: label}
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def _open_text(path: Path):
     if not path.is_file():
         raise LlmkitError(f"{path}: data file not found", "pass --data PATH, or fix path in the task file")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return path.open(encoding="utf-8", newline="")
+    return open_text(path, newline="")
 
 
 def _json_object(line: str, where: str) -> dict[str, Any]:
