@@ -21,7 +21,6 @@ import collections
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,25 +29,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_load import PROMPTS, free_port, tiny_model  # noqa: E402
-
-
-def start_server(model: Path, port: int, max_batch: int, log) -> subprocess.Popen:
-    """``llmkit serve`` with its log in a file: a pipe nobody reads fills up and blocks the server's logging."""
-    cmd = [sys.executable, "-m", "llmkit", "serve", str(model), "--port", str(port), "--name", "tiny",
-           "--max-batch", str(max_batch)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health").raise_for_status()
-            return proc
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise SystemExit("server did not start in 120 s") from None
-            time.sleep(0.2)
+from serve_load import PROMPTS, free_port, start_server, tiny_model  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:

@@ -60,14 +60,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: Path, port: int, max_batch: int) -> subprocess.Popen:
+def start_server(model: Path, port: int, max_batch: int, log) -> subprocess.Popen:
+    """``llmkit serve`` with its log in the open file ``log``: a pipe nobody reads fills up under load and
+    blocks the server's logging, and with it the event loop."""
     cmd = [sys.executable, "-m", "llmkit", "serve", str(model), "--port", str(port), "--name", "tiny",
            "--max-batch", str(max_batch)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
     deadline = time.monotonic() + 120
     while True:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read()}")
+            raise SystemExit(f"server exited with {proc.returncode}: {Path(log.name).read_text()[-2000:]}")
         try:
             httpx.get(f"http://127.0.0.1:{port}/health").raise_for_status()
             return proc
@@ -129,7 +131,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = tiny_model(Path(tmp) / "tiny")
         port = free_port()
-        server = start_server(model, port, max_batch=args.clients)
+        log = (Path(tmp) / "server.log").open("w")
+        server = start_server(model, port, args.clients, log)
         url = f"http://127.0.0.1:{port}"
         try:
             asyncio.run(phase(url, prompts[:2], 4, concurrent=False))  # warm-up, not timed
@@ -147,6 +150,7 @@ def main() -> int:
         finally:
             server.terminate()
             server.wait(timeout=10)
+            log.close()
     speedup = (figures["concurrent"][0] / figures["concurrent"][2]) / (
         figures["one at a time"][0] / figures["one at a time"][2]
     )
