@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 import transformers
 
-from llmkit import checkpoint
+sys.path.insert(0, str(Path(__file__).parent))
+from generate import run_hf, run_ours  # noqa: E402  the same calls as the random-weight bench
+
+from llmkit import checkpoint  # noqa: E402
 from llmkit.gguf import registry
-from llmkit.inference import generate
 
 PROMPT_LEN = 16
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -43,20 +46,6 @@ def load_hf(dtype: torch.dtype) -> torch.nn.Module:
     hf.generation_config.cache_implementation = "static"
     hf.forward = torch.compile(hf.forward, dynamic=False)
     return hf
-
-
-def run_hf(model, ids: torch.Tensor, new: int) -> torch.Tensor:
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-            do_sample=False, eos_token_id=None, pad_token_id=0,
-        )  # fmt: skip
-    return out[:, ids.shape[1] :]
-
-
-def run_ours(model, ids: torch.Tensor, new: int, compile: bool) -> torch.Tensor:
-    out = generate(model, ids, max_new_tokens=new, do_sample=False, eos_token_id=[], pad_token_id=0, compile=compile)
-    return torch.tensor([c.token_ids for c in out])
 
 
 def measure(ours, hf, dtype: str, batch: int, new: int, repeats: int) -> dict:
