@@ -28,3 +28,16 @@ class LiveServer:
     def close(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def slow_down_steps(server: LiveServer, monkeypatch, seconds: float):
+    """Make each decoding step of ``server``'s batcher last ``seconds`` longer (until the test ends); the batcher."""
+    batcher = server.app.state.batcher
+    step = batcher._step
+
+    def slow() -> None:
+        time.sleep(seconds)
+        step()
+
+    monkeypatch.setattr(batcher, "_step", slow)
+    return batcher

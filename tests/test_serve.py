@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_utils import LiveServer
+from serve_utils import LiveServer, slow_down_steps
 
 from llmkit import checkpoint
 from llmkit.inference import generate
@@ -154,15 +154,7 @@ def test_streamed_completion_and_chat(client, model):
 @pytest.fixture
 def slow_steps(server, monkeypatch):
     """5 ms more per decoding step, so a request of MAX_TOKENS tokens lasts about a second."""
-    batcher = server.app.state.batcher
-    step = batcher._step
-
-    def slow() -> None:
-        time.sleep(0.005)
-        step()
-
-    monkeypatch.setattr(batcher, "_step", slow)
-    return batcher
+    return slow_down_steps(server, monkeypatch, 0.005)
 
 
 def wait_until_idle(client) -> None:

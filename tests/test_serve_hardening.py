@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 import torch
-from serve_utils import LiveServer
+from serve_utils import LiveServer, slow_down_steps
 
 from llmkit import checkpoint
 from llmkit.errors import LlmkitError
@@ -64,15 +64,7 @@ def wait_until_idle(client) -> None:
 @pytest.fixture
 def slow_steps(server, monkeypatch):
     """10 ms more per decoding step."""
-    batcher = server.app.state.batcher
-    step = batcher._step
-
-    def slow() -> None:
-        time.sleep(0.01)
-        step()
-
-    monkeypatch.setattr(batcher, "_step", slow)
-    return batcher
+    return slow_down_steps(server, monkeypatch, 0.01)
 
 
 # ---- schema-valid inputs that gave 500s ---------------------------------------------------------
