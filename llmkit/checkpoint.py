@@ -15,6 +15,7 @@ infinite; each problem is a one-line ``LlmkitError`` that names the file.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -85,7 +86,8 @@ def save(
     if quantization is not None:
         config[QUANTIZATION] = quantization.to_dict()
     card = card or ModelCard("Saved with `llmkit.save`; llmkit recorded no training for it.")
-    card = card.with_defaults(
+    card = dataclasses.replace(
+        card,
         name=card.name or model.config.name,
         architecture=architecture(model.config.to_dict(), sum(count_parameters(model.config).values())),
     )

@@ -64,12 +64,6 @@ class ModelCard:
     base_card: str | None = None  # the card of the checkpoint this one was made from, kept whole
     architecture: dict[str, Any] = field(default_factory=dict)
 
-    def with_defaults(self, **changes: Any) -> ModelCard:
-        """A copy with the given fields replaced (the card of a base model, carried on)."""
-        values = {**self.__dict__, **changes}
-        values["training_data"] = list(values["training_data"])
-        return ModelCard(**values)
-
 
 def source_of(name: str, catalog_lookup: Any = None) -> DataSource:
     """A DataSource for a corpus name, with its license where llmkit knows it.

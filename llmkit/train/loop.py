@@ -189,6 +189,8 @@ class _Run:
         if self.metrics is not None:
             self.metrics.keep_until(self.state.step)
         self.rows = cfg.batch_size * cfg.grad_accum * env.world_size  # rows per optimizer step
+        self.last_train: float | None = None  # the latest logged losses (None until the first log / evaluation)
+        self.last_val: float | None = None
         self.flops_per_token = flops_per_token(model, model_cfg, cfg.block_size)
         dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
         self.peak = measure_peak_flops(env.device, dtype)
@@ -313,9 +315,9 @@ class _Run:
             "tokens": step * self.rows * self.cfg.block_size,
             "world_size": self.env.world_size,
             "seconds": self.train_seconds,
-            "train_loss": getattr(self, "last_train", None),
-            "val_loss": getattr(self, "last_val", None),
-            "val_ppl": None if getattr(self, "last_val", None) is None else perplexity(self.last_val),
+            "train_loss": self.last_train,
+            "val_loss": self.last_val,
+            "val_ppl": None if self.last_val is None else perplexity(self.last_val),
             "init_val_loss": self.init_val,
         }
         return pretrain_card(self.model_cfg, self.cfg, self.objective.name, self.data.meta, progress)
@@ -341,9 +343,9 @@ class _Run:
             "seconds": seconds,
             "tokens_per_s": tokens / seconds,
             "mfu": self.flops_per_token * tokens / seconds / (self.peak * self.env.world_size),
-            "train_loss": getattr(self, "last_train", None),
+            "train_loss": self.last_train,
             "train_ppl": perplexity(self.last_train),
-            "val_loss": getattr(self, "last_val", None),
+            "val_loss": self.last_val,
             "val_ppl": perplexity(self.last_val),
             "init_val_loss": init_val,
             "init_val_ppl": None if init_val is None else perplexity(init_val),
