@@ -43,6 +43,7 @@ LAYERS = {
     "llmkit.train": 3,
     "llmkit.evaluate": 3,
     "llmkit.viz": 3,
+    "llmkit.retrieval": 3,
     "llmkit.cli": 4,
     "llmkit.serve": 4,
     "llmkit.__main__": 4,
