@@ -38,6 +38,9 @@ COMMAND_MODULES = (
     "prompt",
     "quantize",
     "serve",
+    "embed",
+    "index",
+    "ask",
 )
 # commands that run long enough for a measured thread decision to be worth a line at the start
 # (a count the user set, or torch's own, needs no explaining)
@@ -83,7 +86,7 @@ def _all_subparsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentPa
 
 # commands that read llmkit checkpoints (pretrain has its own --no-verify, for --resume)
 LOADS_CHECKPOINTS = {"generate", "fill-mask", "serve", "eval", "prompt", "quantize", "convert", "tokenize",
-                     "embeddings", "attention"}  # fmt: skip
+                     "embeddings", "attention", "embed", "index", "ask"}  # fmt: skip
 
 
 def add_threads_flag(parser: argparse.ArgumentParser) -> None:

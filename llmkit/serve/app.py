@@ -69,6 +69,7 @@ class ServeSettings:
     max_queue: int | None = None  # choices waiting or decoding at once (None: 8 batches' worth); more get 429
     body_timeout: float = 30.0  # seconds for a request body to arrive (slow senders hold a connection)
     request_log: bool = False  # one stderr line per request (llmkit serve turns it on; --quiet off)
+    embedder: Any = None  # a llmkit.retrieval.embed.Embedder: POST /v1/embeddings (llmkit.serve.embeddings)
 
 
 class ApiError(Exception):
@@ -152,6 +153,10 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
         body = await server.read(request, ExplainRequest)
         return await server.explain(request, body)
 
+    if settings.embedder is not None:
+        from llmkit.serve.embeddings import register_embeddings
+
+        register_embeddings(app, server, settings.embedder)
     return app
 
 
