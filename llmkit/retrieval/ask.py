@@ -4,7 +4,8 @@ Order: retrieve k chunks -> render the user message (instruction, ``[1] (file:st
 source, the question) -> render it through the chat template (a callable, so this module needs no
 server code) -> count tokens with the generator's tokenizer -> while the prompt and ``reserve`` answer
 tokens pass the window, drop the lowest-ranked source (as llmkit.prompts.build_prompt drops the last
-example) -> with none left, ``PromptTooLong``.
+example) -> when not even the best source fits, an error with the counts (``PromptTooLong`` when the
+question alone does not fit).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from llmkit.errors import LlmkitError
 from llmkit.prompts import PromptTooLong
 from llmkit.retrieval.store import Hit
 
@@ -49,13 +51,23 @@ def build_rag_prompt(
     window: int,
     reserve: int,
 ) -> RagPrompt:
-    """The prompt with as many of ``hits`` (best first) as fit ``window - reserve`` tokens once ``render``ed."""
-    for n in range(len(hits), -1, -1):
+    """The prompt with as many of ``hits`` (best first) as fit ``window - reserve`` tokens once ``render``ed;
+    at least one must fit (an answer without sources is not what was asked for)."""
+    if not hits:
+        raise LlmkitError("the index returned no sources", "add documents to the index (llmkit index add)")
+    for n in range(len(hits), 0, -1):
         text = render(user_message(question, hits[:n]))
         tokens = count_tokens(text)
         if tokens + reserve <= window:
             return RagPrompt(text, tokens, list(hits[:n]), len(hits))
-    raise PromptTooLong(tokens, reserve, window)
+    bare = count_tokens(render(user_message(question, [])))
+    if bare + reserve > window:
+        raise PromptTooLong(bare, reserve, window)
+    raise LlmkitError(
+        f"not even the best source fits: the prompt with it has {tokens} tokens + {reserve} for the answer, over "
+        f"the context window of {window}",
+        "lower --max-new-tokens, rebuild the index with smaller --chunk-tokens, or use a model with a longer window",
+    )
 
 
 def cited(answer: str, sources: list[Hit]) -> list[tuple[int, Hit]]:
