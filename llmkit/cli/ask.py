@@ -33,19 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from llmkit.cli.index import index_embedder
     from llmkit.errors import LlmkitError
     from llmkit.inference import generate
-    from llmkit.inference.loading import load_model
+    from llmkit.inference.loading import load_model, resolve_device
     from llmkit.retrieval.ask import build_rag_prompt, cited
-    from llmkit.retrieval.documents import search
+    from llmkit.retrieval.documents import embedder_for, search
     from llmkit.retrieval.store import Index
     from llmkit.serve.chat import ChatTemplate
 
     if args.max_new_tokens < 1:
         raise LlmkitError(f"--max-new-tokens {args.max_new_tokens} must be >= 1", "pass a positive count")
     with Index.open(args.index) as index:
-        embedder = index_embedder(index, args.embedder, args.device)
+        embedder = embedder_for(index, args.embedder, resolve_device(args.device))
         hits = search(index, embedder, args.question, args.k, "hybrid" if args.hybrid else "dense")
     model = load_model(args.model, args.device, args.dtype)
     if model.config.family != "decoder" or model.tokenizer is None:

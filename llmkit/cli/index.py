@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from llmkit.cli.embed import EMBEDDER_HELP
+from llmkit.cli._retrieval import EMBEDDER_HELP
 
 _EPILOG = """\
 examples:
@@ -79,25 +79,6 @@ def _embedder_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
 
 
-def index_embedder(index, name: str | None, device: str = "auto"):
-    """The embedder named by --embedder, else the folder the index was built from (checked by fingerprint)."""
-    from llmkit.cli.embed import resolve_embedder
-    from llmkit.errors import LlmkitError
-    from llmkit.inference.loading import resolve_device
-    from llmkit.retrieval.embed import Embedder
-
-    if name is None:
-        name = index.meta.get("embedder_path")
-        if not name or not Path(name).is_dir():
-            raise LlmkitError(
-                f"{index.path}: its embedder {index.meta['embedder']!r} is not at {name!r} on this machine",
-                "pass --embedder DIR",
-            )
-    embedder = Embedder.load(resolve_embedder(name), resolve_device(device))
-    index.check_embedder(embedder.fingerprint, embedder.name)
-    return embedder
-
-
 def _bar(total_hint: str):
     from tqdm import tqdm
 
@@ -105,11 +86,10 @@ def _bar(total_hint: str):
 
 
 def run_build(args: argparse.Namespace) -> None:
-    from llmkit.cli.embed import resolve_embedder
     from llmkit.inference.loading import resolve_device
     from llmkit.retrieval.chunk import ChunkConfig
     from llmkit.retrieval.documents import build_index
-    from llmkit.retrieval.embed import Embedder
+    from llmkit.retrieval.embed import Embedder, resolve_embedder
 
     chunking = ChunkConfig(args.chunk_tokens, args.overlap)
     embedder = Embedder.load(resolve_embedder(args.embedder), resolve_device("auto"))
@@ -119,11 +99,12 @@ def run_build(args: argparse.Namespace) -> None:
 
 
 def run_add(args: argparse.Namespace) -> None:
-    from llmkit.retrieval.documents import add_documents
+    from llmkit.inference.loading import resolve_device
+    from llmkit.retrieval.documents import add_documents, embedder_for
     from llmkit.retrieval.store import Index
 
     with Index.open(args.index) as index:
-        embedder = index_embedder(index, args.embedder, args.device)
+        embedder = embedder_for(index, args.embedder, resolve_device(args.device))
         with _bar("embedding") as bar:
             report = add_documents(index, embedder, args.docs, args.per_line, bar.update)
         print(f"{args.index}: added {report.summary()}; {len(index)} chunks in all")
@@ -142,12 +123,13 @@ def run_delete(args: argparse.Namespace) -> None:
 
 
 def run_search(args: argparse.Namespace) -> None:
-    from llmkit.retrieval.documents import search
+    from llmkit.inference.loading import resolve_device
+    from llmkit.retrieval.documents import embedder_for, search
     from llmkit.retrieval.store import Index
 
     mode = "hybrid" if args.hybrid else "bm25" if args.bm25 else "dense"
     with Index.open(args.index) as index:
-        embedder = None if mode == "bm25" else index_embedder(index, args.embedder, args.device)
+        embedder = None if mode == "bm25" else embedder_for(index, args.embedder, resolve_device(args.device))
         hits = search(index, embedder, args.query, args.k, mode)
     for rank, hit in enumerate(hits, start=1):
         if args.json:

@@ -106,12 +106,10 @@ def run(args: argparse.Namespace) -> None:
 
 def load_embedder(name: str, device: str):
     """The --embedder for /v1/embeddings; the default MiniLM only when installed, 'none' for no route."""
-    from llmkit.retrieval.embed import Embedder, default_embedder
+    from llmkit.retrieval.embed import Embedder, default_embedder, resolve_embedder
 
     if name == "none" or (name == "minilm" and default_embedder() is None):
         return None
-    from llmkit.cli.embed import resolve_embedder
-
     return Embedder.load(resolve_embedder(name), device)
 
 

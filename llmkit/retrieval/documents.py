@@ -15,7 +15,7 @@ from pathlib import Path
 from llmkit.errors import LlmkitError
 from llmkit.files import atomic_file, open_text
 from llmkit.retrieval.chunk import Chunk, ChunkConfig, chunk_text, split_lines
-from llmkit.retrieval.embed import Embedder
+from llmkit.retrieval.embed import Embedder, resolve_embedder
 from llmkit.retrieval.store import Hit, Index
 
 EMBED_BATCH = 256  # chunks embedded and inserted per transaction step (bounded memory on big corpora)
@@ -93,6 +93,21 @@ def build_index(
         finally:
             index.close()
     return report
+
+
+def embedder_for(index: Index, name: str | None = None, device: str = "cpu") -> Embedder:
+    """The embedder ``name`` (a directory or ``minilm``), else the folder the index was built from; refused
+    when its fingerprint is not the index's."""
+    if name is None:
+        name = index.meta.get("embedder_path")
+        if not name or not Path(name).is_dir():
+            raise LlmkitError(
+                f"{index.path}: its embedder {index.meta['embedder']!r} is not at {name!r} on this machine",
+                "pass --embedder DIR",
+            )
+    embedder = Embedder.load(resolve_embedder(name), device)
+    index.check_embedder(embedder.fingerprint, embedder.name)
+    return embedder
 
 
 def search(index: Index, embedder: Embedder | None, query: str, k: int = 5, mode: str = "dense") -> list[Hit]:

