@@ -146,9 +146,15 @@ class Embedder:
     """A loaded encoder plus its pooling: ``embed(texts)`` -> (N, D) float32 array."""
 
     def __init__(
-        self, model: nn.Module, pooling: Pooling, fingerprint: str, name: str, directory: Path | None = None
+        self,
+        model: nn.Module,
+        pooling: Pooling,
+        name: str,
+        directory: Path | None = None,
+        fingerprint: str | None = None,
     ) -> None:
-        self.model, self.pooling, self.fingerprint, self.name = model, pooling, fingerprint, name
+        self.model, self.pooling, self.name = model, pooling, name
+        self._fingerprint = fingerprint
         self.directory = directory  # where it was loaded from: an index records it for its searches
         self.tokenizer = model.tokenizer
         window = model.config.max_seq_len
@@ -168,7 +174,16 @@ class Embedder:
         if normalize is not None:
             pooling = replace(pooling, normalize=normalize)
         model = load_encoder(directory, device)
-        return cls(model, pooling, fingerprint(directory, pooling), model_name(directory), directory.resolve())
+        return cls(model, pooling, model_name(directory), directory.resolve())
+
+    @property
+    def fingerprint(self) -> str:
+        """``fingerprint(directory, pooling)``, hashed when first asked for (a server never needs it)."""
+        if self._fingerprint is None:
+            if self.directory is None:
+                raise LlmkitError("this embedder was not loaded from a folder: it has no fingerprint", "")
+            self._fingerprint = fingerprint(self.directory, self.pooling)
+        return self._fingerprint
 
     @property
     def dim(self) -> int:
