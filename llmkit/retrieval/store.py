@@ -27,6 +27,8 @@ from llmkit.errors import LlmkitError
 from llmkit.retrieval.chunk import Chunk, ChunkConfig
 
 FORMAT = "llmkit-index-1"
+CACHE_KIB = 256 * 1024  # SQLite's page cache per connection, an upper bound (the default 2 MB re-reads every
+# vector page per query: 100k MiniLM chunks are 150 MB, and a cache that holds them halves a query's time)
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009): 1 / (60 + rank)
 MODES = ("dense", "bm25", "hybrid")
 _EXTENSION_REGISTERED = False
@@ -60,17 +62,18 @@ def connect(path: str | os.PathLike) -> sqlite3.Connection:
         db.enable_load_extension(True)
         sqlite_vec.load(db)
         db.enable_load_extension(False)
-        return db
-    db.close()
-    _register_auto_extension(sqlite_vec.loadable_path())
-    db = sqlite3.connect(str(path))
-    try:
-        db.execute("select vec_version()")
-    except sqlite3.OperationalError:
-        raise LlmkitError(
-            "sqlite-vec could not be loaded into this Python's SQLite",
-            "use a Python built with loadable SQLite extensions (python.org, conda, uv)",
-        ) from None
+    else:
+        db.close()
+        _register_auto_extension(sqlite_vec.loadable_path())
+        db = sqlite3.connect(str(path))
+        try:
+            db.execute("select vec_version()")
+        except sqlite3.OperationalError:
+            raise LlmkitError(
+                "sqlite-vec could not be loaded into this Python's SQLite",
+                "use a Python built with loadable SQLite extensions (python.org, conda, uv)",
+            ) from None
+    db.execute(f"pragma cache_size = -{CACHE_KIB}")
     return db
 
 
