@@ -15,6 +15,9 @@ texts of ``--words`` words drawn from MedQuAD's vocabulary by its word frequenci
 ``Index.add`` (as `index add` does). Queries are real questions, embedded once beforehand; queries/s is
 measured for the store's search alone (dense, BM25, hybrid) and for dense with the query's embedding.
 
+Peer: the first ``--peer-chunks`` chunks of part 1 embedded by llmkit and by sentence-transformers
+(the same MiniLM folder, batch 32 each), alternated, best of two runs each: chunks/s.
+
     nice .venv/bin/python bench/retrieval.py                         # both parts
     nice .venv/bin/python bench/retrieval.py --pairs 300 --chunks 20000   # smaller
 """
@@ -64,7 +67,7 @@ def load() -> str:
     return f"load average {os.getloadavg()[0]:.1f} (2 cores)"
 
 
-def quality(embedder: Embedder, pairs: list[tuple[str, str]], workdir: Path) -> dict:
+def quality(embedder: Embedder, pairs: list[tuple[str, str]], workdir: Path, peer_chunks: int = 0) -> dict:
     chunking = ChunkConfig()
     same = collections.defaultdict(set)  # answer text -> ids of pairs that share it
     for i, (_, answer) in enumerate(pairs):
@@ -91,6 +94,8 @@ def quality(embedder: Embedder, pairs: list[tuple[str, str]], workdir: Path) -> 
             ranks[mode].append(next((r for r, a in enumerate(answers, start=1) if a in right), None))
     index.close()
     out = {"pairs": len(pairs), "chunks": len(chunks), "build_s": build, "bm25_build_s": bm25_build}
+    if peer_chunks:
+        out["embed_chunks_per_s"] = peer(embedder, [c.text for c in chunks[:peer_chunks]])
     for mode in MODES:
         found = ranks[mode]
         out[mode] = {
@@ -99,6 +104,22 @@ def quality(embedder: Embedder, pairs: list[tuple[str, str]], workdir: Path) -> 
             "latency_ms": 1000 * float(np.mean(latency[mode])),
         }
     return out
+
+
+def peer(embedder: Embedder, texts: list[str], repeats: int = 2) -> dict:
+    """Chunks/s embedding ``texts`` with llmkit and with sentence-transformers (the peer users would pick),
+    alternated ``repeats`` times, best run each; both batch 32 and sort by length."""
+    from sentence_transformers import SentenceTransformer
+
+    reference = SentenceTransformer(str(default_embedder()), device="cpu")
+    best = {"llmkit": float("inf"), "sentence-transformers": float("inf")}
+    runs = {"llmkit": lambda: embedder.embed(texts), "sentence-transformers": lambda: reference.encode(texts)}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - t)
+    return {name: len(texts) / seconds for name, seconds in best.items()}
 
 
 def throughput(embedder: Embedder, pairs: list[tuple[str, str]], n: int, words: int, queries: int, workdir: Path):
@@ -147,6 +168,7 @@ def main() -> None:
     p.add_argument("--words", type=int, default=60, help="words per synthetic chunk")
     p.add_argument("--queries", type=int, default=200, help="queries timed in the throughput part")
     p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--peer-chunks", type=int, default=128, help="chunks embedded by llmkit and sentence-transformers")
     args = p.parse_args()
     embedder = Embedder.load(default_embedder())
     pairs = load_pairs()
@@ -154,7 +176,7 @@ def main() -> None:
     results = {"before": load(), "threads": THREADS.describe()}
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_quality:
-            results["quality"] = quality(embedder, sample, Path(tmp))
+            results["quality"] = quality(embedder, sample, Path(tmp), args.peer_chunks)
             results["after_quality"] = load()
             print(json.dumps(results["quality"], indent=1), flush=True)
         if args.chunks:
