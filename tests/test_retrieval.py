@@ -139,6 +139,12 @@ def test_add_replaces_and_delete_removes(tmp_path, embedder, docs):
         Path(docs[0]).write_text("Cats nap.\n")
         add_documents(index, embedder, [docs[0]])  # re-adding an edited file replaces its chunks
         assert index.sources()[docs[0]] == 1 < before[docs[0]]
+        # a replacement that fails half way (vectors of the wrong size) leaves the old chunks: one transaction
+        chunk = chunk_text("Dogs bark.", docs[0], embedder.tokenizer, SMALL)
+        with pytest.raises(LlmkitError, match="dimension"):
+            index.replace(docs[0], chunk, np.zeros((1, 7), dtype=np.float32))
+        assert index.sources()[docs[0]] == 1 and "Cats nap." in search(index, None, "cats nap", 1, "bm25")[0].text
+        assert index.db.execute("select count(*) from vectors").fetchone()[0] == len(index)
         assert index.delete([docs[1]]) == before[docs[1]] and docs[1] not in index.sources()
         vectors = index.db.execute("select count(*) from vectors").fetchone()[0]
         assert vectors == len(index)  # no orphan vectors

@@ -12,13 +12,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from llmkit.errors import LlmkitError
 from llmkit.files import atomic_file, open_text
 from llmkit.retrieval.chunk import Chunk, ChunkConfig, chunk_text, split_lines
 from llmkit.retrieval.embed import Embedder, resolve_embedder
 from llmkit.retrieval.store import Hit, Index
 
-EMBED_BATCH = 256  # chunks embedded and inserted per transaction step (bounded memory on big corpora)
+EMBED_BATCH = 256  # chunks per embedding call (a progress step)
 
 
 @dataclass
@@ -48,18 +50,20 @@ def read_chunks(path: str | os.PathLike, embedder: Embedder, chunking: ChunkConf
 def add_documents(
     index: Index, embedder: Embedder, paths: list[str], per_line: bool = False, progress=None
 ) -> AddReport:
-    """Chunk, embed and insert ``paths``; a path already in the index is replaced (delete + add, one
-    transaction each), so re-adding an edited file does not leave its old chunks behind."""
+    """Chunk, embed and store ``paths``, one transaction per file; a path already in the index is replaced
+    in that same transaction, so re-adding an edited file leaves none of its old chunks, and an interruption
+    leaves every file either as it was or fully added."""
     index.check_embedder(embedder.fingerprint, embedder.name)
     start, total = time.perf_counter(), 0
     for path in paths:
         chunks = read_chunks(path, embedder, index.chunking, per_line)
-        index.delete([str(path)])
+        vectors = []
         for first in range(0, len(chunks), EMBED_BATCH):
             batch = chunks[first : first + EMBED_BATCH]
-            index.add(batch, embedder.embed([c.text for c in batch]))
+            vectors.append(embedder.embed([c.text for c in batch]))
             if progress is not None:
                 progress(len(batch))
+        index.replace(str(path), chunks, np.concatenate(vectors) if vectors else np.zeros((0, embedder.dim)))
         total += len(chunks)
     return AddReport(len(paths), total, time.perf_counter() - start)
 

@@ -175,35 +175,48 @@ class Index:
 
     def add(self, chunks: list[Chunk], vectors: np.ndarray) -> list[int]:
         """Insert chunks with their (N, D) vectors in one transaction; returns their ids."""
-        if len(chunks) != len(vectors):
-            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
-        if len(chunks) and vectors.shape[1] != self.meta["dim"]:
-            raise LlmkitError(f"vectors of dimension {vectors.shape[1]}, the index holds {self.meta['dim']}", "")
-        ids = []
         with self.db:
-            for chunk, vector in zip(chunks, vectors.astype(np.float32), strict=True):
-                cursor = self.db.execute(
-                    "insert into chunks (source, start, end, text) values (?, ?, ?, ?)",
-                    (chunk.source, chunk.start, chunk.end, chunk.text),
-                )
-                self.db.execute(
-                    "insert into vectors (rowid, embedding) values (?, ?)", (cursor.lastrowid, vector.tobytes())
-                )
-                ids.append(cursor.lastrowid)
+            ids = self._insert(chunks, vectors)
+        self._bm25 = None
+        return ids
+
+    def replace(self, source: str, chunks: list[Chunk], vectors: np.ndarray) -> list[int]:
+        """``source``'s old chunks out and these in, in one transaction: a reader (or a crash) sees either."""
+        with self.db:
+            self._remove(source)
+            ids = self._insert(chunks, vectors)
         self._bm25 = None
         return ids
 
     def delete(self, sources: Iterable[str]) -> int:
         """Remove every chunk of ``sources`` in one transaction; returns how many went."""
-        removed = 0
         with self.db:
-            for source in sources:
-                ids = [r[0] for r in self.db.execute("select id from chunks where source = ?", (source,))]
-                self.db.executemany("delete from vectors where rowid = ?", [(i,) for i in ids])
-                self.db.execute("delete from chunks where source = ?", (source,))
-                removed += len(ids)
+            removed = sum(self._remove(source) for source in sources)
         self._bm25 = None
         return removed
+
+    def _insert(self, chunks: list[Chunk], vectors: np.ndarray) -> list[int]:
+        if len(chunks) != len(vectors):
+            raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
+        if len(chunks) and vectors.shape[1] != self.meta["dim"]:
+            raise LlmkitError(f"vectors of dimension {vectors.shape[1]}, the index holds {self.meta['dim']}", "")
+        ids = []
+        for chunk, vector in zip(chunks, vectors.astype(np.float32), strict=True):
+            cursor = self.db.execute(
+                "insert into chunks (source, start, end, text) values (?, ?, ?, ?)",
+                (chunk.source, chunk.start, chunk.end, chunk.text),
+            )
+            self.db.execute(
+                "insert into vectors (rowid, embedding) values (?, ?)", (cursor.lastrowid, vector.tobytes())
+            )
+            ids.append(cursor.lastrowid)
+        return ids
+
+    def _remove(self, source: str) -> int:
+        ids = [r[0] for r in self.db.execute("select id from chunks where source = ?", (source,))]
+        self.db.executemany("delete from vectors where rowid = ?", [(i,) for i in ids])
+        self.db.execute("delete from chunks where source = ?", (source,))
+        return len(ids)
 
     def chunks(self, ids: list[int]) -> dict[int, tuple[str, int, int, str]]:
         marks = ",".join("?" * len(ids))
