@@ -232,3 +232,22 @@ def test_bad_embedding_requests_are_400(server, body, message):
                           headers={"Authorization": "Bearer k"})  # fmt: skip
     assert response.status_code == 400, response.text
     assert message in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("embedder", ["encoder", "none"])
+def test_serve_embedder_flag(tiny_checkpoint, encoder_dir, monkeypatch, embedder):
+    """`llmkit serve --embedder DIR` adds the route (the model id is the encoder's name); `--embedder none` leaves it out."""
+    served = {}
+    monkeypatch.setattr("llmkit.cli.serve.serve_on", lambda server, sock: served.update(app=server.config.app))
+    flag = str(encoder_dir) if embedder == "encoder" else "none"
+    assert main(["serve", str(tiny_checkpoint()), "--port", "0", "--quiet", "--embedder", flag]) == 0
+    from fastapi.testclient import TestClient
+
+    with TestClient(served["app"]) as client:
+        response = client.post("/v1/embeddings", json={"model": "tiny-bert-1m", "input": ["a b", "c"]})
+    if embedder == "none":
+        assert response.status_code == 404
+    else:
+        assert response.status_code == 200, response.text
+        expected = Embedder.load(encoder_dir).embed(["a b", "c"])
+        np.testing.assert_allclose([d["embedding"] for d in response.json()["data"]], expected, atol=1e-6)
