@@ -236,7 +236,8 @@ def test_bad_embedding_requests_are_400(server, body, message):
 
 @pytest.mark.parametrize("embedder", ["encoder", "none"])
 def test_serve_embedder_flag(tiny_checkpoint, encoder_dir, monkeypatch, embedder):
-    """`llmkit serve --embedder DIR` adds the route (the model id is the encoder's name); `--embedder none` leaves it out."""
+    """`llmkit serve --embedder DIR` adds the route (the model id is the encoder's name); `--embedder none`
+    leaves it out."""
     served = {}
     monkeypatch.setattr("llmkit.cli.serve.serve_on", lambda server, sock: served.update(app=server.config.app))
     flag = str(encoder_dir) if embedder == "encoder" else "none"
