@@ -252,3 +252,9 @@ def test_serve_embedder_flag(tiny_checkpoint, encoder_dir, monkeypatch, embedder
         assert response.status_code == 200, response.text
         expected = Embedder.load(encoder_dir).embed(["a b", "c"])
         np.testing.assert_allclose([d["embedding"] for d in response.json()["data"]], expected, atol=1e-6)
+
+
+def test_serve_with_a_missing_embedder_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    assert main(["serve", str(tiny_checkpoint()), "--port", "0", "--embedder", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--embedder" in err and "no model folder" in err, err

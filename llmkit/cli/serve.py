@@ -105,12 +105,18 @@ def run(args: argparse.Namespace) -> None:
 
 
 def load_embedder(name: str, device: str):
-    """The --embedder for /v1/embeddings; the default MiniLM only when installed, 'none' for no route."""
-    from llmkit.retrieval.embed import Embedder, default_embedder, resolve_embedder
+    """The --embedder for /v1/embeddings, loaded on its first request (checked now to be a model folder);
+    the default MiniLM only when installed, 'none' for no route."""
+    from llmkit.errors import LlmkitError
+    from llmkit.retrieval.embed import default_embedder, resolve_embedder
+    from llmkit.serve.embeddings import DeferredEmbedder
 
     if name == "none" or (name == "minilm" and default_embedder() is None):
         return None
-    return Embedder.load(resolve_embedder(name), device)
+    directory = resolve_embedder(name)
+    if not (directory / "config.json").is_file():
+        raise LlmkitError(f"--embedder {name}: no model folder there (no config.json)", "pass an encoder directory")
+    return DeferredEmbedder(directory, device)
 
 
 def bind(host: str, port: int) -> socket.socket:
