@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "init",
     "pretrain",
     "generate",
+    "chat",
     "tokenize",
     "embeddings",
     "attention",
@@ -83,7 +84,7 @@ def _all_subparsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentPa
 
 # commands that read llmkit checkpoints (pretrain has its own --no-verify, for --resume)
 LOADS_CHECKPOINTS = {"generate", "fill-mask", "serve", "eval", "prompt", "quantize", "convert", "tokenize",
-                     "embeddings", "attention"}  # fmt: skip
+                     "embeddings", "attention", "chat"}  # fmt: skip
 
 
 def add_threads_flag(parser: argparse.ArgumentParser) -> None:
