@@ -24,6 +24,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from llmkit.errors import LlmkitError
@@ -182,7 +183,6 @@ class Constraint:
         self.active = [m is not None for m in self.matchers]
         words = (grammars.vocab_size + 31) // 32
         self._bits = torch.full((len(self.matchers), words), -1, dtype=torch.int32)  # CPU: llguidance writes it
-        self._shifts = torch.arange(32, dtype=torch.int32)
         # several rows: llguidance computes their masks in parallel threads, without the GIL
         self._executor = LLExecutor() if sum(self.active) > 1 else None
 
@@ -198,9 +198,10 @@ class Constraint:
         else:
             m, r = rows[0]
             m.unsafe_compute_mask_ptr(self._bits[r].data_ptr(), row_bytes)
-        # bit i of word w allows token 32 * w + i (llguidance's layout)
-        allowed = ((self._bits[:, :, None] >> self._shifts) & 1).view(len(self._bits), -1)[:, : scores.shape[-1]]
-        return scores.masked_fill(allowed.to(scores.device) == 0, float("-inf"))
+        # bit i of word w allows token 32 * w + i: in the words' little-endian bytes, bit i % 8 of byte 4w + i // 8
+        words = self._bits.numpy().astype("<i4", copy=False).view(np.uint8)
+        bits = np.unpackbits(words, axis=1, bitorder="little")[:, : scores.shape[-1]]
+        return scores.masked_fill(torch.from_numpy(bits).to(scores.device) == 0, float("-inf"))
 
     def advance(self, tokens: list[int]) -> list[int]:
         """Consume each active row's token; rows whose grammar is now complete are returned and leave the
