@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "init",
     "pretrain",
     "generate",
+    "chat",
     "tokenize",
     "embeddings",
     "attention",
@@ -86,7 +87,7 @@ def _all_subparsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentPa
 
 # commands that read llmkit checkpoints (pretrain has its own --no-verify, for --resume)
 LOADS_CHECKPOINTS = {"generate", "fill-mask", "serve", "eval", "prompt", "quantize", "convert", "tokenize",
-                     "embeddings", "attention", "embed", "index", "ask"}  # fmt: skip
+                     "embeddings", "attention", "embed", "index", "ask", "chat"}  # fmt: skip
 
 
 def add_threads_flag(parser: argparse.ArgumentParser) -> None:
