@@ -42,6 +42,7 @@ LAYERS = {
     "llmkit.summary": 2,
     "llmkit.train": 3,
     "llmkit.evaluate": 3,
+    "llmkit.finetune": 3,
     "llmkit.viz": 3,
     "llmkit.cli": 4,
     "llmkit.serve": 4,

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "inspect",
     "init",
     "pretrain",
+    "finetune",
     "generate",
     "tokenize",
     "embeddings",
@@ -41,7 +42,7 @@ COMMAND_MODULES = (
 )
 # commands that run long enough for a measured thread decision to be worth a line at the start
 # (a count the user set, or torch's own, needs no explaining)
-REPORT_THREADS = {"pretrain"}
+REPORT_THREADS = {"pretrain", "finetune"}
 
 
 def build_parser() -> argparse.ArgumentParser:
