@@ -285,6 +285,21 @@ def test_decoder_classifier_learns(bpe, tmp_path):
     assert summary["eval"]["accuracy"] >= 0.9
 
 
+def test_continue_pretraining_lowers_the_loss(bpe, tmp_path):
+    from llmkit.data.shards import tokenize_corpus
+
+    torch.manual_seed(0)
+    from_hf(_save_hf(transformers.LlamaForCausalLM(llama_config()), bpe, tmp_path / "hf"), tmp_path / "llama")
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(CORPUS * 3))
+    tokenize_corpus([(str(text), None)], bpe, tmp_path / "tokens", line_documents=True, progress=False)
+    flags = {"task": {"kind": "continue", "data": str(tmp_path / "tokens")}, "train": {"block_size": 32}}
+    summary = finetune(load_finetune_config(_config(tmp_path, tmp_path / "llama", steps=30), flags))
+    assert summary["val_loss"] < summary["init_val_loss"] - 1.0
+    best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
+    assert best["val_loss"] == min(e["val_loss"] for e in _evals(tmp_path / "run"))
+
+
 # ---- bad input --------------------------------------------------------------------------------
 def test_tag_missing_from_labels_is_an_error(bert_base, tmp_path):
     cfg = load_finetune_config(_config(tmp_path, bert_base, "tokens"), {"task": {"labels": "O,B-person,I-person"}})
