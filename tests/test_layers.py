@@ -35,6 +35,7 @@ LAYERS = {
     "llmkit.objectives": 2,
     "llmkit.inference": 2,
     "llmkit.quantize": 2,
+    "llmkit.lora": 2,
     "llmkit.checkpoint": 2,
     "llmkit.quantize_checkpoint": 2,
     "llmkit.hf": 2,

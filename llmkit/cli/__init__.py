@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "attention",
     "prompt",
     "quantize",
+    "lora",
     "serve",
 )
 # commands that run long enough for a measured thread decision to be worth a line at the start
@@ -84,7 +85,7 @@ def _all_subparsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentPa
 
 # commands that read llmkit checkpoints (pretrain has its own --no-verify, for --resume)
 LOADS_CHECKPOINTS = {"generate", "fill-mask", "serve", "eval", "prompt", "quantize", "convert", "tokenize",
-                     "embeddings", "attention"}  # fmt: skip
+                     "embeddings", "attention", "lora"}  # fmt: skip
 
 
 def add_threads_flag(parser: argparse.ArgumentParser) -> None:
