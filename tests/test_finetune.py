@@ -277,6 +277,40 @@ def test_freeze_trains_the_head_only(bert_base, tmp_path):
     assert not torch.equal(tuned["classifier.weight"], fresh.classifier.weight)
 
 
+def _dev_accuracy(model_dir: Path, dev: Path) -> float:
+    from llmkit.finetune.data import collate, encode_classify, read_labelled
+
+    model = checkpoint.load(model_dir)
+    rows = read_labelled(dev, "sentence", "label")
+    batch = collate(encode_classify(model.tokenizer, rows, model.config.labels, 128), 0)
+    with torch.no_grad():
+        predicted = model(**batch.inputs).logits.argmax(-1)
+    return float((predicted == batch.labels).float().mean())
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_lora_trains_adapter_and_head_only(method, bert_base, tmp_path):
+    """LoRA r=8 on q and v (QLoRA: over int8 blocks): the base's weights stay, the run learns, the peft
+    adapter is written, and LoRA's merged best checkpoint scores what its run reported."""
+    flags = {"method": {"name": method, "rank": 8, "alpha": 16.0, "bits": 8}, "train": {"lr": 1e-2}}
+    summary = finetune(load_finetune_config(_config(tmp_path, bert_base, steps=90, eval_interval=45), flags))
+    evals = _evals(tmp_path / "run")
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.1
+    assert evals[0]["accuracy"] < 0.6 and summary["best"] >= 0.7
+    config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["peft_type"] == "LORA"
+    tuned = checkpoint.read_weights(tmp_path / "run" / "last" / checkpoint.WEIGHTS)
+    base = checkpoint.read_weights(bert_base / checkpoint.WEIGHTS)
+    assert torch.equal(tuned["embed.tokens.weight"], base["embed.tokens.weight"])
+    if method == "lora":
+        name = "stack.layers.0.attn.q"
+        assert torch.equal(tuned[f"{name}.base_layer.weight"], base[f"{name}.weight"])
+        best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
+        assert abs(_dev_accuracy(tmp_path / "run" / "best", tmp_path / "dev.tsv") - best["accuracy"]) < 1e-6
+    else:
+        assert json.loads((tmp_path / "run" / "best.json").read_text())["accuracy"] == summary["best"]
+
+
 def test_decoder_classifier_learns(bpe, tmp_path):
     torch.manual_seed(0)
     hf = transformers.LlamaForCausalLM(llama_config())
@@ -301,6 +335,12 @@ def test_continue_pretraining_lowers_the_loss(bpe, tmp_path):
 
 
 # ---- bad input --------------------------------------------------------------------------------
+def test_unknown_lora_target_is_an_error(bert_base, tmp_path):
+    flags = {"method": {"name": "lora", "target_modules": "attn.nope"}}
+    with pytest.raises(LlmkitError, match="nope"):
+        finetune(load_finetune_config(_config(tmp_path, bert_base), flags))
+
+
 def test_tag_missing_from_labels_is_an_error(bert_base, tmp_path):
     cfg = load_finetune_config(_config(tmp_path, bert_base, "tokens"), {"task": {"labels": "O,B-person,I-person"}})
     with pytest.raises(LlmkitError, match="label 'B-location' is not in the config's labels"):

@@ -18,13 +18,16 @@ The config is a TOML file with four tables:
             JSONL, text_field / label_field; tokens: CoNLL with BIO tags), labels (optional list),
             data (continue: a `llmkit data tokenize` directory made with init_from's tokenizer)
   [method]  name = full | freeze (train_layers = N last blocks on top of the head; 0: head only)
+            | lora (rank, alpha, dropout, target_modules; the new head trains in full beside it)
+            | qlora (the same over int8/int4 blocks: bits = 8 | 4)
   [train]   any TrainConfig field (block_size is the maximum sequence length); fine-tuning defaults:
             lr 5e-5, min_lr 0, weight_decay 0.01, beta2 0.999, batch_size 16, block_size 128
 Precedence: defaults < the file < --model.FIELD / --task.FIELD / --method.FIELD / --train.FIELD.
 
 The dev set is scored at the start, every eval_interval steps and at the end (classify: accuracy and
 macro-F1; tokens: entity-level precision/recall/F1 as seqeval computes them; continue: loss and
-perplexity). OUT/best holds the checkpoint of the best score, OUT/last the resumable run.
+perplexity). OUT/best holds the checkpoint of the best score (LoRA: merged; QLoRA: OUT/best.json only),
+OUT/adapter the best LoRA adapter in peft's format, OUT/last the resumable run.
 """
 
 _EPILOG = """\

@@ -12,29 +12,34 @@ are the same everywhere without gathering predictions.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from llmkit import checkpoint, model_card
+from llmkit import checkpoint, files, model_card
 from llmkit.config import ModelConfig, TrainConfig
 from llmkit.data.datasets import TokenDataset
 from llmkit.errors import LlmkitError
 from llmkit.finetune import data as fdata
 from llmkit.finetune.config import FinetuneConfig
 from llmkit.finetune.tasks import BEST_METRIC, head_config, score_classify, score_tokens
+from llmkit.lora import LoraConfig, apply_lora, merge_lora, save_adapter
 from llmkit.model_card import ModelCard
 from llmkit.models import build_model
+from llmkit.models.stack import Stack
 from llmkit.objectives import IGNORE_INDEX, Batch, lm_loss, make_objective
+from llmkit.quantize import QuantSpec, quantize_model
 from llmkit.train import distributed
 from llmkit.train.distributed import Dist
 from llmkit.train.loop import Run, evaluate, perplexity
 from llmkit.train.step import train_batches
 
-LAST, BEST = "last", "best"
+LAST, BEST, ADAPTER = "last", "best", "adapter"
 HEAD_PREFIXES = ("classifier.", "score.")  # the task heads' parameters: new, so always trained
 
 
@@ -122,18 +127,39 @@ class FinetuneRun(Run):
         model.load_state_dict(copied, strict=False)
         self.new_weights = sorted(set(ours) - set(copied))
         del self.base  # its weights now live in the model
-        return self.adapt(model)
+        return self._apply_method(model)
 
     def adapt(self, model: nn.Module) -> nn.Module:
+        """The method on a model whose saved weights are loaded next (resume): quantized buffers empty."""
+        return self._apply_method(model, empty=True)
+
+    def _apply_method(self, model: nn.Module, empty: bool = False) -> nn.Module:
         method = self.fcfg.method
-        if method.name in ("lora", "qlora"):
-            raise LlmkitError(
-                f"method '{method.name}' needs llmkit.lora, which this build does not have yet",
-                'use [method] name = "full" or "freeze"',
-            )
         if method.name == "freeze":
             freeze(model, self.model_cfg, method.train_layers)
+        elif method.name in ("lora", "qlora"):
+            self.lora_cfg = lora_config(method, self.model_cfg, self.fcfg.task.kind)
+            if method.name == "qlora":
+                quantize_blocks(model, method.bits, empty)
+            apply_lora(model, self.lora_cfg)
         return model
+
+    def _save_best(self) -> None:
+        """Full and freeze: the model as it is. LoRA: the adapter in peft's format in OUT/adapter and,
+        over a float base, the merged plain checkpoint in OUT/best; QLoRA's quantized base cannot take
+        the update (it would be quantized again), so its best scores go to OUT/best.json beside the adapter."""
+        if self.fcfg.method.name not in ("lora", "qlora"):
+            return super()._save_best()
+        if self.env.is_main:
+            save_adapter(self.state.raw, self.lora_cfg, self.root / ADAPTER, str(self.fcfg.model.init_from))
+            scores = {"step": self.state.step, **self.last_eval}
+            if self.fcfg.method.name == "lora":
+                merged = merge_lora(copy.deepcopy(self.state.raw))
+                checkpoint.save(merged, self.best_dir, tokenizer=self.tokenizer, card=self.card(),
+                                extra_files={"best.json": scores})  # fmt: skip
+            else:
+                files.atomic_write(self.root / "best.json", json.dumps(scores, indent=2))
+        distributed.barrier()
 
     def batches(self, step: int) -> list[Batch]:
         cfg, env = self.cfg, self.env
@@ -213,6 +239,25 @@ class FinetuneRun(Run):
             metrics={k: round(v, 4) for k, v in self.last_eval.items()},
             base_card=base_card,
         )
+
+
+def lora_config(method, cfg: ModelConfig, kind: str) -> LoraConfig:
+    """The run's LoraConfig: the new head trains in full next to the adapter (peft's
+    ``modules_to_save``, as its sequence- and token-classification task types do)."""
+    head = [] if kind == "continue" else ["score" if cfg.family == "decoder" else "classifier"]
+    return LoraConfig(rank=method.rank, alpha=method.alpha, dropout=method.dropout,
+                      target_modules=list(method.target_modules), modules_to_save=head)  # fmt: skip
+
+
+def quantize_blocks(model: nn.Module, bits: int, empty: bool = False) -> None:
+    """QLoRA-style frozen base: the linear layers of the transformer blocks in int8 or int4 (group 64);
+    embeddings, norms and the task head stay in float (the head trains)."""
+    if bits not in (4, 8):
+        raise LlmkitError(f"qlora bits={bits} is not supported", "set [method] bits to 4 or 8")
+    spec = QuantSpec(f"int{bits}")
+    for module in model.modules():
+        if isinstance(module, Stack):
+            quantize_model(module, spec, empty=empty)
 
 
 def freeze(model: nn.Module, cfg: ModelConfig, train_layers: int) -> None:
