@@ -334,7 +334,7 @@ class Run:
             self._diverged(f"the validation loss became {loss} at step {step}")
         when = f"step {step}" + (" (init)" if step == 0 else "")
         if self.env.is_main:
-            bar.write(f"{when}: " + ", ".join(f"{_label(k)} {_figure(v)}" for k, v in scores.items()))
+            bar.write(f"{when}: " + ", ".join(f"{_label(k)} {_figure(k, v)}" for k, v in scores.items()))
         if self.metrics is not None:
             self.metrics.write({"step": step, **scores})
         self.last_val, self.last_eval = loss, scores
@@ -406,7 +406,7 @@ class Run:
             f"{self.kind}: {summary['steps_this_run']} steps ({start} -> {self.cfg.steps}), "
             f"{summary['examples']:,} examples in {summary['seconds']:.1f} s ({summary['examples_per_s']:,.1f}/s); "
             f"train loss {self.last_train:.4f}; "
-            + ", ".join(f"{_label(k)} {_figure(v)}" for k, v in self.last_eval.items())
+            + ", ".join(f"{_label(k)} {_figure(k, v)}" for k, v in self.last_eval.items())
             + f" -> {self.out}"
         )
 
@@ -472,8 +472,9 @@ def _label(key: str) -> str:
     return {"val_loss": "val loss", "val_ppl": "perplexity"}.get(key, key.removeprefix("val_").replace("_", " "))
 
 
-def _figure(value: float) -> str:
-    return f"{value:,.2f}" if abs(value) >= 100 else f"{value:.4f}"
+def _figure(key: str, value: float) -> str:
+    """Losses and scores to 4 decimals, perplexity as pretraining always printed it (2, with thousands)."""
+    return f"{value:,.2f}" if key == "val_ppl" else f"{value:.4f}"
 
 
 def _saved_step(out: Path) -> int | None:
