@@ -7,7 +7,19 @@
 - ``run``: ``FinetuneRun`` (the loop's hooks) and ``freeze``.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from llmkit.finetune.config import FinetuneConfig, load_finetune_config
-from llmkit.finetune.run import finetune
 
 __all__ = ["FinetuneConfig", "finetune", "load_finetune_config"]
+
+
+def __getattr__(name: str) -> Any:
+    # `finetune` pulls in torch; the config (what `llmkit finetune --help` and `plan` need) does not
+    if name == "finetune":
+        from llmkit.finetune.run import finetune
+
+        return finetune
+    raise AttributeError(f"module 'llmkit.finetune' has no attribute {name!r}")
