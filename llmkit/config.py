@@ -18,7 +18,8 @@ NORMS = ("layernorm", "rmsnorm")
 NORM_PLACEMENTS = ("pre", "post")
 MLPS = ("standard", "gated")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
-ENCODER_HEADS = ("mlm", "classifier", "none")
+ENCODER_HEADS = ("mlm", "classifier", "token_classifier", "none")
+DECODER_HEADS = ("lm", "classifier")
 
 
 @dataclass
@@ -55,9 +56,11 @@ class ModelConfig:
     rel_buckets: int = 32  # T5 relative position buckets
     rel_max_distance: int = 128
     type_vocab_size: int = 0  # BERT token-type (segment) embeddings; 0 = none
-    encoder_head: str = "mlm"  # encoder only: mlm | classifier | none (base model)
+    encoder_head: str = "mlm"  # encoder only: mlm | classifier | token_classifier | none (base model)
+    decoder_head: str = "lm"  # decoder only: lm | classifier (score of the last real token, as Llama's)
     pooler: bool = False  # encoder only: dense + tanh on the first token
-    num_labels: int = 2  # encoder classifier head
+    num_labels: int = 2  # classifier and token_classifier heads
+    labels: list[str] = field(default_factory=list)  # the heads' class names by id (id2label); empty: LABEL_i
     dropout: float = 0.0
     init_std: float = 0.02
     pad_token_id: int | None = None
@@ -105,8 +108,27 @@ class ModelConfig:
                     f"{role}_token_id={token_id} is outside the vocabulary of {self.vocab_size}",
                     f"set --model.{role}_token_id from the tokenizer (llmkit init --tokenizer DIR does it)",
                 )
-        if self.family == "encoder" and self.encoder_head == "classifier" and self.num_labels < 1:
+        _check_choice("decoder_head", self.decoder_head, DECODER_HEADS)
+        if self.has_classifier and self.num_labels < 1:
             raise LlmkitError(f"num_labels={self.num_labels} must be >= 1", "change --model.num_labels")
+        if isinstance(self.labels, str):  # --model.labels NEG,POS on the command line
+            self.labels = [name.strip() for name in self.labels.split(",") if name.strip()]
+        self.labels = list(self.labels or [])
+        if self.labels and len(self.labels) != self.num_labels:
+            raise LlmkitError(
+                f"{len(self.labels)} label names for num_labels={self.num_labels}", "give one name per label"
+            )
+
+    @property
+    def has_classifier(self) -> bool:
+        """A classification head (sequence or token) instead of a language-model head."""
+        if self.family == "encoder":
+            return self.encoder_head in ("classifier", "token_classifier")
+        return self.family == "decoder" and self.decoder_head == "classifier"
+
+    def label_names(self) -> list[str]:
+        """The class names by id: ``labels``, or transformers' LABEL_i when none were given."""
+        return self.labels or [f"LABEL_{i}" for i in range(self.num_labels)]
 
     # ---- io -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -492,7 +492,7 @@ def test_llmkit_model_loads_in_transformers(tmp_path, preset, overrides):
         (BERT, {"hidden_act": "relu"}, "hidden_act 'relu' is unsupported"),
         (BERT, {"position_embedding_type": "relative_key"}, "position_embedding_type 'relative_key'"),
         (BERT, {"is_decoder": True}, "decoder BERT"),
-        (BERT, {"architectures": ["BertForTokenClassification"]}, "BertForTokenClassification is unsupported"),
+        (BERT, {"architectures": ["BertForQuestionAnswering"]}, "BertForQuestionAnswering is unsupported"),
         (BERT, {"architectures": ["BertForSequenceClassification"]}, "names BertForSequenceClassification"),
         (T5, {"feed_forward_proj": "gated-silu"}, "feed_forward_proj 'gated-silu' is unsupported"),
         (T5, {"feed_forward_proj": "gelu"}, "feed_forward_proj 'gelu' is unsupported"),

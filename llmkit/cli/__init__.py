@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "inspect",
     "init",
     "pretrain",
+    "finetune",
     "generate",
     "chat",
     "tokenize",
@@ -38,6 +39,7 @@ COMMAND_MODULES = (
     "attention",
     "prompt",
     "quantize",
+    "lora",
     "serve",
     "embed",
     "index",
@@ -45,7 +47,7 @@ COMMAND_MODULES = (
 )
 # commands that run long enough for a measured thread decision to be worth a line at the start
 # (a count the user set, or torch's own, needs no explaining)
-REPORT_THREADS = {"pretrain"}
+REPORT_THREADS = {"pretrain", "finetune"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +89,7 @@ def _all_subparsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentPa
 
 # commands that read llmkit checkpoints (pretrain has its own --no-verify, for --resume)
 LOADS_CHECKPOINTS = {"generate", "fill-mask", "serve", "eval", "prompt", "quantize", "convert", "tokenize",
-                     "embeddings", "attention", "embed", "index", "ask", "chat"}  # fmt: skip
+                     "embeddings", "attention", "embed", "index", "ask", "chat", "lora"}  # fmt: skip
 
 
 def add_threads_flag(parser: argparse.ArgumentParser) -> None:

@@ -56,3 +56,21 @@ def reject_leftovers(sd: StateDict, family: str, hint: str) -> None:
     """After every expected tensor was taken, anything left means config and weights disagree."""
     if sd:
         raise LlmkitError(f"{family} checkpoint: unexpected tensor '{sorted(sd)[0]}' ({len(sd)} unexpected)", hint)
+
+
+def label_names(hf: dict[str, Any]) -> list[str]:
+    """Class names by id from config.json's ``id2label``; [] when absent or transformers' LABEL_i
+    placeholders (llmkit then shows LABEL_i itself)."""
+    id2label = hf.get("id2label") or {}
+    names = [str(id2label[key]) for key in sorted(id2label, key=int)]
+    return [] if names == [f"LABEL_{i}" for i in range(len(names))] else names
+
+
+def id2label_fields(cfg: ModelConfig) -> dict[str, Any]:
+    """config.json's ``num_labels``, ``id2label`` and ``label2id`` for a classification head."""
+    names = cfg.label_names()
+    return {
+        "num_labels": cfg.num_labels,
+        "id2label": {str(i): name for i, name in enumerate(names)},
+        "label2id": {name: i for i, name in enumerate(names)},
+    }

@@ -6,7 +6,11 @@ Three checkpoint shapes are read, the head decided by the tensors present:
 - ``BertForMaskedLM`` (and ``BertForPreTraining``): ``bert.`` prefix, ``cls.predictions.*`` head,
   usually no pooler (the hub's bert-base-uncased has one, and an NSP head that is dropped);
 - ``BertModel`` (sentence-transformers checkpoints): no prefix, a pooler, no head;
-- ``BertForSequenceClassification``: ``bert.`` prefix, pooler and ``classifier``.
+- ``BertForSequenceClassification``: ``bert.`` prefix, pooler and ``classifier``;
+- ``BertForTokenClassification``: ``bert.`` prefix, ``classifier`` on every token, no pooler (the
+  same tensors as a sequence classifier without pooler: ``architectures`` tells them apart).
+
+Class names travel as ``id2label`` <-> ModelConfig.labels.
 
 Checkpoints from before transformers 1.0 name LayerNorm parameters gamma/beta; they are renamed.
 """
@@ -19,7 +23,7 @@ import torch
 
 from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
-from llmkit.hf.base import StateDict, first_id, reject_leftovers, take
+from llmkit.hf.base import StateDict, first_id, id2label_fields, label_names, reject_leftovers, take
 
 FAMILY = "BERT"
 PREFIX = "bert."  # the task models; BertModel checkpoints have none
@@ -27,8 +31,14 @@ PREFIX = "bert."  # the task models; BertModel checkpoints have none
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 NSP_HEAD = "cls.seq_relationship."  # BertForPreTraining's next-sentence head: llmkit has none
 # Heads llmkit has no layout for; their classifier would otherwise pass for a sequence classifier
-UNSUPPORTED = ("ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice", "LMHeadModel")
-ARCHITECTURES = {"mlm": "BertForMaskedLM", "classifier": "BertForSequenceClassification", "none": "BertModel"}
+UNSUPPORTED = ("ForQuestionAnswering", "ForMultipleChoice", "LMHeadModel")
+ARCHITECTURES = {
+    "mlm": "BertForMaskedLM",
+    "classifier": "BertForSequenceClassification",
+    "token_classifier": "BertForTokenClassification",
+    "none": "BertModel",
+}
+CLASSIFIERS = ("classifier", "token_classifier")
 # ours -> theirs, per layer (each with .weight and .bias)
 LAYER = {
     "attn.q": "attention.self.query",
@@ -102,7 +112,8 @@ class BertConverter:
             type_vocab_size=hf.get("type_vocab_size", 2),
             encoder_head=head,
             pooler="pooler.dense.weight" in sd,
-            num_labels=_num_labels(hf, sd) if head == "classifier" else 2,
+            num_labels=_num_labels(hf, sd) if head in CLASSIFIERS else 2,
+            labels=label_names(hf) if head in CLASSIFIERS else [],
             init_std=hf.get("initializer_range", 0.02),
             pad_token_id=hf.get("pad_token_id", 0),
             bos_token_id=hf.get("bos_token_id"),
@@ -135,9 +146,8 @@ class BertConverter:
             "bos_token_id": cfg.bos_token_id,
             "eos_token_id": cfg.eos_token_id,
         }
-        if cfg.encoder_head == "classifier":  # label names are not kept by llmkit: LABEL_i, as transformers
-            out["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
-            out["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_labels)}
+        if cfg.encoder_head in CLASSIFIERS:
+            out.update(id2label_fields(cfg))
         return out
 
     # ---- weights --------------------------------------------------------------------------
@@ -163,7 +173,7 @@ class BertConverter:
             if not cfg.tie_embeddings:
                 out["mlm_head.decoder.weight"] = take(sd, DECODER_WEIGHT, FAMILY)
             sd.pop(DECODER_WEIGHT, None)  # tied: absent, or a copy of the word embeddings
-        if cfg.encoder_head == "classifier":
+        if cfg.encoder_head in CLASSIFIERS:
             out.update({mine: take(sd, hf, FAMILY) for mine, hf in CLASSIFIER.items()})
         for name in [n for n in sd if n.startswith(NSP_HEAD)]:
             sd.pop(name)
@@ -171,8 +181,8 @@ class BertConverter:
             sd,
             FAMILY,
             (
-                "llmkit converts BertModel, BertForMaskedLM, BertForPreTraining and BertForSequenceClassification "
-                "checkpoints; check num_hidden_layers in config.json"
+                "llmkit converts BertModel, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification "
+                "and BertForTokenClassification checkpoints; check num_hidden_layers in config.json"
             ),
         )
         return out
@@ -180,7 +190,8 @@ class BertConverter:
     def state_dict_to_hf(self, sd: StateDict, cfg: ModelConfig) -> StateDict:
         """Our names -> exactly the keys ``save_pretrained`` of the class for our head writes.
 
-        BertForMaskedLM has no pooler, so a pooler next to an MLM head is not written."""
+        BertForMaskedLM and BertForTokenClassification have no pooler, so a pooler next to their heads
+        is not written."""
         prefix = "" if cfg.encoder_head == "none" else PREFIX
         ours = dict(sd)
         if "embed.token_types.weight" not in ours:  # transformers always adds token types: add zeros
@@ -190,14 +201,14 @@ class BertConverter:
             for mine, hf in LAYER.items():
                 for p in ("weight", "bias"):
                     out[f"{prefix}encoder.layer.{i}.{hf}.{p}"] = sd[f"stack.layers.{i}.{mine}.{p}"]
-        if cfg.encoder_head != "mlm" and "pooler.dense.weight" in sd:
+        if cfg.encoder_head in ("none", "classifier") and "pooler.dense.weight" in sd:
             out.update({prefix + hf: sd[mine] for mine, hf in POOLER.items()})
         if cfg.encoder_head == "mlm":
             out.update({hf: sd[mine] for mine, hf in MLM_HEAD.items()})
             if not cfg.tie_embeddings:  # 5.x unties the decoder bias too: write it where the forward reads it
                 out[DECODER_WEIGHT] = sd["mlm_head.decoder.weight"]
                 out[DECODER_BIAS] = sd["mlm_head.bias"].clone()  # a copy: safetensors refuses shared storage
-        if cfg.encoder_head == "classifier":
+        if cfg.encoder_head in CLASSIFIERS:
             out.update({hf: sd[mine] for mine, hf in CLASSIFIER.items()})
         return {k: v.contiguous() for k, v in out.items()}
 
@@ -223,7 +234,8 @@ def _check_supported(hf: dict[str, Any]) -> None:
         if arch.endswith(UNSUPPORTED):
             raise LlmkitError(
                 f"BERT config: architecture {arch} is unsupported",
-                "llmkit converts BertModel, BertForMaskedLM, BertForPreTraining and BertForSequenceClassification",
+                "llmkit converts BertModel, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification "
+                "and BertForTokenClassification",
             )
 
 
@@ -242,13 +254,16 @@ def _normalize(sd: StateDict) -> StateDict:
 
 
 def _head(sd: StateDict, hf: dict[str, Any]) -> str:
-    """mlm, classifier or none, from the tensors; ``architectures`` must not claim a head that is missing."""
+    """mlm, classifier, token_classifier or none, from the tensors (a classifier is per token when
+    ``architectures`` says so); ``architectures`` must not claim a head that is missing."""
     head = "none"
     if "classifier.weight" in sd:
-        head = "classifier"
+        token = any(arch == ARCHITECTURES["token_classifier"] for arch in hf.get("architectures") or [])
+        head = "token_classifier" if token else "classifier"
     elif any(n.startswith("cls.predictions.") for n in sd):
         head = "mlm"
-    wanted = {"BertForSequenceClassification": "classifier", "BertForMaskedLM": "mlm", "BertForPreTraining": "mlm"}
+    wanted = {"BertForSequenceClassification": "classifier", "BertForTokenClassification": "token_classifier",
+              "BertForMaskedLM": "mlm", "BertForPreTraining": "mlm"}  # fmt: skip
     for arch in hf.get("architectures") or []:
         if arch in wanted and wanted[arch] != head:
             raise LlmkitError(

@@ -3,7 +3,8 @@ with RoPE, RMSNorm, SwiGLU and grouped-query attention.
 
 Hugging Face Llama checkpoints already use the rotate-half RoPE layout llmkit uses (Meta's original
 files interleave pairs and need a permutation of q/k rows; those are not read here), so weights are
-renamed only.
+renamed only. ``LlamaForSequenceClassification`` (``score`` instead of ``lm_head``) maps to the
+decoder's classifier head, its ``id2label`` to ModelConfig.labels.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
-from llmkit.hf.base import StateDict, first_id, reject_leftovers, take
+from llmkit.hf.base import StateDict, first_id, id2label_fields, label_names, reject_leftovers, take
 
 FAMILY = "Llama"
 PREFIX = "model."  # LlamaForCausalLM; LlamaModel checkpoints have none
@@ -29,6 +30,7 @@ LAYER = {
     "mlp.down.weight": "mlp.down_proj.weight",
 }
 GLOBAL = {"embed.tokens.weight": "embed_tokens.weight", "stack.final_norm.weight": "norm.weight"}
+SCORE = "score.weight"  # LlamaForSequenceClassification's head
 BUFFER_SUFFIXES = (".rotary_emb.inv_freq",)  # saved by transformers < 4.32; recomputed from rope_theta
 ACTIVATIONS = ("silu", "swish")  # the same function under two names
 
@@ -56,6 +58,7 @@ class LlamaConverter:
         """Read a LlamaConfig dict; absent keys take LlamaConfig's defaults."""
         _check_supported(hf)
         n_head = hf.get("num_attention_heads", 32)
+        classifier = SCORE in state_dict
         return ModelConfig(
             family="decoder",
             vocab_size=hf.get("vocab_size", 32000),
@@ -78,13 +81,17 @@ class LlamaConverter:
             bos_token_id=hf.get("bos_token_id", 1),
             eos_token_id=first_id(hf.get("eos_token_id", 2)),
             pad_token_id=first_id(hf.get("pad_token_id")),
+            decoder_head="classifier" if classifier else "lm",
+            num_labels=state_dict[SCORE].shape[0] if classifier else 2,
+            labels=label_names(hf) if classifier else [],
         )
 
     def config_to_hf(self, cfg: ModelConfig) -> dict[str, Any]:
         """A config LlamaForCausalLM.from_pretrained reads: RoPE as 5.x ``rope_parameters`` and, for
         transformers 4.x, the same theta as top-level ``rope_theta``."""
+        classifier = cfg.decoder_head == "classifier"
         return {
-            "architectures": ["LlamaForCausalLM"],
+            "architectures": ["LlamaForSequenceClassification" if classifier else "LlamaForCausalLM"],
             "model_type": "llama",
             "vocab_size": cfg.vocab_size,
             "hidden_size": cfg.d_model,
@@ -106,6 +113,7 @@ class LlamaConverter:
             "bos_token_id": cfg.bos_token_id,
             "eos_token_id": cfg.eos_token_id,
             "pad_token_id": cfg.pad_token_id,
+            **(id2label_fields(cfg) if classifier else {}),
         }
 
     # ---- weights --------------------------------------------------------------------------
@@ -113,6 +121,7 @@ class LlamaConverter:
         """LlamaForCausalLM (``model.`` prefix) or LlamaModel (no prefix) names -> ours."""
         base = {n.removeprefix(PREFIX): t for n, t in sd.items() if not n.endswith(BUFFER_SUFFIXES)}
         lm_head = base.pop("lm_head.weight", None)
+        score = base.pop(SCORE, None)
         out = {mine: take(base, hf, FAMILY) for mine, hf in GLOBAL.items()}
         for i in range(cfg.n_layer):
             layer = {f"stack.layers.{i}.{mine}": take(base, f"layers.{i}.{hf}", FAMILY) for mine, hf in LAYER.items()}
@@ -126,7 +135,9 @@ class LlamaConverter:
             ),
         )
         # a tied head is the embedding itself: some files store it anyway, keep one copy
-        if lm_head is not None and not cfg.tie_embeddings:
+        if cfg.decoder_head == "classifier":
+            out[SCORE] = score
+        elif lm_head is not None and not cfg.tie_embeddings:
             out["lm_head.weight"] = lm_head
         return out
 
@@ -135,7 +146,9 @@ class LlamaConverter:
         out = {PREFIX + hf: sd[mine] for mine, hf in GLOBAL.items()}
         for i in range(cfg.n_layer):
             out.update({f"{PREFIX}layers.{i}.{hf}": sd[f"stack.layers.{i}.{mine}"] for mine, hf in LAYER.items()})
-        if not cfg.tie_embeddings:
+        if cfg.decoder_head == "classifier":
+            out[SCORE] = sd[SCORE]
+        elif not cfg.tie_embeddings:
             out["lm_head.weight"] = sd["lm_head.weight"]
         return out
 

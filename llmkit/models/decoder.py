@@ -1,5 +1,9 @@
 """Decoder-only causal LM: GPT-2 (learned positions, LayerNorm, GELU) and Llama (RoPE, RMSNorm,
-SwiGLU, grouped-query attention) are the same class with different configs."""
+SwiGLU, grouped-query attention) are the same class with different configs.
+
+With ``decoder_head = "classifier"`` the LM head is replaced by ``score`` (no bias), read at each
+row's last real token, as transformers' LlamaForSequenceClassification does.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +23,13 @@ class DecoderLM(nn.Module):
         self.config = cfg
         self.embed = Embeddings(cfg)
         self.stack = Stack(cfg, cfg.n_layer, causal=True)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if cfg.tie_embeddings:
-            self.lm_head.weight = self.embed.tokens.weight
+        self.lm_head = self.score = None
+        if cfg.decoder_head == "classifier":
+            self.score = nn.Linear(cfg.d_model, cfg.num_labels, bias=False)
+        else:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+            if cfg.tie_embeddings:
+                self.lm_head.weight = self.embed.tokens.weight
 
     def forward(
         self,
@@ -42,8 +50,30 @@ class DecoderLM(nn.Module):
             x, attention_mask=attention_mask, position_ids=position_ids, output_attentions=output_attentions,
             cache=cache,
         )  # fmt: skip
+        if self.score is not None:
+            return ModelOutput(logits=self.score(last_real(x, input_ids, attention_mask, self.config.pad_token_id)),
+                               last_hidden_state=x, attentions=attentions if output_attentions else None)  # fmt: skip
         return ModelOutput(
             logits=self.lm_head(x),  # (B, T, V)
             last_hidden_state=x,
             attentions=attentions if output_attentions else None,
         )
+
+
+def last_real(
+    x: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad_token_id: int | None
+) -> torch.Tensor:
+    """Each row's state at its last real token (B, T, C) -> (B, C).
+
+    Real tokens are those of ``attention_mask`` when given, else those that are not ``pad_token_id``
+    (transformers' rule), else all. The rightmost real position is taken, so right-padded rows read
+    their last token and left-padded rows the final position."""
+    if attention_mask is not None:
+        real = attention_mask.bool()
+    elif pad_token_id is not None:
+        real = input_ids != pad_token_id
+    else:
+        real = torch.ones_like(input_ids, dtype=torch.bool)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last = (positions * real).argmax(-1)  # (B,)
+    return x[torch.arange(x.shape[0], device=x.device), last]

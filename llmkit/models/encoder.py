@@ -1,4 +1,4 @@
-"""Encoder-only model (BERT): bidirectional stack with an MLM head, a classifier, or no head."""
+"""Encoder-only model (BERT): bidirectional stack with an MLM head, a sequence or token classifier, or no head."""
 
 from __future__ import annotations
 
@@ -48,7 +48,10 @@ class EncoderModel(nn.Module):
         self.mlm_head = MaskedLMHead(cfg) if cfg.encoder_head == "mlm" else None
         if self.mlm_head is not None and cfg.tie_embeddings:
             self.mlm_head.decoder.weight = self.embed.tokens.weight
-        self.classifier = nn.Linear(cfg.d_model, cfg.num_labels) if cfg.encoder_head == "classifier" else None
+        # classifier: on the pooled [CLS] state (BertForSequenceClassification); token_classifier: on
+        # every position's state (BertForTokenClassification, no pooler needed)
+        classifies = cfg.encoder_head in ("classifier", "token_classifier")
+        self.classifier = nn.Linear(cfg.d_model, cfg.num_labels) if classifies else None
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -59,7 +62,8 @@ class EncoderModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> ModelOutput:
-        """input_ids (B, T) -> MLM logits (B, T, V), class logits (B, L), or no logits (base model)."""
+        """input_ids (B, T) -> MLM logits (B, T, V), class logits (B, L), per-token class logits
+        (B, T, L), or no logits (base model)."""
         x = self.embed(input_ids, position_ids, token_type_ids)  # (B, T, C)
         x, attentions, _ = self.stack(
             x, attention_mask=attention_mask, position_ids=position_ids, output_attentions=output_attentions
@@ -67,6 +71,8 @@ class EncoderModel(nn.Module):
         pooled = self.pooler(x) if self.pooler is not None else None
         if self.mlm_head is not None:
             logits = self.mlm_head(x)
+        elif self.config.encoder_head == "token_classifier":
+            logits = self.classifier(self.drop(x))  # (B, T, L)
         elif self.classifier is not None:
             logits = self.classifier(self.drop(pooled))  # (B, L)
         else:

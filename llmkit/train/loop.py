@@ -1,4 +1,5 @@
-"""Pretraining: evaluation, checkpoints, and the loop that ties them to the step (step.py).
+"""The training loop that pretraining and fine-tuning share (``Run``), with pretraining's own parts
+(``PretrainRun``): evaluation, checkpoints, and the loop that ties them to the step (step.py).
 
 Everything random is a function of the seed and the step: batch ``step * grad_accum + micro`` comes
 from ``TokenDataset.batch`` (seeded by seed, split and index), the objective's draws (masking, span
@@ -24,7 +25,7 @@ from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.model_card import ModelCard
 from llmkit.models import build_model
-from llmkit.objectives import IGNORE_INDEX, Objective, lm_loss, make_objective
+from llmkit.objectives import IGNORE_INDEX, Batch, Objective, lm_loss, make_objective
 from llmkit.train import distributed
 from llmkit.train.card import pretrain_card
 from llmkit.train.distributed import Dist
@@ -155,45 +156,91 @@ def pretrain(
     """
     env = distributed.init(train_cfg.device)
     try:
-        return _Run(model_cfg, train_cfg, env, resume, verify).train()
+        return PretrainRun(model_cfg, train_cfg, env, resume, verify).train()
     finally:
         distributed.cleanup()
 
 
-class _Run:
-    """One pretraining run's state between steps; ``train()`` is the loop."""
+class Run:
+    """One training run's state between steps; ``train()`` is the loop that pretraining and
+    fine-tuning share (one loop: autocast, accumulation, schedule, logging, evaluation, checkpoints,
+    exact resume, NaN stop, DDP). A subclass supplies what differs, through five hooks:
+
+    - ``setup()``: open the data and its tokenizer (``self.tokenizer``), check sizes;
+    - ``initial_model()``: the model a new run starts from (seeded);
+    - ``batches(step)``: this process's micro-batches of optimizer step ``step``, a function of
+      (seed, step, rank) so a resumed run draws the same ones;
+    - ``evaluate()``: the dev metrics, a dict with at least ``val_loss``;
+    - ``card()`` and ``check_resumable(saved)``.
+
+    ``best_metric`` (a key of ``evaluate()``'s dict; higher is better unless ``best_lower``) makes
+    every evaluation that improves on the best so far save a plain checkpoint to ``best_dir``.
+    ``adapt(model)`` readies a built model for training (freezing, adapters) before any saved
+    weights are loaded into it.
+    """
+
+    kind = "train"
+    best_metric: str | None = None
+    best_lower = False
+    best_dir: Path | None = None
 
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, env: Dist, resume: bool, verify: bool = True) -> None:
         self.model_cfg, self.cfg, self.env = model_cfg, cfg, env
         self.out = Path(cfg.out_dir)
-        checkpoint.check_sizes(model_cfg, "the model config")  # before anything is built from it
-        if not cfg.data:
-            raise LlmkitError("no training data given", "set data in [train] or pass --train.data DIR")
-        self.data = TokenDataset(cfg.data)
-        self.tokenizer = self.data.tokenizer()  # the one that made the ids: saved with every checkpoint
-        self.objective = make_objective(model_cfg, cfg, self.tokenizer)
-        _check_shapes(model_cfg, cfg, self.data)
+        self.setup()
         saved = self._open_out_dir(resume, verify)
-        torch.manual_seed(cfg.seed)  # the same initial weights on every process
-        model = build_model(model_cfg, init=saved is None)
-        if saved is not None:
-            weights = checkpoint.read_weights(self.out / checkpoint.WEIGHTS)
-            checkpoint.load_state_dict_checked(model, weights, str(self.out / checkpoint.WEIGHTS))
-            checkpoint.check_finite(model, str(self.out / checkpoint.WEIGHTS))
+        model = self.initial_model() if saved is None else self._saved_model()
         self.state = make_state(model, cfg, env)
         if saved is not None:
             self.state.optimizer.load_state_dict(saved["optimizer"])
             self.state.step = saved["step"]
         self.saved = saved or {}
+        self.best = self.saved.get("best")  # the best dev score so far (None: none yet)
         self.metrics = MetricsLog(self.out / METRICS) if env.is_main else None
         if self.metrics is not None:
             self.metrics.keep_until(self.state.step)
         self.rows = cfg.batch_size * cfg.grad_accum * env.world_size  # rows per optimizer step
         self.last_train: float | None = None  # the latest logged losses (None until the first log / evaluation)
         self.last_val: float | None = None
-        self.flops_per_token = flops_per_token(model, model_cfg, cfg.block_size)
+        self.last_eval: dict[str, float] = {}
+        self.flops_per_token = flops_per_token(model, self.model_cfg, cfg.block_size)
         dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
         self.peak = measure_peak_flops(env.device, dtype)
+
+    # ---- hooks ----
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def initial_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def batches(self, step: int) -> list[Batch]:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def card(self) -> ModelCard | None:
+        return None
+
+    def adapt(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def check_resumable(self, saved: dict[str, Any]) -> None:
+        check_resumable(saved, self.model_cfg, self.cfg, self.env)
+
+    def save_extra(self) -> dict[str, Any]:
+        """What train_state.pt keeps besides step, optimizer and settings."""
+        return {}
+
+    # ---- setup ----
+    def _saved_model(self) -> torch.nn.Module:
+        torch.manual_seed(self.cfg.seed)
+        model = self.adapt(build_model(self.model_cfg, init=False))
+        weights = checkpoint.read_weights(self.out / checkpoint.WEIGHTS)
+        checkpoint.load_state_dict_checked(model, weights, str(self.out / checkpoint.WEIGHTS))
+        checkpoint.check_finite(model, str(self.out / checkpoint.WEIGHTS))
+        return model
 
     def _open_out_dir(self, resume: bool, verify: bool) -> dict[str, Any] | None:
         if resume:
@@ -203,7 +250,7 @@ class _Run:
             if verify:
                 checkpoint.verify_manifest(self.out, skip=(METRICS, LOSS_PLOT))  # the log grows after a save
             saved = load_train_state(self.out)
-            check_resumable(saved, self.model_cfg, self.cfg, self.env)
+            self.check_resumable(saved)
             if saved["step"] >= self.cfg.steps:
                 raise LlmkitError(
                     f"the run in {self.out} already finished {saved['step']} steps", "raise --train.steps to go on"
@@ -227,7 +274,7 @@ class _Run:
 
         cfg, state = self.cfg, self.state
         start = state.step
-        bar = tqdm(total=cfg.steps, initial=start, desc="pretrain", unit="step", disable=not self.env.is_main)
+        bar = tqdm(total=cfg.steps, initial=start, desc=self.kind, unit="step", disable=not self.env.is_main)
         self.init_val = self._log_eval(bar) if start == 0 else self.saved.get("init_val_loss")
         self.pending: list[torch.Tensor] = []  # losses of steps not yet logged, still on the device
         self.train_seconds = self.saved.get("train_seconds", 0.0)
@@ -235,8 +282,7 @@ class _Run:
         try:
             for step in range(start, cfg.steps):
                 torch.manual_seed(derive_seed(cfg.seed, TRAIN_SEEDS, step, self.env.rank))  # dropout
-                batches = train_batches(self.data, self.objective, cfg, self.env, step)
-                self.pending.append(train_step(state, batches))
+                self.pending.append(train_step(state, self.batches(step)))
                 bar.update(1)
                 done = state.step
                 at_end = done == cfg.steps
@@ -271,6 +317,7 @@ class _Run:
             "lr": lr_at(self.state.step - 1, self.cfg),
             "tokens": self.state.step * self.rows * self.cfg.block_size,
             "tokens_per_s": tokens_per_s,
+            "examples_per_s": len(losses) * self.rows / seconds,
             "mfu": mfu,
         }
         self.pending = []
@@ -280,22 +327,29 @@ class _Run:
         if self.metrics is not None:
             self.metrics.write(record)
 
-    def _evaluate(self) -> float:
-        loss = evaluate(self.state, self.data, self.objective)
-        if not math.isfinite(loss):
-            self._diverged(f"the validation loss became {loss} at step {self.state.step}")
-        return loss
-
     def _log_eval(self, bar) -> float:
-        step, loss = self.state.step, self._evaluate()
+        step, scores = self.state.step, self.evaluate()
+        loss = scores["val_loss"]
+        if not math.isfinite(loss):
+            self._diverged(f"the validation loss became {loss} at step {step}")
         when = f"step {step}" + (" (init)" if step == 0 else "")
         if self.env.is_main:
-            bar.write(f"{when}: val loss {loss:.4f}, perplexity {perplexity(loss):,.2f}")
+            bar.write(f"{when}: " + ", ".join(f"{_label(k)} {_figure(k, v)}" for k, v in scores.items()))
         if self.metrics is not None:
-            self.metrics.write({"step": step, "val_loss": loss, "val_ppl": perplexity(loss)})
-        self.last_val = loss
+            self.metrics.write({"step": step, **scores})
+        self.last_val, self.last_eval = loss, scores
+        if self.best_metric is not None and _better(scores[self.best_metric], self.best, self.best_lower):
+            self.best = scores[self.best_metric]
+            self._save_best()
         self.tick = time.perf_counter()  # evaluation time is not training time
         return loss
+
+    def _save_best(self) -> None:
+        if self.env.is_main:
+            card = self.card()
+            checkpoint.save(self.state.raw, self.best_dir, tokenizer=self.tokenizer, card=card,
+                            extra_files={"best.json": {"step": self.state.step, **self.last_eval}})  # fmt: skip
+        distributed.barrier()
 
     def _save(self) -> None:
         if self.metrics is not None:
@@ -305,22 +359,10 @@ class _Run:
             plot_loss(self.metrics.records, self.out / LOSS_PLOT, title)
         extra = {"model_config": self.model_cfg.to_dict(), "train_seconds": self.train_seconds}
         extra["init_val_loss"] = self.init_val
-        save_checkpoint(self.state, self.out, self.tokenizer, extra, self._card())
+        extra["best"] = self.best
+        extra.update(self.save_extra())
+        save_checkpoint(self.state, self.out, self.tokenizer, extra, self.card())
         self.tick = time.perf_counter()
-
-    def _card(self) -> ModelCard:
-        step = self.state.step
-        progress = {
-            "step": step,
-            "tokens": step * self.rows * self.cfg.block_size,
-            "world_size": self.env.world_size,
-            "seconds": self.train_seconds,
-            "train_loss": self.last_train,
-            "val_loss": self.last_val,
-            "val_ppl": None if self.last_val is None else perplexity(self.last_val),
-            "init_val_loss": self.init_val,
-        }
-        return pretrain_card(self.model_cfg, self.cfg, self.objective.name, self.data.meta, progress)
 
     def _diverged(self, what: str) -> None:
         last = _saved_step(self.out)
@@ -340,8 +382,10 @@ class _Run:
             "steps": cfg.steps,
             "steps_this_run": steps,
             "tokens": tokens,
+            "examples": steps * self.rows,
             "seconds": seconds,
             "tokens_per_s": tokens / seconds,
+            "examples_per_s": steps * self.rows / seconds,
             "mfu": self.flops_per_token * tokens / seconds / (self.peak * self.env.world_size),
             "train_loss": self.last_train,
             "train_ppl": perplexity(self.last_train),
@@ -350,16 +394,87 @@ class _Run:
             "init_val_loss": init_val,
             "init_val_ppl": None if init_val is None else perplexity(init_val),
             "out_dir": str(self.out),
+            "eval": dict(self.last_eval),
+            "best": self.best,
         }
+        self.report(summary, start)
+        return summary
+
+    def report(self, summary: dict[str, Any], start: int) -> None:
+        """The run's closing line (rank 0)."""
         distributed.print0(
-            f"pretrained {steps} steps ({start} -> {cfg.steps}), {tokens:,} tokens in {seconds:.1f} s "
+            f"{self.kind}: {summary['steps_this_run']} steps ({start} -> {self.cfg.steps}), "
+            f"{summary['examples']:,} examples in {summary['seconds']:.1f} s ({summary['examples_per_s']:,.1f}/s); "
+            f"train loss {self.last_train:.4f}; "
+            + ", ".join(f"{_label(k)} {_figure(k, v)}" for k, v in self.last_eval.items())
+            + f" -> {self.out}"
+        )
+
+
+class PretrainRun(Run):
+    """Pretraining from scratch on a tokenized data directory with the model family's objective."""
+
+    kind = "pretrain"
+
+    def setup(self) -> None:
+        model_cfg, cfg = self.model_cfg, self.cfg
+        checkpoint.check_sizes(model_cfg, "the model config")  # before anything is built from it
+        if not cfg.data:
+            raise LlmkitError("no training data given", "set data in [train] or pass --train.data DIR")
+        self.data = TokenDataset(cfg.data)
+        self.tokenizer = self.data.tokenizer()  # the one that made the ids: saved with every checkpoint
+        self.objective = make_objective(model_cfg, cfg, self.tokenizer)
+        _check_shapes(model_cfg, cfg, self.data)
+
+    def initial_model(self) -> torch.nn.Module:
+        torch.manual_seed(self.cfg.seed)  # the same initial weights on every process
+        return build_model(self.model_cfg, init=True)
+
+    def batches(self, step: int) -> list[Batch]:
+        return train_batches(self.data, self.objective, self.cfg, self.env, step)
+
+    def evaluate(self) -> dict[str, float]:
+        loss = evaluate(self.state, self.data, self.objective)
+        return {"val_loss": loss, "val_ppl": perplexity(loss)}
+
+    def card(self) -> ModelCard:
+        step = self.state.step
+        progress = {
+            "step": step,
+            "tokens": step * self.rows * self.cfg.block_size,
+            "world_size": self.env.world_size,
+            "seconds": self.train_seconds,
+            "train_loss": self.last_train,
+            "val_loss": self.last_val,
+            "val_ppl": None if self.last_val is None else perplexity(self.last_val),
+            "init_val_loss": self.init_val,
+        }
+        return pretrain_card(self.model_cfg, self.cfg, self.objective.name, self.data.meta, progress)
+
+    def report(self, summary: dict[str, Any], start: int) -> None:
+        init_val, steps = summary["init_val_loss"], summary["steps_this_run"]
+        tokens, seconds = summary["tokens"], summary["seconds"]
+        distributed.print0(
+            f"pretrained {steps} steps ({start} -> {self.cfg.steps}), {tokens:,} tokens in {seconds:.1f} s "
             f"({summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%}); "
             f"train loss {self.last_train:.4f} (ppl {summary['train_ppl']:,.2f}), "
             f"val loss {self.last_val:.4f} (ppl {summary['val_ppl']:,.2f})"
             + ("" if init_val is None else f", at init {init_val:.4f} (ppl {perplexity(init_val):,.1f})")
             + f" -> {self.out}"
         )
-        return summary
+
+
+def _better(score: float, best: float | None, lower: bool) -> bool:
+    return best is None or (score < best if lower else score > best)
+
+
+def _label(key: str) -> str:
+    return {"val_loss": "val loss", "val_ppl": "perplexity"}.get(key, key.removeprefix("val_").replace("_", " "))
+
+
+def _figure(key: str, value: float) -> str:
+    """Losses and scores to 4 decimals, perplexity as pretraining always printed it (2, with thousands)."""
+    return f"{value:,.2f}" if key == "val_ppl" else f"{value:.4f}"
 
 
 def _saved_step(out: Path) -> int | None:

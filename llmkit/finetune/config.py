@@ -1,0 +1,157 @@
+"""Fine-tuning configs: a TOML file with [model], [task], [method] and [train] tables -> FinetuneConfig.
+
+Standard library only (with llmkit.config), so `llmkit finetune --help` and config errors stay fast.
+Precedence: defaults < FINETUNE_TRAIN_DEFAULTS (for [train]) < the file < ``--TABLE.FIELD`` flags.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from llmkit.config import TrainConfig
+from llmkit.errors import LlmkitError
+from llmkit.files import read_toml
+
+TASK_KINDS = ("classify", "tokens", "continue")
+METHODS = ("full", "freeze", "lora", "qlora")
+TABLES = ("model", "task", "method", "train")
+
+# [train] defaults for fine-tuning, where pretraining's differ: transformers' Trainer defaults
+# (lr 5e-5, betas 0.9/0.999) and a schedule that decays to 0; small batches, frequent evaluation.
+FINETUNE_TRAIN_DEFAULTS: dict[str, Any] = {
+    "out_dir": "runs/finetune",
+    "steps": 500,
+    "batch_size": 16,
+    "block_size": 128,
+    "lr": 5e-5,
+    "min_lr": 0.0,
+    "warmup_steps": 0,
+    "weight_decay": 0.01,
+    "beta2": 0.999,
+    "eval_interval": 100,
+    "save_interval": 500,
+}
+
+
+@dataclass
+class ModelTable:
+    """[model]: the checkpoint to start from and what fine-tuning may change about it."""
+
+    init_from: str = ""  # an llmkit checkpoint directory (e.g. converted by `llmkit convert --from-hf`)
+    dropout: float | None = None  # None: the checkpoint's own (converted checkpoints say 0.0)
+
+
+@dataclass
+class TaskConfig:
+    """[task]: what to learn, from which files.
+
+    classify: TSV (a header row naming the columns) or JSONL rows with ``text_field`` and
+    ``label_field``. tokens: CoNLL files (one ``word TAG`` per line, a blank line between
+    sentences, BIO tags). continue: ``data`` is a directory written by `llmkit data tokenize`.
+    """
+
+    kind: str = "classify"  # classify | tokens | continue
+    train_file: str = ""
+    dev_file: str = ""
+    data: str = ""  # continue: the token directory
+    text_field: str = "sentence"
+    label_field: str = "label"
+    labels: list[str] = field(default_factory=list)  # every label (tag); empty: those of the training file, sorted
+    max_train_examples: int = 0  # 0: all; else the first N (a subsample, for quick runs and benches)
+    max_dev_examples: int = 0
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise LlmkitError(f"unknown task kind '{self.kind}'", f"[task] kind is one of: {', '.join(TASK_KINDS)}")
+        if isinstance(self.labels, str):
+            self.labels = [name.strip() for name in self.labels.split(",") if name.strip()]
+        for name in ("max_train_examples", "max_dev_examples"):
+            if getattr(self, name) < 0:
+                raise LlmkitError(f"{name}={getattr(self, name)} must be >= 0", f"change --task.{name}")
+        if self.eval_batch_size < 1:
+            raise LlmkitError(f"eval_batch_size={self.eval_batch_size} must be >= 1", "change --task.eval_batch_size")
+        if len(set(self.labels)) != len(self.labels):
+            raise LlmkitError("[task] labels lists a label twice", "give each label once")
+
+
+@dataclass
+class MethodConfig:
+    """[method]: which weights train. full: all; freeze: the new head plus the last ``train_layers``
+    blocks (0: the head only); lora / qlora: low-rank adapters (llmkit.lora)."""
+
+    name: str = "full"  # full | freeze | lora | qlora
+    train_layers: int = 0  # freeze: blocks trained on top of the head, counted from the last
+    rank: int = 8  # lora
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q", "v"])
+    bits: int = 4  # qlora: the frozen base's weights in int8 or int4
+
+    def __post_init__(self) -> None:
+        if self.name not in METHODS:
+            raise LlmkitError(f"unknown method '{self.name}'", f"[method] name is one of: {', '.join(METHODS)}")
+        if isinstance(self.target_modules, str):
+            self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
+        if self.train_layers < 0:
+            raise LlmkitError(f"train_layers={self.train_layers} must be >= 0", "change --method.train_layers")
+
+
+@dataclass
+class FinetuneConfig:
+    """The whole fine-tuning run: [model], [task], [method] and [train] (a TrainConfig)."""
+
+    model: ModelTable
+    task: TaskConfig
+    method: MethodConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": asdict(self.model), "task": asdict(self.task), "method": asdict(self.method),
+                "train": self.train.to_dict()}  # fmt: skip
+
+
+def load_finetune_config(path: str | os.PathLike, flags: dict[str, dict[str, Any]] | None = None) -> FinetuneConfig:
+    """The run's config from a TOML file and ``flags`` ({"task": {"kind": ...}, "train": {...}}).
+
+    A missing file, bad TOML, an unknown table or field, or a value of the wrong type is one
+    LlmkitError."""
+    path = Path(path)
+    tables = read_toml(path, "fix the file (see configs/finetune/ for examples)", "check the path")
+    unknown = sorted(set(tables) - set(TABLES))
+    if unknown:
+        raise LlmkitError(
+            f"{path}: unknown table or key {', '.join(unknown)}", f"the file holds [{'], ['.join(TABLES)}]"
+        )
+    flags = flags or {}
+    merged = {}
+    for name in TABLES:
+        table = tables.get(name, {})
+        if not isinstance(table, dict):
+            raise LlmkitError(f"{path}: {name} must be a table ([{name}])", "see configs/finetune/ for examples")
+        merged[name] = {**(FINETUNE_TRAIN_DEFAULTS if name == "train" else {}), **table, **flags.get(name, {})}
+    model = _build(ModelTable, merged["model"], f"{path} [model]")
+    if not model.init_from:
+        raise LlmkitError(f"{path}: [model] init_from is not set", "set init_from to an llmkit checkpoint directory")
+    return FinetuneConfig(
+        model=model,
+        task=_build(TaskConfig, merged["task"], f"{path} [task]"),
+        method=_build(MethodConfig, merged["method"], f"{path} [method]"),
+        train=_build(TrainConfig, merged["train"], f"{path} [train]"),
+    )
+
+
+def _build(cls: type, data: dict[str, Any], source: str):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise LlmkitError(
+            f"{source}: unknown field(s) {', '.join(unknown)}", f"known fields are: {', '.join(sorted(known))}"
+        )
+    try:
+        return cls(**data)
+    except TypeError as err:
+        raise LlmkitError(f"{source}: a value has the wrong type ({err})", "check the values in that table") from None

@@ -1,0 +1,387 @@
+"""`llmkit finetune`: the task heads equal transformers' on converted models, runs learn, resume
+exactly, keep their best checkpoint, and bad input is a one-line error.
+
+Models are random-weight tiny BERT / Llama built from transformers configs, saved with a WordPiece
+(BERT) or byte-level BPE (Llama) tokenizer trained on the test's own sentences, and converted with
+``llmkit.hf.from_hf``: the same path a user's `llmkit convert --from-hf` takes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hf_utils import randomize
+
+transformers = pytest.importorskip("transformers")
+
+from llmkit import checkpoint  # noqa: E402
+from llmkit.errors import LlmkitError  # noqa: E402
+from llmkit.finetune import finetune, load_finetune_config  # noqa: E402
+from llmkit.finetune.data import align_labels, read_conll  # noqa: E402
+from llmkit.hf import from_hf, to_hf  # noqa: E402
+from llmkit.objectives import lm_loss  # noqa: E402
+from llmkit.train import loop  # noqa: E402
+
+ATOL = 1e-5
+GOOD = ["great", "good", "lovely", "superb", "fine", "brilliant"]
+BAD = ["awful", "bad", "boring", "dull", "poor", "terrible"]
+FILLER = ["the", "film", "was", "really", "quite", "a", "story", "and", "cast", "plot"]
+TAGS = ["O", "B-person", "I-person", "B-location"]
+NAMES = ["anna", "bob", "carl"]
+PLACES = ["paris", "rome", "oslo"]
+
+
+def _sentences(n: int, seed: int) -> list[tuple[str, str]]:
+    """Tiny separable sentiment: the label is whether a GOOD or a BAD word appears among filler."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randrange(2)
+        words = rng.sample(FILLER, 4) + [rng.choice(GOOD if label else BAD)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), str(label)))
+    return rows
+
+
+def _conll(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words, tags = [], []
+        for _ in range(rng.randrange(3, 7)):
+            kind = rng.randrange(4)
+            if kind == 0:
+                words += [rng.choice(NAMES), rng.choice(NAMES)]
+                tags += ["B-person", "I-person"]
+            elif kind == 1:
+                words.append(rng.choice(PLACES))
+                tags.append("B-location")
+            else:
+                words.append(rng.choice(FILLER))
+                tags.append("O")
+        out.append((words, tags))
+    return out
+
+
+def _write_tsv(path: Path, rows) -> Path:
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{label}\n" for t, label in rows))
+    return path
+
+
+def _write_conll(path: Path, sentences) -> Path:
+    path.write_text("\n".join("".join(f"{w}\t{t}\n" for w, t in zip(ws, ts, strict=True)) for ws, ts in sentences))
+    return path
+
+
+CORPUS = [t for t, _ in _sentences(200, 0)] + [" ".join(w) for w, _ in _conll(100, 0)]
+
+
+@pytest.fixture(scope="module")
+def wordpiece():
+    from llmkit.data.tokenizer_train import train_tokenizer
+
+    return train_tokenizer(CORPUS, "wordpiece", vocab_size=120, min_frequency=1)
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    from llmkit.data.tokenizer_train import train_tokenizer
+
+    return train_tokenizer(CORPUS, "bpe", vocab_size=300, min_frequency=1)
+
+
+def bert_config(**kw):
+    return transformers.BertConfig(
+        vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=64, type_vocab_size=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        **kw,
+    )  # fmt: skip
+
+
+def llama_config(**kw):
+    return transformers.LlamaConfig(
+        vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, tie_word_embeddings=False, **kw,
+    )  # fmt: skip
+
+
+def _save_hf(model, tokenizer, directory: Path) -> Path:
+    model.save_pretrained(directory)
+    tokenizer.save(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def bert_base(wordpiece, tmp_path_factory):
+    """A random BertModel (pooler, no head) converted to llmkit, as all-MiniLM-L6-v2 is."""
+    root = tmp_path_factory.mktemp("bert")
+    torch.manual_seed(0)
+    hf = randomize(transformers.BertModel(bert_config()))
+    from_hf(_save_hf(hf, wordpiece, root / "hf"), root / "llmkit")
+    return root / "llmkit"
+
+
+# ---- equivalence with transformers ------------------------------------------------------------
+def _batch(tokenizer, texts, pad):
+    ids = [tokenizer.encode(t) for t in texts]
+    length = max(map(len, ids))
+    input_ids = torch.tensor([i + [pad] * (length - len(i)) for i in ids])
+    mask = torch.tensor([[1] * len(i) + [0] * (length - len(i)) for i in ids])
+    return input_ids, mask
+
+
+CASES = {
+    "bert-seq": (lambda: transformers.BertForSequenceClassification(bert_config(num_labels=3)), "wordpiece"),
+    "bert-tok": (lambda: transformers.BertForTokenClassification(bert_config(num_labels=4)), "wordpiece"),
+    "llama-seq": (lambda: transformers.LlamaForSequenceClassification(llama_config(num_labels=3)), "bpe"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@torch.no_grad()
+def test_heads_equal_transformers(case, request, tmp_path):
+    """Logits and the cross-entropy loss of the converted model equal transformers' within 1e-5 on
+    a right-padded batch (real tokens only for the token head), and --to-hf gives back a checkpoint
+    transformers loads with the same logits and label names."""
+    make, tok_name = CASES[case]
+    tokenizer = request.getfixturevalue(tok_name)
+    torch.manual_seed(0)
+    hf = make()
+    hf.config.id2label = {i: f"c{i}" for i in range(hf.config.num_labels)}
+    hf.config.label2id = {f"c{i}": i for i in range(hf.config.num_labels)}
+    hf = randomize(hf)
+    from_hf(_save_hf(hf, tokenizer, tmp_path / "hf"), tmp_path / "ours")
+    ours = checkpoint.load(tmp_path / "ours")
+    assert ours.config.labels == [f"c{i}" for i in range(hf.config.num_labels)]
+    pad = 0
+    input_ids, mask = _batch(tokenizer, ["the film was great", "bad plot", "anna and bob in paris and rome"], pad)
+    n = hf.config.num_labels
+    if case == "bert-tok":
+        labels = torch.randint(0, n, input_ids.shape, generator=torch.Generator().manual_seed(1))
+        labels[mask == 0] = -100
+    else:
+        labels = torch.tensor([0, 2, 1])
+    theirs = hf(input_ids=input_ids, attention_mask=mask, labels=labels)
+    mine = ours(input_ids=input_ids, attention_mask=mask).logits
+    real = mask.bool() if case == "bert-tok" else slice(None)
+    assert mine.shape == theirs.logits.shape
+    assert torch.allclose(mine[real], theirs.logits[real], atol=ATOL), (mine[real] - theirs.logits[real]).abs().max()
+    assert abs(float(lm_loss(mine, labels)) - float(theirs.loss)) < ATOL
+    to_hf(tmp_path / "ours", tmp_path / "back")
+    back = type(hf).from_pretrained(tmp_path / "back").eval()
+    assert back.config.id2label == hf.config.id2label
+    again = back(input_ids=input_ids, attention_mask=mask).logits
+    assert torch.allclose(again[real], theirs.logits[real], atol=ATOL)
+
+
+def test_align_labels_first_subtoken_only():
+    # [CLS] w0 w1a w1b w2 [SEP]: w1's second piece and the specials take -100
+    assert align_labels([None, 0, 1, 1, 2, None], [3, 1, 2]) == [-100, 3, 1, -100, 2, -100]
+
+
+# ---- runs -------------------------------------------------------------------------------------
+def _config(tmp_path: Path, base: Path, kind: str = "classify", **train) -> Path:
+    if kind == "classify":
+        train_file = _write_tsv(tmp_path / "train.tsv", _sentences(160, 1))
+        dev_file = _write_tsv(tmp_path / "dev.tsv", _sentences(48, 2))
+    else:
+        train_file = _write_conll(tmp_path / "train.conll", _conll(120, 1))
+        dev_file = _write_conll(tmp_path / "dev.conll", _conll(40, 2))
+    settings = {"steps": 60, "batch_size": 8, "lr": 3e-3, "warmup_steps": 4, "eval_interval": 30,
+                "save_interval": 30, "log_interval": 5, "dtype": "fp32", "device": "cpu",
+                "out_dir": str(tmp_path / "run"), **train}  # fmt: skip
+    lines = [f'[model]\ninit_from = "{base}"\n', f'[task]\nkind = "{kind}"\ntrain_file = "{train_file}"\n'
+             f'dev_file = "{dev_file}"\n', "[train]"]  # fmt: skip
+    lines += [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    path = tmp_path / "ft.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _evals(out: Path) -> list[dict]:
+    records = [json.loads(line) for line in (out / "last" / loop.METRICS).read_text().splitlines()]
+    return [r for r in records if "val_loss" in r]
+
+
+def test_classify_learns_and_keeps_best(bert_base, tmp_path):
+    summary = finetune(load_finetune_config(_config(tmp_path, bert_base)))
+    evals = _evals(tmp_path / "run")
+    assert [e["step"] for e in evals] == [0, 30, 60]
+    assert evals[0]["accuracy"] < 0.8 and summary["eval"]["accuracy"] >= 0.9
+    assert summary["eval"]["val_loss"] < evals[0]["val_loss"]
+    best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
+    assert best["accuracy"] == max(e["accuracy"] for e in evals) == summary["best"]
+    model = checkpoint.load(tmp_path / "run" / "best")
+    assert (model.config.encoder_head, model.config.labels) == ("classifier", ["0", "1"])
+
+
+def test_tokens_learns_entities(bert_base, tmp_path):
+    summary = finetune(load_finetune_config(_config(tmp_path, bert_base, "tokens", steps=120, eval_interval=120)))
+    assert _evals(tmp_path / "run")[0]["f1"] < 0.2 and summary["eval"]["f1"] >= 0.7
+    assert checkpoint.load(tmp_path / "run" / "best").config.labels == sorted(TAGS)
+
+
+def test_resume_is_exact(bert_base, tmp_path, monkeypatch):
+    """12 steps straight vs. killed after step 10 (checkpoint at 8) and resumed, dropout on: the same
+    weights, dev scores and best checkpoint, bit for bit."""
+    settings = dict(steps=12, save_interval=4, eval_interval=6, warmup_steps=2)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    straight = _config(tmp_path / "a", bert_base, **settings)
+    killed = _config(tmp_path / "b", bert_base, **settings)
+    flags = {"model": {"dropout": 0.1}}
+    finetune(load_finetune_config(straight, flags))
+    real_step = loop.train_step
+
+    def dies_after_ten(state, batches):
+        if state.step == 10:
+            raise KeyboardInterrupt
+        return real_step(state, batches)
+
+    monkeypatch.setattr(loop, "train_step", dies_after_ten)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(load_finetune_config(killed, flags))
+    monkeypatch.undo()
+    summary = finetune(load_finetune_config(killed, flags), resume=True)
+    assert summary["steps_this_run"] == 4
+    for sub in ("last", "best"):
+        a = checkpoint.read_weights(tmp_path / "a" / "run" / sub / checkpoint.WEIGHTS)
+        b = checkpoint.read_weights(tmp_path / "b" / "run" / sub / checkpoint.WEIGHTS)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _evals(tmp_path / "a" / "run") == _evals(tmp_path / "b" / "run")
+
+
+def test_resume_with_another_task_is_an_error(bert_base, tmp_path):
+    cfg = _config(tmp_path, bert_base, steps=8, save_interval=4)
+    finetune(load_finetune_config(cfg, {"train": {"steps": 4}}))
+    with pytest.raises(LlmkitError, match=r"cannot resume: \[task\] max_train_examples=100"):
+        finetune(load_finetune_config(cfg, {"task": {"max_train_examples": 100}}), resume=True)
+
+
+def test_freeze_trains_the_head_only(bert_base, tmp_path):
+    cfg = load_finetune_config(_config(tmp_path, bert_base, steps=4), {"method": {"name": "freeze"}})
+    finetune(cfg)
+    base = checkpoint.read_weights(bert_base / checkpoint.WEIGHTS)
+    tuned = checkpoint.read_weights(tmp_path / "run" / "last" / checkpoint.WEIGHTS)
+    assert all(torch.equal(base[k], tuned[k]) for k in base)
+    from llmkit.models import build_model
+
+    torch.manual_seed(cfg.train.seed)  # the head's init, as the run drew it
+    fresh = build_model(checkpoint.load_config(tmp_path / "run" / "last"))
+    assert not torch.equal(tuned["classifier.weight"], fresh.classifier.weight)
+
+
+def _dev_accuracy(model_dir: Path, dev: Path) -> float:
+    from llmkit.finetune.data import collate, encode_classify, read_labelled
+
+    model = checkpoint.load(model_dir)
+    rows = read_labelled(dev, "sentence", "label")
+    batch = collate(encode_classify(model.tokenizer, rows, model.config.labels, 128), 0)
+    with torch.no_grad():
+        predicted = model(**batch.inputs).logits.argmax(-1)
+    return float((predicted == batch.labels).float().mean())
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_lora_trains_adapter_and_head_only(method, bert_base, tmp_path):
+    """LoRA r=8 on q and v (QLoRA: over int8 blocks): the base's weights stay, the run learns, the peft
+    adapter is written, and LoRA's merged best checkpoint scores what its run reported."""
+    flags = {"method": {"name": method, "rank": 8, "alpha": 16.0, "bits": 8}, "train": {"lr": 1e-2}}
+    summary = finetune(load_finetune_config(_config(tmp_path, bert_base, steps=90, eval_interval=45), flags))
+    evals = _evals(tmp_path / "run")
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.1
+    assert evals[0]["accuracy"] < 0.6 and summary["best"] >= 0.7
+    config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["peft_type"] == "LORA"
+    tuned = checkpoint.read_weights(tmp_path / "run" / "last" / checkpoint.WEIGHTS)
+    base = checkpoint.read_weights(bert_base / checkpoint.WEIGHTS)
+    assert torch.equal(tuned["embed.tokens.weight"], base["embed.tokens.weight"])
+    if method == "lora":
+        name = "stack.layers.0.attn.q"
+        assert torch.equal(tuned[f"{name}.base_layer.weight"], base[f"{name}.weight"])
+        best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
+        assert abs(_dev_accuracy(tmp_path / "run" / "best", tmp_path / "dev.tsv") - best["accuracy"]) < 1e-6
+    else:
+        assert json.loads((tmp_path / "run" / "best.json").read_text())["accuracy"] == summary["best"]
+
+
+def test_decoder_classifier_learns(bpe, tmp_path):
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(llama_config())
+    from_hf(_save_hf(hf, bpe, tmp_path / "hf"), tmp_path / "llama")
+    summary = finetune(load_finetune_config(_config(tmp_path, tmp_path / "llama")))
+    assert summary["eval"]["accuracy"] >= 0.9
+
+
+def test_continue_pretraining_lowers_the_loss(bpe, tmp_path):
+    from llmkit.data.shards import tokenize_corpus
+
+    torch.manual_seed(0)
+    from_hf(_save_hf(transformers.LlamaForCausalLM(llama_config()), bpe, tmp_path / "hf"), tmp_path / "llama")
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(CORPUS * 3))
+    tokenize_corpus([(str(text), None)], bpe, tmp_path / "tokens", line_documents=True, progress=False)
+    flags = {"task": {"kind": "continue", "data": str(tmp_path / "tokens")}, "train": {"block_size": 32}}
+    summary = finetune(load_finetune_config(_config(tmp_path, tmp_path / "llama", steps=30), flags))
+    assert summary["val_loss"] < summary["init_val_loss"] - 1.0
+    best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
+    assert best["val_loss"] == min(e["val_loss"] for e in _evals(tmp_path / "run"))
+
+
+# ---- bad input --------------------------------------------------------------------------------
+def test_unknown_lora_target_is_an_error(bert_base, tmp_path):
+    flags = {"method": {"name": "lora", "target_modules": "attn.nope"}}
+    with pytest.raises(LlmkitError, match="nope"):
+        finetune(load_finetune_config(_config(tmp_path, bert_base), flags))
+
+
+def test_tag_missing_from_labels_is_an_error(bert_base, tmp_path):
+    cfg = load_finetune_config(_config(tmp_path, bert_base, "tokens"), {"task": {"labels": "O,B-person,I-person"}})
+    with pytest.raises(LlmkitError, match="label 'B-location' is not in the config's labels"):
+        finetune(cfg)
+
+
+def test_unknown_task_kind_is_an_error(bert_base, tmp_path):
+    with pytest.raises(LlmkitError, match="unknown task kind 'sentiment'"):
+        load_finetune_config(_config(tmp_path, bert_base), {"task": {"kind": "sentiment"}})
+
+
+def test_continue_with_another_tokenizer_is_an_error(bert_base, bpe, tmp_path):
+    from llmkit.data.shards import tokenize_corpus
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join(CORPUS))
+    tokenize_corpus([(str(text), None)], bpe, tmp_path / "tokens", line_documents=True, progress=False)
+    cfg = load_finetune_config(
+        _config(tmp_path, bert_base), {"task": {"kind": "continue", "data": str(tmp_path / "tokens")}}
+    )
+    with pytest.raises(LlmkitError, match="tokenizer differs"):
+        finetune(cfg)
+
+
+def test_conll_line_without_tag_is_an_error(tmp_path):
+    (tmp_path / "x.conll").write_text("word\tO\nlonely\n")
+    with pytest.raises(LlmkitError, match="expected 'word TAG'"):
+        read_conll(tmp_path / "x.conll")
+
+
+def test_cli_bad_input_exits_2_with_one_line(bert_base, tmp_path):
+    cfg = _config(tmp_path, bert_base, "tokens")
+    run = subprocess.run(
+        [sys.executable, "-m", "llmkit", "finetune", "--config", str(cfg), "--task.labels", "O,B-person"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert len(run.stderr.strip().splitlines()) <= 2 and "not in the config's labels" in run.stderr
+    assert "Traceback" not in run.stderr
+    run = subprocess.run(
+        [sys.executable, "-m", "llmkit", "finetune", "--config", str(cfg), "--task.kind", "ner"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2 and "unknown task kind 'ner'" in run.stderr
