@@ -357,3 +357,25 @@ def test_dropout_applies_to_the_input_of_a_only():
     torch.manual_seed(0)
     dropped = nn.functional.dropout(x, 0.5, training=True)
     torch.testing.assert_close(out, base(x) + layer.lora_B(layer.lora_A(dropped)) * layer.scaling)
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_frozen_quantized_matmul_gradient_is_the_dequantized_one(method):
+    """The quantized base keeps nothing for backward and dequantizes again there: same input gradient
+    as F.linear over the dequantized matrix, fp32 and under bf16 autocast."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    layer = QuantizedLinear.from_linear(nn.Linear(64, 48), QuantSpec(method, 32 if method == "int4" else None))
+    for autocast in (False, True):
+        x = torch.randn(5, 64, requires_grad=True)
+        ref = x.detach().clone().requires_grad_(True)
+        grad = torch.randn(5, 48)
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            out = layer(x)
+            expected = nn.functional.linear(ref, layer.dequantize(torch.float32)) + layer.bias  # as QuantizedLinear
+        out.float().backward(grad)
+        expected.float().backward(grad)
+        assert out.dtype == expected.dtype
+        torch.testing.assert_close(out.float(), expected.float(), atol=0, rtol=0)
+        torch.testing.assert_close(x.grad, ref.grad, atol=1e-2 if autocast else 1e-6, rtol=0)
