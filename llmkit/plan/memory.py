@@ -159,7 +159,7 @@ def adapter_training_memory(
     shard = [gpus if zero >= stage else 1 for stage in (1, 2, 3)]
     trainable = lora_parameters(cfg, ft)
     base = PRECISIONS["bf16"] if precision.autocast else precision  # how the frozen base's step keeps tensors
-    acts = activation_memory(cfg, batch, seq, base, recompute, attention, device)
+    acts = activation_memory(cfg, batch, seq, base, recompute, attention, device, frozen=True)
     tokens = batch * seq
     extra = {"LoRA inputs and A outputs": sum(tokens * (n_in + ft.rank) * base.matmul
                                                for n_in, _ in lora_targets(cfg, ft).values())}  # fmt: skip
