@@ -354,7 +354,7 @@ def test_lora_trainable_count_equals_the_built_model(name, overrides, targets):
     assert lora_parameters(cfg, Finetune("lora", rank=4, targets=targets)) == trainable_parameters(model)
 
 
-MEASURED_FINETUNE = [  # (preset, overrides, batch, seq, precision, method, quant, targets)
+MEASURED_FINETUNE = [  # (preset, overrides, batch, seq, precision, method, quant, targets, checkpointing)
     (
         "tiny-llama-10m",
         dict(n_layer=4, d_model=128, n_head=4, n_kv_head=2, d_ff=352),
@@ -364,17 +364,21 @@ MEASURED_FINETUNE = [  # (preset, overrides, batch, seq, precision, method, quan
         "lora",
         "int4",
         ("attn.q", "attn.v"),
+        False,
     ),
-    ("tiny-llama-10m", dict(n_layer=2), 2, 128, "amp", "qlora", "int4", ("q_proj", "v_proj", "down_proj")),
-    ("tiny-bert-1m", {}, 4, 192, "amp", "qlora", "int8", ALL_LINEAR),  # flash attention, MLM head
-    ("tiny-t5-1m", {}, 2, 64, "amp", "qlora", "int4", ("attn.q", "attn.v")),
-    ("tiny-gpt-1m", {}, 4, 128, "fp32", "lora", "int4", ALL_LINEAR),  # fp32: frozen base in fp32
+    ("tiny-llama-10m", dict(n_layer=2), 2, 128, "amp", "qlora", "int4", ("q_proj", "v_proj", "down_proj"), False),
+    ("tiny-llama-10m", dict(n_layer=3), 2, 256, "amp", "lora", "int4", ALL_LINEAR + ("mlp.gate",), True),
+    ("tiny-bert-1m", {}, 4, 192, "amp", "qlora", "int8", ALL_LINEAR, False),  # flash attention, MLM head
+    ("tiny-t5-1m", {}, 2, 64, "amp", "qlora", "int4", ("attn.q", "attn.v"), True),
+    ("tiny-gpt-1m", {}, 4, 128, "fp32", "lora", "int4", ALL_LINEAR, False),  # fp32: frozen base in fp32
 ]
 
 
-@pytest.mark.parametrize(("name", "overrides", "batch", "seq", "precision", "method", "quant", "targets"),
+@pytest.mark.parametrize(("name", "overrides", "batch", "seq", "precision", "method", "quant", "targets", "ckpt"),
                          MEASURED_FINETUNE)  # fmt: skip
-def test_measured_finetune_memory_matches_prediction(name, overrides, batch, seq, precision, method, quant, targets):
+def test_measured_finetune_memory_matches_prediction(
+    name, overrides, batch, seq, precision, method, quant, targets, ckpt
+):
     """Real LoRA / QLoRA steps (llmkit.lora over the frozen or quantized base) on the CPU: weights,
     gradients exactly, optimizer states but for AdamW's step counters, activations and the peak within
     the 15% of the pretraining test (they agree within 5% here)."""
@@ -385,9 +389,9 @@ def test_measured_finetune_memory_matches_prediction(name, overrides, batch, seq
 
     cfg = ModelConfig.from_name(name, **overrides)
     ft = Finetune(method, rank=8, targets=targets, quant=quant, group_size=32)
-    m = measure_training(cfg, batch, seq, precision, "adamw", False, 2, device=torch.device("cpu"), finetune=ft)
-    t = training_memory(ModelSize.from_config(cfg, name), batch, seq, PRECISIONS[precision], "adamw", "none",
-                        m.attention, device="cpu", finetune=ft)  # fmt: skip
+    m = measure_training(cfg, batch, seq, precision, "adamw", ckpt, 2, device=torch.device("cpu"), finetune=ft)
+    t = training_memory(ModelSize.from_config(cfg, name), batch, seq, PRECISIONS[precision], "adamw",
+                        "full" if ckpt else "none", m.attention, device="cpu", finetune=ft)  # fmt: skip
     assert (m.weights, m.gradients) == (t.weights, t.gradients)
     assert t.gradients == 4 * t.trainable  # only the adapter: fp32
     assert close(m.optimizer_states, t.optimizer_states, rel=2e-3)

@@ -3,6 +3,7 @@ activations; ZeRO sharding), per GPU."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from llmkit.config import ModelConfig
@@ -160,9 +161,17 @@ def adapter_training_memory(
     trainable = lora_parameters(cfg, ft)
     base = PRECISIONS["bf16"] if precision.autocast else precision  # how the frozen base's step keeps tensors
     acts = activation_memory(cfg, batch, seq, base, recompute, attention, device, frozen=True)
-    tokens = batch * seq
-    extra = {"LoRA inputs and A outputs": sum(tokens * (n_in + ft.rank) * base.matmul
-                                               for n_in, _ in lora_targets(cfg, ft).values())}  # fmt: skip
+    # each adapted layer keeps its input (A's own 16-bit copy) and A's output, rank wide
+    kept = {name: batch * seq * (n_in + ft.rank) * base.matmul for name, (n_in, _) in lora_targets(cfg, ft).items()}
+    if recompute == "full":  # inside a checkpointed block they live only while that one block is recomputed
+        blocks: dict[str, float] = {}
+        for name, value in kept.items():
+            block = re.match(r"(.*\.layers\.\d+)\.", name)
+            blocks[block[1] if block else name] = blocks.get(block[1] if block else name, 0.0) + value
+        in_blocks = {k: v for k, v in blocks.items() if ".layers." in k}
+        acts.layer_working += max(in_blocks.values(), default=0.0)
+        kept = {k: v for k, v in blocks.items() if k not in in_blocks}
+    extra = {"LoRA inputs and A outputs": sum(kept.values())}
     if precision.autocast:
         extra["autocast adapter copies"] = 2 * trainable
     acts.stored.update(extra)
