@@ -60,11 +60,22 @@ def bert():
     )  # fmt: skip
 
 
+def t5():
+    return transformers.T5ForConditionalGeneration(
+        transformers.T5Config(
+            vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
+            dropout_rate=0.0, feed_forward_proj="gated-gelu",
+        )
+    )  # fmt: skip
+
+
 # name -> (transformers model, peft task type, HF target names, modules trained in full)
 CASES = {
     "llama": (llama, "CAUSAL_LM", ["q_proj", "v_proj", "down_proj"], []),
     "bert": (bert, "SEQ_CLS", ["query", "value", "intermediate.dense"], ["classifier"]),
+    "t5": (t5, "SEQ_2_SEQ_LM", ["q", "v", "wo"], []),  # q, v: self- and cross-attention
 }
+HF_CLASSES = {"llama": "LlamaForCausalLM", "bert": "BertForSequenceClassification", "t5": "T5ForConditionalGeneration"}
 
 
 @dataclass
@@ -77,8 +88,7 @@ class Case:
     ours_dir: Path
 
     def hf(self) -> torch.nn.Module:
-        cls = transformers.LlamaForCausalLM if self.name == "llama" else transformers.BertForSequenceClassification
-        return cls.from_pretrained(self.hf_dir).float()
+        return getattr(transformers, HF_CLASSES[self.name]).from_pretrained(self.hf_dir).float()
 
     def ours(self) -> torch.nn.Module:
         return checkpoint.load(self.ours_dir)
@@ -109,7 +119,9 @@ def batch(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, labels
 
 
-def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+def logits(model: torch.nn.Module, ids: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "t5":  # the decoder reads other tokens than the encoder
+        return model(input_ids=ids, decoder_input_ids=ids.flip(1)).logits
     return model(input_ids=ids).logits
 
 
@@ -179,7 +191,7 @@ def test_training_steps_match_peft(case):
     for step in range(3):
         for model, opt in zip((ours, theirs), opts, strict=True):
             opt.zero_grad()
-            loss_of(case.name, logits(model, ids), labels).backward()
+            loss_of(case.name, logits(model, ids, case.name), labels).backward()
         if step == 0:
             for name, mine, other in pairs:
                 assert mine.grad is not None and mine.grad.abs().max() > 0, name
@@ -207,11 +219,11 @@ def test_llmkit_adapter_loads_in_peft(case, tmp_path):
     theirs = peft.PeftModel.from_pretrained(cls.from_pretrained(tmp_path / "hf"), tmp_path / "adapter").eval()
     ids, _ = batch(case.name)
     with torch.no_grad():
-        diff = (logits(ours.eval(), ids) - logits(theirs, ids)).abs().max().item()
+        diff = (logits(ours.eval(), ids, case.name) - logits(theirs, ids, case.name)).abs().max().item()
     print(f"{case.name}: llmkit adapter in peft, max |logit diff| = {diff:.2e}")
     assert diff <= ATOL
     with torch.no_grad(), theirs.disable_adapter():  # the adapter matters: not base against base
-        assert (logits(theirs, ids) - logits(ours, ids)).abs().max() > 1e-3
+        assert (logits(theirs, ids, case.name) - logits(ours, ids, case.name)).abs().max() > 1e-3
 
 
 def test_peft_adapter_loads_in_llmkit(case, tmp_path):
@@ -228,7 +240,7 @@ def test_peft_adapter_loads_in_llmkit(case, tmp_path):
     assert (cfg.rank, cfg.alpha) == (RANK, ALPHA)
     ids, _ = batch(case.name)
     with torch.no_grad():
-        diff = (logits(ours, ids) - logits(theirs.eval(), ids)).abs().max().item()
+        diff = (logits(ours, ids, case.name) - logits(theirs.eval(), ids, case.name)).abs().max().item()
     print(f"{case.name}: peft adapter in llmkit, max |logit diff| = {diff:.2e}")
     assert diff <= ATOL
 
@@ -258,18 +270,18 @@ def test_merge_gives_the_unmerged_logits(case, tmp_path):
     randomize_b(ours)
     ids, _ = batch(case.name)
     with torch.no_grad():
-        before = logits(ours, ids)
+        before = logits(ours, ids, case.name)
         save_adapter(ours, cfg, tmp_path / "adapter", str(case.ours_dir))
         merge_lora(ours)
         assert not lora_layers(ours)
-        diff = (logits(ours, ids) - before).abs().max().item()
+        diff = (logits(ours, ids, case.name) - before).abs().max().item()
     assert diff <= ATOL
     # the command: base + adapter -> a plain checkpoint with the same logits and a card naming both
     assert main(["lora", "merge", str(case.ours_dir), str(tmp_path / "adapter"), str(tmp_path / "merged")]) == 0
     merged = checkpoint.load(tmp_path / "merged")
     assert not lora_layers(merged)
     with torch.no_grad():
-        assert (logits(merged, ids) - before).abs().max().item() <= ATOL
+        assert (logits(merged, ids, case.name) - before).abs().max().item() <= ATOL
     assert "llmkit lora merge" in (tmp_path / "merged" / "README.md").read_text()
 
 
@@ -283,7 +295,7 @@ def test_lora_over_quantized_base_trains_only_the_adapter(case, method):
     assert names and all(isinstance(ours.get_submodule(n).base_layer, QuantizedLinear) for n in names)
     randomize_b(ours)
     ids, labels = batch(case.name)
-    loss_of(case.name, logits(ours.train(), ids), labels).backward()
+    loss_of(case.name, logits(ours.train(), ids, case.name), labels).backward()
     with_grad = {n for n, p in ours.named_parameters() if p.grad is not None}
     trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
     assert with_grad == trainable
@@ -357,3 +369,25 @@ def test_dropout_applies_to_the_input_of_a_only():
     torch.manual_seed(0)
     dropped = nn.functional.dropout(x, 0.5, training=True)
     torch.testing.assert_close(out, base(x) + layer.lora_B(layer.lora_A(dropped)) * layer.scaling)
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_frozen_quantized_matmul_gradient_is_the_dequantized_one(method):
+    """The quantized base keeps nothing for backward and dequantizes again there: same input gradient
+    as F.linear over the dequantized matrix, fp32 and under bf16 autocast."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    layer = QuantizedLinear.from_linear(nn.Linear(64, 48), QuantSpec(method, 32 if method == "int4" else None))
+    for autocast in (False, True):
+        x = torch.randn(5, 64, requires_grad=True)
+        ref = x.detach().clone().requires_grad_(True)
+        grad = torch.randn(5, 48)
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            out = layer(x)
+            expected = nn.functional.linear(ref, layer.dequantize(torch.float32)) + layer.bias  # as QuantizedLinear
+        out.float().backward(grad)
+        expected.float().backward(grad)
+        assert out.dtype == expected.dtype
+        torch.testing.assert_close(out.float(), expected.float(), atol=0, rtol=0)
+        torch.testing.assert_close(x.grad, ref.grad, atol=1e-2 if autocast else 1e-6, rtol=0)

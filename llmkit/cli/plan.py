@@ -48,8 +48,16 @@ heads x head_dim x seq; time = FLOPs / (GPUs x peak x MFU), peaks 125 (V100 fp16
 bf16), 989 (H100 and H200 SXM bf16) TFLOP/s dense. Compute-optimal: 20 tokens per parameter
 (C = 6ND -> N = sqrt(C/120)) and Chinchilla's parametric fit (Hoffmann et al. 2022, approach 3).
 
+Fine-tuning (--finetune full | lora | qlora, or --lora R): full is the training count above. lora
+keeps the base frozen in 16 bits (amp) and trains fp32 adapters of rank R on --lora-targets (llmkit
+names, peft's suffix rule; default attn.q,attn.v): weights = base + adapter, gradients and optimizer
+states for the adapter only; activations as a 16-bit step keeps them, plus each adapted layer's
+input copy. qlora stores the base's matrices (and embeddings) in --quant int4 (default) or int8, and
+adds the 16-bit copy each dequantized matrix keeps for backward.
+
 --measure runs a few real training steps (llmkit's train_step on random tokens, on CUDA when
-available, else the CPU) and prints measured peak memory and its parts next to the prediction.
+available, else the CPU; with --finetune, on the base made frozen/quantized and wrapped by
+llmkit.lora) and prints measured peak memory and its parts next to the prediction.
 """
 
 _EPILOG = """\
@@ -58,6 +66,7 @@ examples:
   llmkit plan 7e9 --precision mixed --gpus 8 --zero 3 --checkpointing --tokens 1T
   llmkit plan configs/tiny-decoder.toml --measure
   llmkit plan --flops 5.76e23 --json
+  llmkit plan smollm2-135m --batch 4 --seq 512 --precision amp --finetune qlora --lora 16
 """
 
 
@@ -85,6 +94,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--attention", choices=("flash", "math"),
                    help="flash: memory-efficient kernels, no seq x seq term (default); math: explicit "
                    "softmax, probabilities kept (Korthikanti's count); --measure uses the kernel it runs")  # fmt: skip
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--finetune", choices=("full", "lora", "qlora"),
+                   help="plan fine-tuning: every parameter (full), a LoRA adapter over a frozen 16-bit base, or over "
+                   "a quantized base (qlora); default: pretraining, or lora with --lora")  # fmt: skip
+    g.add_argument("--lora", metavar="R", help="LoRA rank (default 8 with --finetune lora/qlora)")
+    g.add_argument("--lora-targets", metavar="NAMES",
+                   help="comma-separated llmkit layer names the adapter wraps (default attn.q,attn.v; e.g. "
+                   "attn.q,attn.k,attn.v,attn.o,mlp.up,mlp.gate,mlp.down)")  # fmt: skip
+    g.add_argument("--quant", choices=("int4", "int8"), default="int4",
+                   help="qlora: the frozen base's format (default int4, group size 64)")  # fmt: skip
     g = p.add_argument_group("hardware and budget")
     g.add_argument(
         "--gpus", metavar="N", default="1", help="data-parallel GPUs: ZeRO divides by N, time too (default 1)"
@@ -130,6 +149,7 @@ def run(args: argparse.Namespace) -> None:
         mfu=_float("--mfu", args.mfu),
         overhead=_float("--overhead", args.overhead),
         flops=_count("--flops", args.flops),
+        finetune=_finetune(args),
     )
     measured = device = None
     if args.measure:
@@ -154,6 +174,21 @@ def run(args: argparse.Namespace) -> None:
 
 
 # ---- inputs -------------------------------------------------------------------------------------
+
+
+def _finetune(args: argparse.Namespace):
+    """The Finetune the flags ask for, or None for a pretraining plan."""
+    from llmkit.plan import Finetune
+
+    method = args.finetune or ("lora" if args.lora is not None else None)
+    if method is None:
+        if args.lora_targets is not None:
+            raise LlmkitError("--lora-targets needs --lora R or --finetune lora", "add --lora 8")
+        return None
+    if method == "full" and (args.lora is not None or args.lora_targets is not None):
+        raise LlmkitError("--finetune full trains every parameter: no --lora", "use --finetune lora or qlora")
+    targets = tuple(t.strip() for t in (args.lora_targets or "attn.q,attn.v").split(",") if t.strip())
+    return Finetune(method, rank=_int("--lora", args.lora, 8), targets=targets, quant=args.quant)
 
 
 def load_model(text: str | None, overrides: dict[str, Any], seq: int | None = None):
@@ -264,5 +299,6 @@ def _measure(plan, steps: int, device):
     check_room(plan.training.tensors_peak, device)
     o = plan.options
     return measure_training(
-        plan.model.cfg, o.batch, plan.seq, o.precision, o.optimizer, o.recompute == "full", steps, device
-    )
+        plan.model.cfg, o.batch, plan.seq, o.precision, o.optimizer, o.recompute == "full", steps, device,
+        finetune=o.finetune,
+    )  # fmt: skip

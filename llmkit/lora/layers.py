@@ -31,9 +31,6 @@ class LoraLinear(nn.Module):
         self.rank, self.alpha = rank, alpha
         self.scaling = alpha / (math.sqrt(rank) if use_rslora else rank)
         device = _device(base_layer)
-        if isinstance(base_layer, QuantizedLinear):
-            # torch's int4/int8 CPU kernels have no backward: training needs the dequantize path
-            base_layer.use_kernel(False)
         self.lora_A = nn.Linear(self.in_features, rank, bias=False, device=device, dtype=torch.float32)
         self.lora_B = nn.Linear(rank, self.out_features, bias=False, device=device, dtype=torch.float32)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # peft: Identity at p = 0

@@ -10,6 +10,7 @@ Bytes are decimal (1 GB = 1e9 bytes), as hardware and papers quote them.
 - ``precision``: bytes per value for each precision and optimizer.
 - ``activations``: what a training step keeps for backward (Korthikanti et al. 2022, generalised).
 - ``memory``: inference (weights + KV cache) and training memory per GPU, ZeRO sharding.
+- ``finetune``: full, LoRA and QLoRA fine-tuning: adapted layers, adapter parameters, frozen base bytes.
 - ``compute``: FLOPs per token, PF-days, GPU-days, Chinchilla's compute-optimal N and D.
 - ``report``: the plan as text tables (``render``), measured bytes beside it, ``describe``.
 """
@@ -34,6 +35,7 @@ from llmkit.plan.compute import (
     optimal_by_tokens_rule,
     optimum,
 )
+from llmkit.plan.finetune import Finetune, lora_parameters
 from llmkit.plan.memory import InferenceMemory, TrainingMemory, inference_memory, kv_cache_bytes, training_memory
 from llmkit.plan.parameters import ModelSize, count_parameters, matmul_weights, parse_count
 from llmkit.plan.precision import ATTENTION, DEVICES, OPTIMIZERS, PRECISIONS, RECOMPUTE, Precision, optimizer_bytes
@@ -42,6 +44,7 @@ from llmkit.plan.report import describe, render, render_measured
 __all__ = [
     "ATTENTION",
     "DEVICES",
+    "Finetune",
     "CHINCHILLA_FIT",
     "GPU_PEAK_FLOPS",
     "OPTIMIZERS",
@@ -66,6 +69,7 @@ __all__ = [
     "inference_memory",
     "kv_cache_bytes",
     "layer_activations",
+    "lora_parameters",
     "make_plan",
     "matmul_weights",
     "optimal_by_parametric_fit",
@@ -96,6 +100,7 @@ class PlanOptions:
     mfu: float = 0.4
     overhead: float = 0.1
     flops: float | None = None
+    finetune: Finetune | None = None  # None: pretraining; full, lora or qlora fine-tuning
 
     def check(self) -> None:
         for name in ("batch", "gpus"):
@@ -125,6 +130,8 @@ class PlanOptions:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise LlmkitError(f"--{name} {value} must be a positive number", f"e.g. --{name} 3e11")
+        if self.finetune is not None:
+            self.finetune.check()
 
 
 @dataclass
@@ -141,7 +148,15 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        out: dict = {"options": {**vars(self.options), "seq": self.seq}}
+        options = {k: v for k, v in vars(self.options).items() if k != "finetune"}
+        out: dict = {"options": {**options, "seq": self.seq}}
+        if self.options.finetune is not None:
+            ft = self.options.finetune
+            out["finetune"] = {"method": ft.method}
+            if ft.adapted:
+                out["finetune"].update(rank=ft.rank, targets=list(ft.targets))
+            if ft.method == "qlora":
+                out["finetune"].update(quant=ft.quant, group_size=ft.group_size)
         if self.model is not None:
             m = self.model
             out["model"] = {"source": m.source, "assumed_shape": m.assumed_shape, "architecture": describe(m.cfg)}
@@ -151,6 +166,8 @@ class Plan:
             out["inference_bytes"] = dict(weights=i.weights, kv_cache=i.kv_cache, overhead=i.overhead, total=i.total)
         if self.training is not None:
             tr, act = self.training, self.training.activations
+            if tr.trainable is not None:
+                out.setdefault("finetune", {})["trainable_parameters"] = tr.trainable
             out["training_bytes_per_gpu"] = dict(
                 weights=tr.weights,
                 master_weights=tr.master_weights,
@@ -217,7 +234,7 @@ def make_plan(model: ModelSize | None, opts: PlanOptions) -> Plan:
     if precision.trainable:
         plan.training = training_memory(
             model, opts.batch, seq, precision, opts.optimizer, opts.recompute, opts.attention,
-            opts.gpus, opts.zero, opts.overhead, opts.device,
+            opts.gpus, opts.zero, opts.overhead, opts.device, opts.finetune,
         )  # fmt: skip
     else:
         plan.notes.append(f"{precision.name} is inference-only: no training memory")

@@ -30,6 +30,7 @@ class _Step:
     attention: str
     recompute: str
     device: str
+    frozen: bool = False  # a frozen base (LoRA): no weight gradient, so a linear layer keeps no input
 
     @property
     def t(self) -> int:
@@ -48,11 +49,12 @@ class _Step:
 
 def _norm_saved(st: _Step, in_bytes: float) -> float:
     """Bytes per token a norm keeps: LayerNorm its input and fp32 mean and rstd; llmkit's RMSNorm an
-    fp32 copy of its input (the same tensor when it already is fp32), the normalized values and rsqrt."""
+    fp32 copy of its input (the same tensor when it already is fp32), the normalized values and rsqrt
+    (the normalized values only for the gain's gradient: not with a frozen gain)."""
     h = st.cfg.d_model
     if st.cfg.norm == "layernorm":
         return in_bytes * h + 8
-    return 4 * h + in_bytes * h + 4
+    return 4 * h + (0 if st.frozen else in_bytes * h) + 4
 
 
 def _attention_core(st: _Step, s_k: int, kernel: str) -> dict[str, float]:
@@ -72,7 +74,8 @@ def _attention_core(st: _Step, s_k: int, kernel: str) -> dict[str, float]:
     out = {"Q, K, V": att * (b * s * qd + 2 * b * s_k * qd), "probabilities": att * probs}
     if cfg.dropout > 0:  # the dropout mask and its output, which the product with V keeps
         out["probabilities"] += (st.mask(att) + att) * probs
-    out["output projection input"] = p.matmul * b * s * qd  # a reshaped copy of the kernel's output
+    if not st.frozen:  # a frozen o needs no input
+        out["output projection input"] = p.matmul * b * s * qd  # a reshaped copy of the kernel's output
     return out
 
 
@@ -83,6 +86,8 @@ def _mlp_saved(st: _Step) -> float:
     cfg, p, t = st.cfg, st.p, st.t
     copies = (2 if cfg.mlp == "gated" else 1) if p.autocast else 1
     wide = {("standard", False): 2, ("standard", True): 1, ("gated", False): 4, ("gated", True): 3}
+    if st.frozen:  # frozen up/gate/down keep no input: only the activation's and the product's operands
+        copies, wide = 0, {("standard", False): 1, ("standard", True): 1, ("gated", False): 3, ("gated", True): 2}
     return p.matmul * t * (copies * cfg.d_model + wide[cfg.mlp, cfg.activation == "relu"] * cfg.d_ff)
 
 
@@ -98,12 +103,12 @@ def layer_activations(st: _Step, cross: bool = False) -> dict[str, float]:
     cfg, p, t, h = st.cfg, st.p, st.t, st.cfg.d_model
     n_norm = 3 if cross else 2
     parts = {"norms": t * n_norm * _norm_saved(st, p.residual)}
-    # q, k and v read one input; autocast makes each its own 16-bit copy
-    parts["attention input"] = p.matmul * t * h * (3 if p.autocast else 1)
+    # q, k and v read one input; autocast makes each its own 16-bit copy; frozen, none is kept
+    parts["attention input"] = 0 if st.frozen else p.matmul * t * h * (3 if p.autocast else 1)
     for name, value in _attention_core(st, st.s, _kernel(st)).items():
         parts[f"attention {name}"] = value
     if cross:  # q reads the block's stream; k and v the encoder output (shared across layers unless cast)
-        parts["cross-attention inputs"] = p.matmul * t * h * (3 if p.autocast else 1)
+        parts["cross-attention inputs"] = 0 if st.frozen else p.matmul * t * h * (3 if p.autocast else 1)
         for name, value in _attention_core(st, st.s, st.attention).items():
             parts[f"cross-attention {name}"] = value
     parts["feed-forward"] = _mlp_saved(st)
@@ -153,6 +158,7 @@ def activation_memory(
     recompute: str = "none",
     attention: str = "flash",
     device: str = "cuda",
+    frozen: bool = False,
 ) -> Activations:
     """Bytes a training step of ``batch`` x ``seq`` tokens keeps for backward, and its working set.
 
@@ -163,13 +169,15 @@ def activation_memory(
     weight copies. The working set is the larger of the loss's backward (two fp32 gradients of the
     log-probabilities) and one block's backward (with that block's recomputed activations under
     recomputation). An encoder-decoder gives both stacks ``seq`` tokens. ``device``: "cuda" or "cpu".
+    ``frozen``: the base's weights take no gradient (LoRA): linear layers and norm gains keep nothing
+    of their inputs for it (an adapter's own copies are counted by ``plan.memory``).
     """
     if recompute not in RECOMPUTE or attention not in ATTENTION or device not in DEVICES:
         raise LlmkitError(
             f"recompute={recompute!r}, attention={attention!r}, device={device!r}",
             f"choose from {RECOMPUTE}, {ATTENTION} and {DEVICES}",
         )
-    st = _Step(cfg, precision, batch, seq, attention, recompute, device)
+    st = _Step(cfg, precision, batch, seq, attention, recompute, device, frozen)
     stored, layer_work = _blocks(st)
     stored.update(_outside_blocks(st))
     lm = cfg.family != "encoder" or cfg.encoder_head == "mlm"
@@ -219,7 +227,7 @@ def _outside_blocks(st: _Step) -> dict[str, float]:
     out = {"token ids and labels": 8 * t * (lookups + 1 + (1 if cfg.family == "encoder_decoder" else 0))}
     if cfg.norm_placement == "post":
         out["embedding norm"] = t * _norm_saved(st, p.residual)
-    if cfg.family == "encoder_decoder" and not p.autocast:
+    if cfg.family == "encoder_decoder" and not p.autocast and not st.frozen:
         out["encoder output"] = p.matmul * t * cfg.d_model  # one tensor every cross-attention reads
     out.update(_head(st))
     if p.autocast:
@@ -233,10 +241,11 @@ def _head(st: _Step) -> dict[str, float]:
     keeps (it casts the logits to fp32 first). BERT's MLM head: dense -> act -> norm -> decoder."""
     cfg, p, t, h = st.cfg, st.p, st.t, st.cfg.d_model
     if cfg.family == "encoder" and cfg.encoder_head != "mlm":
-        return {"head input": p.matmul * st.b * h}  # the first token only
-    out = {"head input": p.matmul * t * h}
+        return {"head input": 0 if st.frozen else p.matmul * st.b * h}  # the first token only
+    out = {"head input": 0 if st.frozen else p.matmul * t * h}
     if cfg.family == "encoder":  # dense input, activation input, norm input (16-bit), decoder input
-        out["head input"] = p.matmul * t * h * 3 + t * _norm_saved(st, p.matmul)
+        linear_inputs = 0 if st.frozen else 2  # frozen dense and decoder keep none
+        out["head input"] = p.matmul * t * h * (1 + linear_inputs) + t * _norm_saved(st, p.matmul)
     # BERT's decoder output plus its fp32 bias promotes the logits to fp32 under autocast
     mlm_fp32 = cfg.family == "encoder" and p.autocast
     out["logits"] = (4 if mlm_fp32 else p.matmul) * t * cfg.vocab_size

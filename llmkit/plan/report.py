@@ -78,6 +78,8 @@ def _render_training(plan) -> list[str]:
         f"training per GPU, batch {o.batch} x {plan.seq} tokens, {p.name} ({p.description}),",
         f"  {o.optimizer}, recomputation {a.recompute}, {a.attention} attention{shard}:",
     ]
+    if t.trainable is not None:
+        return lines + _adapter_rows(plan)
     rows = [
         ("weights", human_bytes(t.weights), f"{p.weights:g} bytes/param"),
         ("master weights (fp32)", human_bytes(t.master_weights), f"{p.master:g} bytes/param"),
@@ -98,6 +100,31 @@ def _render_training(plan) -> list[str]:
     lines += _rows(rows)
     lines.append(f"  one block keeps {per_layer:,.0f} bytes per token ({o.batch * plan.seq:,} tokens)")
     return lines
+
+
+def _adapter_rows(plan) -> list[str]:
+    """The training table of LoRA / QLoRA fine-tuning: frozen base, fp32 adapter, activations."""
+    t, o, ft = plan.training, plan.options, plan.options.finetune
+    a, n = t.activations, plan.model.parameters
+    base = f"{ft.quant} matrices + 16-bit rest" if ft.method == "qlora" else "16-bit frozen base"
+    lines = [
+        f"  {ft.method} rank {ft.rank} on {', '.join(ft.targets)}: {t.trainable:,} trainable parameters "
+        f"({t.trainable / n:.2%} of {human_count(n)})"
+    ]
+    rows = [
+        ("weights", human_bytes(t.weights), f"{base} + fp32 adapter"),
+        ("gradients", human_bytes(t.gradients), "adapter only, fp32"),
+        ("optimizer states", human_bytes(t.optimizer_states), "adapter only, fp32"),
+        ("activations stored for backward", human_bytes(sum(a.stored.values())), ""),
+    ]
+    rows += [(f"  {name}", human_bytes(value), "") for name, value in a.stored.items()]
+    rows += [
+        ("backward working set", human_bytes(a.working), "loss" if a.loss_working >= a.layer_working else "one block"),
+        ("peak of tensors", human_bytes(t.tensors_peak), _peak_rule(t)),
+        (f"overhead ({o.overhead:.0%})", human_bytes(t.overhead), ""),
+        ("peak", human_bytes(t.peak), ""),
+    ]
+    return lines + _rows(rows)
 
 
 def _peak_rule(t) -> str:

@@ -75,7 +75,10 @@ class QuantizedMatrix(nn.Module):
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> x @ W.T (..., out): the CPU kernel for inputs of few rows (decoding), where
-        it is faster, else the reference path (``KERNEL_MAX_ROWS``)."""
+        it is faster, else the reference path (``KERNEL_MAX_ROWS``). An input that needs a gradient
+        (LoRA over a quantized base) goes through ``FrozenMatmul``."""
+        if x.requires_grad and torch.is_grad_enabled():
+            return FrozenMatmul.apply(x, self)
         rows = x.numel() // self.in_features
         if self.kernel and x.device.type == "cpu" and rows <= KERNEL_MAX_ROWS.get(x.dtype, 0):
             return self.kernel_matmul(x)
@@ -111,6 +114,22 @@ class QuantizedMatrix(nn.Module):
     def extra_repr(self) -> str:
         group = f", group_size={self.group_size}" if self.method == "int4" else ""
         return f"out={self.out_features}, in={self.in_features}, {self.method}{group}, kernel={self.kernel}"
+
+
+class FrozenMatmul(torch.autograd.Function):
+    """x @ W.T for a frozen quantized W that keeps nothing but the module for backward and dequantizes
+    again there (as bitsandbytes' QLoRA does): F.linear would keep the dequantized 16-bit matrix of
+    every layer until backward, more than the quantized base saves."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, m: QuantizedMatrix) -> torch.Tensor:
+        ctx.m, ctx.x_dtype = m, x.dtype
+        with torch.no_grad():
+            return m.matmul(x)  # under autocast F.linear runs in its dtype, as without a gradient
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return (grad @ ctx.m.dequantize(grad.dtype)).to(ctx.x_dtype), None  # (..., out) @ (out, in)
 
 
 def kernel_supported(m: QuantizedMatrix) -> bool:

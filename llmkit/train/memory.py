@@ -27,6 +27,7 @@ from llmkit.config import ModelConfig, TrainConfig
 from llmkit.errors import LlmkitError
 from llmkit.models import build_model
 from llmkit.objectives import Batch
+from llmkit.plan.finetune import Finetune
 from llmkit.train import distributed
 from llmkit.train.step import attention_kernels, make_state, train_step
 
@@ -167,6 +168,7 @@ def measure_training(
     steps: int = 3,
     device: torch.device | None = None,
     seed: int = 0,
+    finetune: Finetune | None = None,
 ) -> Measured:
     """Run ``steps`` steps of llmkit's ``train_step`` and measure their memory.
 
@@ -174,7 +176,9 @@ def measure_training(
     replaced by SGD with momentum 0.9 for ``optimizer="sgd"``) -> steps on random batches, hooks
     marking each forward's start and each gradient -> read weights, gradients and states off the
     tensors. ``precision``: "fp32", or "amp" (bf16 autocast over fp32 weights, as llmkit pretrains).
-    ``device``: None for CUDA when available, else the CPU.
+    ``device``: None for CUDA when available, else the CPU. ``finetune`` (lora, qlora): the built
+    model is made the frozen base first (``prepare_finetune``); weights then count its quantized
+    buffers too.
     """
     device = device or resolve_device("auto")
     if precision not in TRAIN_DTYPES:
@@ -190,7 +194,12 @@ def measure_training(
     torch.manual_seed(seed)
     start = time.perf_counter()
     with meter:
-        state = make_state(build_model(cfg, env.device), train_cfg, env)
+        model = prepare_finetune(build_model(cfg, env.device), finetune, precision)
+        if finetune is not None and finetune.adapted:
+            # the float model built here to be frozen/quantized is gone: a fine-tuning run loads its
+            # base already in that form, so the peak counts from the prepared base
+            meter.reset_peak()
+        state = make_state(model, train_cfg, env)
         if optimizer == "sgd":
             sgd = torch.optim.SGD(state.raw.parameters(), lr=train_cfg.lr, momentum=0.9)
             state = dataclasses.replace(state, optimizer=sgd)
@@ -208,13 +217,38 @@ def measure_training(
         device=str(env.device),
         attention=attention_kernel(env.device, seq),
         steps=steps,
-        weights=sum(p.nbytes for p in params),
+        weights=sum(p.nbytes for p in params) + _quantized_bytes(state.raw),
         gradients=marks.gradients,
         optimizer_states=sum(t.nbytes for t in states.values()),
         activations=marks.activations,
         peak=max(marks.overall, meter.peak),
         seconds=time.perf_counter() - start,
     )
+
+
+def prepare_finetune(model: torch.nn.Module, ft: Finetune | None, precision: str) -> torch.nn.Module:
+    """The model a fine-tuning step trains, from a built one. Order: qlora: quantize every linear
+    layer and the embeddings (``ft.quant``) -> amp: cast the frozen base to bf16 (it never changes, so
+    it needs no fp32 copy; autocast would cast it anyway) -> wrap the targets in fp32 LoRA adapters
+    (``llmkit.lora.apply_lora``, which freezes the rest). full or None: the model as built."""
+    if ft is None or not ft.adapted:
+        return model
+    from llmkit.lora import LoraConfig, apply_lora
+    from llmkit.quantize import QuantSpec, quantize_model
+
+    if ft.method == "qlora":
+        quantize_model(model, QuantSpec(ft.quant, ft.group_size if ft.quant == "int4" else None))
+    if precision == "amp":
+        model.to(torch.bfloat16)
+    apply_lora(model, LoraConfig(rank=ft.rank, alpha=ft.alpha, target_modules=list(ft.targets)))
+    return model
+
+
+def _quantized_bytes(model: torch.nn.Module) -> int:
+    """Stored bytes of quantized matrices (buffers, not parameters), each once."""
+    from llmkit.quantize import QuantizedMatrix
+
+    return sum(m.qweight.nbytes + m.scales.nbytes for m in model.modules() if isinstance(m, QuantizedMatrix))
 
 
 class _Marks:
