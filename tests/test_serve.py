@@ -99,7 +99,10 @@ def test_completion_options(client, model):
     assert choice["text"] == "The dog" + full[: full.index(stop)] and choice["finish_reason"] == "stop"
     logprobs = choice["logprobs"]
     assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(logprobs["top_logprobs"])
-    assert all(len(top) <= 2 and max(top.values()) <= 0 for top in logprobs["top_logprobs"])
+    # echo: the prompt's tokens come first, the first one without a logprob (nothing predicts it)
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    assert len(logprobs["tokens"]) == len(model.tokenizer.encode("The dog")) + r.json()["usage"]["completion_tokens"]
+    assert all(len(top) <= 2 and max(top.values()) <= 0 for top in logprobs["top_logprobs"][1:])
     # n choices with a seed: reproducible, and they differ from each other
     ask = {"model": "tiny", "prompt": "The", "max_tokens": 12, "temperature": 1.0, "n": 3, "seed": 5}
     a, b = client.post("/v1/completions", json=ask).json(), client.post("/v1/completions", json=ask).json()
@@ -206,10 +209,19 @@ def test_api_key(server):
         ({"temperature": 5}, 400, "temperature"),
         ({"temperature": "0.5"}, 400, "temperature"),
         ({"top_p": 0}, 400, "top_p"),
-        ({"top_k": -1}, 400, "top_k"),
+        ({"top_k": -2}, 400, "top_k"),  # -1 is vLLM's "off"
         ({"n": 100}, 400, "n"),
         ({"seed": -3}, 400, "seed"),
-        ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({"stop": ["s"] * 65}, 400, "stop"),  # past the server's limit (64 by default; OpenAI's 4 is too few)
+        ({"stop": [""]}, 400, "stop"),
+        ({"presence_penalty": 3}, 400, "presence_penalty"),
+        ({"logit_bias": {"999999": 5}}, 400, "logit_bias"),  # outside the vocabulary
+        ({"logit_bias": {"x": 5}}, 400, "logit_bias"),
+        ({"max_tokens": 3, "max_completion_tokens": 4}, 400, "max_completion_tokens"),
+        ({"prompt": [[1, 2], "x"]}, 400, "prompt"),
+        ({"prompt": [999999]}, 400, "prompt"),
+        ({"stream_options": {"include_usage": "yes"}}, 400, "stream_options.include_usage"),
+        ({"best_of": 2}, 400, "best_of"),  # still unknown: still refused
         ({"prompt": 5}, 400, "prompt"),
         ({"max_tokens": MAX_TOKENS + 1}, 400, "max_tokens"),  # past the server's limit
         ({"max_tokens": 150, "prompt": "The cat ate the cake. " * 20}, 400, "max_tokens"),  # past the window
