@@ -26,7 +26,11 @@ class ChatTemplate:
 
     @classmethod
     def from_dir(cls, directory: str | Path | None, special: dict[str, str] | None = None) -> ChatTemplate:
-        """The template of a checkpoint directory's tokenizer_config.json, if it names one."""
+        """The template of a checkpoint directory: its chat_template.jinja (transformers prefers it), else
+        the ``chat_template`` of its tokenizer_config.json, if either exists."""
+        jinja = Path(directory) / "chat_template.jinja" if directory is not None else None
+        if jinja is not None and jinja.is_file():
+            return cls(jinja.read_text(encoding="utf-8"), special or {})
         path = Path(directory) / "tokenizer_config.json" if directory is not None else None
         if path is None or not path.is_file():
             return cls(None, special or {})
