@@ -292,6 +292,14 @@ def test_echo_with_max_tokens_0_scores_each_prompt(client, model):
         assert r.json()["usage"]["completion_tokens"] == 0
         for choice, text in zip(r.json()["choices"], texts, strict=True):
             check_scored_echo(model, choice, text)
+    # echo without logprobs and nothing to generate: the prompt back, plain and streamed
+    ask = {"model": "tiny", "prompt": ["The cat", "A dog"], "max_tokens": 0, "echo": True}
+    assert [c["text"] for c in client.post("/v1/completions", json=ask).json()["choices"]] == ["The cat", "A dog"]
+    with client.stream("POST", "/v1/completions", json={**ask, "stream": True}) as r:
+        assert [(c["choices"][0]["text"], c["choices"][0]["finish_reason"]) for c in sse(r)] == [
+            ("The cat", "length"),
+            ("A dog", "length"),
+        ]
     # streamed, the echo arrives with the prompt's logprobs; generation goes on after it
     ask = {"model": "tiny", "prompt": "The cat", "max_tokens": 3, "echo": True, "logprobs": 1, "temperature": 0,
            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip

@@ -18,7 +18,8 @@ leaves the batch, and the other rows go on.
 
 A request may ask for its prompt's own log-probabilities (``prompt_logprobs``, OpenAI's ``echo`` with
 ``logprobs``): the prefill's logits at every position give them, in fp32, and ``on_prompt`` receives
-them before the first token; with ``max_new_tokens == 0`` the request ends there (scoring only).
+them before the first token; with ``max_new_tokens == 0`` the request ends there (scoring only), and
+``on_prompt`` is called whether or not it asked for them (it is the request's end).
 
 Decoder-only models; per-request settings are those of the OpenAI API plus vLLM's extras (logit
 bias, repetition / presence / frequency penalties, top-k, min-p; no beam search). Callbacks run on
@@ -246,9 +247,9 @@ class Batcher:
         ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
         own = KVCache.for_model(self.model, 1, ids.shape[1])
         all_logits = self.model(ids, cache=own).logits  # (1, P, V)
-        if request.prompt_logprobs:
+        if request.prompt_logprobs or request.config.max_new_tokens == 0:
             request.on_prompt(self._prompt_scores(request, all_logits[0]))
-        if request.config.max_new_tokens == 0:  # scoring only: nothing to generate, no row to take
+        if request.config.max_new_tokens == 0:  # scoring only: on_prompt was its end; no row to take
             return
         logits = all_logits[:, -1].float()  # (1, V)
         slot = _Slot(request, self.tokenizer, self.device, logits.shape[-1])

@@ -548,7 +548,7 @@ class _Server:
             reasons[i] = FINISH[ev.finish_reason] if ev.finish_reason else reasons[i]
         choices = [
             {"text": texts[i], "index": i, "finish_reason": reasons[i],
-             "logprobs": await self._completion_logprobs(logs[i], prompt_scores[i], echo_of[i])
+             "logprobs": await self._completion_logprobs(logs[i], prompt_scores[i] if scoring else None, echo_of[i])
              if body.logprobs is not None else None}
             for i in range(len(jobs))
         ]  # fmt: skip
@@ -570,6 +570,8 @@ class _Server:
         completion = 0
         async for i, ev in events:
             if isinstance(ev, PromptScores):
+                if not scored:  # the end of a max_tokens 0 choice, whose echo went out above
+                    continue
                 logprobs = await self._completion_logprobs([], ev, echo_of[i])
                 yield chunk(i, echo_of[i], logprobs, None if jobs[i][1].max_new_tokens else "length")
                 continue
