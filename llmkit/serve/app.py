@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import secrets
 import sys
 import threading
@@ -47,8 +46,9 @@ from llmkit.config import GenerationConfig
 from llmkit.errors import LlmkitError
 from llmkit.inference.batcher import Batcher, PromptScores, TokenEvent
 from llmkit.inference.batcher import Request as BatchRequest
-from llmkit.inference.explain import explain, token_text
+from llmkit.inference.explain import explain
 from llmkit.serve.chat import ChatTemplate
+from llmkit.serve.logprobs import chat_logprob, completion_logprobs, with_prompt
 from llmkit.serve.metrics import CONTENT_TYPE, Metrics
 from llmkit.serve.schemas import (
     MAX_SEED,
@@ -548,7 +548,7 @@ class _Server:
             reasons[i] = FINISH[ev.finish_reason] if ev.finish_reason else reasons[i]
         choices = [
             {"text": texts[i], "index": i, "finish_reason": reasons[i],
-             "logprobs": await self._completion_logprobs(logs[i], prompt_scores[i] if scoring else None, echo_of[i])
+             "logprobs": await self._logprobs(logs[i], prompt_scores[i] if scoring else None, echo_of[i])
              if body.logprobs is not None else None}
             for i in range(len(jobs))
         ]  # fmt: skip
@@ -572,56 +572,23 @@ class _Server:
             if isinstance(ev, PromptScores):
                 if not scored:  # the end of a max_tokens 0 choice, whose echo went out above
                     continue
-                logprobs = await self._completion_logprobs([], ev, echo_of[i])
+                logprobs = await self._logprobs([], ev, echo_of[i])
                 yield chunk(i, echo_of[i], logprobs, None if jobs[i][1].max_new_tokens else "length")
                 continue
             completion += 1
-            logprobs = self._completion_logprobs_of([ev], offsets[i]) if body.logprobs is not None else None
+            logprobs = completion_logprobs(self.tokenizer, [ev], offsets[i]) if body.logprobs is not None else None
             offsets[i] += len(ev.text)
             yield chunk(i, ev.text, logprobs, FINISH[ev.finish_reason] if ev.finish_reason else None)
         if body.include_usage:
             prompt_tokens = sum(len(jobs[i][0]) for i in range(0, len(jobs), body.n))
             yield {**head, "choices": [], "usage": _usage(prompt_tokens, completion)}
 
-    async def _completion_logprobs(
-        self, events: list[TokenEvent], prompt: PromptScores | None, echo: str
-    ) -> dict[str, Any]:
-        """The legacy completions logprobs object: tokens, their logprobs, top alternatives, offsets in the
-        returned text. With echo and logprobs, the prompt's tokens come first (the first one's logprob and
-        alternatives null), then the generated ones."""
-        out = self._completion_logprobs_of(events, len(echo))
+    async def _logprobs(self, events: list[TokenEvent], prompt: PromptScores | None, echo: str) -> dict[str, Any]:
+        """A choice's logprobs object; the prompt's offsets decode every prefix, so in a worker thread."""
+        generated = completion_logprobs(self.tokenizer, events, len(echo))
         if prompt is None:
-            return out
-        ids = prompt.token_ids
-        offsets = await run_in_threadpool(self._prefix_offsets, ids)
-        return {
-            "tokens": [token_text(self.tokenizer, t) for t in ids] + out["tokens"],
-            "token_logprobs": [None if lp is None else _finite(lp) for lp in prompt.logprobs] + out["token_logprobs"],
-            "top_logprobs": [None] + [self._top(alts) for alts in prompt.top_logprobs[1:]] + out["top_logprobs"],
-            "text_offset": offsets + out["text_offset"],
-        }
-
-    def _completion_logprobs_of(self, events: list[TokenEvent], start: int) -> dict[str, Any]:
-        """The logprobs object of generated tokens whose text starts at character ``start``."""
-        offsets, at = [], start
-        for ev in events:
-            offsets.append(at)
-            at += len(ev.text)
-        return {
-            "tokens": [token_text(self.tokenizer, ev.token_id) for ev in events],
-            "token_logprobs": [_finite(ev.logprob) for ev in events],
-            "top_logprobs": [self._top(ev.top_logprobs) for ev in events],
-            "text_offset": offsets,
-        }
-
-    def _top(self, alternatives: list[tuple[int, float]]) -> dict[str, float]:
-        return {token_text(self.tokenizer, t): _finite(lp) for t, lp in alternatives}
-
-    def _prefix_offsets(self, ids: list[int]) -> list[int]:
-        """Character offset of each prompt token in the decoded prompt: the length of the text of the tokens
-        before it (a character split across tokens counts once it is whole, so offsets never point inside one)."""
-        prefixes = self.tokenizer.backend.decode_batch([ids[:i] for i in range(len(ids))], skip_special_tokens=True)
-        return [len(text.rstrip("\ufffd")) for text in prefixes]
+            return generated
+        return await run_in_threadpool(with_prompt, self.tokenizer, prompt, generated)
 
     # ---- /v1/chat/completions -----------------------------------------------------------------
     async def chat(self, http: Request, body: ChatRequest):
@@ -644,7 +611,7 @@ class _Server:
             reasons[i] = FINISH[ev.finish_reason] if ev.finish_reason else reasons[i]
         choices = [
             {"index": i, "message": {"role": "assistant", "content": texts[i]}, "finish_reason": reasons[i],
-             "logprobs": {"content": [self._chat_logprob(ev) for ev in logs[i]]} if body.logprobs else None}
+             "logprobs": {"content": [chat_logprob(self.tokenizer, ev) for ev in logs[i]]} if body.logprobs else None}
             for i in range(len(configs))
         ]  # fmt: skip
         return {**head, "choices": choices, "usage": _usage(len(ids), sum(map(len, logs)))}
@@ -655,20 +622,13 @@ class _Server:
             yield {**head, "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}]}
         completion = 0
         async for i, ev in events:
-            logprobs = {"content": [self._chat_logprob(ev)]} if body.logprobs else None
+            logprobs = {"content": [chat_logprob(self.tokenizer, ev)]} if body.logprobs else None
             reason = FINISH[ev.finish_reason] if ev.finish_reason else None
             delta = {"content": ev.text} if ev.text or reason is None else {}
             completion += 1
             yield {**head, "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}]}
         if body.include_usage:  # OpenAI's last chunk: no choices, the request's usage
             yield {**head, "choices": [], "usage": _usage(prompt_tokens, completion)}
-
-    def _chat_logprob(self, ev: TokenEvent) -> dict[str, Any]:
-        def entry(token_id: int, logprob: float) -> dict[str, Any]:
-            text = token_text(self.tokenizer, token_id)
-            return {"token": text, "logprob": _finite(logprob), "bytes": list(text.encode("utf-8"))}
-
-        return {**entry(ev.token_id, ev.logprob), "top_logprobs": [entry(t, lp) for t, lp in ev.top_logprobs]}
 
     # ---- /v1/explain --------------------------------------------------------------------------
     async def explain(self, http: Request, body: ExplainRequest) -> dict[str, Any]:
@@ -715,11 +675,6 @@ class _Server:
 
 class _Abandoned(Exception):
     """Raised inside an abandoned /v1/explain's decoding loop to end it."""
-
-
-def _finite(logprob: float) -> float:
-    """JSON has no -inf: a token the filters removed gets OpenAI's -9999.0."""
-    return logprob if math.isfinite(logprob) else -9999.0
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
