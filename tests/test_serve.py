@@ -222,6 +222,7 @@ def test_api_key(server):
         ({"prompt": [999999]}, 400, "prompt"),
         ({"stream_options": {"include_usage": "yes"}}, 400, "stream_options.include_usage"),
         ({"best_of": 2}, 400, "best_of"),  # still unknown: still refused
+        ({"prompt": ["x"] * 40, "n": 2}, 400, "prompt"),  # more choices than the server ever queues: not a 429
         ({"prompt": 5}, 400, "prompt"),
         ({"max_tokens": MAX_TOKENS + 1}, 400, "max_tokens"),  # past the server's limit
         ({"max_tokens": 150, "prompt": "The cat ate the cake. " * 20}, 400, "max_tokens"),  # past the window

@@ -94,7 +94,7 @@ class Request:
 class _Slot:
     """An active request in the batch: its text state, generator, processors' state and the token to feed next."""
 
-    def __init__(self, request: Request, tokenizer, device: torch.device, vocab: int) -> None:
+    def __init__(self, request: Request, tokenizer, device: torch.device, vocab: int | None = None) -> None:
         cfg = request.config
         self.request = request
         self.sequence = SequenceState(0, request.prompt_ids, tokenizer, cfg)
@@ -102,21 +102,31 @@ class _Slot:
         self.start = 0  # first cache column of this row
         self.last = 0  # the token fed at the next step
         self.failed = False  # its choice or callback raised: it leaves the batch, the others go on
-        # the processors' state, only for the settings that use it: a dense logit bias, the tokens the
-        # repetition penalty sees (prompt + generated), the generated tokens' counts (presence/frequency)
+        self.device, self.ready = device, False
+        self.eos = torch.tensor(cfg.eos_token_id, dtype=torch.long, device=device) if cfg.eos_token_id else None
+        if vocab is not None:
+            self._setup(vocab)
+
+    def _setup(self, vocab: int) -> None:
+        """The processors' state, only for the settings that use it: a dense logit bias, the tokens the
+        repetition penalty sees (prompt + generated), the generated tokens' counts (presence/frequency).
+        Without ``vocab`` at construction, the first scores give it."""
+        cfg, device = self.request.config, self.device
         self.bias = bias_tensor(cfg.logit_bias, vocab, device)
         self.seen = self.counts = None
         if cfg.repetition_penalty != 1.0:
             self.seen = torch.zeros(1, vocab, dtype=torch.bool, device=device)
-            self.seen[0, request.prompt_ids] = True
+            self.seen[0, self.request.prompt_ids] = True
         if cfg.presence_penalty or cfg.frequency_penalty:
             self.counts = torch.zeros(1, vocab, device=device)
-        self.eos = torch.tensor(cfg.eos_token_id, dtype=torch.long, device=device) if cfg.eos_token_id else None
+        self.ready = True
 
     def process(self, scores: torch.Tensor) -> torch.Tensor:
         """The row's scores (1, V) after its processors: logit bias -> repetition penalty -> presence /
         frequency penalties -> EOS masked below min_new_tokens (sampling.py's order)."""
         cfg = self.request.config
+        if not self.ready:
+            self._setup(scores.shape[-1])
         if self.bias is not None:
             scores = scores + self.bias
         if self.seen is not None:

@@ -358,7 +358,13 @@ class _Server:
         """429 with Retry-After when ``choices`` more would pass ``max_queue``: a bounded wait for everyone.
         Counted from the batcher itself (rows decoding + requests waiting), so nothing can leak a count."""
         busy = len(self.batcher.slots) + self.batcher.pending.qsize() + self.explaining
-        if busy + choices > (self.settings.max_queue or 8 * self.settings.max_batch):
+        limit = self.settings.max_queue or 8 * self.settings.max_batch
+        if choices > limit:  # would never fit: a retry cannot help, so not a 429
+            raise ApiError(
+                400, f"this request has {choices} choices (prompts x n); the server queues at most {limit} at once",
+                param="prompt", code="too_many_choices",
+            )  # fmt: skip
+        if busy + choices > limit:
             wait = 1 + busy // max(self.settings.max_batch, 1)  # rough: a batch's worth per second
             raise ApiError(
                 429, f"the server is busy ({busy} choices queued or decoding); retry in {wait} s",
