@@ -215,6 +215,7 @@ def test_api_key(server):
         ({"stop": ["s"] * 65}, 400, "stop"),  # past the server's limit (64 by default; OpenAI's 4 is too few)
         ({"stop": [""]}, 400, "stop"),
         ({"presence_penalty": 3}, 400, "presence_penalty"),
+        ({"repetition_penalty": 5e-324}, 400, "repetition_penalty"),  # would overflow the scores (the fuzzer's)
         ({"logit_bias": {"999999": 5}}, 400, "logit_bias"),  # outside the vocabulary
         ({"logit_bias": {"x": 5}}, 400, "logit_bias"),
         ({"max_tokens": 3, "max_completion_tokens": 4}, 400, "max_completion_tokens"),

@@ -259,7 +259,8 @@ def _kind(status: int) -> str:
 
 # Routes read their bodies themselves (to bound their size), so FastAPI cannot see the schemas:
 # they are added here, for client generators and fuzzers (schemathesis) that read the document.
-_BODIES = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatRequest, "/v1/explain": ExplainRequest}
+_BODIES = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatRequest, "/v1/explain": ExplainRequest,
+           "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest}  # fmt: skip
 
 
 def _openapi(app: FastAPI, model_name: str) -> dict[str, Any]:

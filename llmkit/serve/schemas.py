@@ -73,7 +73,8 @@ class Sampling(BaseModel):
     top_p: StrictFloat = Field(1.0, gt=0, le=1)
     top_k: Int(ge=-1) = 0  # vLLM's extension; 0 or -1 (vLLM's old default) = off
     min_p: StrictFloat = Field(0.0, ge=0, le=1)  # vLLM's extension; 0 = off
-    repetition_penalty: StrictFloat = Field(1.0, gt=0, le=10)  # vLLM's extension (CTRL's); 1 = off
+    # vLLM's extension (CTRL's); 1 = off. At least 0.01: scores divided by a tinier one overflow to inf
+    repetition_penalty: StrictFloat = Field(1.0, ge=0.01, le=10)
     presence_penalty: StrictFloat = Field(0.0, ge=-2, le=2)  # OpenAI's additive penalties; 0 = off
     frequency_penalty: StrictFloat = Field(0.0, ge=-2, le=2)
     logit_bias: dict[StrictStr, StrictFloat] | None = None  # {"token id": bias in [-100, 100]}
