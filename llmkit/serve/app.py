@@ -462,7 +462,7 @@ class _Server:
         plain request polls. A scoring-only choice (max_new_tokens 0) finishes with its PromptScores."""
         requests, items = self.submit(jobs, logprobs, prompt_logprobs)
         counts = getattr(http.state, "tokens", None)  # the request log's, when it is on
-        prompt_tokens = sum(len(ids) for ids, _ in dict((id(ids), (ids, c)) for ids, c in jobs).values())
+        prompt_tokens = sum({id(ids): len(ids) for ids, _ in jobs}.values())  # a prompt's n choices share its list
         if counts is not None:
             counts[0] = prompt_tokens
         self.metrics.prompt_tokens.inc(prompt_tokens)
