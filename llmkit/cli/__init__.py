@@ -32,12 +32,16 @@ COMMAND_MODULES = (
     "init",
     "pretrain",
     "generate",
+    "chat",
     "tokenize",
     "embeddings",
     "attention",
     "prompt",
     "quantize",
     "serve",
+    "embed",
+    "index",
+    "ask",
 )
 # commands that run long enough for a measured thread decision to be worth a line at the start
 # (a count the user set, or torch's own, needs no explaining)
@@ -83,7 +87,7 @@ def _all_subparsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentPa
 
 # commands that read llmkit checkpoints (pretrain has its own --no-verify, for --resume)
 LOADS_CHECKPOINTS = {"generate", "fill-mask", "serve", "eval", "prompt", "quantize", "convert", "tokenize",
-                     "embeddings", "attention"}  # fmt: skip
+                     "embeddings", "attention", "embed", "index", "ask", "chat"}  # fmt: skip
 
 
 def add_threads_flag(parser: argparse.ArgumentParser) -> None:

@@ -33,8 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="generate text from a prompt (decoder-only and encoder-decoder models)",
         description="Generate a completion for PROMPT (or for each line of --file) with a checkpoint's own "
         "generation_config.json, changed by the flags given. Per step: repetition penalty -> EOS masked below "
-        "--min-new-tokens -> greedy argmax, or with --do-sample temperature -> top-k -> top-p -> min-p -> draw. "
-        "A sequence stops at EOS, a --stop string, or --max-new-tokens. --stream prints tokens as they come; "
+        "--min-new-tokens -> with --json-schema/--regex/--grammar, tokens the grammar forbids masked (llguidance) "
+        "-> greedy argmax, or with --do-sample temperature -> top-k -> top-p -> min-p -> draw. "
+        "A sequence stops at EOS, a --stop string, --max-new-tokens, or when its grammar is complete. "
+        "--stream prints tokens as they come; "
         "--explain shows, per position, the top candidates with their raw probability, probability after "
         "temperature, which filters kept them, and the token drawn. "
         "The CLI decodes greedily by default, as transformers does: the model's most likely continuation, the "
@@ -63,6 +65,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compile", action="store_true", default=None,
         help="torch.compile the decoding step: faster per token after seconds to a minute of compiling",
+    )  # fmt: skip
+    p.add_argument(
+        "--json-schema", metavar="FILE|JSON", default=None,
+        help="constrain the output to JSON valid against this schema (a file, or the schema's JSON text); "
+        "the output parses unless --max-new-tokens cuts it short",
+    )  # fmt: skip
+    p.add_argument("--regex", metavar="RE", default=None, help="constrain the output to match this regular expression")
+    p.add_argument(
+        "--grammar", metavar="FILE", type=Path, default=None,
+        help="constrain the output to a Lark grammar (llguidance's dialect) read from FILE",
     )  # fmt: skip
     p.add_argument("--stream", action="store_true", help="print tokens as they are generated (one sequence)")
     p.add_argument("--explain", action="store_true", help="per position: candidates, probabilities, filters")
@@ -127,6 +139,31 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _constraint(args: argparse.Namespace) -> dict[str, Any]:
+    """--json-schema / --regex / --grammar as the keyword of llmkit.generate (read, not yet compiled)."""
+    from llmkit.errors import LlmkitError
+
+    out: dict[str, Any] = {}
+    if args.json_schema is not None:
+        text = args.json_schema.strip()
+        # JSON text starts with { (or is true/false); anything else names a file
+        if text.startswith("{") or text in ("true", "false"):
+            out["json_schema"] = text
+        else:
+            from llmkit.files import read_json
+
+            out["json_schema"] = read_json(args.json_schema, "pass a JSON schema file or the schema as JSON text")
+    if args.regex is not None:
+        out["regex"] = args.regex
+    if args.grammar is not None:
+        if not args.grammar.is_file():
+            raise LlmkitError(f"{args.grammar}: file not found", "pass a Lark grammar file to --grammar")
+        out["grammar"] = args.grammar.read_text(encoding="utf-8")
+    if len(out) > 1:
+        raise LlmkitError("--json-schema, --regex and --grammar are alternatives", "give one of them")
+    return out
+
+
 def _sampling_flags(args: argparse.Namespace) -> str:
     return " ".join(f"--{n.replace('_', '-')}" for n in _SAMPLING_FLAGS if getattr(args, n) is not None)
 
@@ -150,6 +187,7 @@ def run(args: argparse.Namespace) -> None:
 
     prompts = choose_prompts(args.prompt, args.file)
     plot = _plot_request(args)  # checked before the model loads
+    constraint = _constraint(args)  # a missing schema file fails before the model loads
     model = load_model(args.model, args.device, args.dtype)
     overrides = _overrides(args)
     note = _sampling_note(args)
@@ -161,12 +199,14 @@ def run(args: argparse.Namespace) -> None:
     if overrides.get("compile"):
         print(_compile_notice(model), file=sys.stderr, flush=True)
     if args.explain:
+        if constraint:
+            raise LlmkitError("--explain shows the model's own choices", "drop --json-schema/--regex/--grammar")
         if len(prompts) != 1:
             raise LlmkitError("--explain takes one prompt", "drop --file or --explain")
         _explain(args, model, prompts[0], plot, overrides)
         return
     if args.stream:
-        s = stream(model, prompts, **overrides)
+        s = stream(model, prompts, **constraint, **overrides)
         if len(prompts) * s.config.num_return_sequences != 1 or s.config.num_beams > 1:
             raise LlmkitError("--stream prints one sequence as it grows", "use one prompt, no beams, one sequence")
         if args.echo:
@@ -175,7 +215,7 @@ def run(args: argparse.Namespace) -> None:
             print(piece.text, end="", flush=True)
         print()
         return
-    for line in completion_lines(generate(model, prompts, **overrides), args.echo, args.json):
+    for line in completion_lines(generate(model, prompts, **constraint, **overrides), args.echo, args.json):
         print(line)
     sys.stdout.flush()
 

@@ -54,6 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="no request log (by default one stderr line per request: method, path, status, "
         "tokens in and out, seconds)",
     )
+    p.add_argument(
+        "--embedder", default="minilm", metavar="DIR",
+        help="encoder behind POST /v1/embeddings (default minilm: the installed all-MiniLM-L6-v2, when it is; "
+        "'none': no embeddings route)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
     p.add_argument(
         "--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="cast the weights (default: as stored)"
@@ -95,6 +100,7 @@ def run(args: argparse.Namespace) -> None:
         name=args.name or name_slug(model_name(directory)), api_key=args.api_key, max_batch=args.max_batch,
         max_tokens=args.max_tokens, max_body=args.max_body, max_stop=args.max_stop,
         chat=ChatTemplate.from_dir(directory, special), request_log=not args.quiet,
+        embedder=load_embedder(args.embedder, device),
     )  # fmt: skip
     app = create_app(model, settings)
     if not _loopback(args.host) and args.api_key is None:
@@ -103,6 +109,21 @@ def run(args: argparse.Namespace) -> None:
     print(f"serving {settings.name} at http://{args.host}:{port}/ (playground at /, API at /v1)", file=sys.stderr)
     protocol = header_timeout_protocol(args.header_timeout)
     serve_on(uvicorn.Server(uvicorn.Config(app, log_level="warning", http=protocol)), sock)
+
+
+def load_embedder(name: str, device: str):
+    """The --embedder for /v1/embeddings, loaded on its first request (checked now to be a model folder);
+    the default MiniLM only when installed, 'none' for no route."""
+    from llmkit.errors import LlmkitError
+    from llmkit.retrieval.embed import default_embedder, resolve_embedder
+    from llmkit.serve.embeddings import DeferredEmbedder
+
+    if name == "none" or (name == "minilm" and default_embedder() is None):
+        return None
+    directory = resolve_embedder(name)
+    if not (directory / "config.json").is_file():
+        raise LlmkitError(f"--embedder {name}: no model folder there (no config.json)", "pass an encoder directory")
+    return DeferredEmbedder(directory, device)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -3,11 +3,12 @@
 Order of operations, per call: resolve the config (the model's generation_config < ``config`` <
 keyword overrides) -> tokenize and fit the prompts to the context window -> pad (left for
 decoder-only, right for the encoder) -> prefill the KV cache -> per step: logit bias -> repetition
-penalty -> presence/frequency penalties -> EOS masked below min_new_tokens -> greedy argmax, or
-temperature -> top-k -> top-p -> min-p -> draw -> per row: stop at EOS, a stop string, or
-max_new_tokens. Beam search (num_beams > 1) runs the whole search first and then yields one piece
-per returned sequence; there stop strings cut the returned text (the search itself ends at EOS or
-max_new_tokens).
+penalty -> presence/frequency penalties -> EOS masked below min_new_tokens -> [with a grammar] tokens
+it forbids masked -> greedy argmax, or temperature -> top-k -> top-p -> min-p -> draw -> per row: stop
+at EOS, a stop string, max_new_tokens, or a complete grammar (``constrained.py``: JSON schema, regex or
+Lark; finish_reason "stop"). Beam search (num_beams > 1) runs the whole search first and then yields
+one piece per returned sequence; there stop strings cut the returned text (the search itself ends at
+EOS or max_new_tokens).
 
 Speed (gpt-fast style): one preallocated KV cache per call, one inference-mode block and one
 device-to-host copy of the chosen tokens per step, nothing else per token. On CPU the model's
@@ -28,6 +29,7 @@ from torch import nn
 from llmkit.config import GenerationConfig
 from llmkit.errors import LlmkitError
 from llmkit.inference.beam import beam_search
+from llmkit.inference.constrained import Grammar, RowGrammars, choose_grammar
 from llmkit.inference.inputs import PromptInput, Prompts, pad, prepare_prompts
 from llmkit.inference.runners import DecoderRunner, EncoderDecoderRunner, use_decode_layout
 from llmkit.inference.sampling import (
@@ -102,6 +104,7 @@ class Stream:
         prompts: PromptInput,
         config: GenerationConfig | None = None,
         observer: Observer | None = None,
+        constraint: Grammar | list[Grammar | None] | None = None,
         **overrides: Any,
     ) -> None:
         self.model = model
@@ -118,6 +121,21 @@ class Stream:
         # what the repetition penalty counts as already in each prompt's sequence at the first step
         encdec = mcfg.family == "encoder_decoder"
         self._prefix = [[self.start_id] for _ in self.prompts.ids] if encdec else self.prompts.ids
+        self.grammars = self._row_grammars(constraint)
+
+    def _row_grammars(self, constraint: Grammar | list[Grammar | None] | None) -> RowGrammars | None:
+        """One grammar for every prompt, or one per prompt (None: free), checked and compiled per row."""
+        if constraint is None or (isinstance(constraint, list) and not any(constraint)):
+            return None
+        if self.config.num_beams > 1:
+            raise LlmkitError("constrained decoding works with greedy decoding and sampling, not beam search",
+                              "set num_beams=1")  # fmt: skip
+        per_prompt = constraint if isinstance(constraint, list) else [constraint] * len(self.prompts.ids)
+        if len(per_prompt) != len(self.prompts.ids):
+            raise LlmkitError(f"{len(per_prompt)} grammars for {len(self.prompts.ids)} prompts",
+                              "give one grammar, or one per prompt (None for a free one)")  # fmt: skip
+        rows = [g for g in per_prompt for _ in range(self.per_prompt)]
+        return RowGrammars(self.model, rows, self.eos)
 
     def __iter__(self) -> Iterator[Piece]:
         if self.config.max_new_tokens == 0:
@@ -171,6 +189,7 @@ class Stream:
             counts = torch.zeros(runner.rows, logits.shape[-1], device=device) if penalize else None
             done = torch.zeros(runner.rows, dtype=torch.bool, device=device)
             tokens = torch.zeros(runner.rows, dtype=torch.long, device=device)
+        constraint = self.grammars.start() if self.grammars is not None else None
         finished: list[int] = []
         for t in range(cfg.max_new_tokens):
             with torch.inference_mode():  # one entry per step: tensors never leave inference mode
@@ -190,16 +209,21 @@ class Stream:
                     scores = apply_presence_frequency(scores, counts, cfg.presence_penalty, cfg.frequency_penalty)
                 if t < cfg.min_new_tokens and self.eos:
                     scores = suppress(scores, eos_t)
+                if constraint is not None:
+                    scores = constraint.mask(scores)
                 tokens = next_tokens(scores, cfg, generator).masked_fill_(done, self.pad_id)
                 if self.observer is not None:
                     self.observer(t, scores, tokens)
             # per row: text piece; stop at EOS, a stop string or max_new_tokens
             ids, finished = tokens.tolist(), []
+            complete = constraint.advance(ids) if constraint is not None else []
             for r, seq in enumerate(seqs):
                 if seq.finish_reason is None:
-                    yield seq.push(ids[r])
+                    yield seq.push(ids[r], end="stop" if r in complete else None)
                     if seq.finish_reason is not None:
                         finished.append(r)
+            if constraint is not None:
+                constraint.release(finished)
             if all(seq.finish_reason is not None for seq in seqs):
                 return
 
@@ -223,8 +247,9 @@ class SequenceState:
         self.count = 0
         self.finish_reason: str | None = None
 
-    def push(self, token: int) -> Piece:
-        """One new token -> its piece; sets finish_reason when the sequence ends here."""
+    def push(self, token: int, end: str | None = None) -> Piece:
+        """One new token -> its piece; sets finish_reason when the sequence ends here (``end``: it ends for
+        a reason outside the sequence, such as a complete grammar, unless EOS or a stop string ends it first)."""
         self.count += 1
         text = ""
         if token in self.eos:
@@ -232,9 +257,12 @@ class SequenceState:
         elif self.text is not None:
             text, stopped = self.text.push([token])
             self.finish_reason = "stop" if stopped else None
+        ended_outside = self.finish_reason is None and end is not None
+        if ended_outside:
+            self.finish_reason = end
         if self.finish_reason is None and self.count == self.max_new:
             self.finish_reason = "length"
-        if self.finish_reason in ("eos", "length") and self.text is not None:
+        if (ended_outside or self.finish_reason in ("eos", "length")) and self.text is not None:
             text += self.text.flush()
         return Piece(self.index, text, [token], self.finish_reason)
 
@@ -248,22 +276,43 @@ class SequenceState:
         return Piece(self.index, text, ids, reason)
 
 
-def stream(model: nn.Module, prompts: PromptInput, config: GenerationConfig | None = None, **overrides: Any) -> Stream:
+def stream(
+    model: nn.Module,
+    prompts: PromptInput,
+    config: GenerationConfig | None = None,
+    *,
+    json_schema: dict[str, Any] | bool | str | None = None,
+    regex: str | None = None,
+    grammar: str | Grammar | list[Grammar | None] | None = None,
+    **overrides: Any,
+) -> Stream:
     """Generate from ``prompts``, yielding a ``Piece`` (text and token ids) per new token of each sequence.
 
     ``config`` defaults to ``model.generation_config``; keyword ``overrides`` change single settings
     (``max_new_tokens=32, do_sample=True, seed=0``). Pieces of one sequence concatenate to its
     completion; with several prompts the pieces of a step come in sequence order. Beam search yields
     one piece per sequence at the end. The returned ``Stream`` also carries ``prompts`` and ``config``.
+
+    At most one of ``json_schema`` (a dict or JSON text), ``regex`` or ``grammar`` (Lark text, a
+    ``Grammar``, or a list with one ``Grammar`` or None per prompt) constrains every sequence to match it
+    (llguidance; ``constrained.py``); a sequence then also ends when its grammar is complete ("stop").
     """
-    return Stream(model, prompts, config, **overrides)
+    constraint = grammar if isinstance(grammar, list) else choose_grammar(json_schema, regex, grammar)
+    return Stream(model, prompts, config, constraint=constraint, **overrides)
 
 
 def generate(
-    model: nn.Module, prompts: PromptInput, config: GenerationConfig | None = None, **overrides: Any
+    model: nn.Module,
+    prompts: PromptInput,
+    config: GenerationConfig | None = None,
+    *,
+    json_schema: dict[str, Any] | bool | str | None = None,
+    regex: str | None = None,
+    grammar: str | Grammar | list[Grammar | None] | None = None,
+    **overrides: Any,
 ) -> list[Completion]:
     """``stream`` run to the end: one ``Completion`` per sequence (prompt-major, num_return_sequences each)."""
-    s = stream(model, prompts, config, **overrides)
+    s = stream(model, prompts, config, json_schema=json_schema, regex=regex, grammar=grammar, **overrides)
     return collect(s, list(s))
 
 

@@ -22,7 +22,7 @@ def completion_record(c: Completion, echo: bool = False) -> dict[str, Any]:
 # why a sequence ended, as the header under which it is printed says it
 FINISHED = {
     "eos": "ended with the end-of-text token",
-    "stop": "stopped at a stop string",
+    "stop": "stopped at a stop string or a complete grammar",
     "length": "stopped at the length limit",
 }
 

@@ -81,6 +81,7 @@ class ServeSettings:
     body_timeout: float = 30.0  # seconds for a request body to arrive (slow senders hold a connection)
     request_log: bool = False  # one stderr line per request (llmkit serve turns it on; --quiet off)
     max_stop: int = MAX_STOP  # stop strings one request may send
+    embedder: Any = None  # a llmkit.retrieval.embed.Embedder: POST /v1/embeddings (llmkit.serve.embeddings)
 
 
 class ApiError(Exception):
@@ -136,6 +137,10 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
 
     register_openai_routes(app, server)
     register_vllm_routes(app, server)
+    if settings.embedder is not None:
+        from llmkit.serve.embeddings import register_embeddings
+
+        register_embeddings(app, server, settings.embedder)
     return app
 
 
@@ -226,7 +231,7 @@ async def _log_request(request: Request, call_next):
 
 
 ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/explain",
-          "/tokenize", "/detokenize"}  # fmt: skip
+          "/v1/embeddings", "/tokenize", "/detokenize"}  # fmt: skip
 
 
 class _Counter:

@@ -1,0 +1,90 @@
+"""Chat messages (and tools) -> one prompt: the checkpoint's Jinja chat template, or the plain one.
+
+As ``llmkit.serve.chat`` renders chat completions, plus what tools and a terminal chat need: ``tools``
+passed to templates that handle them (``llmkit.tools.render_messages`` rewrites the conversation for the
+others), transformers' Jinja globals and filters (``raise_exception``, ``strftime_now``, a ``tojson`` that
+keeps non-ASCII and does not HTML-escape), and ``add_generation_prompt`` as a choice. Without a template
+the plain one writes "System:/User:/Assistant:" lines and "\\nUser:" stops the reply.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from llmkit.errors import LlmkitError
+from llmkit.tools import render_messages
+
+PLAIN_STOP = ["\nUser:"]
+
+
+@dataclass
+class ChatTemplate:
+    source: str | None = None  # the Jinja text, or None for the plain template
+    special: dict[str, str] = field(default_factory=dict)  # bos_token, eos_token for the template
+
+    @classmethod
+    def from_dir(cls, directory: str | Path | None, special: dict[str, str] | None = None) -> ChatTemplate:
+        """The template of a checkpoint directory's tokenizer_config.json, if it names one."""
+        path = Path(directory) / "tokenizer_config.json" if directory is not None else None
+        if path is None or not path.is_file():
+            return cls(None, special or {})
+        try:
+            source = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+        except (OSError, json.JSONDecodeError) as err:
+            raise LlmkitError(f"{path}: cannot read ({err})", "fix or remove tokenizer_config.json") from None
+        if isinstance(source, list):  # newer files list named templates; "default" is the chat one
+            source = next((t.get("template") for t in source if t.get("name") == "default"), None)
+        return cls(source if isinstance(source, str) else None, special or {})
+
+    @classmethod
+    def for_model(cls, directory: str | Path | None, tokenizer) -> ChatTemplate:
+        """``from_dir`` with the tokenizer's bos/eos strings, the names templates use for them."""
+        roles = tokenizer.special_tokens if tokenizer is not None else {}
+        return cls.from_dir(directory, {f"{r}_token": roles[r] for r in ("bos", "eos") if r in roles})
+
+    @property
+    def stop(self) -> list[str]:
+        """Stop strings the template implies (the plain one's next user turn)."""
+        return [] if self.source else list(PLAIN_STOP)
+
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """The prompt for ``messages`` (OpenAI's shape, tool calls and results included) and ``tools``."""
+        messages, tools = render_messages(messages, tools or [], self.source)
+        if self.source is None:
+            lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+            return "\n".join(lines) + ("\nAssistant:" if add_generation_prompt else "")
+        from jinja2 import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.filters["tojson"] = _tojson
+        env.globals.update(raise_exception=_raise, strftime_now=lambda fmt: datetime.now().strftime(fmt))
+        extra = {"tools": tools} if tools else {}
+        try:
+            return env.from_string(self.source).render(
+                messages=messages, add_generation_prompt=add_generation_prompt, **extra, **self.special
+            )
+        except TemplateError as err:
+            raise LlmkitError(
+                f"the model's chat template failed: {err}", "check the messages' roles and order"
+            ) from None
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, **_: Any) -> str:
+    # transformers' tojson: plain json.dumps (Jinja's own escapes <, >, & and ' for HTML)
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent)
+
+
+def _raise(message: str) -> None:
+    from jinja2 import TemplateError
+
+    raise TemplateError(message)

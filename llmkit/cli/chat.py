@@ -1,0 +1,72 @@
+"""`llmkit chat`: an interactive multi-turn chat in the terminal (llmkit.chat), a thin handler."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+DEFAULT_HISTORY = Path("~/.cache/llmkit/chat_history")
+DEFAULT_REPLY = 512  # tokens per reply unless --max-new-tokens says otherwise (capped at half the window)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "chat",
+        help="chat with a model in the terminal: streaming, history, slash commands",
+        description="A multi-turn chat with MODEL. Each turn renders the conversation with the checkpoint's chat "
+        "template (tokenizer_config.json; without one, plain 'System:/User:/Assistant:' lines) and streams the "
+        "reply. When the conversation and --max-new-tokens outgrow the context window, the oldest turns are "
+        "dropped and a line says so. Commands: /reset, /system TEXT, /set FIELD VALUE (any generation setting, "
+        "e.g. /set temperature 0.7), /save FILE (the conversation as JSON), /help, /quit. Ctrl-C stops a reply; "
+        "Ctrl-D leaves. On a terminal, lines are edited with prompt_toolkit and kept in --history; from a pipe, "
+        "lines are read plainly.",
+    )
+    p.add_argument("model", metavar="MODEL", help="llmkit checkpoint directory (decoder-only, with a tokenizer)")
+    p.add_argument("--system", default=None, metavar="TEXT", help="system prompt (default: none, or the template's)")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=None, metavar="N",
+        help=f"most tokens per reply (default {DEFAULT_REPLY}, at most half the context window)",
+    )  # fmt: skip
+    p.add_argument(
+        "--temperature", type=float, default=None, help="sample at temperature T (default: as the checkpoint)"
+    )
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the top tokens summing to P")
+    p.add_argument("--seed", type=int, default=None, help="seed for sampling, for repeatable replies")
+    p.add_argument(
+        "--history", default=str(DEFAULT_HISTORY), metavar="FILE",
+        help=f"where typed lines are kept for the arrow keys (default {DEFAULT_HISTORY}; 'none' keeps no file)",
+    )  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
+    p.add_argument(
+        "--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="cast the weights (default: as stored)"
+    )
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from llmkit.chat.session import ChatSession
+    from llmkit.chat.template import ChatTemplate
+    from llmkit.chat.terminal import line_reader, write
+    from llmkit.chat.terminal import run as chat
+    from llmkit.errors import LlmkitError
+    from llmkit.inference.engine import resolve_config
+    from llmkit.inference.loading import load_model
+
+    model = load_model(args.model, args.device, args.dtype)
+    if getattr(model, "tokenizer", None) is None or model.config.family != "decoder":
+        raise LlmkitError("llmkit chat needs a decoder-only checkpoint with a tokenizer", "pick such a MODEL")
+    window = model.config.max_seq_len
+    overrides = {"max_new_tokens": args.max_new_tokens or min(DEFAULT_REPLY, window // 2)}
+    overrides |= {k: v for k, v in (("temperature", args.temperature), ("top_p", args.top_p)) if v is not None}
+    if args.temperature is not None or args.top_p is not None:
+        overrides["do_sample"] = True
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    config = resolve_config(model, None, overrides)
+    template = ChatTemplate.for_model(args.model, model.tokenizer)
+    session = ChatSession(template, config, window, lambda text: len(model.tokenizer.encode(text)), args.system)
+    history = None if args.history.lower() == "none" else Path(os.path.expanduser(args.history))
+    kind = "the checkpoint's chat template" if template.source else "the plain template (no chat template)"
+    write(f"llmkit chat: {Path(args.model).name}, {window}-token window, {kind}. /help for commands, Ctrl-D leaves.\n")
+    chat(model, session, line_reader(history))
