@@ -171,9 +171,10 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 class GenerationConfig:
     """Decoding settings, saved beside a model as generation_config.json (transformers' key names).
 
-    Per step (llmkit.inference): repetition penalty -> EOS masked until ``min_new_tokens`` -> [only
-    when ``do_sample``] temperature -> top-k -> top-p -> min-p -> draw; greedy and beam search take
-    the best scores instead. A row stops at an EOS id, a stop string, or ``max_new_tokens``.
+    Per step (llmkit.inference): logit bias -> repetition penalty -> presence/frequency penalties ->
+    EOS masked until ``min_new_tokens`` -> [only when ``do_sample``] temperature -> top-k -> top-p ->
+    min-p -> draw; greedy and beam search take the best scores instead. A row stops at an EOS id, a
+    stop string, or ``max_new_tokens``.
     """
 
     max_new_tokens: int = 64
@@ -184,6 +185,11 @@ class GenerationConfig:
     top_p: float = 1.0  # 1.0 = off
     min_p: float = 0.0  # 0.0 = off; keep tokens with p >= min_p * p(top token)
     repetition_penalty: float = 1.0  # 1.0 = off; > 1 discourages tokens already in the sequence
+    # OpenAI's additive penalties, counted over the generated tokens only (not the prompt):
+    # score[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty; 0 = off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its score (-100 bans it)
     stop_strings: list[str] = field(default_factory=list)  # the returned text ends before the first one
     eos_token_id: list[int] = field(default_factory=list)
     pad_token_id: int | None = None
@@ -208,6 +214,10 @@ class GenerationConfig:
         if isinstance(self.stop_strings, str):
             self.stop_strings = [self.stop_strings]
         self.stop_strings = list(self.stop_strings or [])
+        # JSON object keys are strings: generation_config.json gives {"50256": -100}
+        bias = self.logit_bias or {}
+        if isinstance(bias, dict):
+            self.logit_bias = {int(k) if isinstance(k, str) and k.isdigit() else k: v for k, v in bias.items()}
         # each check is a thunk, so a value of the wrong type fails its own check (see _holds)
         least = {"max_new_tokens": 0, "min_new_tokens": 0, "top_k": 0, "num_return_sequences": 1, "num_beams": 1}
         checks = [(lambda n=n, m=m: _is_int(getattr(self, n)) and getattr(self, n) >= m, n,
@@ -219,6 +229,10 @@ class GenerationConfig:
             (lambda: 0 < self.top_p <= 1, "top_p", "must be in (0, 1] (1 turns it off)"),
             (lambda: 0 <= self.min_p <= 1, "min_p", "must be in [0, 1] (0 turns it off)"),
             (lambda: self.repetition_penalty > 0, "repetition_penalty", "must be > 0 (1 turns it off)"),
+            (lambda: -2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2] (0 turns it off)"),
+            (lambda: -2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2] (0 turns it off)"),
+            (lambda: isinstance(self.logit_bias, dict) and all(_is_int(t) and t >= 0 and -100 <= b <= 100
+             for t, b in self.logit_bias.items()), "logit_bias", "must map token ids >= 0 to biases in [-100, 100]"),
             (lambda: all(isinstance(s, str) and s for s in self.stop_strings), "stop_strings", "must be non-empty"),
             (lambda: all(_is_int(t) and t >= 0 for t in self.eos_token_id), "eos_token_id", "must be token ids >= 0"),
             (lambda: self.seed is None or (_is_int(self.seed) and self.seed >= 0), "seed", "must be an integer >= 0"),

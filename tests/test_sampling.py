@@ -181,3 +181,81 @@ def test_temperatures_below_the_floor_decode_greedily(t):
     assert next_tokens(logits, cfg, torch.Generator().manual_seed(1)).tolist() == [0, 2]
     probs = logits_to_probs(logits, temperature=t)
     assert torch.isfinite(probs).all() and probs.argmax(-1).tolist() == [0, 2] and probs.max(-1).values.eq(1).all()
+
+
+# ---- OpenAI's additive penalties and logit bias ---------------------------------------------------
+def test_presence_and_frequency_penalties_follow_openais_formula():
+    from llmkit.inference.sampling import apply_presence_frequency
+
+    torch.manual_seed(0)
+    scores = torch.randn(2, 6)
+    counts = torch.tensor([[0, 1, 3, 0, 2, 0], [1, 0, 0, 0, 0, 5]])
+    got = apply_presence_frequency(scores, counts, presence=0.7, frequency=0.3)
+    for b in range(2):
+        for j in range(6):
+            c = int(counts[b, j])
+            want = float(scores[b, j]) - c * 0.3 - (0.7 if c > 0 else 0.0)  # logits[j] -= c*f + (c>0)*p
+            assert float(got[b, j]) == pytest.approx(want, abs=1e-6)
+
+
+def test_logit_bias_is_a_dense_vector_and_ids_past_the_vocabulary_are_refused():
+    from llmkit.errors import LlmkitError
+    from llmkit.inference.sampling import bias_tensor
+
+    assert bias_tensor({}, 6) is None
+    assert bias_tensor({2: -100, 5: 1.5}, 6).tolist() == [0, 0, -100, 0, 0, 1.5]
+    with pytest.raises(LlmkitError, match="outside the vocabulary"):
+        bias_tensor({6: 1.0}, 6)
+
+
+def test_generation_config_checks_the_new_fields():
+    from llmkit.errors import LlmkitError
+
+    assert GenerationConfig.from_dict({"logit_bias": {"5": -100}}).logit_bias == {5: -100}  # JSON keys are strings
+    for bad in (
+        {"presence_penalty": 2.5},
+        {"frequency_penalty": -3},
+        {"logit_bias": {5: 101}},
+        {"logit_bias": {-1: 1}},
+    ):
+        with pytest.raises(LlmkitError):
+            GenerationConfig(**bad)
+
+
+def greedy_reference(model, ids, n, presence=0.0, frequency=0.0, bias=None) -> list[int]:
+    """Greedy decoding written out: the whole sequence each step, bias added, OpenAI's penalties subtracted
+    for the tokens generated so far."""
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([ids + out])).logits[0, -1].float()
+            for token, b in (bias or {}).items():
+                logits[token] += b
+            for token in set(out):
+                logits[token] -= out.count(token) * frequency + presence
+            out.append(int(logits.argmax()))
+    return out
+
+
+@pytest.mark.parametrize("presence, frequency, bias", [(1.5, 0.0, None), (0.0, 2.0, None), (0.5, 0.5, {7: 4.0})])
+def test_generate_applies_penalties_and_bias_as_the_formula(tiny_checkpoint, presence, frequency, bias):
+    from llmkit import checkpoint
+    from llmkit.inference import generate
+
+    model = checkpoint.load(tiny_checkpoint("tiny-gpt-1m", window=64))
+    ids = model.tokenizer.encode("The cat")
+    settings = dict(max_new_tokens=12, eos_token_id=[])  # no EOS: every row runs the full 12 steps
+    plain = generate(model, "The cat", **settings)[0].token_ids
+    got = generate(model, "The cat", presence_penalty=presence, frequency_penalty=frequency, logit_bias=bias or {},
+                   **settings)[0].token_ids  # fmt: skip
+    assert got == greedy_reference(model, ids, 12, presence, frequency, bias) and got != plain
+
+
+def test_beam_search_refuses_openais_penalties(tiny_checkpoint):
+    from llmkit import checkpoint
+    from llmkit.errors import LlmkitError
+    from llmkit.inference import generate
+
+    model = checkpoint.load(tiny_checkpoint("tiny-gpt-1m", window=64))
+    with pytest.raises(LlmkitError, match="num_beams=1"):
+        generate(model, "The cat", max_new_tokens=4, num_beams=2, presence_penalty=1.0)

@@ -99,7 +99,10 @@ def test_completion_options(client, model):
     assert choice["text"] == "The dog" + full[: full.index(stop)] and choice["finish_reason"] == "stop"
     logprobs = choice["logprobs"]
     assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(logprobs["top_logprobs"])
-    assert all(len(top) <= 2 and max(top.values()) <= 0 for top in logprobs["top_logprobs"])
+    # echo: the prompt's tokens come first, the first one without a logprob (nothing predicts it)
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    assert len(logprobs["tokens"]) == len(model.tokenizer.encode("The dog")) + r.json()["usage"]["completion_tokens"]
+    assert all(len(top) <= 2 and max(top.values()) <= 0 for top in logprobs["top_logprobs"][1:])
     # n choices with a seed: reproducible, and they differ from each other
     ask = {"model": "tiny", "prompt": "The", "max_tokens": 12, "temperature": 1.0, "n": 3, "seed": 5}
     a, b = client.post("/v1/completions", json=ask).json(), client.post("/v1/completions", json=ask).json()
@@ -206,10 +209,21 @@ def test_api_key(server):
         ({"temperature": 5}, 400, "temperature"),
         ({"temperature": "0.5"}, 400, "temperature"),
         ({"top_p": 0}, 400, "top_p"),
-        ({"top_k": -1}, 400, "top_k"),
+        ({"top_k": -2}, 400, "top_k"),  # -1 is vLLM's "off"
         ({"n": 100}, 400, "n"),
         ({"seed": -3}, 400, "seed"),
-        ({"stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({"stop": ["s"] * 65}, 400, "stop"),  # past the server's limit (64 by default; OpenAI's 4 is too few)
+        ({"stop": [""]}, 400, "stop"),
+        ({"presence_penalty": 3}, 400, "presence_penalty"),
+        ({"repetition_penalty": 5e-324}, 400, "repetition_penalty"),  # would overflow the scores (the fuzzer's)
+        ({"logit_bias": {"999999": 5}}, 400, "logit_bias"),  # outside the vocabulary
+        ({"logit_bias": {"x": 5}}, 400, "logit_bias"),
+        ({"max_tokens": 3, "max_completion_tokens": 4}, 400, "max_completion_tokens"),
+        ({"prompt": [[1, 2], "x"]}, 400, "prompt"),
+        ({"prompt": [999999]}, 400, "prompt"),
+        ({"stream_options": {"include_usage": "yes"}}, 400, "stream_options.include_usage"),
+        ({"best_of": 2}, 400, "best_of"),  # still unknown: still refused
+        ({"prompt": ["x"] * 40, "n": 2}, 400, "prompt"),  # more choices than the server ever queues: not a 429
         ({"prompt": 5}, 400, "prompt"),
         ({"max_tokens": MAX_TOKENS + 1}, 400, "max_tokens"),  # past the server's limit
         ({"max_tokens": 150, "prompt": "The cat ate the cake. " * 20}, 400, "max_tokens"),  # past the window
@@ -241,6 +255,113 @@ def test_bad_chat_and_bodies(client):
     assert_error(client.post("/v1/completions", content=chunks()), 413)
     assert_error(client.get("/v1/nothing"), 404)
     assert_error(client.get("/v1/completions"), 405)
+
+
+# ---- echo scoring, prompt lists, the fields clients send ----------------------------------------
+def prompt_logprobs(model, ids: list[int]) -> list[float]:
+    """log p(token i | tokens before it) for i >= 1: one forward pass, fp32 log-softmax (llmkit eval's way)."""
+    import torch
+
+    with torch.no_grad():
+        logp = model(torch.tensor([ids])).logits[0, :-1].float().log_softmax(-1)
+    return [float(logp[i, t]) for i, t in enumerate(ids[1:])]
+
+
+def check_scored_echo(model, choice: dict, text: str) -> None:
+    """The echoed prompt's logprobs are the model's own, the first null, and each offset is where the text
+    of the tokens before it ends."""
+    want_ids = model.tokenizer.encode(text)
+    lp = choice["logprobs"]
+    assert choice["text"] == text and choice["finish_reason"] == "length"
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert lp["token_logprobs"][1:] == pytest.approx(prompt_logprobs(model, want_ids), abs=1e-5)
+    for top, got in zip(lp["top_logprobs"][1:], lp["token_logprobs"][1:], strict=True):
+        assert len(top) <= 2 and max(top.values()) >= got - 1e-6
+    offsets = lp["text_offset"]
+    assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] < len(text)
+    for i, at in enumerate(offsets):
+        prefix = model.tokenizer.decode(want_ids[:i]).rstrip("\ufffd")
+        assert at == len(prefix) and text.startswith(prefix)
+
+
+def test_echo_with_max_tokens_0_scores_each_prompt(client, model):
+    ids = model.tokenizer.encode("A banana is yellow. 😀")  # the emoji takes several byte-level tokens
+    texts = ["The cat ate the cake", model.tokenizer.decode(ids)]
+    for prompt in (texts, [model.tokenizer.encode(t) for t in texts]):  # strings, then lists of token ids
+        ask = {"model": "tiny", "prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 2}
+        r = client.post("/v1/completions", json=ask)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 0
+        for choice, text in zip(r.json()["choices"], texts, strict=True):
+            check_scored_echo(model, choice, text)
+    # echo without logprobs and nothing to generate: the prompt back, plain and streamed
+    ask = {"model": "tiny", "prompt": ["The cat", "A dog"], "max_tokens": 0, "echo": True}
+    assert [c["text"] for c in client.post("/v1/completions", json=ask).json()["choices"]] == ["The cat", "A dog"]
+    with client.stream("POST", "/v1/completions", json={**ask, "stream": True}) as r:
+        assert [(c["choices"][0]["text"], c["choices"][0]["finish_reason"]) for c in sse(r)] == [
+            ("The cat", "length"),
+            ("A dog", "length"),
+        ]
+    # streamed, the echo arrives with the prompt's logprobs; generation goes on after it
+    ask = {"model": "tiny", "prompt": "The cat", "max_tokens": 3, "echo": True, "logprobs": 1, "temperature": 0,
+           "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    with client.stream("POST", "/v1/completions", json=ask) as r:
+        chunks = sse(r)
+    first = chunks[0]["choices"][0]
+    assert first["text"] == "The cat" and first["logprobs"]["token_logprobs"][0] is None
+    assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == "The cat" + expected(model, "The cat", 3)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
+
+
+def test_vllm_extras_are_applied(client, model):
+    def text(**change):
+        ask = {"model": "tiny", "prompt": "The cat", "max_tokens": 10, **change}
+        r = client.post("/v1/completions", json=ask)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["text"]
+
+    greedy = expected(model, "The cat", 10)
+    assert text(temperature=1.0, top_k=1, seed=3) == greedy  # one candidate left: the argmax
+    assert text(temperature=1.0, min_p=1.0, seed=3) == greedy  # only tokens as likely as the best
+    assert text(temperature=1.0, top_k=-1, seed=3) == text(temperature=1.0, top_k=0, seed=3)  # vLLM's off
+    penalized = generate(model, "The cat", max_new_tokens=10, repetition_penalty=1.5)[0].text
+    assert text(temperature=0, repetition_penalty=1.5) == penalized != greedy
+    assert text(temperature=0, max_completion_tokens=10, user="someone") == greedy
+
+
+def test_models_tokenize_and_detokenize(client, model):
+    assert client.get("/v1/models/tiny").json()["id"] == "tiny"
+    assert_error(client.get("/v1/models/other"), 404, "model")
+    tokens = client.post("/tokenize", json={"model": "tiny", "prompt": "The cat 😀"}).json()
+    ids = model.tokenizer.encode("The cat 😀")
+    assert tokens == {"count": len(ids), "max_model_len": WINDOW, "tokens": ids}
+    with_strs = client.post("/tokenize", json={"prompt": "The cat", "return_token_strs": True}).json()
+    assert with_strs["token_strs"] == [model.tokenizer.id_to_token(t) for t in model.tokenizer.encode("The cat")]
+    assert client.post("/detokenize", json={"model": "tiny", "tokens": ids}).json() == {"prompt": "The cat 😀"}
+    chat = client.post("/tokenize", json={"messages": [{"role": "user", "content": "hi"}]}).json()
+    assert chat["tokens"] == model.tokenizer.encode("User: hi\nAssistant:")
+    assert_error(client.post("/detokenize", json={"tokens": [10**6]}), 400, "tokens")
+    assert_error(client.post("/tokenize", json={"prompt": "x", "messages": [{"role": "user", "content": "y"}]}), 400)
+    assert_error(client.post("/tokenize", json={"model": "other", "prompt": "x"}), 404, "model")
+    assert_error(httpx.post(f"{client.base_url}/tokenize", json={"prompt": "x"}), 401)
+
+
+def test_metrics_in_prometheus_format(client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client.post("/v1/completions", json={"model": "tiny", "prompt": "The cat", "max_tokens": 5, "temperature": 0})
+    client.post("/v1/completions", json={"model": "other", "prompt": "x"})
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(r.text) for s in family.samples}  # fmt: skip
+    assert samples[("llmkit_requests_total", (("route", "/v1/completions"), ("status", "200")))] >= 1
+    assert samples[("llmkit_requests_total", (("route", "/v1/completions"), ("status", "404")))] >= 1
+    assert samples[("llmkit_prompt_tokens_total", ())] >= 2 and samples[("llmkit_generation_tokens_total", ())] >= 5
+    assert samples[("llmkit_time_to_first_token_seconds_count", ())] >= 1
+    assert samples[("llmkit_time_per_output_token_seconds_count", ())] >= 4
+    assert samples[("llmkit_batch_size_count", ())] >= 4  # a step per token after the first
+    assert ("llmkit_requests_waiting", ()) in samples and ("llmkit_requests_running", ()) in samples
 
 
 # ---- explain (the playground's panel) -----------------------------------------------------------

@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="serve a model over an OpenAI-compatible HTTP API, with a playground page",
         description="Serve MODEL (a decoder-only llmkit checkpoint with a tokenizer) on FastAPI/uvicorn: "
         'POST /v1/completions and /v1/chat/completions (streamed as server-sent events with "stream": true), '
-        "GET /v1/models, GET /health, and a playground page at /. Requests that arrive together are decoded "
+        "GET /v1/models[/ID], POST /tokenize and /detokenize (vLLM's), GET /metrics (Prometheus), GET /health, "
+        "and a playground page at /. Requests that arrive together are decoded "
         "together in one batch (up to --max-batch). The server binds 127.0.0.1 unless --host says otherwise; "
         "requests can neither name files nor load checkpoints.",
     )
@@ -31,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-tokens", type=int, default=1024, metavar="N",
         help="the most new tokens one request may ask for (default 1024; the context window also caps it)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-stop", type=int, default=64, metavar="N",
+        help="stop strings one request may send (default 64; OpenAI allows 4, lm-eval's code tasks send more)",
     )  # fmt: skip
     p.add_argument("--max-body", type=int, default=1 << 20, metavar="BYTES", help="largest request body (1 MiB)")
     p.add_argument(
@@ -76,6 +81,7 @@ def run(args: argparse.Namespace) -> None:
         ("--max-batch", args.max_batch),
         ("--max-tokens", args.max_tokens),
         ("--max-body", args.max_body),
+        ("--max-stop", args.max_stop),
     ):
         if value < 1:
             raise LlmkitError(f"{flag} {value} must be >= 1", f"pass a positive {flag}")
@@ -92,8 +98,9 @@ def run(args: argparse.Namespace) -> None:
     special = {f"{role}_token": roles[role] for role in ("bos", "eos") if role in roles}  # names chat templates use
     settings = ServeSettings(
         name=args.name or name_slug(model_name(directory)), api_key=args.api_key, max_batch=args.max_batch,
-        max_tokens=args.max_tokens, max_body=args.max_body, chat=ChatTemplate.from_dir(directory, special),
-        request_log=not args.quiet, embedder=load_embedder(args.embedder, device),
+        max_tokens=args.max_tokens, max_body=args.max_body, max_stop=args.max_stop,
+        chat=ChatTemplate.from_dir(directory, special), request_log=not args.quiet,
+        embedder=load_embedder(args.embedder, device),
     )  # fmt: skip
     app = create_app(model, settings)
     if not _loopback(args.host) and args.api_key is None:

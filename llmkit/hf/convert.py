@@ -119,7 +119,27 @@ def from_hf(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     if (src / "generation_config.json").exists():
         hf_gen.update(checkpoint.read_json(src / "generation_config.json"))
     gen = GenerationConfig.from_dict({**GenerationConfig.for_model(cfg).to_dict(), **hf_gen})
-    return checkpoint.save(model, out, tokenizer=tokenizer, generation_config=gen, card=converted_card(src, hf))
+    extra = {}
+    kept = tokenizer_extras(src)
+    if tokenizer is not None and kept:  # the roles as Tokenizer.save writes them, plus the chat template
+        roles = {f"{role}_token": token for role, token in tokenizer.special_tokens.items()}
+        extra["tokenizer_config.json"] = {**roles, "tokenizer_class": "PreTrainedTokenizerFast", **kept}
+    return checkpoint.save(
+        model, out, tokenizer=tokenizer, generation_config=gen, card=converted_card(src, hf), extra_files=extra
+    )
+
+
+def tokenizer_extras(directory: Path) -> dict[str, Any]:
+    """What a tokenizer directory says beyond the vocabulary and roles and llmkit keeps both ways: the chat
+    template (from ``chat_template.jinja``, which transformers prefers, else tokenizer_config.json's
+    ``chat_template``, a string or a list of named templates) and ``model_max_length``."""
+    path = directory / "tokenizer_config.json"
+    config = checkpoint.read_json(path) if path.is_file() else {}
+    kept = {key: config[key] for key in ("chat_template", "model_max_length") if config.get(key) is not None}
+    jinja = directory / "chat_template.jinja"
+    if jinja.is_file():
+        kept["chat_template"] = jinja.read_text(encoding="utf-8")
+    return kept
 
 
 def converted_card(src: Path, hf: dict) -> ModelCard:
@@ -186,6 +206,11 @@ def to_hf(src: str | os.PathLike, out: str | os.PathLike) -> Path:
         (tmp / "generation_config.json").write_text(json.dumps(hf_gen, indent=2))
         if model.tokenizer is not None:
             model.tokenizer.save(tmp)
+            kept = tokenizer_extras(Path(src))
+            if kept:  # back into tokenizer_config.json, where every transformers version reads them
+                config = json.loads((tmp / "tokenizer_config.json").read_text(encoding="utf-8"))
+                text = json.dumps({**config, **kept}, indent=2, ensure_ascii=False) + "\n"
+                (tmp / "tokenizer_config.json").write_text(text, encoding="utf-8")
         card = model_card.read(src)
         if card is not None:  # the card travels with the weights: the hub reads the same README.md
             (tmp / model_card.CARD).write_text(card, encoding="utf-8")

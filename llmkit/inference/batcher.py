@@ -16,9 +16,14 @@ active rows stay first. Sampling runs per row with that request's own settings a
 row whose scores are NaN/inf, whose draw raises or whose callback raises gets its own error and
 leaves the batch, and the other rows go on.
 
-Decoder-only models; per-request settings are those of the OpenAI API (no beam search, no
-repetition penalty). Callbacks run on the batcher's thread and must be quick (the server posts
-each token to an asyncio queue).
+A request may ask for its prompt's own log-probabilities (``prompt_logprobs``, OpenAI's ``echo`` with
+``logprobs``): the prefill's logits at every position give them, in fp32, and ``on_prompt`` receives
+them before the first token; with ``max_new_tokens == 0`` the request ends there (scoring only), and
+``on_prompt`` is called whether or not it asked for them (it is the request's end).
+
+Decoder-only models; per-request settings are those of the OpenAI API plus vLLM's extras (logit
+bias, repetition / presence / frequency penalties, top-k, min-p; no beam search). Callbacks run on
+the batcher's thread and must be quick (the server posts each token to an asyncio queue).
 """
 
 from __future__ import annotations
@@ -35,7 +40,13 @@ from llmkit.config import GenerationConfig
 from llmkit.errors import LlmkitError
 from llmkit.inference.engine import SequenceState
 from llmkit.inference.runners import use_decode_layout
-from llmkit.inference.sampling import next_tokens
+from llmkit.inference.sampling import (
+    apply_presence_frequency,
+    apply_repetition_penalty,
+    bias_tensor,
+    next_tokens,
+    suppress,
+)
 from llmkit.models.cache import KVCache
 
 
@@ -53,6 +64,16 @@ class TokenEvent:
 
 
 @dataclass
+class PromptScores:
+    """A prompt's own scores: ``logprobs[i]`` is log p(token i | tokens before it), None for the first
+    token (nothing predicts it); ``top_logprobs[i]`` the most likely alternatives at i (empty at 0)."""
+
+    token_ids: list[int]
+    logprobs: list[float | None]
+    top_logprobs: list[list[tuple[int, float]]]
+
+
+@dataclass
 class Request:
     """A prompt's token ids, its settings, and where its tokens go. ``cancel()`` (a client that went
     away) frees its row before the next step."""
@@ -62,6 +83,8 @@ class Request:
     on_token: Callable[[TokenEvent], None]
     on_error: Callable[[Exception], None] = lambda err: None
     logprobs: int = 0  # alternatives to report per token
+    prompt_logprobs: bool = False  # score the prompt too (on_prompt gets them before the first token)
+    on_prompt: Callable[[PromptScores], None] = lambda scores: None
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -69,9 +92,9 @@ class Request:
 
 
 class _Slot:
-    """An active request in the batch: its text state, generator and the token to feed next."""
+    """An active request in the batch: its text state, generator, processors' state and the token to feed next."""
 
-    def __init__(self, request: Request, tokenizer, device: torch.device) -> None:
+    def __init__(self, request: Request, tokenizer, device: torch.device, vocab: int | None = None) -> None:
         cfg = request.config
         self.request = request
         self.sequence = SequenceState(0, request.prompt_ids, tokenizer, cfg)
@@ -79,9 +102,44 @@ class _Slot:
         self.start = 0  # first cache column of this row
         self.last = 0  # the token fed at the next step
         self.failed = False  # its choice or callback raised: it leaves the batch, the others go on
+        self.device, self.ready = device, False
+        self.eos = torch.tensor(cfg.eos_token_id, dtype=torch.long, device=device) if cfg.eos_token_id else None
+        if vocab is not None:
+            self._setup(vocab)
+
+    def _setup(self, vocab: int) -> None:
+        """The processors' state, only for the settings that use it: a dense logit bias, the tokens the
+        repetition penalty sees (prompt + generated), the generated tokens' counts (presence/frequency).
+        Without ``vocab`` at construction, the first scores give it."""
+        cfg, device = self.request.config, self.device
+        self.bias = bias_tensor(cfg.logit_bias, vocab, device)
+        self.seen = self.counts = None
+        if cfg.repetition_penalty != 1.0:
+            self.seen = torch.zeros(1, vocab, dtype=torch.bool, device=device)
+            self.seen[0, self.request.prompt_ids] = True
+        if cfg.presence_penalty or cfg.frequency_penalty:
+            self.counts = torch.zeros(1, vocab, device=device)
+        self.ready = True
+
+    def process(self, scores: torch.Tensor) -> torch.Tensor:
+        """The row's scores (1, V) after its processors: logit bias -> repetition penalty -> presence /
+        frequency penalties -> EOS masked below min_new_tokens (sampling.py's order)."""
+        cfg = self.request.config
+        if not self.ready:
+            self._setup(scores.shape[-1])
+        if self.bias is not None:
+            scores = scores + self.bias
+        if self.seen is not None:
+            scores = apply_repetition_penalty(scores, self.seen, cfg.repetition_penalty)
+        if self.counts is not None:
+            scores = apply_presence_frequency(scores, self.counts, cfg.presence_penalty, cfg.frequency_penalty)
+        if self.eos is not None and self.sequence.count < cfg.min_new_tokens:
+            scores = suppress(scores, self.eos)
+        return scores
 
     def choose(self, scores: torch.Tensor) -> TokenEvent:
-        """The next token from this row's scores (1, V), with its log-probability; sets ``last``.
+        """The next token from this row's scores (1, V), with its log-probability under the model (before
+        the processors, as OpenAI reports it); sets ``last``.
 
         NaN or +inf scores (a broken model, or an overflow) raise for this row alone: the argmax of
         NaN is arbitrary and a draw from them raises deep inside torch.
@@ -92,12 +150,16 @@ class _Slot:
                 "the model's scores for this request are NaN or infinite",
                 "check the checkpoint (llmkit inspect) and its dtype; fp16 overflows where bf16 and fp32 do not",
             )
-        token = int(next_tokens(scores, req.config, self.generator)[0])
+        token = int(next_tokens(self.process(scores), req.config, self.generator)[0])
         logp = scores[0].float().log_softmax(-1)
         top = []
         if req.logprobs:
             values, ids = logp.topk(min(req.logprobs, logp.shape[-1]))
             top = list(zip(ids.tolist(), values.tolist(), strict=True))
+        if self.seen is not None:
+            self.seen[0, token] = True
+        if self.counts is not None:
+            self.counts[0, token] += 1
         piece = self.sequence.push(token)
         self.last = token
         return TokenEvent(piece.text, token, float(logp[token]), top, piece.finish_reason)
@@ -127,6 +189,7 @@ class Batcher:
         self.slots: list[_Slot] = []  # active requests; slot i owns cache row i
         self.pending: queue.Queue[Request | None] = queue.Queue()
         self.step_sizes: list[int] = []
+        self.on_step: Callable[[int], None] | None = None  # told each step's batch size (the server's metrics)
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -193,8 +256,13 @@ class Batcher:
         """Run the prompt alone, emit its first token, and copy its keys/values into a free row."""
         ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
         own = KVCache.for_model(self.model, 1, ids.shape[1])
-        logits = self.model(ids, cache=own).logits[:, -1].float()  # (1, V)
-        slot = _Slot(request, self.tokenizer, self.device)
+        all_logits = self.model(ids, cache=own).logits  # (1, P, V)
+        if request.prompt_logprobs or request.config.max_new_tokens == 0:
+            request.on_prompt(self._prompt_scores(request, all_logits[0]))
+        if request.config.max_new_tokens == 0:  # scoring only: on_prompt was its end; no row to take
+            return
+        logits = all_logits[:, -1].float()  # (1, V)
+        slot = _Slot(request, self.tokenizer, self.device, logits.shape[-1])
         event = slot.choose(logits)
         request.on_token(event)
         if event.finish_reason is not None:
@@ -208,6 +276,24 @@ class Batcher:
             shared.v[row, :, L - P : L] = mine.v[0]
         slot.start = L - P
         self.slots.append(slot)
+
+    @staticmethod
+    def _prompt_scores(request: Request, logits: torch.Tensor) -> PromptScores:
+        """log p(token i | tokens < i) for i >= 1 from the prefill's logits (P, V), in fp32, with the
+        ``request.logprobs`` best alternatives at each position (lm-evaluation-harness's is_greedy reads them)."""
+        ids = request.prompt_ids
+        if bool(logits.isnan().any()) or bool(logits.isposinf().any()):
+            raise LlmkitError("the model's scores for this prompt are NaN or infinite", "check the checkpoint")
+        logp = logits[:-1].float().log_softmax(-1)  # (P - 1, V): row i predicts token i + 1
+        targets = torch.tensor(ids[1:], dtype=torch.long, device=logp.device)
+        chosen = logp.gather(-1, targets[:, None])[:, 0].tolist()
+        tops: list[list[tuple[int, float]]] = [[]]
+        if request.logprobs:
+            values, alts = logp.topk(min(request.logprobs, logp.shape[-1]), dim=-1)
+            tops += [list(zip(a, v, strict=True)) for a, v in zip(alts.tolist(), values.tolist(), strict=True)]
+        else:
+            tops += [[] for _ in chosen]
+        return PromptScores(list(ids), [None, *chosen], tops)
 
     @torch.inference_mode()
     def _step(self) -> None:
@@ -224,6 +310,8 @@ class Batcher:
         logits = self.model(tokens, attention_mask=mask, position_ids=positions, cache=view).logits[:, -1].float()
         self.cache.length = view.length
         self.step_sizes.append(n)
+        if self.on_step is not None:
+            self.on_step(n)
         for r, slot in enumerate(self.slots):
             if slot.request.cancelled:
                 continue

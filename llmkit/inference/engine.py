@@ -2,12 +2,13 @@
 
 Order of operations, per call: resolve the config (the model's generation_config < ``config`` <
 keyword overrides) -> tokenize and fit the prompts to the context window -> pad (left for
-decoder-only, right for the encoder) -> prefill the KV cache -> per step: repetition penalty ->
-EOS masked below min_new_tokens -> [with a grammar] tokens it forbids masked -> greedy argmax, or
-temperature -> top-k -> top-p -> min-p -> draw -> per row: stop at EOS, a stop string, max_new_tokens,
-or a complete grammar (``constrained.py``: JSON schema, regex or Lark; finish_reason "stop").
-Beam search (num_beams > 1) runs the whole search first and then yields one piece per returned
-sequence; there stop strings cut the returned text (the search itself ends at EOS or max_new_tokens).
+decoder-only, right for the encoder) -> prefill the KV cache -> per step: logit bias -> repetition
+penalty -> presence/frequency penalties -> EOS masked below min_new_tokens -> [with a grammar] tokens
+it forbids masked -> greedy argmax, or temperature -> top-k -> top-p -> min-p -> draw -> per row: stop
+at EOS, a stop string, max_new_tokens, or a complete grammar (``constrained.py``: JSON schema, regex or
+Lark; finish_reason "stop"). Beam search (num_beams > 1) runs the whole search first and then yields
+one piece per returned sequence; there stop strings cut the returned text (the search itself ends at
+EOS or max_new_tokens).
 
 Speed (gpt-fast style): one preallocated KV cache per call, one inference-mode block and one
 device-to-host copy of the chosen tokens per step, nothing else per token. On CPU the model's
@@ -31,7 +32,13 @@ from llmkit.inference.beam import beam_search
 from llmkit.inference.constrained import Grammar, RowGrammars, choose_grammar
 from llmkit.inference.inputs import PromptInput, Prompts, pad, prepare_prompts
 from llmkit.inference.runners import DecoderRunner, EncoderDecoderRunner, use_decode_layout
-from llmkit.inference.sampling import apply_repetition_penalty, next_tokens, suppress
+from llmkit.inference.sampling import (
+    apply_presence_frequency,
+    apply_repetition_penalty,
+    bias_tensor,
+    next_tokens,
+    suppress,
+)
 from llmkit.inference.text import CompletionText
 
 # called once per step with (step, processed scores (R, V), chosen tokens (R,)); explain() records them
@@ -77,6 +84,11 @@ def resolve_config(model: nn.Module, config: GenerationConfig | None, overrides:
         raise LlmkitError(
             f"num_return_sequences={cfg.num_return_sequences} with greedy decoding returns the same text each time",
             "set do_sample=True (--do-sample) or num_beams >= num_return_sequences",
+        )
+    if cfg.num_beams > 1 and (cfg.presence_penalty or cfg.frequency_penalty or cfg.logit_bias):
+        raise LlmkitError(
+            "presence_penalty, frequency_penalty and logit_bias apply to greedy decoding and sampling only",
+            "drop them or use num_beams=1",
         )
     if cfg.stop_strings and getattr(model, "tokenizer", None) is None:
         raise LlmkitError("stop strings need a tokenizer and this model has none", "drop stop_strings")
@@ -171,6 +183,10 @@ class Stream:
             eos_t = torch.tensor(self.eos, dtype=torch.long, device=device)
             generator = torch.Generator(device).manual_seed(cfg.seed) if cfg.seed is not None else None
             seen = self._seen(runner.rows, logits.shape[-1], device)
+            bias = bias_tensor(cfg.logit_bias, logits.shape[-1], device)
+            # OpenAI's penalties count generated tokens only
+            penalize = bool(cfg.presence_penalty or cfg.frequency_penalty)
+            counts = torch.zeros(runner.rows, logits.shape[-1], device=device) if penalize else None
             done = torch.zeros(runner.rows, dtype=torch.bool, device=device)
             tokens = torch.zeros(runner.rows, dtype=torch.long, device=device)
         constraint = self.grammars.start() if self.grammars is not None else None
@@ -183,9 +199,14 @@ class Stream:
                         done[finished] = True
                     if seen is not None:
                         seen.scatter_(1, tokens[:, None], True)
+                    if counts is not None:
+                        counts.scatter_add_(1, tokens[:, None], torch.ones_like(counts[:, :1]))
                     logits = runner.step(tokens)
                 # choose each row's next token
-                scores = logits if seen is None else apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
+                scores = logits if bias is None else logits + bias
+                scores = scores if seen is None else apply_repetition_penalty(scores, seen, cfg.repetition_penalty)
+                if counts is not None:
+                    scores = apply_presence_frequency(scores, counts, cfg.presence_penalty, cfg.frequency_penalty)
                 if t < cfg.min_new_tokens and self.eos:
                     scores = suppress(scores, eos_t)
                 if constraint is not None:

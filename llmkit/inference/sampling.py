@@ -1,8 +1,9 @@
 """From logits to the next token: the pure per-step steps, each one small function.
 
-Order, as transformers' ``_get_logits_processor`` applies them:
-repetition penalty -> EOS masked below ``min_new_tokens`` -> [sampling only] temperature -> top-k
--> top-p -> min-p -> softmax -> draw. Greedy decoding takes the argmax after the first two.
+Order, as transformers' ``_get_logits_processor`` applies them, with OpenAI's two extras first
+(vLLM's order): logit bias -> repetition penalty -> presence/frequency penalties -> EOS masked below
+``min_new_tokens`` -> [sampling only] temperature -> top-k -> top-p -> min-p -> softmax -> draw.
+Greedy decoding takes the argmax after the processors.
 Filtered tokens get -inf, so the softmax renormalises over the kept ones.
 
 Temperatures below ``MIN_TEMPERATURE`` decode greedily: dividing fp32 logits by a tinier number
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from llmkit.config import GenerationConfig
+from llmkit.errors import LlmkitError
 
 # Below this the draw is the argmax anyway (a gap of 1e-3 in logits becomes e^100 in odds), and
 # logits up to 1e33 still divide without overflow. vLLM uses the same floor (_SAMPLING_EPS).
@@ -26,6 +28,28 @@ def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: 
     are divided by ``penalty`` when positive and multiplied by it when negative."""
     penalized = torch.where(scores < 0, scores * penalty, scores / penalty)
     return torch.where(seen, penalized, scores)
+
+
+def apply_presence_frequency(
+    scores: torch.Tensor, counts: torch.Tensor, presence: float, frequency: float
+) -> torch.Tensor:
+    """OpenAI's additive penalties: ``scores[j] - counts[j] * frequency - (counts[j] > 0) * presence``,
+    where ``counts`` (B, V) counts each token among the tokens generated so far (the prompt is not counted)."""
+    counts = counts.to(scores.dtype)
+    return scores - counts * frequency - (counts > 0).to(scores.dtype) * presence
+
+
+def bias_tensor(bias: dict[int, float], vocab: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """``logit_bias`` {token id: bias} as a dense (V,) vector to add to every row's scores; None when empty.
+    Ids past the vocabulary are an error (a silent no-op would hide a wrong tokenizer)."""
+    if not bias:
+        return None
+    bad = sorted(t for t in bias if not 0 <= t < vocab)
+    if bad:
+        raise LlmkitError(f"logit_bias names token id(s) {bad[:5]} outside the vocabulary of {vocab}", "fix the ids")
+    dense = torch.zeros(vocab, device=device)
+    dense[torch.tensor(list(bias), device=device)] = torch.tensor([float(b) for b in bias.values()], device=device)
+    return dense
 
 
 def suppress(scores: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import secrets
 import sys
 import threading
@@ -36,7 +35,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
@@ -45,11 +44,23 @@ from torch import nn
 
 from llmkit.config import GenerationConfig
 from llmkit.errors import LlmkitError
-from llmkit.inference.batcher import Batcher, TokenEvent
+from llmkit.inference.batcher import Batcher, PromptScores, TokenEvent
 from llmkit.inference.batcher import Request as BatchRequest
-from llmkit.inference.explain import explain, token_text
+from llmkit.inference.explain import explain
 from llmkit.serve.chat import ChatTemplate
-from llmkit.serve.schemas import MAX_SEED, ChatRequest, CompletionRequest, ExplainRequest, Sampling, error_body
+from llmkit.serve.logprobs import chat_logprob, completion_logprobs, with_prompt
+from llmkit.serve.metrics import CONTENT_TYPE, Metrics
+from llmkit.serve.schemas import (
+    MAX_SEED,
+    MAX_STOP,
+    ChatRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    ExplainRequest,
+    Sampling,
+    TokenizeRequest,
+    error_body,
+)
 
 PLAYGROUND = Path(__file__).with_name("playground.html")
 DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is still there
@@ -69,6 +80,7 @@ class ServeSettings:
     max_queue: int | None = None  # choices waiting or decoding at once (None: 8 batches' worth); more get 429
     body_timeout: float = 30.0  # seconds for a request body to arrive (slow senders hold a connection)
     request_log: bool = False  # one stderr line per request (llmkit serve turns it on; --quiet off)
+    max_stop: int = MAX_STOP  # stop strings one request may send
     embedder: Any = None  # a llmkit.retrieval.embed.Embedder: POST /v1/embeddings (llmkit.serve.embeddings)
 
 
@@ -102,6 +114,7 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
 
     if settings.request_log:
         app.middleware("http")(_log_request)
+    app.add_middleware(_Counter, metrics=server.metrics)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError) -> JSONResponse:
@@ -122,6 +135,20 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
         message = f"{request.method} is not allowed on {request.url.path}"
         return JSONResponse(error_body(message, code="method_not_allowed"), status_code=405)
 
+    register_openai_routes(app, server)
+    register_vllm_routes(app, server)
+    if settings.embedder is not None:
+        from llmkit.serve.embeddings import register_embeddings
+
+        register_embeddings(app, server, settings.embedder)
+    return app
+
+
+def register_openai_routes(app: FastAPI, server: _Server) -> None:
+    """The playground, /health, /metrics and OpenAI's routes. Other route groups (embeddings) register
+    themselves the same way: a function of (app, server) called from ``create_app``."""
+    settings, batcher = server.settings, server.batcher
+
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> HTMLResponse:
         return HTMLResponse(PLAYGROUND.read_text(encoding="utf-8"))
@@ -130,10 +157,20 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": settings.name, "active": len(batcher.slots)}
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(server.metrics.render(), media_type=CONTENT_TYPE)
+
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         server.authorize(request)
         return {"object": "list", "data": [server.model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(request: Request, model_id: str) -> dict[str, Any]:
+        server.authorize(request)
+        server.check_model(model_id)
+        return server.model_card()
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -153,11 +190,21 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
         body = await server.read(request, ExplainRequest)
         return await server.explain(request, body)
 
-    if settings.embedder is not None:
-        from llmkit.serve.embeddings import register_embeddings
 
-        register_embeddings(app, server, settings.embedder)
-    return app
+def register_vllm_routes(app: FastAPI, server: _Server) -> None:
+    """vLLM's ``POST /tokenize`` and ``POST /detokenize``, in vLLM's shapes."""
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        server.authorize(request)
+        body = await server.read(request, TokenizeRequest)
+        return await server.tokenize(body)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict[str, Any]:
+        server.authorize(request)
+        body = await server.read(request, DetokenizeRequest)
+        return {"prompt": await run_in_threadpool(server.tokenizer.decode, server.check_ids(body.tokens))}
 
 
 async def _log_request(request: Request, call_next):
@@ -183,6 +230,32 @@ async def _log_request(request: Request, call_next):
     return response
 
 
+ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/explain",
+          "/v1/embeddings", "/tokenize", "/detokenize"}  # fmt: skip
+
+
+class _Counter:
+    """ASGI middleware counting each answered request by route and status; any other path counts as
+    "other" (one series per path a scanner tries would grow without bound). Plain ASGI, not
+    ``app.middleware``: Starlette's BaseHTTPMiddleware hides a client's disconnect from the handler."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        route = path if path in ROUTES else "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
+
+        async def counted(message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(route=route, status=str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)
+
+
 def _kind(status: int) -> str:
     return {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error", 500: "server_error"}.get(
         status, "invalid_request_error"
@@ -191,7 +264,8 @@ def _kind(status: int) -> str:
 
 # Routes read their bodies themselves (to bound their size), so FastAPI cannot see the schemas:
 # they are added here, for client generators and fuzzers (schemathesis) that read the document.
-_BODIES = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatRequest, "/v1/explain": ExplainRequest}
+_BODIES = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatRequest, "/v1/explain": ExplainRequest,
+           "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest}  # fmt: skip
 
 
 def _openapi(app: FastAPI, model_name: str) -> dict[str, Any]:
@@ -222,6 +296,7 @@ class _Server:
         self.tokenizer = model.tokenizer
         self.created = int(time.time())
         self.explaining = 0  # /v1/explain calls running; changed on the event loop only
+        self.metrics = Metrics(batcher)
 
     # ---- checks -------------------------------------------------------------------------------
     def authorize(self, request: Request) -> None:
@@ -257,12 +332,24 @@ class _Server:
             first = err.errors()[0]
             param = ".".join(str(p) for p in first["loc"]) or None
             raise ApiError(400, f"{param or 'body'}: {first['msg']}", param=param, code="invalid_value") from None
-        if hasattr(body, "model") and body.model != self.settings.name:
+        if getattr(body, "model", None) is not None:  # optional on /tokenize and /detokenize, as in vLLM
+            self.check_model(body.model)
+        return body
+
+    def check_model(self, name: str) -> None:
+        if name != self.settings.name:
             raise ApiError(
-                404, f"model '{body.model}' does not exist; this server has '{self.settings.name}'",
+                404, f"model '{name}' does not exist; this server has '{self.settings.name}'",
                 param="model", code="model_not_found",
             )  # fmt: skip
-        return body
+
+    def check_ids(self, ids: list[int], param: str = "tokens") -> list[int]:
+        """Token ids a client sent, each inside the vocabulary (an id past it would index out of the embedding)."""
+        vocab = self.model.config.vocab_size
+        bad = [t for t in ids if t >= vocab]
+        if bad:
+            raise ApiError(400, f"token id {bad[0]} is outside the vocabulary of {vocab}", param=param)
+        return ids
 
     @staticmethod
     async def _body(request: Request, limit: int) -> bytes:
@@ -277,7 +364,13 @@ class _Server:
         """429 with Retry-After when ``choices`` more would pass ``max_queue``: a bounded wait for everyone.
         Counted from the batcher itself (rows decoding + requests waiting), so nothing can leak a count."""
         busy = len(self.batcher.slots) + self.batcher.pending.qsize() + self.explaining
-        if busy + choices > (self.settings.max_queue or 8 * self.settings.max_batch):
+        limit = self.settings.max_queue or 8 * self.settings.max_batch
+        if choices > limit:  # would never fit: a retry cannot help, so not a 429
+            raise ApiError(
+                400, f"this request has {choices} choices (prompts x n); the server queues at most {limit} at once",
+                param="prompt", code="too_many_choices",
+            )  # fmt: skip
+        if busy + choices > limit:
             wait = 1 + busy // max(self.settings.max_batch, 1)  # rough: a batch's worth per second
             raise ApiError(
                 429, f"the server is busy ({busy} choices queued or decoding); retry in {wait} s",
@@ -285,7 +378,10 @@ class _Server:
             )  # fmt: skip
 
     def model_card(self) -> dict[str, Any]:
-        return {"id": self.settings.name, "object": "model", "created": self.created, "owned_by": "llmkit"}
+        return {
+            "id": self.settings.name, "object": "model", "created": self.created, "owned_by": "llmkit",
+            "max_model_len": self.batcher.capacity,  # vLLM's field: clients size their prompts by it
+        }  # fmt: skip
 
     def configs(
         self, body: Sampling, prompt_len: int, default: int | None, extra_stop: list[str] = ()
@@ -293,13 +389,14 @@ class _Server:
         """One GenerationConfig per choice, after the server's limits and the context window. Without
         max_tokens: ``default`` (completions: 16, as OpenAI), or all the room left (chat: None)."""
         room = self.batcher.capacity - prompt_len
-        if room < 1:
+        if room < 0 or (room == 0 and body.wanted_tokens != 0):
             raise ApiError(
                 400, f"the prompt has {prompt_len} tokens; the context window holds {self.batcher.capacity}",
                 param="prompt", code="context_length_exceeded",
             )  # fmt: skip
+        self._check_fields(body)
         limit = self.settings.max_tokens
-        wanted = body.max_tokens if body.max_tokens is not None else min(default or limit, limit // body.n, room)
+        wanted = body.wanted_tokens if body.wanted_tokens is not None else min(default or limit, limit // body.n, room)
         if wanted > limit:
             raise ApiError(400, f"max_tokens={wanted} exceeds this server's limit of {limit}", param="max_tokens")
         if wanted * body.n > limit:  # n choices cost n times the decoding
@@ -316,9 +413,10 @@ class _Server:
         sampling = body.temperature > 0  # below MIN_TEMPERATURE but 0 the schema refuses
         base = dict(
             max_new_tokens=wanted, min_new_tokens=0, do_sample=sampling,
-            temperature=body.temperature if sampling else 1.0, top_k=body.top_k, top_p=body.top_p,
-            min_p=0.0, repetition_penalty=1.0, stop_strings=list(body.stop or []) + list(extra_stop),
-            num_beams=1, num_return_sequences=1,
+            temperature=body.temperature if sampling else 1.0, top_k=max(body.top_k, 0), top_p=body.top_p,
+            min_p=body.min_p, repetition_penalty=body.repetition_penalty, presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty, logit_bias=dict(body.logit_bias or {}),
+            stop_strings=list(body.stop or []) + list(extra_stop), num_beams=1, num_return_sequences=1,
         )  # fmt: skip
         try:
             # choice i draws with seed + i: reproducible, and the n choices differ
@@ -331,31 +429,50 @@ class _Server:
         except LlmkitError as err:
             raise ApiError(400, str(err), code="invalid_value") from None
 
+    def _check_fields(self, body: Sampling) -> None:
+        """What the schema cannot know: the server's stop limit, the vocabulary, one value for max_tokens."""
+        if body.max_tokens is not None and body.max_completion_tokens not in (None, body.max_tokens):
+            raise ApiError(
+                400, f"max_tokens={body.max_tokens} and max_completion_tokens={body.max_completion_tokens} differ; "
+                "send one", param="max_completion_tokens",
+            )  # fmt: skip
+        if body.wanted_tokens == 0 and not getattr(body, "echo", False):
+            raise ApiError(400, "max_tokens=0 generates nothing; send it with echo to score the prompt", "max_tokens")
+        if len(body.stop or []) > self.settings.max_stop:
+            raise ApiError(400, f"{len(body.stop)} stop strings; this server takes {self.settings.max_stop}", "stop")
+        self.check_ids(list(body.logit_bias or {}), param="logit_bias")
+
     # ---- decoding -----------------------------------------------------------------------------
-    def submit(self, prompt_ids: list[int], configs: list[GenerationConfig], logprobs: int):
-        """One batcher request per choice; their (choice, event) items arrive on the returned queue."""
+    def submit(self, jobs: list[tuple[list[int], GenerationConfig]], logprobs: int, prompt_logprobs: bool):
+        """One batcher request per choice (a prompt and its config); their (choice, event) items arrive on
+        the returned queue, an event being a TokenEvent, the prompt's PromptScores, or an exception."""
         loop, items = asyncio.get_running_loop(), asyncio.Queue()
         requests = []
-        for i, cfg in enumerate(configs):
+        for i, (ids, cfg) in enumerate(jobs):
 
-            def on_token(event: TokenEvent, i=i) -> None:
+            def post(event, i=i) -> None:
                 loop.call_soon_threadsafe(items.put_nowait, (i, event))
 
-            def on_error(err: Exception, i=i) -> None:
-                loop.call_soon_threadsafe(items.put_nowait, (i, err))
-
-            requests.append(BatchRequest(prompt_ids, cfg, on_token, on_error, logprobs))
+            requests.append(BatchRequest(ids, cfg, post, post, logprobs, prompt_logprobs, post))
         for r in requests:
             self.batcher.submit(r)
         return requests, items
 
-    async def events(self, http: Request, prompt_ids: list[int], configs, logprobs: int, watch: bool) -> AsyncIterator:
-        """(choice, TokenEvent) until every choice has finished; a disconnected client cancels them all:
-        a stream is cancelled by Starlette when the client goes (``watch=False``), a plain request polls."""
-        requests, items = self.submit(prompt_ids, configs, logprobs)
+    async def events(
+        self, http: Request, jobs: list[tuple[list[int], GenerationConfig]], logprobs: int, watch: bool,
+        prompt_logprobs: bool = False,
+    ) -> AsyncIterator:  # fmt: skip
+        """(choice, TokenEvent or PromptScores) until every choice has finished; a disconnected client
+        cancels them all: a stream is cancelled by Starlette when the client goes (``watch=False``), a
+        plain request polls. A scoring-only choice (max_new_tokens 0) finishes with its PromptScores."""
+        requests, items = self.submit(jobs, logprobs, prompt_logprobs)
         counts = getattr(http.state, "tokens", None)  # the request log's, when it is on
+        prompt_tokens = sum({id(ids): len(ids) for ids, _ in jobs}.values())  # a prompt's n choices share its list
         if counts is not None:
-            counts[0] = len(prompt_ids)
+            counts[0] = prompt_tokens
+        self.metrics.prompt_tokens.inc(prompt_tokens)
+        submitted = time.perf_counter()
+        last: dict[int, float] = {}  # choice -> when its previous token came
         left, next_check = len(requests), time.monotonic() + DISCONNECT_POLL
         try:
             while left:
@@ -372,7 +489,15 @@ class _Server:
                     continue
                 if isinstance(event, Exception):  # the request was valid: a failure of ours (e.g. NaN scores)
                     raise ApiError(500, f"generation failed: {event}", code="generation_failed")
+                if isinstance(event, PromptScores):
+                    left -= jobs[i][1].max_new_tokens == 0
+                    yield i, event
+                    continue
+                now = time.perf_counter()
+                (self.metrics.tpot if i in last else self.metrics.ttft).observe(now - last.get(i, submitted))
+                last[i] = now
                 left -= event.finish_reason is not None
+                self.metrics.generation_tokens.inc()
                 if counts is not None:
                     counts[1] += 1
                 yield i, event
@@ -392,54 +517,90 @@ class _Server:
             raise ApiError(400, "the prompt is empty", param="prompt")
         return ids
 
+    # ---- /tokenize, /detokenize ---------------------------------------------------------------
+    async def tokenize(self, body: TokenizeRequest) -> dict[str, Any]:
+        if body.messages is not None:
+            messages = [m.model_dump(exclude_none=True) for m in body.messages]
+            text = await run_in_threadpool(self.settings.chat.render, messages, body.add_generation_prompt)
+        else:
+            text = body.prompt
+        ids = await run_in_threadpool(self.tokenizer.encode, text, body.add_special_tokens)
+        out = {"count": len(ids), "max_model_len": self.batcher.capacity, "tokens": ids}
+        if body.return_token_strs:
+            out["token_strs"] = [self.tokenizer.id_to_token(t) for t in ids]
+        return out
+
     # ---- /v1/completions ----------------------------------------------------------------------
     async def complete(self, http: Request, body: CompletionRequest):
-        ids = await self.encode_async(body.prompt)
-        configs = self.configs(body, len(ids), default=16)
-        self.admit(len(configs))
+        """Each prompt (text or token ids) gets ``n`` choices, index prompt * n + j, all decoded in the batch.
+        ``echo`` puts the prompt before each choice's text; with ``logprobs`` the prompt's own tokens come
+        first in the logprobs (the first one's null), from the prefill's logits."""
+        prompts = body.prompts()
+        ids_of = [await self.encode_async(p) if isinstance(p, str) else self.check_ids(p, "prompt") for p in prompts]
+        echoes = [await self._echo_text(p, ids) if body.echo else "" for p, ids in zip(prompts, ids_of, strict=True)]
+        jobs = [(ids, cfg) for ids in ids_of for cfg in self.configs(body, len(ids), default=16)]
+        self.admit(len(jobs))
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": self.settings.name}  # fmt: skip
-        events = self.events(http, ids, configs, body.logprobs or 0, watch=not body.stream)
+        scoring = body.echo and body.logprobs is not None
+        events = self.events(http, jobs, body.logprobs or 0, watch=not body.stream, prompt_logprobs=scoring)
+        echo_of = [echoes[i // body.n] for i in range(len(jobs))]
         if body.stream:
-            return _sse(self._completion_chunks(head, body, events))
-        texts = [body.prompt if body.echo else "" for _ in configs]
-        logs: list[list[TokenEvent]] = [[] for _ in configs]
-        reasons = ["length"] * len(configs)
+            return _sse(self._completion_chunks(head, body, events, echo_of, jobs))
+        texts = list(echo_of)
+        logs: list[list[TokenEvent]] = [[] for _ in jobs]
+        prompt_scores: list[PromptScores | None] = [None] * len(jobs)
+        reasons = ["length"] * len(jobs)
         async for i, ev in events:
+            if isinstance(ev, PromptScores):
+                prompt_scores[i] = ev
+                continue
             texts[i] += ev.text
             logs[i].append(ev)
             reasons[i] = FINISH[ev.finish_reason] if ev.finish_reason else reasons[i]
         choices = [
             {"text": texts[i], "index": i, "finish_reason": reasons[i],
-             "logprobs": self._completion_logprobs(logs[i]) if body.logprobs is not None else None}
-            for i in range(len(configs))
+             "logprobs": await self._logprobs(logs[i], prompt_scores[i] if scoring else None, echo_of[i])
+             if body.logprobs is not None else None}
+            for i in range(len(jobs))
         ]  # fmt: skip
-        return {**head, "choices": choices, "usage": _usage(len(ids), sum(map(len, logs)))}
+        return {**head, "choices": choices, "usage": _usage(sum(map(len, ids_of)), sum(map(len, logs)))}
 
-    async def _completion_chunks(self, head, body: CompletionRequest, events) -> AsyncIterator[dict]:
-        if body.echo:
-            for i in range(body.n):
-                yield {**head, "choices": [{"text": body.prompt, "index": i, "logprobs": None, "finish_reason": None}]}
+    async def _echo_text(self, prompt: str | list[int], ids: list[int]) -> str:
+        """The text ``echo`` returns: the prompt as sent, or its token ids decoded."""
+        return prompt if isinstance(prompt, str) else await run_in_threadpool(self.tokenizer.decode, ids)
+
+    async def _completion_chunks(self, head, body: CompletionRequest, events, echo_of, jobs) -> AsyncIterator[dict]:
+        def chunk(i: int, text: str, logprobs, reason) -> dict:
+            return {**head, "choices": [{"text": text, "index": i, "logprobs": logprobs, "finish_reason": reason}]}
+
+        scored = body.echo and body.logprobs is not None  # then the echo comes with its PromptScores
+        if body.echo and not scored:
+            for i, text in enumerate(echo_of):
+                yield chunk(i, text, None, None if jobs[i][1].max_new_tokens else "length")
+        offsets = [len(text) for text in echo_of]
+        completion = 0
         async for i, ev in events:
-            logprobs = self._completion_logprobs([ev]) if body.logprobs is not None else None
-            reason = FINISH[ev.finish_reason] if ev.finish_reason else None
-            yield {**head, "choices": [{"text": ev.text, "index": i, "logprobs": logprobs, "finish_reason": reason}]}
+            if isinstance(ev, PromptScores):
+                if not scored:  # the end of a max_tokens 0 choice, whose echo went out above
+                    continue
+                logprobs = await self._logprobs([], ev, echo_of[i])
+                yield chunk(i, echo_of[i], logprobs, None if jobs[i][1].max_new_tokens else "length")
+                continue
+            completion += 1
+            logprobs = completion_logprobs(self.tokenizer, [ev], offsets[i]) if body.logprobs is not None else None
+            offsets[i] += len(ev.text)
+            yield chunk(i, ev.text, logprobs, FINISH[ev.finish_reason] if ev.finish_reason else None)
+        if body.include_usage:
+            prompt_tokens = sum(len(jobs[i][0]) for i in range(0, len(jobs), body.n))
+            yield {**head, "choices": [], "usage": _usage(prompt_tokens, completion)}
 
-    def _completion_logprobs(self, events: list[TokenEvent]) -> dict[str, Any]:
-        """The legacy completions logprobs object: tokens, their logprobs, top alternatives, offsets."""
-        tokens = [token_text(self.tokenizer, ev.token_id) for ev in events]
-        offsets, at = [], 0
-        for ev in events:
-            offsets.append(at)
-            at += len(ev.text)
-        return {
-            "tokens": tokens,
-            "token_logprobs": [_finite(ev.logprob) for ev in events],
-            "top_logprobs": [
-                {token_text(self.tokenizer, t): _finite(lp) for t, lp in ev.top_logprobs} for ev in events
-            ],
-            "text_offset": offsets,
-        }
+    async def _logprobs(self, events: list[TokenEvent], prompt: PromptScores | None, echo: str) -> dict[str, Any]:
+        """A choice's logprobs object; the prompt's offsets decode every prefix, so in a worker thread."""
+        generated = completion_logprobs(self.tokenizer, events, len(echo))
+        if prompt is None:
+            return generated
+        return await run_in_threadpool(with_prompt, self.tokenizer, prompt, generated)
 
     # ---- /v1/chat/completions -----------------------------------------------------------------
     async def chat(self, http: Request, body: ChatRequest):
@@ -451,9 +612,9 @@ class _Server:
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.settings.name}  # fmt: skip
         top = (body.top_logprobs or 0) if body.logprobs else 0
-        events = self.events(http, ids, configs, top, watch=not body.stream)
+        events = self.events(http, [(ids, cfg) for cfg in configs], top, watch=not body.stream)
         if body.stream:
-            return _sse(self._chat_chunks({**head, "object": "chat.completion.chunk"}, body, events))
+            return _sse(self._chat_chunks({**head, "object": "chat.completion.chunk"}, body, events, len(ids)))
         texts, reasons = [""] * len(configs), ["length"] * len(configs)
         logs: list[list[TokenEvent]] = [[] for _ in configs]
         async for i, ev in events:
@@ -462,27 +623,24 @@ class _Server:
             reasons[i] = FINISH[ev.finish_reason] if ev.finish_reason else reasons[i]
         choices = [
             {"index": i, "message": {"role": "assistant", "content": texts[i]}, "finish_reason": reasons[i],
-             "logprobs": {"content": [self._chat_logprob(ev) for ev in logs[i]]} if body.logprobs else None}
+             "logprobs": {"content": [chat_logprob(self.tokenizer, ev) for ev in logs[i]]} if body.logprobs else None}
             for i in range(len(configs))
         ]  # fmt: skip
         return {**head, "choices": choices, "usage": _usage(len(ids), sum(map(len, logs)))}
 
-    async def _chat_chunks(self, head, body: ChatRequest, events) -> AsyncIterator[dict]:
+    async def _chat_chunks(self, head, body: ChatRequest, events, prompt_tokens: int) -> AsyncIterator[dict]:
         for i in range(body.n):  # OpenAI opens each choice with the role
             delta = {"role": "assistant", "content": ""}
             yield {**head, "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}]}
+        completion = 0
         async for i, ev in events:
-            logprobs = {"content": [self._chat_logprob(ev)]} if body.logprobs else None
+            logprobs = {"content": [chat_logprob(self.tokenizer, ev)]} if body.logprobs else None
             reason = FINISH[ev.finish_reason] if ev.finish_reason else None
             delta = {"content": ev.text} if ev.text or reason is None else {}
+            completion += 1
             yield {**head, "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}]}
-
-    def _chat_logprob(self, ev: TokenEvent) -> dict[str, Any]:
-        def entry(token_id: int, logprob: float) -> dict[str, Any]:
-            text = token_text(self.tokenizer, token_id)
-            return {"token": text, "logprob": _finite(logprob), "bytes": list(text.encode("utf-8"))}
-
-        return {**entry(ev.token_id, ev.logprob), "top_logprobs": [entry(t, lp) for t, lp in ev.top_logprobs]}
+        if body.include_usage:  # OpenAI's last chunk: no choices, the request's usage
+            yield {**head, "choices": [], "usage": _usage(prompt_tokens, completion)}
 
     # ---- /v1/explain --------------------------------------------------------------------------
     async def explain(self, http: Request, body: ExplainRequest) -> dict[str, Any]:
@@ -529,11 +687,6 @@ class _Server:
 
 class _Abandoned(Exception):
     """Raised inside an abandoned /v1/explain's decoding loop to end it."""
-
-
-def _finite(logprob: float) -> float:
-    """JSON has no -inf: a token the filters removed gets OpenAI's -9999.0."""
-    return logprob if math.isfinite(logprob) else -9999.0
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

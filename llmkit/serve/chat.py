@@ -26,7 +26,11 @@ class ChatTemplate:
 
     @classmethod
     def from_dir(cls, directory: str | Path | None, special: dict[str, str] | None = None) -> ChatTemplate:
-        """The template of a checkpoint directory's tokenizer_config.json, if it names one."""
+        """The template of a checkpoint directory: its chat_template.jinja (transformers prefers it), else
+        the ``chat_template`` of its tokenizer_config.json, if either exists."""
+        jinja = Path(directory) / "chat_template.jinja" if directory is not None else None
+        if jinja is not None and jinja.is_file():
+            return cls(jinja.read_text(encoding="utf-8"), special or {})
         path = Path(directory) / "tokenizer_config.json" if directory is not None else None
         if path is None or not path.is_file():
             return cls(None, special or {})
@@ -43,15 +47,18 @@ class ChatTemplate:
         """Stop strings the template implies (the plain one's next user turn)."""
         return [] if self.source else list(PLAIN_STOP)
 
-    def render(self, messages: list[dict[str, Any]]) -> str:
+    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """The prompt for ``messages``, opening the assistant's turn unless ``add_generation_prompt`` is False."""
         if self.source is None:
             lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-            return "\n".join(lines) + "\nAssistant:"
+            return "\n".join(lines) + ("\nAssistant:" if add_generation_prompt else "")
         from jinja2 import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         try:
-            return env.from_string(self.source).render(messages=messages, add_generation_prompt=True, **self.special)
+            return env.from_string(self.source).render(
+                messages=messages, add_generation_prompt=add_generation_prompt, **self.special
+            )
         except TemplateError as err:
             raise LlmkitError(f"the model's chat template failed: {err}", "use /v1/completions") from None

@@ -1,8 +1,14 @@
 """Request bodies of the OpenAI-compatible API, validated by pydantic, and the OpenAI error shape.
 
 Only what the server can honour is accepted: unknown fields are an error (``extra="forbid"``), so a
-request cannot smuggle in a file path or a checkpoint to load. Ranges follow OpenAI's where it has
-them; ``max_tokens`` is also capped by the server's own limit and the context window (app.py).
+request cannot smuggle in a file path or a checkpoint to load, and a field the server would ignore
+is never silently dropped. Accepted beyond the basics, because real clients send them: OpenAI's
+``max_completion_tokens`` (an alias of ``max_tokens``), ``presence_penalty``, ``frequency_penalty``,
+``logit_bias``, ``stream_options``, ``user``; vLLM's ``top_k`` (-1 or 0: off), ``min_p`` and
+``repetition_penalty``; a completion ``prompt`` as a string, strings, token ids or lists of them.
+The number of stop strings is the server's setting (``ServeSettings.max_stop``), checked in app.py.
+Ranges follow OpenAI's where it has them; ``max_tokens`` is also capped by the server's own limit
+and the context window (app.py).
 Integers are JSON integers or integral numbers (``5.0``, as JavaScript clients send them), never
 strings or booleans; seeds fit 64 bits; a temperature is 0 (greedy) or at least
 ``MIN_TEMPERATURE`` (a tinier one overflowed the scores to NaN).
@@ -12,11 +18,23 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from llmkit.inference.sampling import MIN_TEMPERATURE
 
-MAX_STOP = 4  # OpenAI's limit on stop sequences
+MAX_STOP = 64  # the server's default limit on stop strings (OpenAI allows 4, vLLM has none; lm-eval sends 5+)
 MAX_N = 8  # choices per request
 MAX_LOGPROBS = 5  # alternatives per token (OpenAI's legacy completions limit)
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64 bits
@@ -37,6 +55,12 @@ def Int(**bounds):  # noqa: N802 - used as a type
     return Annotated[int, Field(**bounds), BeforeValidator(_integral)]
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: StrictBool = False  # a last chunk with the usage and no choices
+
+
 class Sampling(BaseModel):
     """Fields shared by completions and chat; each maps onto GenerationConfig (app.generation_config)."""
 
@@ -44,22 +68,52 @@ class Sampling(BaseModel):
 
     model: StrictStr
     max_tokens: Int(ge=1) | None = None
+    max_completion_tokens: Int(ge=1) | None = None  # OpenAI's newer name for max_tokens (LangChain sends it)
     temperature: StrictFloat = Field(1.0, ge=0, le=2)  # 0: greedy; strict: "0.5" is a type error
     top_p: StrictFloat = Field(1.0, gt=0, le=1)
-    top_k: Int(ge=0) = 0  # an extension (vLLM has it too); 0 = off
+    top_k: Int(ge=-1) = 0  # vLLM's extension; 0 or -1 (vLLM's old default) = off
+    min_p: StrictFloat = Field(0.0, ge=0, le=1)  # vLLM's extension; 0 = off
+    # vLLM's extension (CTRL's); 1 = off. At least 0.01: scores divided by a tinier one overflow to inf
+    repetition_penalty: StrictFloat = Field(1.0, ge=0.01, le=10)
+    presence_penalty: StrictFloat = Field(0.0, ge=-2, le=2)  # OpenAI's additive penalties; 0 = off
+    frequency_penalty: StrictFloat = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[StrictStr, StrictFloat] | None = None  # {"token id": bias in [-100, 100]}
     n: Int(ge=1, le=MAX_N) = 1
     stop: StrictStr | list[StrictStr] | None = None
     seed: Int(ge=0, le=MAX_SEED) | None = None
     stream: StrictBool = False
+    stream_options: StreamOptions | None = None
     user: StrictStr | None = None  # accepted and ignored, as clients send it
 
     @field_validator("stop")
     @classmethod
     def _stop(cls, value: str | list[str] | None) -> list[str]:
         stops = [value] if isinstance(value, str) else list(value or [])
-        if len(stops) > MAX_STOP or not all(stops):
-            raise ValueError(f"give at most {MAX_STOP} non-empty stop strings")
+        if not all(stops):
+            raise ValueError("stop strings must be non-empty")
         return stops
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[int, float]:
+        out = {}
+        for key, bias in (value or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"keys are token ids; {key!r} is not one")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"bias {bias} of token {key} is outside [-100, 100]")
+            out[int(key)] = bias
+        return out
+
+    @property
+    def wanted_tokens(self) -> int | None:
+        """``max_tokens``, or ``max_completion_tokens`` (its newer name) when only that is given; app.py
+        refuses two different values."""
+        return self.max_tokens if self.max_tokens is not None else self.max_completion_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
     @field_validator("temperature")
     @classmethod
@@ -69,10 +123,45 @@ class Sampling(BaseModel):
         return value
 
 
+NonEmpty = Field(min_length=1)
+TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0)]], NonEmpty]
+PROMPT_SHAPES = "a string, a list of strings, a list of token ids or a list of lists of token ids"
+
+
+def _token_ids(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(t) is int and t >= 0 for t in value)
+
+
+def _prompt(value: object) -> str | list:
+    """One check with one message for the four shapes (a union would report each shape's own error)."""
+    if isinstance(value, str) or _token_ids(value):
+        return value
+    if isinstance(value, list) and value:
+        if all(isinstance(p, str) for p in value) or all(_token_ids(p) for p in value):
+            return value
+    raise ValueError(f"must be {PROMPT_SHAPES}, none of them empty")
+
+
+PromptInput = Annotated[
+    StrictStr | Annotated[list[StrictStr], NonEmpty] | TokenIds | Annotated[list[TokenIds], NonEmpty],
+    PlainValidator(_prompt, json_schema_input_type=StrictStr | list[StrictStr] | TokenIds | list[TokenIds]),
+]
+
+
 class CompletionRequest(Sampling):
-    prompt: StrictStr
+    # one prompt, several (each its own choices), token ids (lm-eval's default) or several of those
+    prompt: PromptInput
+    max_tokens: Int(ge=0) | None = None  # 0 with echo: score the prompt, generate nothing
+    max_completion_tokens: Int(ge=0) | None = None
     logprobs: Int(ge=0, le=MAX_LOGPROBS) | None = None
     echo: StrictBool = False
+
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt of the request: a string or a list of token ids."""
+        p = self.prompt
+        if isinstance(p, str) or (p and isinstance(p[0], int)):
+            return [p]
+        return list(p)
 
 
 class Message(BaseModel):
@@ -101,10 +190,38 @@ class ExplainRequest(BaseModel):
     top_k: Int(ge=0) = 0
     top_p: StrictFloat = Field(1.0, gt=0, le=1)
     seed: Int(ge=0, le=MAX_SEED) | None = None
-    stop: list[StrictStr] = Field(default_factory=list, max_length=MAX_STOP)
+    stop: list[StrictStr] = Field(default_factory=list, max_length=4)
     top: Int(ge=1, le=50) = 10
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None):
     """OpenAI's error object: {"error": {"message", "type", "param", "code"}}."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's ``POST /tokenize``: a prompt, or chat messages rendered with the model's template."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr | None = None
+    prompt: StrictStr | None = None
+    messages: Annotated[list[Message], NonEmpty] | None = None
+    add_special_tokens: StrictBool = True
+    add_generation_prompt: StrictBool = True
+    return_token_strs: StrictBool = False
+
+    @model_validator(mode="after")
+    def _one_input(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either prompt or messages")
+        return self
+
+
+class DetokenizeRequest(BaseModel):
+    """vLLM's ``POST /detokenize``: token ids back to text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr | None = None
+    tokens: list[Annotated[StrictInt, Field(ge=0)]]
