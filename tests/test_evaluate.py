@@ -411,3 +411,25 @@ def test_perplexity_reads_gz_files_the_same_and_refuses_binary(converted, tmp_pa
     (tmp_path / "binary.bin").write_bytes(b"\xff\xfe\x00\x81" * 10)
     assert main(["eval", str(directory), "--perplexity", str(tmp_path / "binary.bin"), "--no-progress"]) == 2
     assert "binary.bin: not UTF-8 text" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_generated_answers_skip_leading_whitespace_only_when_stripped(monkeypatch, strip):
+    """Stripped answers (summaries, labels) are cut at stop strings after their leading whitespace, as
+    lm-evaluation-harness's read once stripped; code (strip=False) keeps a leading stop string a stop."""
+    import llmkit.inference
+    from llmkit.evaluate.scoring import generate_answers
+
+    calls = []
+
+    class Done:
+        text = " \n an answer \n"
+
+    def fake_generate(model, prompts, **kwargs):
+        calls.append(kwargs)
+        return [Done() for _ in prompts]
+
+    monkeypatch.setattr(llmkit.inference, "generate", fake_generate)
+    answers = generate_answers(None, ["a", "b", "c"], 8, ["\n"], batch_size=2, progress=False, strip=strip)
+    assert answers == (["an answer"] * 3 if strip else [" \n an answer"] * 3)
+    assert len(calls) == 2 and all(c["skip_leading_whitespace"] is strip and c["stop_strings"] == ["\n"] for c in calls)

@@ -273,6 +273,41 @@ def test_stop_string_is_cut_and_held_back(bpe):
     assert stopped and "".join(pieces) == "The dog ate the "
 
 
+def _pieces(out, ids):
+    pieces = []
+    for i in ids:
+        piece, stopped = out.push([i])
+        pieces.append(piece)
+        if stopped:
+            return "".join(pieces), True
+    return "".join(pieces) + out.flush(), False
+
+
+@pytest.mark.parametrize(
+    ("text", "stops", "plain", "skipping"),
+    [
+        # an answer opening with the stop string: cut empty unless leading whitespace is skipped
+        ("\nThe dog ate.\nMore", ["\n"], ("", True), ("\nThe dog ate.", True)),
+        ("\n\n  The dog ate", ["\n"], ("", True), ("\n\n  The dog ate", False)),
+        # a stop string reaching from the whitespace into the text starts inside it: not a match
+        ("\n\nQ: the dog\n\nQ: again", ["\n\nQ:"], ("", True), ("\n\nQ: the dog", True)),
+        # no leading whitespace: the same either way
+        ("The dog ate.\nMore", ["\n"], ("The dog ate.", True), ("The dog ate.", True)),
+    ],
+)
+def test_stop_strings_skip_leading_whitespace(bpe, text, stops, plain, skipping):
+    from llmkit.inference.text import CompletionText
+
+    ids = bpe.encode(text)
+    assert _pieces(CompletionText(bpe, [], stops), ids) == plain
+    assert _pieces(CompletionText(bpe, [], stops, skip_leading_whitespace=True), ids) == skipping
+    # lm-evaluation-harness's reading: the stripped answer cut at the first stop string
+    expected = text.strip()
+    for stop in stops:
+        expected = expected.split(stop)[0]
+    assert skipping[0].strip() == expected.strip()
+
+
 def test_stream_text_and_stop_strings_on_a_model(gpt):
     free = generate(gpt, "The cat", max_new_tokens=30, eos_token_id=[])[0]
     assert free.finish_reason == "length" and len(free.token_ids) == 30

@@ -140,7 +140,10 @@ def generate_answers(
     right-stripped (code, whose first line's indentation matters).
 
     Greedy whatever the checkpoint's generation_config says (sampling would make the score a draw);
-    EOS ids still come from it.
+    EOS ids still come from it. Stripped answers are cut as lm-evaluation-harness's read once stripped: a
+    stop string never matches inside the answer's leading whitespace (SmolLM2 opens a DialogSum summary
+    with "\n", which the task's stop string "\n" would otherwise cut empty). Code keeps its leading text
+    as generated, so there a stop string at the very start still stops.
     """
     from llmkit.inference import generate
 
@@ -149,7 +152,8 @@ def generate_answers(
     answers: list[str] = []
     batches = [list(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-        answers += [c.text.strip() if strip else c.text.rstrip() for c in generate(model, batch, **settings)]
+        completions = generate(model, batch, skip_leading_whitespace=strip, **settings)
+        answers += [c.text.strip() if strip else c.text.rstrip() for c in completions]
     return answers
 
 

@@ -105,9 +105,13 @@ class Stream:
         config: GenerationConfig | None = None,
         observer: Observer | None = None,
         constraint: Grammar | list[Grammar | None] | None = None,
+        skip_leading_whitespace: bool = False,
         **overrides: Any,
     ) -> None:
         self.model = model
+        # True: stop strings are not matched in a completion's leading whitespace (text.CompletionText), as
+        # evaluation needs; off for generate and serve, where a stop string at the start is a stop
+        self.skip_leading_whitespace = skip_leading_whitespace
         self.config = resolve_config(model, config, overrides)
         self.prompts: Prompts = prepare_prompts(model, prompts, self.config)
         self.observer = observer
@@ -171,7 +175,8 @@ class Stream:
         tokenizer = getattr(self.model, "tokenizer", None)
         n, causal = self.config.num_return_sequences, self.model.config.family == "decoder"
         contexts = [ids if causal else [] for ids in self.prompts.ids]
-        return [SequenceState(i, contexts[i // n], tokenizer, self.config) for i in range(len(contexts) * n)]
+        skip = self.skip_leading_whitespace
+        return [SequenceState(i, contexts[i // n], tokenizer, self.config, skip) for i in range(len(contexts) * n)]
 
     # ---- greedy and sampling ------------------------------------------------------------------
     def _sampled_pieces(self) -> Iterator[Piece]:
@@ -241,9 +246,13 @@ class Stream:
 class SequenceState:
     """One sequence being generated: its token count, text and why it ended."""
 
-    def __init__(self, index: int, context: list[int], tokenizer, config: GenerationConfig) -> None:
+    def __init__(
+        self, index: int, context: list[int], tokenizer, config: GenerationConfig, skip_leading_whitespace: bool = False
+    ) -> None:
         self.index, self.max_new, self.eos = index, config.max_new_tokens, set(config.eos_token_id)
-        self.text = CompletionText(tokenizer, context, config.stop_strings) if tokenizer is not None else None
+        self.text = None
+        if tokenizer is not None:
+            self.text = CompletionText(tokenizer, context, config.stop_strings, skip_leading_whitespace)
         self.count = 0
         self.finish_reason: str | None = None
 
@@ -289,7 +298,8 @@ def stream(
     """Generate from ``prompts``, yielding a ``Piece`` (text and token ids) per new token of each sequence.
 
     ``config`` defaults to ``model.generation_config``; keyword ``overrides`` change single settings
-    (``max_new_tokens=32, do_sample=True, seed=0``). Pieces of one sequence concatenate to its
+    (``max_new_tokens=32, do_sample=True, seed=0``); ``skip_leading_whitespace=True`` (evaluation) never
+    matches a stop string inside a completion's leading whitespace. Pieces of one sequence concatenate to its
     completion; with several prompts the pieces of a step come in sequence order. Beam search yields
     one piece per sequence at the end. The returned ``Stream`` also carries ``prompts`` and ``config``.
 

@@ -26,6 +26,11 @@ def use_decode_layout(model: nn.Module, compiled: bool = False) -> None:
     it, which MKL streams from memory 1.2-1.8x faster (1-thread AMD EPYC: GPT-2 small's head 13 -> 23
     GB/s); narrowing ones (the MLP's down projection) are faster as they are. Compiled: all row-major
     (out, in), the layout the compiled step's multiply-and-sum over ``in`` reads contiguously.
+
+    So one model switched between eager and compiled generation pays at every switch: a copy of every
+    weight (540 MB for SmolLM2-135M in fp32) and, at the first switch back, a recompile of the step for
+    the other layout (the strides are guarded). Keep a model per mode when both are needed
+    (bench/generate_real.py does: its shared model had the compiled runs pay both, 2026-12-02).
     """
     for module in model.modules():
         w = module.weight if isinstance(module, nn.Linear) else None

@@ -47,33 +47,54 @@ class CompletionText:
 
     ``push`` returns (piece, stopped). Once a stop string appears, the piece ends before it and
     ``stopped`` is True. Text that could be the start of a stop string waits until it cannot.
+
+    ``skip_leading_whitespace``: a stop string never starts inside the completion's leading
+    whitespace, so an answer that opens with "\n" is not cut empty by the stop string "\n" (what
+    lm-evaluation-harness's answers amount to once stripped; evaluation turns it on, see
+    llmkit/evaluate/scoring.py). Off by default: for a plain completion a leading stop string is a stop.
     """
 
-    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int], stop_strings: list[str]) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        prompt_ids: list[int],
+        stop_strings: list[str],
+        skip_leading_whitespace: bool = False,
+    ) -> None:
         self.decoder = IncrementalDecoder(tokenizer, prompt_ids)
         self.stop_strings = stop_strings
+        self.skip_leading_whitespace = skip_leading_whitespace
         self.text = ""  # decoded so far
         self.sent = 0  # characters of self.text already returned
 
     def push(self, ids: list[int]) -> tuple[str, bool]:
         self.text += self.decoder.push(ids)
         # a stop string cannot start before self.sent: text that might begin one is never sent
-        hits = [i for s in self.stop_strings if (i := self.text.find(s, self.sent)) >= 0]
+        start = self._search_start()
+        hits = [i for s in self.stop_strings if (i := self.text.find(s, start)) >= 0]
         if hits:
             return self._take(min(hits)), True
-        return self._take(len(self.text) - self._held_back()), False
+        return self._take(len(self.text) - self._held_back(start)), False
 
     def flush(self) -> str:
         """The rest of the text at the end of the sequence (held-back text included)."""
         self.text += self.decoder.flush()
-        hits = [i for s in self.stop_strings if (i := self.text.find(s, self.sent)) >= 0]
+        start = self._search_start()
+        hits = [i for s in self.stop_strings if (i := self.text.find(s, start)) >= 0]
         return self._take(min(hits) if hits else len(self.text))
 
-    def _held_back(self) -> int:
-        """Length of the longest end of the text that is a proper start of a stop string."""
+    def _search_start(self) -> int:
+        """Where a stop string may start: after the text already sent, and after leading whitespace when
+        it is skipped (all-whitespace text so far: its end, so none of it is held back)."""
+        if not self.skip_leading_whitespace:
+            return self.sent
+        return max(self.sent, len(self.text) - len(self.text.lstrip()))
+
+    def _held_back(self, start: int) -> int:
+        """Length of the longest end of the text (after ``start``) that is a proper start of a stop string."""
         longest = 0
         for stop in self.stop_strings:
-            for n in range(min(len(stop) - 1, len(self.text) - self.sent), longest, -1):
+            for n in range(min(len(stop) - 1, len(self.text) - start), longest, -1):
                 if self.text.endswith(stop[:n]):
                     longest = n
                     break
