@@ -16,7 +16,7 @@ strings or booleans; seeds fit 64 bits; a temperature is 0 (greedy) or at least
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -61,6 +61,33 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False  # a last chunk with the usage and no choices
 
 
+class JsonSchemaFormat(BaseModel):
+    """OpenAI's ``response_format.json_schema``: a named schema (``strict`` is accepted; the output always follows
+    the schema here, strict or not)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: StrictStr
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # `schema` would shadow BaseModel's method
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``: free text, any JSON object, or JSON following a schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError('type "json_schema" needs a json_schema object {"name", "schema"}')
+        return self
+
+
 class Sampling(BaseModel):
     """Fields shared by completions and chat; each maps onto GenerationConfig (app.generation_config)."""
 
@@ -84,6 +111,9 @@ class Sampling(BaseModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: StrictStr | None = None  # accepted and ignored, as clients send it
+    response_format: ResponseFormat | None = None  # constrained decoding (llmkit.inference.constrained)
+    guided_regex: StrictStr | None = None  # vLLM's extension: the output matches this regular expression
+    guided_json: dict[str, Any] | None = None  # vLLM's extension: the output follows this JSON schema
 
     @field_validator("stop")
     @classmethod
@@ -164,18 +194,63 @@ class CompletionRequest(Sampling):
         return list(p)
 
 
-class Message(BaseModel):
+class FunctionCall(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "user", "assistant"]
-    content: StrictStr
+    name: StrictStr
+    arguments: StrictStr  # JSON text, as the API returns it
+
+
+class ToolCall(BaseModel):
+    """An earlier assistant turn's call, as the API returned it (sent back in the next turn)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: StrictStr
+
+
+class Message(BaseModel):
+    """A chat turn; ``role: "tool"`` carries a tool's result for ``tool_call_id``; an assistant turn may carry
+    ``tool_calls`` instead of content. Content may be text parts (OpenAI's newer shape), joined here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if isinstance(self.content, list):
+            self.content = "".join(part.text for part in self.content)
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id it answers")
+        return self
 
 
 class ChatRequest(Sampling):
     messages: Annotated[list[Message], Field(min_length=1)]
     logprobs: StrictBool = False
     top_logprobs: Int(ge=0, le=MAX_LOGPROBS) | None = None
+    # OpenAI's function calling, checked by llmkit.tools (shapes, names, the choice against the tools)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None  # true: the reply may be a list of calls
 
 
 class ExplainRequest(BaseModel):
