@@ -230,7 +230,7 @@ def test_auto_tool_choice_is_a_call_or_text_never_a_broken_call(api):
          "unknown tool 'launch'"),
         ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "given together"),
         ({"extra_body": {"guided_regex": "(unclosed"}}, "regex cannot be compiled"),
-        ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "no valid name"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "should match pattern"),
     ],
 )  # fmt: skip
 def test_bad_constraints_are_one_line_400s(api, extra, message):

@@ -630,7 +630,9 @@ class _Server:
         as ``tool_calls`` (llmkit.serve.structured)."""
         template = self.settings.chat
         try:
-            setup = check_tool_setup(body.tools, body.tool_choice, body.parallel_tool_calls)
+            tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools is not None else None
+            choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, BaseModel) else body.tool_choice
+            setup = check_tool_setup(tools, choice, body.parallel_tool_calls)
         except LlmkitError as err:
             param = "tool_choice" if "tool_choice" in str(err) else "tools"
             raise ApiError(400, str(err), param=param, code="invalid_value") from None

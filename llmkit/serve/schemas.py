@@ -218,29 +218,77 @@ class TextPart(BaseModel):
     text: StrictStr
 
 
-class Message(BaseModel):
-    """A chat turn; ``role: "tool"`` carries a tool's result for ``tool_call_id``; an assistant turn may carry
-    ``tool_calls`` instead of content. Content may be text parts (OpenAI's newer shape), joined here."""
-
+class _Turn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "user", "assistant", "tool"]
+    @model_validator(mode="after")
+    def _joined(self):
+        if isinstance(self.content, list):  # text parts (OpenAI's newer shape) -> one string
+            self.content = "".join(part.text for part in self.content)
+        return self
+
+
+class TextTurn(_Turn):
+    role: Literal["system", "user"]
+    content: StrictStr | list[TextPart]
+    name: StrictStr | None = None
+
+
+class AssistantTurn(_Turn):
+    """An assistant turn: text, or the ``tool_calls`` the API returned (then content may be null)."""
+
+    role: Literal["assistant"]
     content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
     tool_calls: list[ToolCall] | None = None
-    tool_call_id: StrictStr | None = None
 
     @model_validator(mode="after")
-    def _shape(self):
-        if isinstance(self.content, list):
-            self.content = "".join(part.text for part in self.content)
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError(f"a {self.role} message needs content")
-        if self.tool_calls and self.role != "assistant":
-            raise ValueError("only assistant messages carry tool_calls")
-        if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("a tool message needs the tool_call_id it answers")
+    def _something(self):
+        if self.content is None and not self.tool_calls:
+            raise ValueError("an assistant message needs content or tool_calls")
         return self
+
+
+class ToolTurn(_Turn):
+    """A tool's result, answering the call ``tool_call_id``."""
+
+    role: Literal["tool"]
+    content: StrictStr | list[TextPart]
+    tool_call_id: StrictStr
+    name: StrictStr | None = None
+
+
+# one shape per role, so the OpenAPI document says which fields each role needs
+Message = Annotated[TextTurn | AssistantTurn | ToolTurn, Field(discriminator="role")]
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; checked when compiled (a 400 if it cannot be)
+    strict: StrictBool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatRequest(Sampling):
@@ -248,8 +296,8 @@ class ChatRequest(Sampling):
     logprobs: StrictBool = False
     top_logprobs: Int(ge=0, le=MAX_LOGPROBS) | None = None
     # OpenAI's function calling, checked by llmkit.tools (shapes, names, the choice against the tools)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: StrictStr | dict[str, Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None  # true: the reply may be a list of calls
 
 
