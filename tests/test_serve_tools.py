@@ -240,3 +240,12 @@ def test_bad_constraints_are_one_line_400s(api, extra, message):
         api.chat.completions.create(model=NAME, messages=ASK, max_tokens=5, **extra)
     text = err.value.body["message"]
     assert err.value.status_code == 400 and message in text and "\n" not in text
+
+
+def test_an_earlier_call_whose_arguments_are_not_json_is_a_400(server):
+    import httpx
+
+    bad = [*ASK, {"role": "assistant", "tool_calls": [{"id": "c1", "function": {"name": "add", "arguments": ""}}]}]
+    for path, body in (("/tokenize", {"messages": bad}), ("/v1/chat/completions", {"model": NAME, "messages": bad})):
+        response = httpx.post(f"{server.url}{path}", json=body, timeout=30)
+        assert response.status_code == 400 and "arguments are not JSON" in response.json()["error"]["message"]

@@ -539,9 +539,12 @@ class _Server:
     async def tokenize(self, body: TokenizeRequest) -> dict[str, Any]:
         if body.messages is not None:
             messages = [m.model_dump(exclude_none=True) for m in body.messages]
-            text = await run_in_threadpool(
-                lambda: self.settings.chat.render(messages, add_generation_prompt=body.add_generation_prompt)
-            )
+            try:  # a template's own error, or an earlier call's arguments that are not JSON
+                text = await run_in_threadpool(
+                    lambda: self.settings.chat.render(messages, add_generation_prompt=body.add_generation_prompt)
+                )
+            except LlmkitError as err:
+                raise ApiError(400, str(err), param="messages", code="invalid_value") from None
         else:
             text = body.prompt
         ids = await run_in_threadpool(self.tokenizer.encode, text, body.add_special_tokens)

@@ -228,7 +228,9 @@ class _Turn(BaseModel):
         return self
 
 
-class TextTurn(_Turn):
+class Message(_Turn):
+    """A system or user turn (the name the OpenAPI document has kept since issue 15)."""
+
     role: Literal["system", "user"]
     content: StrictStr | list[TextPart]
     name: StrictStr | None = None
@@ -259,7 +261,7 @@ class ToolTurn(_Turn):
 
 
 # one shape per role, so the OpenAPI document says which fields each role needs
-Message = Annotated[TextTurn | AssistantTurn | ToolTurn, Field(discriminator="role")]
+ChatMessage = Annotated[Message | AssistantTurn | ToolTurn, Field(discriminator="role")]
 
 
 class FunctionDef(BaseModel):
@@ -292,7 +294,7 @@ class NamedToolChoice(BaseModel):
 
 
 class ChatRequest(Sampling):
-    messages: Annotated[list[Message], Field(min_length=1)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
     logprobs: StrictBool = False
     top_logprobs: Int(ge=0, le=MAX_LOGPROBS) | None = None
     # OpenAI's function calling, checked by llmkit.tools (shapes, names, the choice against the tools)
@@ -329,7 +331,7 @@ class TokenizeRequest(BaseModel):
 
     model: StrictStr | None = None
     prompt: StrictStr | None = None
-    messages: Annotated[list[Message], NonEmpty] | None = None
+    messages: Annotated[list[ChatMessage], NonEmpty] | None = None
     add_special_tokens: StrictBool = True
     add_generation_prompt: StrictBool = True
     return_token_strs: StrictBool = False
