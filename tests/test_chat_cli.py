@@ -214,3 +214,74 @@ def test_template_errors_do_not_end_the_chat():
     assert out.prompt is None and "roles must alternate" in out.text
     with pytest.raises(LlmkitError):
         s.template.render([{"role": "user", "content": "x"}])
+
+
+# ---- --index: retrieval per turn ----------------------------------------------------------------
+def _hit(n: int, text: str):
+    from llmkit.retrieval.store import Hit
+
+    return Hit(n, f"doc{n}.txt", 10 * n, 10 * n + len(text), text, 1.0 / n)
+
+
+def test_each_message_carries_its_sources_and_the_conversation_keeps_it_plain():
+    asked = []
+    hits = [_hit(1, "cats sleep all day"), _hit(2, "ships sail at dawn"), _hit(3, "bread needs yeast")]
+    s = session(window=200, max_new=10)
+    s.retrieve = lambda question: asked.append(question) or hits
+    out = handle(s, "why do cats sleep?")
+    assert asked == ["why do cats sleep?"] and out.sources == hits and out.text == ""
+    assert "[1] (doc1.txt:10-28)\ncats sleep all day" in out.prompt and "[3] (doc3.txt:30-47)" in out.prompt
+    assert out.prompt.rstrip().endswith("Question: why do cats sleep?\nAssistant:")
+    assert s.turns == [{"role": "user", "content": "why do cats sleep?"}]  # not the sources
+    s.turns.append({"role": "assistant", "content": "they are cats [1]"})
+    from llmkit.retrieval.ask import user_message
+
+    two = s.template.render(s.messages([*s.turns, {"role": "user", "content": user_message("and ships?", hits[:2])}]))
+    s.window = len(two.split()) + 10  # room for the question, two sources and max_new_tokens, not three sources
+    out = handle(s, "and ships?")
+    assert out.sources == hits[:2] and out.text == "(context window: 1 of 3 sources left out)"
+    assert out.prompt.count("why do cats sleep?") == 1  # the earlier turn, without its sources
+
+
+def test_citations_name_what_the_reply_cites():
+    from llmkit.chat.terminal import citations
+
+    hits = [_hit(1, "a"), _hit(2, "b")]
+    assert citations("as [2] says", hits) == "cited:\n[2] doc2.txt:20-21\n"
+    assert (
+        citations("no idea", hits)
+        == "sources (the reply cites none by number):\n[1] doc1.txt:10-11\n[2] doc2.txt:20-21\n"
+    )
+
+
+def test_chat_index_through_a_pipe(chat_model, tiny_corpus, tmp_path):
+    """`llmkit chat MODEL --index INDEX` from a pipe: the reply is followed by its sources from the index."""
+    from llmkit import checkpoint
+    from llmkit.config import ModelConfig
+    from llmkit.data.tokenizer_train import train_tokenizer
+    from llmkit.models import build_model
+    from llmkit.retrieval.chunk import ChunkConfig
+    from llmkit.retrieval.documents import build_index
+    from llmkit.retrieval.embed import Embedder
+
+    doc = tmp_path / "cats.txt"
+    doc.write_text("Cats sleep for most of the day. A cat purrs when it is content. Kittens play with yarn.\n")
+    wordpiece = train_tokenizer(tiny_corpus + [doc.read_text()] * 5, "wordpiece", vocab_size=400)
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("tiny-bert-1m", vocab_size=wordpiece.vocab_size, d_model=32, n_layer=2, n_head=4,
+                                encoder_head="none", max_seq_len=64)  # fmt: skip
+    encoder = checkpoint.save(build_model(cfg), tmp_path / "enc", tokenizer=wordpiece)
+    build_index(tmp_path / "index.db", Embedder.load(encoder), [str(doc)], ChunkConfig(tokens=12, overlap=4))
+    argv = [sys.executable, "-m", "llmkit", "chat", str(chat_model), "--index", str(tmp_path / "index.db"), "-k", "2",
+            "--max-new-tokens", "8", "--history", "none"]  # fmt: skip
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(argv, input="why do cats purr?\n", capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"sources from {tmp_path / 'index.db'}" in done.stdout
+    listed = re.findall(rf"^\[(\d)\] {re.escape(str(doc))}:\d+-\d+$", done.stdout, re.M)
+    assert listed in (["1", "2"], ["1"], ["2"])  # the cited ones, or both when the reply cites none
+    bad = subprocess.run([*argv[:5], "--index", str(tmp_path / "missing.db")], capture_output=True, text=True,
+                         timeout=120, env=env)  # fmt: skip
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -8,6 +8,11 @@ Fitting (``fit``): the prompt is the system message, then the turns, then the ge
 and ``max_new_tokens`` do not fit the window, the oldest turn (a user message and the reply to it) is
 dropped for good and the user is told how many were dropped. A lone message too long for the window is
 refused with the numbers.
+
+With an index (``retrieve``, ``llmkit chat --index``), each message is also a query: the sources it
+retrieves go into that turn's user message as ``llmkit ask`` writes them (numbered, with their citations;
+the lowest-ranked dropped until the prompt fits), and the outcome carries them so the reply's citations can
+be named. The conversation keeps the plain message, so earlier turns' sources do not crowd the window.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from llmkit.chat.template import ChatTemplate
 from llmkit.config import GenerationConfig
 from llmkit.errors import LlmkitError
 from llmkit.files import atomic_write
+from llmkit.retrieval.ask import build_rag_prompt
+from llmkit.retrieval.store import Hit
 
 # settings that only matter when sampling: setting one turns sampling on, as `llmkit generate`'s flags do
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p")
@@ -45,6 +52,7 @@ class ChatSession:
     system: str | None = None
     turns: list[dict[str, str]] = field(default_factory=list)
     dropped: int = 0  # turns dropped so far to fit the window
+    retrieve: Callable[[str], list[Hit]] | None = None  # a message -> its sources, best first (--index)
 
     def messages(self, turns: list[dict[str, str]] | None = None) -> list[dict[str, str]]:
         system = [{"role": "system", "content": self.system}] if self.system else []
@@ -63,6 +71,7 @@ class Outcome:
     text: str = ""
     quit: bool = False
     prompt: str | None = None
+    sources: list[Hit] = field(default_factory=list)  # what the prompt shows, numbered from 1 (--index)
 
 
 def handle(session: ChatSession, line: str) -> Outcome:
@@ -79,11 +88,31 @@ def handle(session: ChatSession, line: str) -> Outcome:
     session.turns.append({"role": "user", "content": text})
     try:
         prompt, dropped = fit(session)
+        sources, left_out = [], 0
+        if session.retrieve is not None:
+            prompt, sources, left_out = with_sources(session, text)
     except LlmkitError as err:
         session.turns.pop()
         return Outcome(f"error: {err}")
-    note = f"(context window: dropped the {_count(dropped, 'oldest turn')} to fit {session.window} tokens)"
-    return Outcome(note if dropped else "", prompt=prompt)
+    notes = []
+    if dropped:
+        notes.append(f"(context window: dropped the {_count(dropped, 'oldest turn')} to fit {session.window} tokens)")
+    if left_out:
+        notes.append(f"(context window: {left_out} of {left_out + len(sources)} sources left out)")
+    return Outcome("\n".join(notes), prompt=prompt, sources=sources)
+
+
+def with_sources(session: ChatSession, question: str) -> tuple[str, list[Hit], int]:
+    """The prompt whose last user message carries ``question``'s retrieved sources (as many as fit), the
+    sources shown, and how many were left out."""
+    earlier = session.turns[:-1]
+
+    def render(message: str) -> str:
+        return session.template.render(session.messages([*earlier, {"role": "user", "content": message}]))
+
+    hits = session.retrieve(question)
+    rag = build_rag_prompt(question, hits, render, session.count_tokens, session.window, session.config.max_new_tokens)
+    return rag.text, rag.sources, rag.dropped
 
 
 def add_reply(session: ChatSession, text: str) -> None:

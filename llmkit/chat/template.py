@@ -1,6 +1,6 @@
 """Chat messages (and tools) -> one prompt: the checkpoint's Jinja chat template, or the plain one.
 
-As ``llmkit.serve.chat`` renders chat completions, plus what tools and a terminal chat need: ``tools``
+The one renderer: ``llmkit chat`` and the server's chat completions (llmkit.serve) use it. ``tools``
 passed to templates that handle them (``llmkit.tools.render_messages`` rewrites the conversation for the
 others), transformers' Jinja globals and filters (``raise_exception``, ``strftime_now``, a ``tojson`` that
 keeps non-ASCII and does not HTML-escape), and ``add_generation_prompt`` as a choice. Without a template
@@ -28,7 +28,11 @@ class ChatTemplate:
 
     @classmethod
     def from_dir(cls, directory: str | Path | None, special: dict[str, str] | None = None) -> ChatTemplate:
-        """The template of a checkpoint directory's tokenizer_config.json, if it names one."""
+        """The template of a checkpoint directory: its chat_template.jinja (transformers prefers it), else
+        the ``chat_template`` of its tokenizer_config.json, if either exists."""
+        jinja = Path(directory) / "chat_template.jinja" if directory is not None else None
+        if jinja is not None and jinja.is_file():
+            return cls(jinja.read_text(encoding="utf-8"), special or {})
         path = Path(directory) / "tokenizer_config.json" if directory is not None else None
         if path is None or not path.is_file():
             return cls(None, special or {})

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from llmkit.chat.session import ChatSession, add_reply, handle
 from llmkit.inference import stream
+from llmkit.retrieval.ask import cited
 
 PROMPT = "you> "
 STOPPED = "[reply stopped]"
@@ -85,3 +86,12 @@ def run(model, session: ChatSession, read: Reader, out: Writer = write) -> None:
             text, stopped = "", True
         out(f"\n{STOPPED}\n" if stopped else "\n")
         add_reply(session, text)
+        if outcome.sources:
+            out(citations(text, outcome.sources))
+
+
+def citations(answer: str, sources) -> str:
+    """The sources the answer cites by number, as ``llmkit ask`` lists them (all shown, when it cites none)."""
+    named = cited(answer, sources)
+    head = "cited:" if named else "sources (the reply cites none by number):"
+    return "\n".join([head, *(f"[{n}] {hit.citation()}" for n, hit in named or enumerate(sources, start=1))]) + "\n"

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "dropped and a line says so. Commands: /reset, /system TEXT, /set FIELD VALUE (any generation setting, "
         "e.g. /set temperature 0.7), /save FILE (the conversation as JSON), /help, /quit. Ctrl-C stops a reply; "
         "Ctrl-D leaves. On a terminal, lines are edited with prompt_toolkit and kept in --history; from a pipe, "
-        "lines are read plainly.",
+        "lines are read plainly. With --index, each message retrieves its sources from the index (as `llmkit ask`), "
+        "the reply is asked to cite them by number, and the cited sources are listed after it.",
     )
     p.add_argument("model", metavar="MODEL", help="llmkit checkpoint directory (decoder-only, with a tokenizer)")
     p.add_argument("--system", default=None, metavar="TEXT", help="system prompt (default: none, or the template's)")
@@ -37,6 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--history", default=str(DEFAULT_HISTORY), metavar="FILE",
         help=f"where typed lines are kept for the arrow keys (default {DEFAULT_HISTORY}; 'none' keeps no file)",
     )  # fmt: skip
+    p.add_argument(
+        "--index", type=Path, default=None, metavar="INDEX", help="retrieve sources per message from this index"
+    )
+    p.add_argument("-k", type=int, default=3, help="sources retrieved per message with --index (default 3)")
+    p.add_argument("--hybrid", action="store_true", help="with --index: dense + BM25 search")
+    p.add_argument("--embedder", default=None, metavar="DIR", help="default: the one the index was built with")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
     p.add_argument(
         "--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="cast the weights (default: as stored)"
@@ -51,8 +58,13 @@ def run(args: argparse.Namespace) -> None:
     from llmkit.chat.terminal import run as chat
     from llmkit.errors import LlmkitError
     from llmkit.inference.engine import resolve_config
-    from llmkit.inference.loading import load_model
+    from llmkit.inference.loading import load_model, resolve_device
+    from llmkit.retrieval.documents import embedder_for, search
+    from llmkit.retrieval.store import Index
 
+    if args.index is not None and args.k < 1:
+        raise LlmkitError(f"-k {args.k} must be >= 1", "retrieve at least one source per message")
+    index = Index.open(args.index) if args.index is not None else None  # before the model: a bad index fails fast
     model = load_model(args.model, args.device, args.dtype)
     if getattr(model, "tokenizer", None) is None or model.config.family != "decoder":
         raise LlmkitError("llmkit chat needs a decoder-only checkpoint with a tokenizer", "pick such a MODEL")
@@ -68,5 +80,16 @@ def run(args: argparse.Namespace) -> None:
     session = ChatSession(template, config, window, lambda text: len(model.tokenizer.encode(text)), args.system)
     history = None if args.history.lower() == "none" else Path(os.path.expanduser(args.history))
     kind = "the checkpoint's chat template" if template.source else "the plain template (no chat template)"
-    write(f"llmkit chat: {Path(args.model).name}, {window}-token window, {kind}. /help for commands, Ctrl-D leaves.\n")
-    chat(model, session, line_reader(history))
+    try:
+        if index is not None:
+            embedder = embedder_for(index, args.embedder, resolve_device(args.device))
+            mode = "hybrid" if args.hybrid else "dense"
+            session.retrieve = lambda question: search(index, embedder, question, args.k, mode)
+            kind += f", sources from {args.index} ({len(index)} chunks)"
+        write(
+            f"llmkit chat: {Path(args.model).name}, {window}-token window, {kind}. /help for commands, Ctrl-D leaves.\n"
+        )
+        chat(model, session, line_reader(history))
+    finally:
+        if index is not None:
+            index.close()

@@ -21,6 +21,11 @@ A request may ask for its prompt's own log-probabilities (``prompt_logprobs``, O
 them before the first token; with ``max_new_tokens == 0`` the request ends there (scoring only), and
 ``on_prompt`` is called whether or not it asked for them (it is the request's end).
 
+A request may carry a ``constraint`` (llmkit.inference.constrained: ``RowGrammars(...).start()`` for
+one row, a fresh one per request): its grammar's mask is applied after the row's other processors,
+its matcher consumes the chosen token, and the row ends ("stop") when the grammar is complete, as in
+``generate``. Rows with and without constraints share the batch; each masks only its own scores.
+
 Decoder-only models; per-request settings are those of the OpenAI API plus vLLM's extras (logit
 bias, repetition / presence / frequency penalties, top-k, min-p; no beam search). Callbacks run on
 the batcher's thread and must be quick (the server posts each token to an asyncio queue).
@@ -38,6 +43,7 @@ from torch import nn
 
 from llmkit.config import GenerationConfig
 from llmkit.errors import LlmkitError
+from llmkit.inference.constrained import Constraint
 from llmkit.inference.engine import SequenceState
 from llmkit.inference.runners import use_decode_layout
 from llmkit.inference.sampling import (
@@ -86,6 +92,7 @@ class Request:
     prompt_logprobs: bool = False  # score the prompt too (on_prompt gets them before the first token)
     on_prompt: Callable[[PromptScores], None] = lambda scores: None
     cancelled: bool = False
+    constraint: Constraint | None = None  # a one-row llguidance matcher the output must follow
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -150,7 +157,10 @@ class _Slot:
                 "the model's scores for this request are NaN or infinite",
                 "check the checkpoint (llmkit inspect) and its dtype; fp16 overflows where bf16 and fp32 do not",
             )
-        token = int(next_tokens(self.process(scores), req.config, self.generator)[0])
+        processed = self.process(scores)
+        if req.constraint is not None:  # last, as in generate: the grammar decides among what the rest left
+            processed = req.constraint.mask(processed)
+        token = int(next_tokens(processed, req.config, self.generator)[0])
         logp = scores[0].float().log_softmax(-1)
         top = []
         if req.logprobs:
@@ -160,7 +170,8 @@ class _Slot:
             self.seen[0, token] = True
         if self.counts is not None:
             self.counts[0, token] += 1
-        piece = self.sequence.push(token)
+        complete = req.constraint.advance([token]) if req.constraint is not None else []
+        piece = self.sequence.push(token, end="stop" if complete else None)
         self.last = token
         return TokenEvent(piece.text, token, float(logp[token]), top, piece.finish_reason)
 

@@ -61,6 +61,8 @@ from llmkit.serve.schemas import (
     TokenizeRequest,
     error_body,
 )
+from llmkit.serve.structured import ToolSetup, call_deltas, compile_grammar, opens_call, request_grammar, tool_reply
+from llmkit.serve.structured import tool_setup as check_tool_setup
 
 PLAYGROUND = Path(__file__).with_name("playground.html")
 DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is still there
@@ -442,10 +444,25 @@ class _Server:
             raise ApiError(400, f"{len(body.stop)} stop strings; this server takes {self.settings.max_stop}", "stop")
         self.check_ids(list(body.logit_bias or {}), param="logit_bias")
 
+    async def grammars(self, body: Sampling, setup: ToolSetup | None = None):
+        """The request's compiled constraint (RowGrammars) or None; one the engine cannot compile is a 400."""
+        param = "response_format"
+        try:
+            grammar, param = request_grammar(body, setup)
+            if grammar is None:
+                return None
+            eos = self.model.generation_config.eos_token_id
+            return await run_in_threadpool(compile_grammar, self.model, grammar, eos)
+        except LlmkitError as err:
+            raise ApiError(400, str(err), param=param, code="invalid_value") from None
+
     # ---- decoding -----------------------------------------------------------------------------
-    def submit(self, jobs: list[tuple[list[int], GenerationConfig]], logprobs: int, prompt_logprobs: bool):
-        """One batcher request per choice (a prompt and its config); their (choice, event) items arrive on
-        the returned queue, an event being a TokenEvent, the prompt's PromptScores, or an exception."""
+    def submit(
+        self, jobs: list[tuple[list[int], GenerationConfig]], logprobs: int, prompt_logprobs: bool, grammars=None
+    ):
+        """One batcher request per choice (a prompt and its config, with fresh matchers of ``grammars`` when the
+        output is constrained); their (choice, event) items arrive on the returned queue, an event being a
+        TokenEvent, the prompt's PromptScores, or an exception."""
         loop, items = asyncio.get_running_loop(), asyncio.Queue()
         requests = []
         for i, (ids, cfg) in enumerate(jobs):
@@ -453,19 +470,20 @@ class _Server:
             def post(event, i=i) -> None:
                 loop.call_soon_threadsafe(items.put_nowait, (i, event))
 
-            requests.append(BatchRequest(ids, cfg, post, post, logprobs, prompt_logprobs, post))
+            constraint = grammars.start() if grammars is not None else None
+            requests.append(BatchRequest(ids, cfg, post, post, logprobs, prompt_logprobs, post, constraint=constraint))
         for r in requests:
             self.batcher.submit(r)
         return requests, items
 
     async def events(
         self, http: Request, jobs: list[tuple[list[int], GenerationConfig]], logprobs: int, watch: bool,
-        prompt_logprobs: bool = False,
+        prompt_logprobs: bool = False, grammars=None,
     ) -> AsyncIterator:  # fmt: skip
         """(choice, TokenEvent or PromptScores) until every choice has finished; a disconnected client
         cancels them all: a stream is cancelled by Starlette when the client goes (``watch=False``), a
         plain request polls. A scoring-only choice (max_new_tokens 0) finishes with its PromptScores."""
-        requests, items = self.submit(jobs, logprobs, prompt_logprobs)
+        requests, items = self.submit(jobs, logprobs, prompt_logprobs, grammars)
         counts = getattr(http.state, "tokens", None)  # the request log's, when it is on
         prompt_tokens = sum({id(ids): len(ids) for ids, _ in jobs}.values())  # a prompt's n choices share its list
         if counts is not None:
@@ -521,7 +539,12 @@ class _Server:
     async def tokenize(self, body: TokenizeRequest) -> dict[str, Any]:
         if body.messages is not None:
             messages = [m.model_dump(exclude_none=True) for m in body.messages]
-            text = await run_in_threadpool(self.settings.chat.render, messages, body.add_generation_prompt)
+            try:  # a template's own error, or an earlier call's arguments that are not JSON
+                text = await run_in_threadpool(
+                    lambda: self.settings.chat.render(messages, add_generation_prompt=body.add_generation_prompt)
+                )
+            except LlmkitError as err:
+                raise ApiError(400, str(err), param="messages", code="invalid_value") from None
         else:
             text = body.prompt
         ids = await run_in_threadpool(self.tokenizer.encode, text, body.add_special_tokens)
@@ -539,11 +562,13 @@ class _Server:
         ids_of = [await self.encode_async(p) if isinstance(p, str) else self.check_ids(p, "prompt") for p in prompts]
         echoes = [await self._echo_text(p, ids) if body.echo else "" for p, ids in zip(prompts, ids_of, strict=True)]
         jobs = [(ids, cfg) for ids in ids_of for cfg in self.configs(body, len(ids), default=16)]
+        grammars = await self.grammars(body)
         self.admit(len(jobs))
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
                 "model": self.settings.name}  # fmt: skip
         scoring = body.echo and body.logprobs is not None
-        events = self.events(http, jobs, body.logprobs or 0, watch=not body.stream, prompt_logprobs=scoring)
+        events = self.events(http, jobs, body.logprobs or 0, watch=not body.stream, prompt_logprobs=scoring,
+                             grammars=grammars)  # fmt: skip
         echo_of = [echoes[i // body.n] for i in range(len(jobs))]
         if body.stream:
             return _sse(self._completion_chunks(head, body, events, echo_of, jobs))
@@ -604,41 +629,78 @@ class _Server:
 
     # ---- /v1/chat/completions -----------------------------------------------------------------
     async def chat(self, http: Request, body: ChatRequest):
+        """Chat completions; with ``tools`` the reply is decoded under the call's grammar and a call comes back
+        as ``tool_calls`` (llmkit.serve.structured)."""
         template = self.settings.chat
-        prompt = await run_in_threadpool(template.render, [m.model_dump(exclude_none=True) for m in body.messages])
+        try:
+            tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools is not None else None
+            choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, BaseModel) else body.tool_choice
+            setup = check_tool_setup(tools, choice, body.parallel_tool_calls)
+        except LlmkitError as err:
+            param = "tool_choice" if "tool_choice" in str(err) else "tools"
+            raise ApiError(400, str(err), param=param, code="invalid_value") from None
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        shown = setup.tools if setup.active else None  # tool_choice "none": the model is not told of them
+        try:
+            prompt = await run_in_threadpool(lambda: template.render(messages, tools=shown))
+        except LlmkitError as err:
+            raise ApiError(400, str(err), param="messages", code="invalid_value") from None
         ids = await self.encode_async(prompt)
         configs = self.configs(body, len(ids), default=None, extra_stop=template.stop)
+        grammars = await self.grammars(body, setup)
         self.admit(len(configs))
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
                 "model": self.settings.name}  # fmt: skip
         top = (body.top_logprobs or 0) if body.logprobs else 0
-        events = self.events(http, [(ids, cfg) for cfg in configs], top, watch=not body.stream)
+        events = self.events(http, [(ids, cfg) for cfg in configs], top, watch=not body.stream, grammars=grammars)
         if body.stream:
-            return _sse(self._chat_chunks({**head, "object": "chat.completion.chunk"}, body, events, len(ids)))
+            head = {**head, "object": "chat.completion.chunk"}
+            return _sse(self._chat_chunks(head, body, events, len(ids), setup))
         texts, reasons = [""] * len(configs), ["length"] * len(configs)
         logs: list[list[TokenEvent]] = [[] for _ in configs]
         async for i, ev in events:
             texts[i] += ev.text
             logs[i].append(ev)
             reasons[i] = FINISH[ev.finish_reason] if ev.finish_reason else reasons[i]
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": texts[i]}, "finish_reason": reasons[i],
-             "logprobs": {"content": [chat_logprob(self.tokenizer, ev) for ev in logs[i]]} if body.logprobs else None}
-            for i in range(len(configs))
-        ]  # fmt: skip
+        choices = []
+        for i in range(len(configs)):
+            content, calls, reason = tool_reply(texts[i], setup, reasons[i])
+            message = {"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})}
+            logprobs = {"content": [chat_logprob(self.tokenizer, ev) for ev in logs[i]]} if body.logprobs else None
+            choices.append({"index": i, "message": message, "finish_reason": reason, "logprobs": logprobs})
         return {**head, "choices": choices, "usage": _usage(len(ids), sum(map(len, logs)))}
 
-    async def _chat_chunks(self, head, body: ChatRequest, events, prompt_tokens: int) -> AsyncIterator[dict]:
+    async def _chat_chunks(
+        self, head, body: ChatRequest, events, prompt_tokens: int, setup: ToolSetup
+    ) -> AsyncIterator[dict]:
+        """Chunks as OpenAI streams them; a reply that opens a call is held until it ends (``held``), then
+        sent as tool_calls deltas (its logprobs are not streamed)."""
+
+        def chunk(i: int, delta: dict, reason: str | None = None, logprobs=None) -> dict:
+            return {**head, "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}]}
+
         for i in range(body.n):  # OpenAI opens each choice with the role
-            delta = {"role": "assistant", "content": ""}
-            yield {**head, "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}]}
+            yield chunk(i, {"role": "assistant", "content": ""})
         completion = 0
+        started = [False] * body.n  # some text went out (so the reply is text, not a call)
+        held: dict[int, str] = {}  # choice -> the call text so far
         async for i, ev in events:
-            logprobs = {"content": [chat_logprob(self.tokenizer, ev)]} if body.logprobs else None
-            reason = FINISH[ev.finish_reason] if ev.finish_reason else None
-            delta = {"content": ev.text} if ev.text or reason is None else {}
             completion += 1
-            yield {**head, "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": reason}]}
+            reason = FINISH[ev.finish_reason] if ev.finish_reason else None
+            if setup.active and not started[i] and (i in held or opens_call(ev.text)):
+                held[i] = held.get(i, "") + ev.text
+                if reason is None:
+                    continue
+                content, calls, reason = tool_reply(held.pop(i), setup, reason)
+                deltas = call_deltas(calls) if calls else [{"content": content}]
+                for delta in deltas[:-1]:
+                    yield chunk(i, delta)
+                yield chunk(i, deltas[-1], reason)
+                continue
+            started[i] = started[i] or bool(ev.text)
+            logprobs = {"content": [chat_logprob(self.tokenizer, ev)]} if body.logprobs else None
+            delta = {"content": ev.text} if ev.text or reason is None else {}
+            yield chunk(i, delta, reason, logprobs)
         if body.include_usage:  # OpenAI's last chunk: no choices, the request's usage
             yield {**head, "choices": [], "usage": _usage(prompt_tokens, completion)}
 

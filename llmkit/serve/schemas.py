@@ -16,7 +16,7 @@ strings or booleans; seeds fit 64 bits; a temperature is 0 (greedy) or at least
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -61,6 +61,33 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False  # a last chunk with the usage and no choices
 
 
+class JsonSchemaFormat(BaseModel):
+    """OpenAI's ``response_format.json_schema``: a named schema (``strict`` is accepted; the output always follows
+    the schema here, strict or not)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: StrictStr
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # `schema` would shadow BaseModel's method
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``: free text, any JSON object, or JSON following a schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError('type "json_schema" needs a json_schema object {"name", "schema"}')
+        return self
+
+
 class Sampling(BaseModel):
     """Fields shared by completions and chat; each maps onto GenerationConfig (app.generation_config)."""
 
@@ -84,6 +111,9 @@ class Sampling(BaseModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: StrictStr | None = None  # accepted and ignored, as clients send it
+    response_format: ResponseFormat | None = None  # constrained decoding (llmkit.inference.constrained)
+    guided_regex: StrictStr | None = None  # vLLM's extension: the output matches this regular expression
+    guided_json: dict[str, Any] | None = None  # vLLM's extension: the output follows this JSON schema
 
     @field_validator("stop")
     @classmethod
@@ -164,18 +194,113 @@ class CompletionRequest(Sampling):
         return list(p)
 
 
-class Message(BaseModel):
+class FunctionCall(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "user", "assistant"]
-    content: StrictStr
+    name: StrictStr
+    arguments: StrictStr  # JSON text, as the API returns it
+
+
+class ToolCall(BaseModel):
+    """An earlier assistant turn's call, as the API returned it (sent back in the next turn)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: StrictStr
+
+
+class _Turn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _joined(self):
+        if isinstance(self.content, list):  # text parts (OpenAI's newer shape) -> one string
+            self.content = "".join(part.text for part in self.content)
+        return self
+
+
+class Message(_Turn):
+    """A system or user turn (the name the OpenAPI document has kept since issue 15)."""
+
+    role: Literal["system", "user"]
+    content: StrictStr | list[TextPart]
     name: StrictStr | None = None
 
 
+class AssistantTurn(_Turn):
+    """An assistant turn: text, or the ``tool_calls`` the API returned (then content may be null)."""
+
+    role: Literal["assistant"]
+    content: StrictStr | list[TextPart] | None = None
+    name: StrictStr | None = None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.content is None and not self.tool_calls:
+            raise ValueError("an assistant message needs content or tool_calls")
+        return self
+
+
+class ToolTurn(_Turn):
+    """A tool's result, answering the call ``tool_call_id``."""
+
+    role: Literal["tool"]
+    content: StrictStr | list[TextPart]
+    tool_call_id: StrictStr
+    name: StrictStr | None = None
+
+
+# one shape per role, so the OpenAPI document says which fields each role needs
+ChatMessage = Annotated[Message | AssistantTurn | ToolTurn, Field(discriminator="role")]
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema; checked when compiled (a 400 if it cannot be)
+    strict: StrictBool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatRequest(Sampling):
-    messages: Annotated[list[Message], Field(min_length=1)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
     logprobs: StrictBool = False
     top_logprobs: Int(ge=0, le=MAX_LOGPROBS) | None = None
+    # OpenAI's function calling, checked by llmkit.tools (shapes, names, the choice against the tools)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None  # true: the reply may be a list of calls
 
 
 class ExplainRequest(BaseModel):
@@ -206,7 +331,7 @@ class TokenizeRequest(BaseModel):
 
     model: StrictStr | None = None
     prompt: StrictStr | None = None
-    messages: Annotated[list[Message], NonEmpty] | None = None
+    messages: Annotated[list[ChatMessage], NonEmpty] | None = None
     add_special_tokens: StrictBool = True
     add_generation_prompt: StrictBool = True
     return_token_strs: StrictBool = False
