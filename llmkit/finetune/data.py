@@ -189,11 +189,12 @@ def collate(examples: Sequence[Encoded], pad_id: int) -> Batch:
 class Examples:
     """Encoded training examples and the deterministic order they are drawn in."""
 
-    def __init__(self, examples: list[Encoded], pad_id: int) -> None:
+    def __init__(self, examples: list[Encoded], pad_id: int, collate_fn=None) -> None:
         if not examples:
             raise LlmkitError("no training examples", "check [task] train_file")
         self.examples = examples
         self.pad_id = pad_id
+        self.collate = collate_fn or (lambda rows: collate(rows, pad_id))  # seq2seq adds decoder inputs
         self._orders: dict[tuple[int, int], list[int]] = {}
 
     def __len__(self) -> int:
@@ -216,4 +217,4 @@ class Examples:
         for position in range(start, start + batch_size):
             epoch, offset = divmod(position, len(self.examples))
             rows.append(self.examples[self._order(seed, epoch)[offset]])
-        return collate(rows, self.pad_id)
+        return self.collate(rows)
