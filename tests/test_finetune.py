@@ -585,7 +585,14 @@ def test_instruct_mixes_task_files(llama_base, tmp_path):
     assert sum(u.startswith("Rate it.\n\nReview: ") for u in users) == 60
     assert sum(u.startswith("Text: ") and u.endswith("\nGist:") for u in users) == 20
     assert {c[1]["content"] for c in train if c[0]["content"].startswith("Rate")} == {"negative", "positive"}
-    assert len(dev) == 10
+    # dev: 5 held out of each pool, never trained on; the evaluated items (the last 20 of each file) are unused
+    assert len(dev) == 10 and not {c[0]["content"] for c in dev} & set(users)
+    from llmkit.evaluate.readers import load_data
+    from llmkit.evaluate.tasks import load_task
+
+    evaluated = {f"Text: {item.input}\nGist:" for item in load_data(load_task(gen)).items}
+    assert len(evaluated) == 20
+    assert not evaluated & (set(users) | {c[0]["content"] for c in dev})
     task = {"files": [str(sent), str(gen)], "weights": [3.0, 1.0], "max_train_examples": 80, "dev_limit": 5}
     cfg = _text_config(tmp_path, llama_base / "llmkit", "instruct", "", "", task, steps=30, eval_interval=30)
     finetune(load_finetune_config(cfg))

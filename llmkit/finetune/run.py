@@ -307,7 +307,7 @@ class FinetuneRun(Run):
             training={
                 "task": f.task.kind,
                 "method": f.method.name,
-                "train_file": f.task.train_file or f.task.data,
+                "train_file": f.task.train_file or f.task.data or ", ".join(f.task.files),
                 "steps": self.state.step,
                 "batch_size": self.rows,
                 "lr": self.cfg.lr,

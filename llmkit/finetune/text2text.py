@@ -165,38 +165,44 @@ def read_task_mix(
 ) -> tuple[list[Conversation], list[Conversation]]:
     """FLAN-style mix of task files (tasks/*.toml): each example becomes one user turn (the task's
     instruction and its prompt template around the input, ending with the answer cue) and the
-    assistant's answer (the label word, or the first reference). Training examples come from the
-    task's demonstration pool, dev examples from its evaluated items (the first ``dev_limit``).
+    assistant's answer (the label word, or the first reference).
 
-    Each file gets ``weights[i] / sum(weights)`` of ``total`` training examples (``total`` 0: the
-    pools' summed size), drawn from a seeded shuffle of its pool and cycled when it is smaller."""
+    Everything comes from each task's demonstration pool ([examples], or the split-off pool): a
+    seeded shuffle of it gives ``dev_limit`` dev examples and the training rest, so the items
+    `llmkit eval` scores (SST-2 dev, DialogSum test) are neither trained on nor used to pick the best
+    checkpoint. Each file gets ``weights[i] / sum(weights)`` of ``total`` training examples (``total``
+    0: the summed training parts), cycled when its part is smaller."""
     from llmkit.evaluate.readers import load_data
     from llmkit.evaluate.tasks import load_task
 
-    pools, devs = [], []
+    rng = random.Random(seed)
+    parts, dev = [], []
     for name in files:
         task = load_task(name)
-        data = load_data(task)
         fmt = task.prompt
         head = fmt.instruction + fmt.example_separator if fmt.instruction else ""
-
-        def user(text: str, fmt=fmt, head=head) -> str:
-            return head + fmt.template.format(input=text) + fmt.cue_separator + fmt.answer_cue
-
-        pools.append([_pair(user(e.input), e.answer) for e in data.pool])
-        answer = lambda item, task=task: task.labels[item.label] if item.label is not None else item.references[0]
-        devs += [_pair(user(item.input), answer(item)) for item in data.items[:dev_limit]]
-    weights = list(weights) or [float(len(p)) for p in pools]
-    total = total or sum(len(p) for p in pools)
-    rng = random.Random(seed)
-    train: list[Conversation] = []
-    for pool, weight in zip(pools, weights, strict=True):
+        pool = load_data(task).pool
+        if len(pool) <= dev_limit:
+            raise LlmkitError(
+                f"{name}: {len(pool)} training examples cannot give {dev_limit} dev examples and leave any to train on",
+                "lower --task.dev_limit",
+            )
         order = list(range(len(pool)))
         rng.shuffle(order)
+        rows = [
+            _pair(head + fmt.template.format(input=pool[i].input) + fmt.cue_separator + fmt.answer_cue, pool[i].answer)
+            for i in order
+        ]
+        dev += rows[:dev_limit]
+        parts.append(rows[dev_limit:])
+    weights = list(weights) or [float(len(p)) for p in parts]
+    total = total or sum(len(p) for p in parts)
+    train: list[Conversation] = []
+    for part, weight in zip(parts, weights, strict=True):
         count = round(total * weight / sum(weights))
-        train += [pool[order[i % len(pool)]] for i in range(count)]
-    rng.shuffle(train)  # the loop shuffles again per epoch; this mixes a max_train_examples cut too
-    return train, devs
+        train += [part[i % len(part)] for i in range(count)]
+    rng.shuffle(train)  # files interleaved (the loop shuffles again per epoch)
+    return train, dev
 
 
 # ---- instruct: encoding -----------------------------------------------------------------------------
