@@ -478,6 +478,20 @@ def test_seq2seq_learns(t5_base, tmp_path):
     assert (tmp_path / "run" / "best" / checkpoint.WEIGHTS).is_file()
 
 
+def test_seq2seq_translation_tsv_scores_bleu(t5_base, tmp_path):
+    """A headerless TSV (as fra-eng's "English<TAB>French"), named by ``columns``; metric chrf picks the best."""
+    rows = [(t, s) for s, t in _pairs(140, 3)]
+    (tmp_path / "pairs.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in rows))
+    task = {"columns": ["target", "source"], "text_field": "source", "label_field": "target", "metric": "chrf",
+            "dev_limit": 8, "max_new_tokens": 8, "max_dev_examples": 20}  # fmt: skip
+    path = tmp_path / "pairs.tsv"
+    cfg = _text_config(tmp_path, t5_base / "llmkit", "seq2seq", path, path, task, steps=30, eval_interval=30)
+    summary = finetune(load_finetune_config(cfg))
+    evals = _evals(tmp_path / "run")
+    assert {"bleu", "chrf"} <= set(evals[-1]) and summary["best"] == max(e["chrf"] for e in evals)
+    assert evals[-1]["chrf"] > evals[0]["chrf"]
+
+
 def _labelled_text(tokenizer, encoded) -> list[str]:
     """The text of each run of consecutive labelled tokens (the positions the loss covers)."""
     runs, current = [], []

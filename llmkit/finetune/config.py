@@ -63,6 +63,7 @@ class TaskConfig:
     data: str = ""  # continue: the token directory
     text_field: str = "sentence"
     label_field: str = "label"
+    columns: list[str] = field(default_factory=list)  # TSV without a header row: its column names, in order
     labels: list[str] = field(default_factory=list)  # every label (tag); empty: those of the training file, sorted
     max_train_examples: int = 0  # 0: all; else the first N (a subsample, for quick runs and benches)
     max_dev_examples: int = 0
@@ -90,6 +91,8 @@ class TaskConfig:
             )
         if self.dev_limit < 1 or self.max_new_tokens < 1:
             raise LlmkitError("dev_limit and max_new_tokens must be >= 1", "change --task.dev_limit / max_new_tokens")
+        if isinstance(self.columns, str):
+            self.columns = [name.strip() for name in self.columns.split(",") if name.strip()]
         if isinstance(self.files, str):
             self.files = [name.strip() for name in self.files.split(",") if name.strip()]
         if isinstance(self.weights, str):

@@ -32,8 +32,11 @@ LABEL_SEEDS = 2  # stream of derived seeds for the epoch permutations (train/eva
 
 
 # ---- reading --------------------------------------------------------------------------------
-def read_labelled(path: str | os.PathLike, text_field: str, label_field: str) -> list[tuple[str, str]]:
-    """(text, label) rows of a TSV file with a header row, or of a JSONL file (``.jsonl``)."""
+def read_labelled(
+    path: str | os.PathLike, text_field: str, label_field: str, columns: Sequence[str] = ()
+) -> list[tuple[str, str]]:
+    """(text, label) rows of a TSV file with a header row (or without one, its ``columns`` named), or
+    of a JSONL file (``.jsonl``)."""
     path = _existing(path)
     rows: list[tuple[str, str]] = []
     with open_text(path, newline="") as f:
@@ -47,8 +50,8 @@ def read_labelled(path: str | os.PathLike, text_field: str, label_field: str) ->
                     raise LlmkitError(f"{path}:{number}: not valid JSON ({err})", "one JSON object per line") from None
                 rows.append(_pick(record, text_field, label_field, f"{path}:{number}"))
         else:
-            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            for number, record in enumerate(reader, 2):
+            reader = csv.DictReader(f, fieldnames=list(columns) or None, delimiter="\t", quoting=csv.QUOTE_NONE)
+            for number, record in enumerate(reader, 1 if columns else 2):
                 rows.append(_pick(record, text_field, label_field, f"{path}:{number}"))
     if not rows:
         raise LlmkitError(f"{path}: no examples", "the file holds a header row and one example per line")

@@ -92,8 +92,8 @@ class FinetuneRun(Run):
         if not task.train_file or not task.dev_file:
             raise LlmkitError(f"task '{task.kind}' needs train_file and dev_file", "set them in [task]")
         if task.kind == "classify":
-            train = fdata.read_labelled(task.train_file, task.text_field, task.label_field)
-            dev = fdata.read_labelled(task.dev_file, task.text_field, task.label_field)
+            train = fdata.read_labelled(task.train_file, task.text_field, task.label_field, task.columns)
+            dev = fdata.read_labelled(task.dev_file, task.text_field, task.label_field, task.columns)
             train_labels, dev_labels = [label for _, label in train], [label for _, label in dev]
             encode = fdata.encode_classify
         else:
@@ -133,8 +133,8 @@ class FinetuneRun(Run):
             train = text2text.read_conversations(task.train_file, task.text_field, task.label_field)
             dev = text2text.read_conversations(task.dev_file, task.text_field, task.label_field)
         else:
-            train = fdata.read_labelled(task.train_file, task.text_field, task.label_field)
-            dev = fdata.read_labelled(task.dev_file, task.text_field, task.label_field)
+            train = fdata.read_labelled(task.train_file, task.text_field, task.label_field, task.columns)
+            dev = fdata.read_labelled(task.dev_file, task.text_field, task.label_field, task.columns)
         train = train[: task.max_train_examples or None]
         dev = dev[: task.max_dev_examples or None]
         if task.kind == "instruct":
