@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -149,9 +150,9 @@ class FinetuneRun(Run):
                                                         block)  # fmt: skip
             return model_cfg
         start = model_cfg.decoder_start_token_id if model_cfg.decoder_start_token_id is not None else pad
-        self.collate = lambda rows: text2text.collate_seq2seq(rows, pad, start)
+        collate = functools.partial(text2text.collate_seq2seq, pad_id=pad, start_id=start)
         self.train_examples = fdata.Examples(text2text.encode_seq2seq(self.tokenizer, train, block, block), pad,
-                                             self.collate)  # fmt: skip
+                                             collate)  # fmt: skip
         self.dev_examples = text2text.encode_seq2seq(self.tokenizer, dev, block, block)
         self.dev_gold = [target for _, target in dev]
         return model_cfg
@@ -239,14 +240,13 @@ class FinetuneRun(Run):
             else:
                 for row in range(len(labels)):
                     predictions.append([self.labels[i] for i in predicted[row][labels[row] != IGNORE_INDEX].tolist()])
-        model.train()
         scores = {"val_loss": loss_sum / max(count, 1)}
+        if self.fcfg.task.kind == "seq2seq":
+            scores.update(self._generate_scores(model))  # in eval mode: no dropout in the outputs scored
+        model.train()
         if self.fcfg.task.kind == "instruct":
-            model.train()
             return {**scores, "val_ppl": perplexity(scores["val_loss"])}
         if self.fcfg.task.kind == "seq2seq":
-            scores.update(self._generate_scores(model))
-            model.train()
             return scores
         if self.fcfg.task.kind == "classify":
             return {**scores, **score_classify(self.dev_gold, predictions)}
@@ -273,7 +273,7 @@ class FinetuneRun(Run):
                 task.max_new_tokens,
                 self.state.autocast,
             )
-            outputs += [self.tokenizer.decode(ids).strip() for ids in rows]  # fmt: skip
+            outputs += [self.tokenizer.decode(ids).strip() for ids in rows]
         references = [[gold] for gold in self.dev_gold[: len(examples)]]
         if task.metric == "rougeL":
             return rouge(outputs, references)
