@@ -385,3 +385,256 @@ def test_cli_bad_input_exits_2_with_one_line(bert_base, tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode == 2 and "unknown task kind 'ner'" in run.stderr
+
+
+# ---- seq2seq and instruct ---------------------------------------------------------------------
+# a short ChatML-like template (the tiny BPE splits ChatML's <|im_start|> into many bytes): "[role]" lines and
+# EOS as the end-of-turn marker, as Llama 2's template ends turns with </s>
+CHATML = (
+    "{% for m in messages %}{{ '[' + m['role'] + ']\\n' + m['content'] + eos_token + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '[assistant]\\n' }}{% endif %}"
+)
+
+
+def _pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    """A tiny text-to-text task: the target is the input's GOOD/BAD word and its sentiment."""
+    return [(text, ("good " if label == "1" else "bad ") + next(w for w in text.split() if w in GOOD + BAD))
+            for text, label in _sentences(n, seed)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def t5_base(bpe, tmp_path_factory):
+    """A random T5 v1.1 (pad 1, EOS 0 as the BPE tokenizer has them) converted to llmkit."""
+    root = tmp_path_factory.mktemp("t5")
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        vocab_size=300, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
+        relative_attention_num_buckets=16, relative_attention_max_distance=20, dropout_rate=0.0,
+        feed_forward_proj="gated-gelu", pad_token_id=1, eos_token_id=0, decoder_start_token_id=1,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    hf = randomize(transformers.T5ForConditionalGeneration(config))
+    from_hf(_save_hf(hf, bpe, root / "hf"), root / "llmkit")
+    return root
+
+
+@pytest.fixture(scope="module")
+def llama_base(bpe, tmp_path_factory):
+    root = tmp_path_factory.mktemp("llama")
+    torch.manual_seed(0)
+    hf = randomize(transformers.LlamaForCausalLM(llama_config()))
+    from_hf(_save_hf(hf, bpe, root / "hf"), root / "llmkit")
+    # a chat template, as converted instruct models (SmolLM2) keep it in tokenizer_config.json
+    config = json.loads((root / "llmkit" / "tokenizer_config.json").read_text())
+    (root / "llmkit" / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": CHATML}))
+    checkpoint.write_manifest(root / "llmkit")
+    return root
+
+
+@torch.no_grad()
+def test_seq2seq_loss_equals_transformers(t5_base, bpe):
+    """Teacher forcing: our batch (inputs, shifted decoder inputs, -100 on padding) gives the loss
+    T5ForConditionalGeneration computes from the same ids with ``labels``."""
+    from llmkit.finetune.text2text import collate_seq2seq, encode_seq2seq
+
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(t5_base / "hf").eval()
+    ours = checkpoint.load(t5_base / "llmkit")
+    examples = encode_seq2seq(bpe, _pairs(3, 5) + [("a", "the film was really quite a story")], 64, 64)
+    assert all(e.ids[-1] == 0 and e.labels[-1] == 0 for e in examples)  # EOS ends both sides
+    batch = collate_seq2seq(examples, pad_id=1, start_id=1)
+    assert (batch.labels == -100).any()  # rows of different target lengths: padding is ignored
+    theirs = hf(input_ids=batch.inputs["input_ids"], attention_mask=batch.inputs["attention_mask"], labels=batch.labels)
+    mine = lm_loss(ours(**batch.inputs).logits, batch.labels)
+    assert abs(float(mine) - float(theirs.loss)) < ATOL
+
+
+def _text_config(tmp_path: Path, base: Path, kind: str, train_file: Path, dev_file: Path, task=None, **train) -> Path:
+    settings = {"steps": 40, "batch_size": 8, "lr": 3e-3, "warmup_steps": 4, "eval_interval": 20, "block_size": 48,
+                "save_interval": 20, "log_interval": 5, "dtype": "fp32", "device": "cpu",
+                "out_dir": str(tmp_path / "run"), **train}  # fmt: skip
+    task = {"kind": kind, "train_file": str(train_file), "dev_file": str(dev_file), **(task or {})}
+    lines = [f'[model]\ninit_from = "{base}"\n', "[task]"] + [f"{k} = {json.dumps(v)}" for k, v in task.items()]
+    lines += ["", "[train]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    path = tmp_path / "ft.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_seq2seq_learns(t5_base, tmp_path):
+    train = _write_jsonl(tmp_path / "train.jsonl", [{"src": s, "tgt": t} for s, t in _pairs(160, 1)])
+    dev = _write_jsonl(tmp_path / "dev.jsonl", [{"src": s, "tgt": t} for s, t in _pairs(24, 2)])
+    task = {"text_field": "src", "label_field": "tgt", "dev_limit": 16, "max_new_tokens": 8}
+    summary = finetune(load_finetune_config(_text_config(tmp_path, t5_base / "llmkit", "seq2seq", train, dev, task,
+                                                         steps=60, eval_interval=30)))  # fmt: skip
+    evals = _evals(tmp_path / "run")
+    assert [e["step"] for e in evals] == [0, 30, 60]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0
+    assert evals[-1]["rougeL"] > evals[0]["rougeL"] and summary["best"] == max(e["rougeL"] for e in evals)
+    assert (tmp_path / "run" / "best" / checkpoint.WEIGHTS).is_file()
+
+
+def test_seq2seq_translation_tsv_scores_bleu(t5_base, tmp_path):
+    """A headerless TSV (as fra-eng's "English<TAB>French"), named by ``columns``; metric chrf picks the best."""
+    rows = [(t, s) for s, t in _pairs(140, 3)]
+    (tmp_path / "pairs.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in rows))
+    task = {"columns": ["target", "source"], "text_field": "source", "label_field": "target", "metric": "chrf",
+            "dev_limit": 8, "max_new_tokens": 8, "max_dev_examples": 20}  # fmt: skip
+    path = tmp_path / "pairs.tsv"
+    cfg = _text_config(tmp_path, t5_base / "llmkit", "seq2seq", path, path, task, steps=30, eval_interval=30)
+    summary = finetune(load_finetune_config(cfg))
+    evals = _evals(tmp_path / "run")
+    assert {"bleu", "chrf"} <= set(evals[-1]) and summary["best"] == max(e["chrf"] for e in evals)
+    assert evals[-1]["chrf"] > evals[0]["chrf"]
+
+
+def _labelled_text(tokenizer, encoded) -> list[str]:
+    """The text of each run of consecutive labelled tokens (the positions the loss covers)."""
+    runs, current = [], []
+    for label in encoded.labels:
+        if label == -100:
+            if current:
+                runs.append(tokenizer.decode(current, skip_special_tokens=False))
+            current = []
+        else:
+            current.append(label)
+    if current:
+        runs.append(tokenizer.decode(current, skip_special_tokens=False))
+    return runs
+
+
+def test_instruct_mask_covers_exactly_the_responses(bpe):
+    """Token by token: the labelled positions are the assistant turns (with the template's end marker,
+    or EOS for the plain template), nothing of the system/user turns or generation prompts."""
+    from llmkit.chat.template import ChatTemplate
+    from llmkit.finetune.text2text import encode_instruct
+
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the film was"},
+                {"role": "assistant", "content": "great"}, {"role": "user", "content": "and the plot"},
+                {"role": "assistant", "content": "dull and poor"}]  # fmt: skip
+    chatml = encode_instruct(bpe, ChatTemplate(CHATML, {"eos_token": "<|endoftext|>"}), [messages], 200)[0]
+    assert _labelled_text(bpe, chatml) == ["great<|endoftext|>\n", "dull and poor<|endoftext|>\n"]
+    assert len(chatml.ids) == len(chatml.labels)
+    plain = encode_instruct(bpe, ChatTemplate(None), [messages[1:3]], 200)[0]
+    assert _labelled_text(bpe, plain) == [" great<|endoftext|>"]
+    full = bpe.decode(plain.ids + [plain.labels[-1]], skip_special_tokens=False)
+    assert full == "User: the film was\nAssistant: great<|endoftext|>"
+
+
+@torch.no_grad()
+def test_instruct_loss_equals_masked_cross_entropy(llama_base, bpe):
+    """The loop's loss on our batch equals a hand-computed mean -log p over the response tokens of
+    transformers' LlamaForCausalLM on the unshifted ids."""
+    from llmkit.chat.template import ChatTemplate
+    from llmkit.finetune.data import collate
+    from llmkit.finetune.text2text import encode_instruct, read_conversations
+
+    conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r in _pairs(3, 7)]
+    encoded = encode_instruct(bpe, ChatTemplate(CHATML, {"eos_token": "<|endoftext|>"}), conversations, 64)
+    batch = collate(encoded, 1)
+    ours = checkpoint.load(llama_base / "llmkit")
+    mine = float(lm_loss(ours(**batch.inputs).logits, batch.labels))
+    hf = transformers.LlamaForCausalLM.from_pretrained(llama_base / "hf").eval()
+    total, count = 0.0, 0
+    for e in encoded:
+        ids = e.ids + [next(label for label in reversed(e.labels) if label != -100)]  # the full sequence
+        logp = torch.log_softmax(hf(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+        for t in range(len(ids) - 1):
+            if e.labels[t] != -100:
+                assert e.labels[t] == ids[t + 1]
+                total -= float(logp[t, ids[t + 1]])
+                count += 1
+    assert count > 3 * 3 and abs(mine - total / count) < ATOL
+    assert read_conversations  # the reader is exercised by the run tests
+
+
+def test_instruct_learns_with_packing(llama_base, tmp_path):
+    rows = [
+        {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]} for p, r in _pairs(160, 1)
+    ]
+    train = _write_jsonl(tmp_path / "train.jsonl", rows)
+    dev = _write_jsonl(tmp_path / "dev.jsonl", [{"prompt": p, "response": r} for p, r in _pairs(24, 2)])
+    task = {"text_field": "prompt", "label_field": "response", "pack": True}
+    summary = finetune(
+        load_finetune_config(_text_config(tmp_path, llama_base / "llmkit", "instruct", train, dev, task))
+    )
+    evals = _evals(tmp_path / "run")
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0
+    assert summary["best"] == min(e["val_loss"] for e in evals)
+    from llmkit.chat.template import ChatTemplate
+
+    assert ChatTemplate.from_dir(tmp_path / "run" / "best").source == CHATML  # the tuned model keeps its template
+
+
+def _task_toml(*lines: str) -> str:
+    return "\n".join(lines) + "\n"
+
+
+def test_instruct_mixes_task_files(llama_base, tmp_path):
+    """files = two task files with weights 3:1: the training set holds them 3:1, each rendered
+    through its own prompt format, and the run learns."""
+    from llmkit.finetune.text2text import read_task_mix
+
+    data = _write_tsv(tmp_path / "s.tsv", _sentences(80, 3))
+    sent = tmp_path / "sent.toml"
+    sent.write_text(_task_toml(
+        'name = "s"', 'kind = "classification"', 'metrics = ["accuracy"]', "pool_size = 60", "[prompt]",
+        'instruction = "Rate it."', 'template = "Review: {input}"', 'answer_cue = "Sentiment:"', "[labels]",
+        '0 = "negative"', '1 = "positive"', "[data]", f'path = "{data}"', 'format = "tsv"', 'input_field = "sentence"',
+        'label_field = "label"',
+    ))  # fmt: skip
+    pairs = _write_jsonl(tmp_path / "p.jsonl", [{"i": s, "o": t} for s, t in _pairs(80, 4)])
+    gen = tmp_path / "gen.toml"
+    gen.write_text(_task_toml(
+        'name = "g"', 'kind = "generation"', 'metrics = ["rouge"]', "pool_size = 60", "[prompt]",
+        'template = "Text: {input}"', 'answer_cue = "Gist:"', "[data]", f'path = "{pairs}"', 'format = "jsonl"',
+        'input_field = "i"', 'label_field = "o"',
+    ))  # fmt: skip
+    train, dev = read_task_mix([str(sent), str(gen)], [3.0, 1.0], 80, 5, seed=0)
+    users = [c[0]["content"] for c in train]
+    assert sum(u.startswith("Rate it.\n\nReview: ") for u in users) == 60
+    assert sum(u.startswith("Text: ") and u.endswith("\nGist:") for u in users) == 20
+    assert {c[1]["content"] for c in train if c[0]["content"].startswith("Rate")} == {"negative", "positive"}
+    # dev: 5 held out of each pool, never trained on; the evaluated items (the last 20 of each file) are unused
+    assert len(dev) == 10 and not {c[0]["content"] for c in dev} & set(users)
+    from llmkit.evaluate.readers import load_data
+    from llmkit.evaluate.tasks import load_task
+
+    evaluated = {f"Text: {item.input}\nGist:" for item in load_data(load_task(gen)).items}
+    assert len(evaluated) == 20
+    assert not evaluated & (set(users) | {c[0]["content"] for c in dev})
+    task = {"files": [str(sent), str(gen)], "weights": [3.0, 1.0], "max_train_examples": 80, "dev_limit": 5}
+    cfg = _text_config(tmp_path, llama_base / "llmkit", "instruct", "", "", task, steps=30, eval_interval=30)
+    finetune(load_finetune_config(cfg))
+    evals = _evals(tmp_path / "run")
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
+
+
+def test_instruct_bad_input_is_one_line(llama_base, tmp_path):
+    no_reply = _write_jsonl(tmp_path / "x.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    cfg = _text_config(tmp_path, llama_base / "llmkit", "instruct", no_reply, no_reply)
+    with pytest.raises(LlmkitError, match=r"x.jsonl:1: the conversation has no assistant turn"):
+        finetune(load_finetune_config(cfg))
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        _task_toml(
+            'name = "b"',
+            'kind = "generation"',
+            'metrics = ["rouge"]',
+            "[prompt]",
+            'template = "Review:"',
+            "[data]",
+            f'path = "{no_reply}"',
+            'format = "jsonl"',
+        )
+    )
+    cfg = _text_config(tmp_path, llama_base / "llmkit", "instruct", "", "", {"files": [str(bad)]})
+    with pytest.raises(LlmkitError, match=r"has no \{input\} placeholder"):
+        finetune(load_finetune_config(cfg))
+    run = subprocess.run([sys.executable, "-m", "llmkit", "finetune", "--config", str(cfg), "--task.kind", "seq2seq",
+                          "--task.files", ""], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 2 and "needs a encoder_decoder model" in run.stderr and "Traceback" not in run.stderr

@@ -1,8 +1,10 @@
 """Fine-tuning: ``finetune(load_finetune_config(FILE))`` adapts an existing checkpoint to a task
-(classify, tokens, continue) through the shared training loop (llmkit.train.loop.Run).
+(classify, tokens, continue, seq2seq, instruct) through the shared training loop (llmkit.train.loop.Run).
 
 - ``config``: the [model] / [task] / [method] / [train] tables.
 - ``data``: readers (TSV/JSONL, CoNLL), encoding with label alignment, deterministic batches.
+- ``text2text``: seq2seq pairs (teacher forcing, greedy dev outputs) and instruct conversations
+  (chat template, loss on assistant turns, packing, task-file mixes).
 - ``tasks``: each task's head and metrics.
 - ``run``: ``FinetuneRun`` (the loop's hooks) and ``freeze``.
 """

@@ -15,7 +15,8 @@ from llmkit.config import TrainConfig
 from llmkit.errors import LlmkitError
 from llmkit.files import read_toml
 
-TASK_KINDS = ("classify", "tokens", "continue")
+TASK_KINDS = ("classify", "tokens", "continue", "seq2seq", "instruct")
+SEQ2SEQ_METRICS = ("rougeL", "bleu", "chrf")
 METHODS = ("full", "freeze", "lora", "qlora")
 TABLES = ("model", "task", "method", "train")
 
@@ -51,18 +52,28 @@ class TaskConfig:
     classify: TSV (a header row naming the columns) or JSONL rows with ``text_field`` and
     ``label_field``. tokens: CoNLL files (one ``word TAG`` per line, a blank line between
     sentences, BIO tags). continue: ``data`` is a directory written by `llmkit data tokenize`.
+    seq2seq: TSV or JSONL pairs, ``text_field`` the input and ``label_field`` the target.
+    instruct: JSONL of chat ``messages`` or of ``text_field`` (prompt) / ``label_field`` (response)
+    rows, or ``files``: tasks/*.toml files mixed by ``weights``.
     """
 
-    kind: str = "classify"  # classify | tokens | continue
+    kind: str = "classify"  # classify | tokens | continue | seq2seq | instruct
     train_file: str = ""
     dev_file: str = ""
     data: str = ""  # continue: the token directory
     text_field: str = "sentence"
     label_field: str = "label"
+    columns: list[str] = field(default_factory=list)  # TSV without a header row: its column names, in order
     labels: list[str] = field(default_factory=list)  # every label (tag); empty: those of the training file, sorted
     max_train_examples: int = 0  # 0: all; else the first N (a subsample, for quick runs and benches)
     max_dev_examples: int = 0
     eval_batch_size: int = 64
+    metric: str = "rougeL"  # seq2seq: the dev metric of greedy outputs (rougeL | bleu | chrf)
+    dev_limit: int = 100  # seq2seq: dev examples generated for the metric; instruct with files: dev items per file
+    max_new_tokens: int = 64  # seq2seq: generation length on the dev split
+    pack: bool = False  # instruct: concatenate examples into full block_size windows
+    files: list[str] = field(default_factory=list)  # instruct: task files (tasks/*.toml) mixed FLAN-style
+    weights: list[float] = field(default_factory=list)  # instruct: each file's share of the mix; empty: by size
 
     def __post_init__(self) -> None:
         if self.kind not in TASK_KINDS:
@@ -74,6 +85,22 @@ class TaskConfig:
                 raise LlmkitError(f"{name}={getattr(self, name)} must be >= 0", f"change --task.{name}")
         if self.eval_batch_size < 1:
             raise LlmkitError(f"eval_batch_size={self.eval_batch_size} must be >= 1", "change --task.eval_batch_size")
+        if self.metric not in SEQ2SEQ_METRICS:
+            raise LlmkitError(
+                f"unknown metric '{self.metric}'", f"[task] metric is one of: {', '.join(SEQ2SEQ_METRICS)}"
+            )
+        if self.dev_limit < 1 or self.max_new_tokens < 1:
+            raise LlmkitError("dev_limit and max_new_tokens must be >= 1", "change --task.dev_limit / max_new_tokens")
+        if isinstance(self.columns, str):
+            self.columns = [name.strip() for name in self.columns.split(",") if name.strip()]
+        if isinstance(self.files, str):
+            self.files = [name.strip() for name in self.files.split(",") if name.strip()]
+        if isinstance(self.weights, str):
+            self.weights = [float(w) for w in self.weights.split(",") if w.strip()]
+        if self.weights and (len(self.weights) != len(self.files) or min(self.weights) <= 0):
+            raise LlmkitError(
+                f"[task] weights {self.weights} do not fit files {self.files}", "give one positive weight per file"
+            )
         if len(set(self.labels)) != len(self.labels):
             raise LlmkitError("[task] labels lists a label twice", "give each label once")
 

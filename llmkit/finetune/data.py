@@ -32,8 +32,11 @@ LABEL_SEEDS = 2  # stream of derived seeds for the epoch permutations (train/eva
 
 
 # ---- reading --------------------------------------------------------------------------------
-def read_labelled(path: str | os.PathLike, text_field: str, label_field: str) -> list[tuple[str, str]]:
-    """(text, label) rows of a TSV file with a header row, or of a JSONL file (``.jsonl``)."""
+def read_labelled(
+    path: str | os.PathLike, text_field: str, label_field: str, columns: Sequence[str] = ()
+) -> list[tuple[str, str]]:
+    """(text, label) rows of a TSV file with a header row (or without one, its ``columns`` named), or
+    of a JSONL file (``.jsonl``)."""
     path = _existing(path)
     rows: list[tuple[str, str]] = []
     with open_text(path, newline="") as f:
@@ -47,8 +50,8 @@ def read_labelled(path: str | os.PathLike, text_field: str, label_field: str) ->
                     raise LlmkitError(f"{path}:{number}: not valid JSON ({err})", "one JSON object per line") from None
                 rows.append(_pick(record, text_field, label_field, f"{path}:{number}"))
         else:
-            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-            for number, record in enumerate(reader, 2):
+            reader = csv.DictReader(f, fieldnames=list(columns) or None, delimiter="\t", quoting=csv.QUOTE_NONE)
+            for number, record in enumerate(reader, 1 if columns else 2):
                 rows.append(_pick(record, text_field, label_field, f"{path}:{number}"))
     if not rows:
         raise LlmkitError(f"{path}: no examples", "the file holds a header row and one example per line")
@@ -189,11 +192,12 @@ def collate(examples: Sequence[Encoded], pad_id: int) -> Batch:
 class Examples:
     """Encoded training examples and the deterministic order they are drawn in."""
 
-    def __init__(self, examples: list[Encoded], pad_id: int) -> None:
+    def __init__(self, examples: list[Encoded], pad_id: int, collate_fn=None) -> None:
         if not examples:
             raise LlmkitError("no training examples", "check [task] train_file")
         self.examples = examples
         self.pad_id = pad_id
+        self.collate = collate_fn or (lambda rows: collate(rows, pad_id))  # seq2seq adds decoder inputs
         self._orders: dict[tuple[int, int], list[int]] = {}
 
     def __len__(self) -> int:
@@ -216,4 +220,4 @@ class Examples:
         for position in range(start, start + batch_size):
             epoch, offset = divmod(position, len(self.examples))
             rows.append(self.examples[self._order(seed, epoch)[offset]])
-        return collate(rows, self.pad_id)
+        return self.collate(rows)

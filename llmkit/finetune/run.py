@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,9 @@ from llmkit.config import ModelConfig, TrainConfig
 from llmkit.data.datasets import TokenDataset
 from llmkit.errors import LlmkitError
 from llmkit.finetune import data as fdata
+from llmkit.finetune import text2text
 from llmkit.finetune.config import FinetuneConfig
-from llmkit.finetune.tasks import BEST_METRIC, head_config, score_classify, score_tokens
+from llmkit.finetune.tasks import BEST_METRIC, LOWER_IS_BETTER, head_config, score_classify, score_tokens
 from llmkit.lora import LoraConfig, apply_lora, merge_lora, save_adapter
 from llmkit.model_card import ModelCard
 from llmkit.models import build_model
@@ -62,8 +64,8 @@ class FinetuneRun(Run):
         self.fcfg = cfg
         self.root = Path(cfg.train.out_dir)
         self.best_dir = self.root / BEST
-        self.best_metric = BEST_METRIC[cfg.task.kind]
-        self.best_lower = cfg.task.kind == "continue"
+        self.best_metric = cfg.task.metric if cfg.task.kind == "seq2seq" else BEST_METRIC[cfg.task.kind]
+        self.best_lower = cfg.task.kind in LOWER_IS_BETTER
         self.base = _load_base(cfg.model.init_from)
         self.tokenizer = self.base.tokenizer
         train_cfg = dataclasses.replace(cfg.train, out_dir=str(self.root / LAST))
@@ -86,11 +88,13 @@ class FinetuneRun(Run):
             model_cfg = head_config(base_cfg, "continue", [], self.fcfg.model.dropout)
             self.objective = make_objective(model_cfg, train_cfg, self.tokenizer)
             return model_cfg
+        if task.kind in ("seq2seq", "instruct"):
+            return self._prepare_text(train_cfg)
         if not task.train_file or not task.dev_file:
             raise LlmkitError(f"task '{task.kind}' needs train_file and dev_file", "set them in [task]")
         if task.kind == "classify":
-            train = fdata.read_labelled(task.train_file, task.text_field, task.label_field)
-            dev = fdata.read_labelled(task.dev_file, task.text_field, task.label_field)
+            train = fdata.read_labelled(task.train_file, task.text_field, task.label_field, task.columns)
+            dev = fdata.read_labelled(task.dev_file, task.text_field, task.label_field, task.columns)
             train_labels, dev_labels = [label for _, label in train], [label for _, label in dev]
             encode = fdata.encode_classify
         else:
@@ -112,6 +116,45 @@ class FinetuneRun(Run):
         self.dev_examples = encode(self.tokenizer, dev, labels, block)
         self.dev_gold = [label for _, label in dev] if task.kind == "classify" else [tags for _, tags in dev]
         self.labels = labels
+        return model_cfg
+
+    def _prepare_text(self, train_cfg: TrainConfig) -> ModelConfig:
+        """seq2seq and instruct: the model keeps its LM head; examples are token sequences (text2text)."""
+        task = self.fcfg.task
+        model_cfg = head_config(self.base.config, task.kind, [], self.fcfg.model.dropout)
+        pad = _pad_id(self.tokenizer, model_cfg)
+        block = min(train_cfg.block_size, model_cfg.max_seq_len)
+        self.labels = []
+        if task.kind == "instruct" and task.files:
+            train, dev = text2text.read_task_mix(task.files, task.weights, task.max_train_examples, task.dev_limit,
+                                                 train_cfg.seed)  # fmt: skip
+        elif not task.train_file or not task.dev_file:
+            raise LlmkitError(f"task '{task.kind}' needs train_file and dev_file (or files)", "set them in [task]")
+        elif task.kind == "instruct":
+            train = text2text.read_conversations(task.train_file, task.text_field, task.label_field)
+            dev = text2text.read_conversations(task.dev_file, task.text_field, task.label_field)
+        else:
+            train = fdata.read_labelled(task.train_file, task.text_field, task.label_field, task.columns)
+            dev = fdata.read_labelled(task.dev_file, task.text_field, task.label_field, task.columns)
+        train = train[: task.max_train_examples or None]
+        dev = dev[: task.max_dev_examples or None]
+        if task.kind == "instruct":
+            template = text2text.ChatTemplate.for_model(self.fcfg.model.init_from, self.tokenizer)
+            if template.source is not None:
+                self.tokenizer = text2text.TemplatedTokenizer(self.tokenizer, template.source)
+            encoded = text2text.with_response(text2text.encode_instruct(self.tokenizer, template, train, block), block)
+            if task.pack:
+                encoded = text2text.pack(encoded, block)
+            self.train_examples = fdata.Examples(encoded, pad)
+            self.dev_examples = text2text.with_response(text2text.encode_instruct(self.tokenizer, template, dev, block),
+                                                        block)  # fmt: skip
+            return model_cfg
+        start = model_cfg.decoder_start_token_id if model_cfg.decoder_start_token_id is not None else pad
+        collate = functools.partial(text2text.collate_seq2seq, pad_id=pad, start_id=start)
+        self.train_examples = fdata.Examples(text2text.encode_seq2seq(self.tokenizer, train, block, block), pad,
+                                             collate)  # fmt: skip
+        self.dev_examples = text2text.encode_seq2seq(self.tokenizer, dev, block, block)
+        self.dev_gold = [target for _, target in dev]
         return model_cfg
 
     # ---- hooks of the loop ----
@@ -181,13 +224,15 @@ class FinetuneRun(Run):
         loss_sum, count, predictions = 0.0, 0, []
         size = self.fcfg.task.eval_batch_size
         for start in range(0, len(self.dev_examples), size):
-            batch = fdata.collate(self.dev_examples[start : start + size], self.train_examples.pad_id)
+            batch = self.train_examples.collate(self.dev_examples[start : start + size])
             batch = batch.to(self.env.device)
             with state.autocast:
                 logits = model(**batch.inputs).logits
             n = int((batch.labels != IGNORE_INDEX).sum())
             loss_sum += float(lm_loss(logits, batch.labels)) * n
             count += n
+            if self.fcfg.task.kind in ("seq2seq", "instruct"):
+                continue
             predicted = logits.argmax(-1).cpu()
             labels = batch.labels.cpu()
             if self.fcfg.task.kind == "classify":
@@ -195,13 +240,44 @@ class FinetuneRun(Run):
             else:
                 for row in range(len(labels)):
                     predictions.append([self.labels[i] for i in predicted[row][labels[row] != IGNORE_INDEX].tolist()])
-        model.train()
         scores = {"val_loss": loss_sum / max(count, 1)}
+        if self.fcfg.task.kind == "seq2seq":
+            scores.update(self._generate_scores(model))  # in eval mode: no dropout in the outputs scored
+        model.train()
+        if self.fcfg.task.kind == "instruct":
+            return {**scores, "val_ppl": perplexity(scores["val_loss"])}
+        if self.fcfg.task.kind == "seq2seq":
+            return scores
         if self.fcfg.task.kind == "classify":
             return {**scores, **score_classify(self.dev_gold, predictions)}
         # words cut off by truncation get no prediction: they count as O (missed entities)
         padded = [p + ["O"] * (len(g) - len(p)) for g, p in zip(self.dev_gold, predictions, strict=True)]
         return {**scores, **score_tokens(self.dev_gold, padded)}
+
+    def _generate_scores(self, model: nn.Module) -> dict[str, float]:
+        """seq2seq: greedy outputs for the first ``dev_limit`` dev examples, scored against their targets."""
+        from llmkit.evaluate.metrics import bleu, chrf, rouge
+
+        task, pad = self.fcfg.task, self.train_examples.pad_id
+        start = self.model_cfg.decoder_start_token_id
+        start = pad if start is None else start
+        examples = self.dev_examples[: task.dev_limit]
+        outputs: list[str] = []
+        for first in range(0, len(examples), task.eval_batch_size):
+            rows = text2text.greedy_seq2seq(
+                model,
+                examples[first : first + task.eval_batch_size],
+                pad,
+                start,
+                self.tokenizer.eos_token_id,
+                task.max_new_tokens,
+                self.state.autocast,
+            )
+            outputs += [self.tokenizer.decode(ids).strip() for ids in rows]
+        references = [[gold] for gold in self.dev_gold[: len(examples)]]
+        if task.metric == "rougeL":
+            return rouge(outputs, references)
+        return {"bleu": bleu(outputs, references), "chrf": chrf(outputs, references)}
 
     def check_resumable(self, saved: dict[str, Any]) -> None:
         super().check_resumable(saved)
@@ -231,7 +307,7 @@ class FinetuneRun(Run):
             training={
                 "task": f.task.kind,
                 "method": f.method.name,
-                "train_file": f.task.train_file or f.task.data,
+                "train_file": f.task.train_file or f.task.data or ", ".join(f.task.files),
                 "steps": self.state.step,
                 "batch_size": self.rows,
                 "lr": self.cfg.lr,
@@ -244,7 +320,7 @@ class FinetuneRun(Run):
 def lora_config(method, cfg: ModelConfig, kind: str) -> LoraConfig:
     """The run's LoraConfig: the new head trains in full next to the adapter (peft's
     ``modules_to_save``, as its sequence- and token-classification task types do)."""
-    head = [] if kind == "continue" else ["score" if cfg.family == "decoder" else "classifier"]
+    head = [] if kind in ("continue", "seq2seq", "instruct") else ["score" if cfg.family == "decoder" else "classifier"]
     return LoraConfig(rank=method.rank, alpha=method.alpha, dropout=method.dropout,
                       target_modules=list(method.target_modules), modules_to_save=head)  # fmt: skip
 

@@ -15,7 +15,9 @@ from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
 from llmkit.evaluate.metrics import accuracy, macro_f1
 
-BEST_METRIC = {"classify": "accuracy", "tokens": "f1", "continue": "val_loss"}
+BEST_METRIC = {"classify": "accuracy", "tokens": "f1", "continue": "val_loss", "instruct": "val_loss"}
+LOWER_IS_BETTER = ("continue", "instruct")  # seq2seq's best is its [task] metric (higher is better)
+NEEDS_FAMILY = {"seq2seq": "encoder_decoder", "instruct": "decoder"}
 
 
 def head_config(base: ModelConfig, kind: str, labels: Sequence[str], dropout: float | None) -> ModelConfig:
@@ -26,6 +28,14 @@ def head_config(base: ModelConfig, kind: str, labels: Sequence[str], dropout: fl
             raise LlmkitError(
                 "continued pretraining needs a language-model head, and init_from has none",
                 "start from a checkpoint with its LM head (a decoder, an encoder with an MLM head, or a T5)",
+            )
+        return base.replace(**changes)
+    if kind in NEEDS_FAMILY:
+        if base.family != NEEDS_FAMILY[kind] or base.has_classifier:
+            raise LlmkitError(
+                f"task '{kind}' needs a {NEEDS_FAMILY[kind]} model with its LM head, and init_from is a "
+                f"{base.family}{' with a classifier' if base.has_classifier else ''}",
+                "seq2seq: a T5-family checkpoint; instruct: a decoder (Llama, GPT-2, SmolLM2)",
             )
         return base.replace(**changes)
     label_fields = {"num_labels": len(labels), "labels": list(labels)}
