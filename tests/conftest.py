@@ -102,3 +102,12 @@ def tiny_checkpoint(tiny_tokenizer, tmp_path_factory):
         return built[key]
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _subnormals_restored():
+    """make_state turns on torch.set_flush_denormal for a CPU training process (denormals are ~100x slower);
+    a test that trains in-process must not leave it on for the tests after it (hypothesis, which the
+    fuzz tests use, refuses to run without subnormal floats)."""
+    yield
+    torch.set_flush_denormal(False)
