@@ -340,3 +340,34 @@ def test_cli_help_is_thorough(cli, capsys):
     text = capsys.readouterr().out
     for word in ("--builtin", "--kind", "--vocab-size", "--min-frequency", "--out", "GPT-2", "BERT", "T5"):
         assert word in text
+
+
+@pytest.mark.parametrize("where", ["tokenizer_config.json", "chat_template.jinja"])
+def test_chat_template_survives_load_and_save(tiny_tokenizer, tmp_path, where):
+    """A checkpoint written from a loaded tokenizer (quantize, finetune, lora merge) keeps its chat template."""
+    template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tiny_tokenizer.save(src)
+    if where == "chat_template.jinja":
+        (src / where).write_text(template, encoding="utf-8")
+    else:
+        config = json.loads((src / where).read_text())
+        (src / where).write_text(json.dumps({**config, "chat_template": template}))
+    Tokenizer.from_dir(src).save(dst)
+    assert json.loads((dst / "tokenizer_config.json").read_text())["chat_template"] == template
+    assert Tokenizer.from_dir(dst).chat_template == template
+
+
+def test_quantized_checkpoint_keeps_the_chat_template(tiny_checkpoint, tmp_path):
+    import shutil
+
+    from llmkit.quantize.spec import QuantSpec
+    from llmkit.quantize_checkpoint import quantize_checkpoint
+
+    src = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint(), src)
+    (src / "chat_template.jinja").write_text("{{ messages[0].content }}", encoding="utf-8")
+    (src / "manifest.json").unlink()  # the copy was edited: verified loading would (rightly) refuse it
+    quantize_checkpoint(src, tmp_path / "int8", QuantSpec(method="int8"))
+    config = json.loads((tmp_path / "int8" / "tokenizer_config.json").read_text())
+    assert config["chat_template"] == "{{ messages[0].content }}"

@@ -59,6 +59,9 @@ class Tokenizer:
                 )
         self.backend = backend
         self._roles = dict(special_tokens)
+        # the chat template of tokenizer_config.json (a Jinja string, or HF's list of named templates),
+        # carried so that every checkpoint written from this tokenizer (quantize, finetune, lora merge) keeps it
+        self.chat_template: str | list | None = None
 
     # --- encoding -------------------------------------------------------------------------------
 
@@ -166,6 +169,8 @@ class Tokenizer:
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
         if model_max_length is not None:
             config["model_max_length"] = model_max_length
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
         atomic_write(directory / "tokenizer.json", self.backend.to_str(pretty=True))
         atomic_write(directory / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
@@ -188,7 +193,12 @@ class Tokenizer:
         # them and so do we: batching pads explicitly, and the context window is the model's to enforce.
         backend.no_padding()
         backend.no_truncation()
-        return cls(backend, _roles_for(directory, backend))
+        tokenizer = cls(backend, _roles_for(directory, backend))
+        tokenizer.chat_template = (_read_json(directory / "tokenizer_config.json") or {}).get("chat_template")
+        jinja = directory / "chat_template.jinja"  # transformers' newer place for it, preferred when present
+        if jinja.is_file():
+            tokenizer.chat_template = jinja.read_text(encoding="utf-8")
+        return tokenizer
 
     @classmethod
     def from_hf_dir(cls, directory: str | os.PathLike) -> Tokenizer:
