@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 
 DEFAULT_HISTORY = Path("~/.cache/llmkit/chat_history")
@@ -86,6 +87,9 @@ def run(args: argparse.Namespace) -> None:
             mode = "hybrid" if args.hybrid else "dense"
             session.retrieve = lambda question: search(index, embedder, question, args.k, mode)
             kind += f", sources from {args.index} ({len(index)} chunks)"
+        # Ctrl-C must stop a reply even when the shell started us with SIGINT ignored (a background job, nohup):
+        # a process inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         write(
             f"llmkit chat: {Path(args.model).name}, {window}-token window, {kind}. /help for commands, Ctrl-D leaves.\n"
         )
