@@ -139,9 +139,8 @@ class FinetuneRun(Run):
         train = train[: task.max_train_examples or None]
         dev = dev[: task.max_dev_examples or None]
         if task.kind == "instruct":
+            # the tokenizer carries init_from's chat template, so the tuned checkpoint is saved with it
             template = text2text.ChatTemplate.for_model(self.fcfg.model.init_from, self.tokenizer)
-            if template.source is not None:
-                self.tokenizer = text2text.TemplatedTokenizer(self.tokenizer, template.source)
             encoded = text2text.with_response(text2text.encode_instruct(self.tokenizer, template, train, block), block)
             if task.pack:
                 encoded = text2text.pack(encoded, block)

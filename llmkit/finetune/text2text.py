@@ -280,22 +280,3 @@ def pack(examples: Sequence[Encoded], block_size: int) -> list[Encoded]:
         ids += e.ids
         labels += list(e.labels)
     return [Encoded(ids[i : i + block_size], labels[i : i + block_size]) for i in range(0, len(ids), block_size)]
-
-
-class TemplatedTokenizer:
-    """The checkpoint's tokenizer, whose ``save`` also keeps the chat template: ``Tokenizer.save``
-    writes the special-token roles only, and a model tuned on a template must be served with it."""
-
-    def __init__(self, tokenizer: Tokenizer, chat_template: str) -> None:
-        self._tokenizer = tokenizer
-        self._chat_template = chat_template
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tokenizer, name)
-
-    def save(self, directory: str | os.PathLike, model_max_length: int | None = None) -> None:
-        self._tokenizer.save(directory, model_max_length)
-        path = Path(directory) / "tokenizer_config.json"
-        config = json.loads(path.read_text(encoding="utf-8"))
-        config["chat_template"] = self._chat_template
-        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")  # in the save's tmp
