@@ -46,13 +46,7 @@ from llmkit.errors import LlmkitError
 from llmkit.inference.constrained import Constraint
 from llmkit.inference.engine import SequenceState
 from llmkit.inference.runners import use_decode_layout
-from llmkit.inference.sampling import (
-    apply_presence_frequency,
-    apply_repetition_penalty,
-    bias_tensor,
-    next_tokens,
-    suppress,
-)
+from llmkit.inference.sampling import apply_processors, bias_tensor, next_tokens
 from llmkit.models.cache import KVCache
 
 
@@ -134,15 +128,8 @@ class _Slot:
         cfg = self.request.config
         if not self.ready:
             self._setup(scores.shape[-1])
-        if self.bias is not None:
-            scores = scores + self.bias
-        if self.seen is not None:
-            scores = apply_repetition_penalty(scores, self.seen, cfg.repetition_penalty)
-        if self.counts is not None:
-            scores = apply_presence_frequency(scores, self.counts, cfg.presence_penalty, cfg.frequency_penalty)
-        if self.eos is not None and self.sequence.count < cfg.min_new_tokens:
-            scores = suppress(scores, self.eos)
-        return scores
+        early = self.eos if self.sequence.count < cfg.min_new_tokens else None
+        return apply_processors(scores, cfg, self.bias, self.seen, self.counts, early)
 
     def choose(self, scores: torch.Tensor) -> TokenEvent:
         """The next token from this row's scores (1, V), with its log-probability under the model (before

@@ -32,13 +32,7 @@ from llmkit.inference.beam import beam_search
 from llmkit.inference.constrained import Grammar, RowGrammars, choose_grammar
 from llmkit.inference.inputs import PromptInput, Prompts, pad, prepare_prompts
 from llmkit.inference.runners import DecoderRunner, EncoderDecoderRunner, use_decode_layout
-from llmkit.inference.sampling import (
-    apply_presence_frequency,
-    apply_repetition_penalty,
-    bias_tensor,
-    next_tokens,
-    suppress,
-)
+from llmkit.inference.sampling import apply_processors, bias_tensor, next_tokens
 from llmkit.inference.text import CompletionText
 
 # called once per step with (step, processed scores (R, V), chosen tokens (R,)); explain() records them
@@ -208,12 +202,8 @@ class Stream:
                         counts.scatter_add_(1, tokens[:, None], torch.ones_like(counts[:, :1]))
                     logits = runner.step(tokens)
                 # choose each row's next token
-                scores = logits if bias is None else logits + bias
-                scores = scores if seen is None else apply_repetition_penalty(scores, seen, cfg.repetition_penalty)
-                if counts is not None:
-                    scores = apply_presence_frequency(scores, counts, cfg.presence_penalty, cfg.frequency_penalty)
-                if t < cfg.min_new_tokens and self.eos:
-                    scores = suppress(scores, eos_t)
+                early = eos_t if t < cfg.min_new_tokens and self.eos else None
+                scores = apply_processors(logits, cfg, bias, seen, counts, early)
                 if constraint is not None:
                     scores = constraint.mask(scores)
                 tokens = next_tokens(scores, cfg, generator).masked_fill_(done, self.pad_id)

@@ -57,6 +57,28 @@ def suppress(scores: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
     return scores.index_fill(-1, token_ids, float("-inf"))
 
 
+def apply_processors(
+    scores: torch.Tensor,
+    config: GenerationConfig,
+    bias: torch.Tensor | None,
+    seen: torch.Tensor | None,
+    counts: torch.Tensor | None,
+    eos: torch.Tensor | None,
+) -> torch.Tensor:
+    """The processors in their one order, for ``generate`` and the server's batcher alike: logit bias ->
+    repetition penalty (``seen``) -> presence/frequency penalties (``counts``) -> ``eos`` masked (pass it
+    only while fewer than ``min_new_tokens`` are generated). None skips a processor."""
+    if bias is not None:
+        scores = scores + bias
+    if seen is not None:
+        scores = apply_repetition_penalty(scores, seen, config.repetition_penalty)
+    if counts is not None:
+        scores = apply_presence_frequency(scores, counts, config.presence_penalty, config.frequency_penalty)
+    if eos is not None:
+        scores = suppress(scores, eos)
+    return scores
+
+
 # ---- warpers (sampling only) ------------------------------------------------------------------
 def top_k_keep(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the ``k`` highest logits (and any tied with the k-th); ``k == 0`` keeps all."""
