@@ -222,3 +222,51 @@ def test_activation_checkpointing_gives_the_same_gradients(family):
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_training_equals_padded(family, monkeypatch):
+    """Training on a padded batch runs the blocks on the real tokens alone (Packing): the real
+    positions' outputs and every gradient equal the padded computation's (dropout off)."""
+    from llmkit.models import layers
+
+    torch.manual_seed(0)
+    model = build_model(FAMILIES[family].replace(dropout=0.0)).train()
+    ids = torch.randint(3, 97, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    mask[2, 3:] = 0
+    real = mask.bool() if family != "t5" else torch.ones(3, 5, dtype=torch.bool)  # t5: decoder positions
+    packings, results = [], []
+    real_of = layers.Packing.of
+    for packed in (True, False):
+        monkeypatch.setattr(layers.Packing, "of", staticmethod(lambda m: packings.append(real_of(m)) or packings[-1]))
+        if not packed:
+            monkeypatch.setattr(layers.Packing, "of", staticmethod(lambda m: None))
+        model.zero_grad()
+        logits = _forward(model, ids, mask).logits[real]
+        logits.float().pow(2).mean().backward()
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert packings and packings[0] is not None and len(packings[0].index) == int(mask.sum())
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=0)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_packing_leaves_evaluation_padded():
+    """Eval mode keeps the padded layout, so padding positions' outputs stay what transformers gives."""
+    from llmkit.models.layers import Packing
+
+    model, ids, mask = _padded_batch("bert", length=12, row=1, real=7)
+    with torch.no_grad():
+        out = _forward(model, ids, mask).last_hidden_state
+        model.train()
+        model.apply(lambda m: setattr(m, "p", 0.0) if isinstance(m, torch.nn.Dropout) else None)
+        trained = _forward(model, ids, mask).last_hidden_state
+    assert out[1, 7:].abs().sum() > 0  # padding positions computed as transformers does
+    assert trained[1, 7:].abs().sum() == 0  # training: only the real tokens ran
+    torch.testing.assert_close(out[mask.bool()], trained[mask.bool()], atol=1e-5, rtol=0)
+    packing = Packing.of(mask)
+    x = torch.randn(2, 12, 3)
+    torch.testing.assert_close(packing.unpack(packing.pack(x))[mask.bool()], x[mask.bool()])
+    assert Packing.of(torch.ones(2, 5)) is None

@@ -6,6 +6,7 @@ Shapes: B batch, T query length, S key length, H heads, K key/value heads, D hea
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -158,6 +159,40 @@ def additive_mask(
     return torch.where(allowed, zero, torch.finfo(dtype).min)
 
 
+@dataclass(frozen=True)
+class Packing:
+    """The real tokens of a padded batch, for training on them alone ("unpadding").
+
+    Norms, projections, MLPs, residuals and dropout work token by token, so a block can run them
+    on the N real tokens (N, C) instead of all B x T positions; only attention needs the batch's
+    shape, so it scatters its queries, keys and values back into (B, T) for the padding mask.
+    Short sentences padded to the longest in a random batch are mostly padding: SST-2's 13-token
+    mean in batches padded to about 40 is two thirds wasted work without this.
+    """
+
+    index: torch.Tensor  # (N,) flat positions b * T + t of the real tokens
+    batch: int
+    length: int
+
+    @staticmethod
+    def of(attention_mask: torch.Tensor) -> Packing | None:
+        """The packing of a (B, T) mask (1 = real token), or None when nothing is padding."""
+        flat = attention_mask.reshape(-1).bool()
+        index = flat.nonzero().squeeze(1)  # one host sync per forward, as transformers' unpad_input
+        if len(index) == flat.numel():
+            return None
+        return Packing(index, *attention_mask.shape)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (N, ...): the real tokens' rows."""
+        return x.reshape(self.batch * self.length, *x.shape[2:]).index_select(0, self.index)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (B, T, ...), zeros at padding."""
+        full = x.new_zeros(self.batch * self.length, *x.shape[1:])
+        return full.index_copy(0, self.index, x).view(self.batch, self.length, *x.shape[1:])
+
+
 # ---- attention ------------------------------------------------------------------------------
 class Attention(nn.Module):
     """Multi-head (or grouped-query) attention; self-attention, or cross-attention over ``memory``.
@@ -190,16 +225,24 @@ class Attention(nn.Module):
         need_weights: bool = False,
         kv: LayerCache | None = None,
         past: int = 0,
+        packing: Packing | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T, C) -> (B, T, C) and the weights (B, H, T, S) when ``need_weights``.
 
         With a cache ``kv``: self-attention writes this step's keys/values at [past, past + T) and
         attends over all cached ones; cross-attention projects ``memory`` once and reuses it.
+        With a ``packing`` x is the batch's real tokens (N, C): the projections run on them, and
+        the heads are scattered into (B, T) for attention and gathered back (N, C) after it.
         """
-        B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        spread = packing.unpack if packing is not None else (lambda t: t)
+        B, T = (packing.batch, packing.length) if packing is not None else x.shape[:2]
+        q = spread(self.q(x)).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         if memory is not None and kv is not None and kv.cross_k is not None:
             k, v = kv.cross_k, kv.cross_v  # (B, K, S, D), from the first step
+        elif memory is None and packing is not None:
+            k, v = (
+                spread(proj(x)).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2) for proj in (self.k, self.v)
+            )
         else:
             k, v = self._project_kv(x if memory is None else memory)  # (B, K, S, D)
         if rope is not None:
@@ -218,6 +261,8 @@ class Attention(nn.Module):
             )  # (B, H, T, D)  # fmt: skip
             weights = None
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*D)
+        if packing is not None:
+            y = packing.pack(y)  # (N, H*D)
         return self.o(y), weights
 
     def _project_kv(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ from torch.utils.checkpoint import checkpoint
 
 from llmkit.config import ModelConfig
 from llmkit.models.cache import KVCache
-from llmkit.models.layers import MLP, Attention, RelativePositionBias, Rotary, additive_mask, make_norm
+from llmkit.models.layers import MLP, Attention, Packing, RelativePositionBias, Rotary, additive_mask, make_norm
 
 Weights = torch.Tensor | None
 
@@ -24,7 +24,9 @@ class PreNormBlock(nn.Module):
         self.mlp_norm, self.mlp = make_norm(cfg), MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, *, attn_mask, is_causal, rope, memory, cross_attn_mask, need_weights, kv=None, past=0):
+    def forward(
+        self, x, *, attn_mask, is_causal, rope, memory, cross_attn_mask, need_weights, kv=None, past=0, packing=None
+    ):
         h, weights = self.attn(
             self.attn_norm(x),
             attn_mask=attn_mask,
@@ -33,12 +35,18 @@ class PreNormBlock(nn.Module):
             need_weights=need_weights,
             kv=kv,
             past=past,
+            packing=packing,
         )
         x = x + self.drop(h)
         cross_weights = None
         if self.cross_attn is not None:
             h, cross_weights = self.cross_attn(
-                self.cross_norm(x), memory=memory, attn_mask=cross_attn_mask, need_weights=need_weights, kv=kv
+                self.cross_norm(x),
+                memory=memory,
+                attn_mask=cross_attn_mask,
+                need_weights=need_weights,
+                kv=kv,
+                packing=packing,
             )
             x = x + self.drop(h)
         x = x + self.drop(self.mlp(self.mlp_norm(x)))
@@ -56,15 +64,24 @@ class PostNormBlock(nn.Module):
         self.mlp, self.mlp_norm = MLP(cfg), make_norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, *, attn_mask, is_causal, rope, memory, cross_attn_mask, need_weights, kv=None, past=0):
+    def forward(
+        self, x, *, attn_mask, is_causal, rope, memory, cross_attn_mask, need_weights, kv=None, past=0, packing=None
+    ):
         h, weights = self.attn(
-            x, attn_mask=attn_mask, is_causal=is_causal, rope=rope, need_weights=need_weights, kv=kv, past=past
+            x,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            rope=rope,
+            need_weights=need_weights,
+            kv=kv,
+            past=past,
+            packing=packing,
         )
         x = self.attn_norm(x + self.drop(h))
         cross_weights = None
         if self.cross_attn is not None:
             h, cross_weights = self.cross_attn(
-                x, memory=memory, attn_mask=cross_attn_mask, need_weights=need_weights, kv=kv
+                x, memory=memory, attn_mask=cross_attn_mask, need_weights=need_weights, kv=kv, packing=packing
             )
             x = self.cross_norm(x + self.drop(h))
         x = self.mlp_norm(x + self.drop(self.mlp(x)))
@@ -128,13 +145,20 @@ class Stack(nn.Module):
         if memory is not None:
             cross_attn_mask = additive_mask(memory_mask, T, memory.shape[1], False, x.dtype, x.device)
         attentions, cross_attentions = [], []
+        # Training on padded batches runs the blocks on the real tokens alone (Packing); evaluation
+        # keeps the padded layout, so every position's output (padding too) matches transformers'.
+        packing = None
+        if self.training and attention_mask is not None and cache is None and not output_attentions:
+            packing = Packing.of(attention_mask)
+        if packing is not None:
+            x = packing.pack(x)  # (N, C)
         x = self.drop(x)
         # one query (a decoding step) sees every key anyway; testing T first keeps is_causal a plain
         # bool when ``past`` is symbolic under torch.compile (SDPA rejects a SymBool)
         is_causal = self.causal and T > 1 and past == 0
         kwargs = dict(
             attn_mask=attn_mask, is_causal=is_causal, rope=rope, memory=memory, cross_attn_mask=cross_attn_mask,
-            need_weights=output_attentions, past=past,
+            need_weights=output_attentions, past=past, packing=packing,
         )  # fmt: skip
         for i, layer in enumerate(self.layers):
             kv = cache.layers[i] if cache is not None else None
@@ -146,4 +170,7 @@ class Stack(nn.Module):
             cross_attentions.append(cw)
         if cache is not None:
             cache.length = S
-        return self.drop(self.final_norm(x)), tuple(attentions), tuple(cross_attentions)
+        x = self.drop(self.final_norm(x))
+        if packing is not None:
+            x = packing.unpack(x)  # (B, T, C), zeros at padding
+        return x, tuple(attentions), tuple(cross_attentions)
