@@ -225,37 +225,58 @@ def test_activation_checkpointing_gives_the_same_gradients(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_packed_training_equals_padded(family, monkeypatch):
-    """Training on a padded batch runs the blocks on the real tokens alone (Packing): the real
-    positions' outputs and every gradient equal the padded computation's (dropout off)."""
-    from llmkit.models import layers
+@pytest.mark.parametrize("group_rows", [8, 2])
+def test_packed_training_equals_padded(family, group_rows, monkeypatch):
+    """Training on a padded batch runs the blocks on the real tokens alone (models/packing.py): the
+    real positions' outputs and every gradient equal the padded computation's (dropout off), with
+    right and left padding, in one attention group or several."""
+    from llmkit.models.packing import Packing
 
     torch.manual_seed(0)
     model = build_model(FAMILIES[family].replace(dropout=0.0)).train()
-    ids = torch.randint(3, 97, (3, 12))
+    ids = torch.randint(3, 97, (4, 12))
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0
     mask[2, 3:] = 0
-    real = mask.bool() if family != "t5" else torch.ones(3, 5, dtype=torch.bool)  # t5: decoder positions
+    mask[3, :9] = 0  # left padding
+    real = mask.bool() if family != "t5" else torch.ones(4, 5, dtype=torch.bool)  # t5: decoder positions
     packings, results = [], []
-    real_of = layers.Packing.of
+    real_of = Packing.of
     for packed in (True, False):
-        monkeypatch.setattr(layers.Packing, "of", staticmethod(lambda m: packings.append(real_of(m)) or packings[-1]))
-        if not packed:
-            monkeypatch.setattr(layers.Packing, "of", staticmethod(lambda m: None))
+        if packed:
+            monkeypatch.setattr(
+                Packing, "of", staticmethod(lambda m: packings.append(real_of(m, group_rows)) or packings[-1])
+            )
+        else:
+            monkeypatch.setattr(Packing, "of", staticmethod(lambda m: None))
         model.zero_grad()
         logits = _forward(model, ids, mask).logits[real]
         logits.float().pow(2).mean().backward()
         results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
-    assert packings and packings[0] is not None and len(packings[0].index) == int(mask.sum())
+    assert packings[0] is not None and len(packings[0].index) == int(mask.sum())
+    assert len(packings[0].groups) == (1 if group_rows == 8 else 2)
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=0)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+def test_packing_skips_rows_with_holes_and_full_batches():
+    from llmkit.models.packing import Packing
+
+    assert Packing.of(torch.ones(2, 5)) is None
+    assert Packing.of(torch.tensor([[1, 0, 1, 0], [1, 1, 1, 1]])) is None
+    packing = Packing.of(torch.tensor([[1, 1, 0, 0], [0, 0, 0, 0], [0, 1, 1, 1]]), group_rows=1)
+    assert [g.shape for g in packing.groups] == [(1, 3), (1, 2)]  # longest first; the empty row has none
+    x = torch.arange(12.0).view(3, 4, 1)
+    assert packing.pack(x).flatten().tolist() == [0, 1, 9, 10, 11]
+    groups = packing.to_groups(packing.pack(x)[:, None])  # (rows, 1, length, 1)
+    assert [g.flatten().tolist() for g in groups] == [[9, 10, 11], [0, 1]]
+    assert packing.from_groups(groups).flatten().tolist() == [0, 1, 9, 10, 11]
+
+
 def test_packing_leaves_evaluation_padded():
     """Eval mode keeps the padded layout, so padding positions' outputs stay what transformers gives."""
-    from llmkit.models.layers import Packing
+    from llmkit.models.packing import Packing
 
     model, ids, mask = _padded_batch("bert", length=12, row=1, real=7)
     with torch.no_grad():
@@ -269,4 +290,3 @@ def test_packing_leaves_evaluation_padded():
     packing = Packing.of(mask)
     x = torch.randn(2, 12, 3)
     torch.testing.assert_close(packing.unpack(packing.pack(x))[mask.bool()], x[mask.bool()])
-    assert Packing.of(torch.ones(2, 5)) is None

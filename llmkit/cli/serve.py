@@ -108,7 +108,11 @@ def run(args: argparse.Namespace) -> None:
     port = sock.getsockname()[1]  # the real one when --port 0 picked it
     print(f"serving {settings.name} at http://{args.host}:{port}/ (playground at /, API at /v1)", file=sys.stderr)
     protocol = header_timeout_protocol(args.header_timeout)
-    serve_on(uvicorn.Server(uvicorn.Config(app, log_level="warning", http=protocol)), sock)
+    # log_config=None: uvicorn's own dictConfig would close every logging handler already in the
+    # process (absl's, bound to stderr, among them), not only configure its loggers. Its warnings
+    # and errors still reach stderr through the root logger.
+    config = uvicorn.Config(app, log_level="warning", http=protocol, log_config=None)
+    serve_on(uvicorn.Server(config), sock)
 
 
 def load_embedder(name: str, device: str):

@@ -6,7 +6,6 @@ Shapes: B batch, T query length, S key length, H heads, K key/value heads, D hea
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +13,7 @@ from torch import nn
 
 from llmkit.config import ModelConfig
 from llmkit.models.cache import LayerCache
+from llmkit.models.packing import Packing
 
 
 # ---- norms ----------------------------------------------------------------------------------
@@ -159,40 +159,6 @@ def additive_mask(
     return torch.where(allowed, zero, torch.finfo(dtype).min)
 
 
-@dataclass(frozen=True)
-class Packing:
-    """The real tokens of a padded batch, for training on them alone ("unpadding").
-
-    Norms, projections, MLPs, residuals and dropout work token by token, so a block can run them
-    on the N real tokens (N, C) instead of all B x T positions; only attention needs the batch's
-    shape, so it scatters its queries, keys and values back into (B, T) for the padding mask.
-    Short sentences padded to the longest in a random batch are mostly padding: SST-2's 13-token
-    mean in batches padded to about 40 is two thirds wasted work without this.
-    """
-
-    index: torch.Tensor  # (N,) flat positions b * T + t of the real tokens
-    batch: int
-    length: int
-
-    @staticmethod
-    def of(attention_mask: torch.Tensor) -> Packing | None:
-        """The packing of a (B, T) mask (1 = real token), or None when nothing is padding."""
-        flat = attention_mask.reshape(-1).bool()
-        index = flat.nonzero().squeeze(1)  # one host sync per forward, as transformers' unpad_input
-        if len(index) == flat.numel():
-            return None
-        return Packing(index, *attention_mask.shape)
-
-    def pack(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, ...) -> (N, ...): the real tokens' rows."""
-        return x.reshape(self.batch * self.length, *x.shape[2:]).index_select(0, self.index)
-
-    def unpack(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, ...) -> (B, T, ...), zeros at padding."""
-        full = x.new_zeros(self.batch * self.length, *x.shape[1:])
-        return full.index_copy(0, self.index, x).view(self.batch, self.length, *x.shape[1:])
-
-
 # ---- attention ------------------------------------------------------------------------------
 class Attention(nn.Module):
     """Multi-head (or grouped-query) attention; self-attention, or cross-attention over ``memory``.
@@ -234,15 +200,12 @@ class Attention(nn.Module):
         With a ``packing`` x is the batch's real tokens (N, C): the projections run on them, and
         the heads are scattered into (B, T) for attention and gathered back (N, C) after it.
         """
-        spread = packing.unpack if packing is not None else (lambda t: t)
-        B, T = (packing.batch, packing.length) if packing is not None else x.shape[:2]
-        q = spread(self.q(x)).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        if packing is not None:
+            return self._packed(x, memory, rope, packing), None
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         if memory is not None and kv is not None and kv.cross_k is not None:
             k, v = kv.cross_k, kv.cross_v  # (B, K, S, D), from the first step
-        elif memory is None and packing is not None:
-            k, v = (
-                spread(proj(x)).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2) for proj in (self.k, self.v)
-            )
         else:
             k, v = self._project_kv(x if memory is None else memory)  # (B, K, S, D)
         if rope is not None:
@@ -261,9 +224,35 @@ class Attention(nn.Module):
             )  # (B, H, T, D)  # fmt: skip
             weights = None
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*D)
-        if packing is not None:
-            y = packing.pack(y)  # (N, H*D)
         return self.o(y), weights
+
+    def _packed(self, x: torch.Tensor, memory, rope, packing: Packing) -> torch.Tensor:
+        """Self-attention over the real tokens x (N, C), group by group (models/packing.py); rope
+        is per token, (N, 1, D) each."""
+        if memory is not None:
+            raise ValueError("packed attention is self-attention only")  # Stack packs only without memory
+        N = x.shape[0]
+        q = self.q(x).view(N, self.n_head, self.head_dim)
+        k = self.k(x).view(N, self.n_kv_head, self.head_dim)
+        v = self.v(x).view(N, self.n_kv_head, self.head_dim)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        dropout = self.dropout if self.training else 0.0
+        ys = []
+        for group, qg, kg, vg in zip(packing.groups, *map(packing.to_groups, (q, k, v)), strict=True):
+            ys.append(
+                F.scaled_dot_product_attention(
+                    qg,
+                    kg,
+                    vg,
+                    attn_mask=group.attn_mask,
+                    dropout_p=dropout,
+                    is_causal=group.attn_mask is None and packing.causal,
+                    scale=self.scale,
+                    enable_gqa=self.n_kv_head != self.n_head,
+                )  # fmt: skip
+            )
+        return self.o(packing.from_groups(ys))
 
     def _project_kv(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, S, _ = src.shape

@@ -8,7 +8,8 @@ from torch.utils.checkpoint import checkpoint
 
 from llmkit.config import ModelConfig
 from llmkit.models.cache import KVCache
-from llmkit.models.layers import MLP, Attention, Packing, RelativePositionBias, Rotary, additive_mask, make_norm
+from llmkit.models.layers import MLP, Attention, RelativePositionBias, Rotary, additive_mask, make_norm
+from llmkit.models.packing import Group, Packing
 
 Weights = torch.Tensor | None
 
@@ -148,10 +149,14 @@ class Stack(nn.Module):
         # Training on padded batches runs the blocks on the real tokens alone (Packing); evaluation
         # keeps the padded layout, so every position's output (padding too) matches transformers'.
         packing = None
-        if self.training and attention_mask is not None and cache is None and not output_attentions:
+        if self.training and attention_mask is not None and cache is None and memory is None and not output_attentions:
             packing = Packing.of(attention_mask)
         if packing is not None:
             x = packing.pack(x)  # (N, C)
+            packing = packing.with_masks(lambda g: self._group_mask(g, x.dtype), self.causal)
+            attn_mask = None
+            if rope is not None:  # per token: (N, 1, D) each
+                rope = tuple(packing.pack(r[:, 0].expand(B, -1, -1))[:, None] for r in rope)
         x = self.drop(x)
         # one query (a decoding step) sees every key anyway; testing T first keeps is_causal a plain
         # bool when ``past`` is symbolic under torch.compile (SDPA rejects a SymBool)
@@ -174,3 +179,16 @@ class Stack(nn.Module):
         if packing is not None:
             x = packing.unpack(x)  # (B, T, C), zeros at padding
         return x, tuple(attentions), tuple(cross_attentions)
+
+    def _group_mask(self, group: Group, dtype: torch.dtype) -> torch.Tensor | None:
+        """A packed attention group's additive mask: its padding, causality and T5's relative bias
+        (None when SDPA needs none: no padding, no bias; causality then goes by is_causal)."""
+        rows, length = group.shape
+        mask = None
+        if group.padded or self.rel_bias is not None:
+            mask = additive_mask(group.mask if group.padded else None, length, length, self.causal, dtype,
+                                 group.mask.device)  # fmt: skip
+        if self.rel_bias is not None:
+            rel = self.rel_bias(length, length).to(dtype)  # (1, H, L, L)
+            mask = rel if mask is None else mask + rel
+        return mask

@@ -233,6 +233,11 @@ class Run:
         """What train_state.pt keeps besides step, optimizer and settings."""
         return {}
 
+    def step_tokens(self, batches: list[Batch]) -> int:
+        """Input tokens of one optimizer step over all processes, for tokens/s and MFU: every row is
+        a full ``block_size`` window in pretraining; fine-tuning counts real tokens, not padding."""
+        return self.rows * self.cfg.block_size
+
     # ---- setup ----
     def _saved_model(self) -> torch.nn.Module:
         torch.manual_seed(self.cfg.seed)
@@ -277,12 +282,17 @@ class Run:
         bar = tqdm(total=cfg.steps, initial=start, desc=self.kind, unit="step", disable=not self.env.is_main)
         self.init_val = self._log_eval(bar) if start == 0 else self.saved.get("init_val_loss")
         self.pending: list[torch.Tensor] = []  # losses of steps not yet logged, still on the device
+        self.pending_tokens = 0  # input tokens of those steps (all processes)
+        self.tokens_seen = self.saved.get("tokens_seen", start * self.rows * cfg.block_size)
+        self.tokens_at_start = self.tokens_seen
         self.train_seconds = self.saved.get("train_seconds", 0.0)
         self.tick = time.perf_counter()
         try:
             for step in range(start, cfg.steps):
                 torch.manual_seed(derive_seed(cfg.seed, TRAIN_SEEDS, step, self.env.rank))  # dropout
-                self.pending.append(train_step(state, self.batches(step)))
+                batches = self.batches(step)
+                self.pending_tokens += self.step_tokens(batches)
+                self.pending.append(train_step(state, batches))
                 bar.update(1)
                 done = state.step
                 at_end = done == cfg.steps
@@ -309,13 +319,15 @@ class Run:
         seconds = now - self.tick
         self.train_seconds += seconds
         self.tick = now
-        tokens_per_s = len(losses) * self.rows * self.cfg.block_size / seconds
+        tokens_per_s = self.pending_tokens / seconds
+        self.tokens_seen += self.pending_tokens
+        self.pending_tokens = 0
         mfu = self.flops_per_token * tokens_per_s / (self.peak * self.env.world_size)
         record = {
             "step": self.state.step,
             "train_loss": sum(losses) / len(losses),
             "lr": lr_at(self.state.step - 1, self.cfg),
-            "tokens": self.state.step * self.rows * self.cfg.block_size,
+            "tokens": self.tokens_seen,
             "tokens_per_s": tokens_per_s,
             "examples_per_s": len(losses) * self.rows / seconds,
             "mfu": mfu,
@@ -353,11 +365,12 @@ class Run:
 
     def _save(self) -> None:
         if self.metrics is not None:
-            tokens = self.state.step * self.rows * self.cfg.block_size
+            tokens = self.tokens_seen
             params = sum(p.numel() for p in self.state.raw.parameters())  # tied weights once
             title = loss_title(self.model_cfg.name or self.model_cfg.family, params, tokens)
             plot_loss(self.metrics.records, self.out / LOSS_PLOT, title)
         extra = {"model_config": self.model_cfg.to_dict(), "train_seconds": self.train_seconds}
+        extra["tokens_seen"] = self.tokens_seen
         extra["init_val_loss"] = self.init_val
         extra["best"] = self.best
         extra.update(self.save_extra())
@@ -375,7 +388,7 @@ class Run:
     def _summary(self, start: int) -> dict[str, Any]:
         cfg = self.cfg
         steps = cfg.steps - start
-        tokens = steps * self.rows * cfg.block_size
+        tokens = self.tokens_seen - self.tokens_at_start
         seconds = max(self.train_seconds - self.saved.get("train_seconds", 0.0), 1e-9)
         init_val = self.init_val
         summary = {
