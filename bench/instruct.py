@@ -13,8 +13,9 @@ One process, in order:
    dropout / targets (q_proj, k_proj, v_proj, o_proj), trained on the llmkit run's own packed
    examples in the same order (its ``Examples.batch(step)``: identical token windows and loss masks),
    with the same AdamW (fused, betas, weight decay on matrices, clip 1.0), warmup + cosine schedule
-   (llmkit.train.optim.lr_at), steps, batch and bf16 autocast, in a plain loop (no Trainer: the
-   Trainer's data pipeline and callbacks only add time, and a plain loop takes the identical batches);
+   (llmkit.train.optim.lr_at), steps, batch and bf16 autocast, in a plain loop (chosen over the
+   Trainer, not timed against it: a plain loop feeds the identical batches with no per-step work of
+   its own, where the Trainer would collate and shuffle its own way and add its callbacks);
    then peft's merge_and_unload, save_pretrained, `llmkit convert --from-hf`, the same scores.
 Only the adapters' random initialisation differs (each library's own, seeded).
 
@@ -107,7 +108,7 @@ def scores(directory: Path, args, label: str) -> dict[str, float]:
                                  device="cpu", dtype=args.eval_dtype).results[0]  # fmt: skip
     out = {"accuracy": sst2.metrics["accuracy"], "rougeL": dialog.metrics["rougeL"]}
     print(f"[{label}] SST-2 accuracy {out['accuracy']:.4f} ({sst2.n} sentences), DialogSum ROUGE-L "
-          f"{out['rougeL']:.4f} ({dialog.n} dialogues), {time.perf_counter() - start:.0f} s, {uptime()}",
+          f"{out['rougeL']:.4f} ({dialog.n} dialogue(s)), {time.perf_counter() - start:.0f} s, {uptime()}",
           flush=True)  # fmt: skip
     return out
 
