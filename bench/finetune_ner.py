@@ -6,9 +6,12 @@ with each word's tag on its first sub-token (-100 on the rest), the same setting
 (bench/finetune_common.py), in one process one after the other, and score entity-level
 precision/recall/F1 (seqeval, default mode) on the test split (1,287 sentences), words cut off by
 truncation counted as O on both sides. Prints examples/s, the ratio, the F1s and the machine load.
+The Trainer batches sentences of similar length together (--hf-sampler group_by_length, its fastest
+setting) or at random (its default, as llmkit does); "random,group_by_length" runs both.
 
     python bench/finetune_ner.py [--train-examples 3394] [--epochs 3] [--batch 16] [--lr 5e-5]
                                  [--max-length 128] [--dtype fp32|bf16] [--sides llmkit,hf] [--work DIR]
+                                 [--hf-sampler group_by_length,random]
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from finetune_common import (  # noqa: E402
     hf_train,
     llmkit_config,
     minilm_dir,
+    run_sides,
     train_args,
-    uptime,
     workdir,
 )
 
@@ -50,6 +53,11 @@ def main() -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sides", default="llmkit,hf")
+    p.add_argument(
+        "--hf-sampler",
+        default="group_by_length",
+        help="the Trainer's batches, one run each: group_by_length, random or both (comma-separated)",
+    )
     p.add_argument("--work", default=None, help="scratch folder (default: a new temporary one)")
     args = p.parse_args()
     work = workdir(args.work)
@@ -58,17 +66,10 @@ def main() -> None:
     print(f"WNUT-17: first {args.train_examples} training sentences, {args.epochs} epoch(s) = {steps} steps of "
           f"{args.batch}, max length {args.max_length}, lr {args.lr}, warmup {warmup}, {args.dtype}; "
           f"test 1,287 sentences; torch threads {torch.get_num_threads()}")  # fmt: skip
-    results = {}
-    for side in args.sides.split(","):
-        print(f"[{side}] start, {uptime()}", flush=True)
-        results[side] = (run_llmkit if side == "llmkit" else run_hf)(args, steps, warmup, work)
-        r = results[side]
-        print(f"[{side}] {r['examples_per_s']:.1f} examples/s ({r['seconds']:.0f} s training), test entity "
-              f"P {r['precision']:.4f} R {r['recall']:.4f} F1 {r['f1']:.4f}, {uptime()}", flush=True)  # fmt: skip
-    if "llmkit" in results and "hf" in results:
-        a, b = results["llmkit"], results["hf"]
-        print(f"llmkit / Trainer examples/s: {a['examples_per_s'] / b['examples_per_s']:.2f}x; "
-              f"F1 {a['f1']:.4f} vs {b['f1']:.4f} ({100 * (a['f1'] - b['f1']):+.1f} points)")  # fmt: skip
+    results = run_sides(args.sides, args.hf_sampler, lambda: run_llmkit(args, steps, warmup, work),
+                        lambda sampler: run_hf(args, steps, warmup, work, sampler), "f1")  # fmt: skip
+    for name, r in results.items():
+        print(f"[{name}] test entity P {r['precision']:.4f} R {r['recall']:.4f} F1 {r['f1']:.4f}")
 
 
 def run_llmkit(args, steps: int, warmup: int, work: Path) -> dict:
@@ -84,7 +85,7 @@ def run_llmkit(args, steps: int, warmup: int, work: Path) -> dict:
     return {"seconds": summary["seconds"], "examples_per_s": summary["examples_per_s"], **summary["eval"]}
 
 
-def run_hf(args, steps: int, warmup: int, work: Path) -> dict:
+def run_hf(args, steps: int, warmup: int, work: Path, sampler: str) -> dict:
     from transformers import AutoTokenizer, BertForTokenClassification, DataCollatorForTokenClassification
 
     from llmkit.finetune.data import align_labels, read_conll
@@ -106,7 +107,7 @@ def run_hf(args, steps: int, warmup: int, work: Path) -> dict:
     torch.manual_seed(args.seed)
     model = BertForTokenClassification.from_pretrained(src, num_labels=len(LABELS))
     collator = DataCollatorForTokenClassification(tokenizer)
-    settings = train_args(steps, args.batch, args.lr, warmup, args.seed, args.dtype, work / "hf-wnut17")
+    settings = train_args(steps, args.batch, args.lr, warmup, args.seed, args.dtype, work / "hf-wnut17", sampler)
     out = hf_train(model, features(train), collator, settings)
     test_features = features(test)
     logits = hf_logits(model, test_features, collator)

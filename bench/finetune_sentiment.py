@@ -7,8 +7,19 @@ with the same settings (bench/finetune_common.py), in one process one after the 
 accuracy on the whole dev set (872 sentences). Prints each side's examples/s, the ratio, the
 accuracies and the machine load.
 
+--method lora trains a LoRA adapter (rank --rank, alpha --alpha, on --targets, default q,v as peft's
+default for BERT) and the new classifier in full on both sides: llmkit's [method] lora, peft's
+get_peft_model with task type SEQ_CLS on the transformers side.
+
+The Trainer batches rows of similar length together by default here (--hf-sampler group_by_length,
+its fastest setting for SST-2's short sentences of mixed length); --hf-sampler random is its default
+(random batches, as llmkit's); "random,group_by_length" runs both. llmkit keeps random batches and
+trains on their real tokens only (llmkit/models/packing.py).
+
     python bench/finetune_sentiment.py [--train-examples 67349] [--epochs 1] [--batch 32] [--lr 5e-5]
                                        [--max-length 64] [--dtype fp32|bf16] [--sides llmkit,hf] [--work DIR]
+                                       [--method full|lora] [--rank 8] [--alpha 16] [--targets q,v]
+                                       [--hf-sampler group_by_length,random]
 
 --train-examples 67349 --epochs 1 is the full training set once.
 """
@@ -26,11 +37,12 @@ from finetune_common import (  # noqa: E402
     converted_minilm,
     fresh,
     hf_logits,
+    hf_lora,
     hf_train,
     llmkit_config,
     minilm_dir,
+    run_sides,
     train_args,
-    uptime,
     workdir,
 )
 
@@ -44,31 +56,37 @@ def main() -> None:
     p.add_argument("--train-examples", type=int, default=8000)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=None, help="default 5e-5 (full), 5e-4 (lora)")
     p.add_argument("--warmup", type=float, default=0.06, help="share of the steps")
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sides", default="llmkit,hf")
+    p.add_argument("--method", choices=("full", "lora"), default="full")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=16.0)
+    p.add_argument("--lora-dropout", type=float, default=0.1)
+    p.add_argument("--targets", default="q,v", help="llmkit names: q,k,v,o")
+    p.add_argument(
+        "--hf-sampler",
+        default="group_by_length",
+        help="the Trainer's batches, one run each: group_by_length, random or both (comma-separated)",
+    )
     p.add_argument("--work", default=None, help="scratch folder (default: a new temporary one)")
     args = p.parse_args()
+    if args.lr is None:
+        args.lr = 5e-5 if args.method == "full" else 5e-4
     work = workdir(args.work)
     steps = max(1, round(args.train_examples * args.epochs / args.batch))
     warmup = round(args.warmup * steps)
     print(f"SST-2: first {args.train_examples} training sentences, {args.epochs} epoch(s) = {steps} steps of "
           f"{args.batch}, max length {args.max_length}, lr {args.lr}, warmup {warmup}, {args.dtype}; "
-          f"dev 872 sentences; torch threads {torch.get_num_threads()}")  # fmt: skip
-    results = {}
-    for side in args.sides.split(","):
-        print(f"[{side}] start, {uptime()}", flush=True)
-        results[side] = (run_llmkit if side == "llmkit" else run_hf)(args, steps, warmup, work)
-        r = results[side]
-        print(f"[{side}] {r['examples_per_s']:.1f} examples/s ({r['seconds']:.0f} s training), "
-              f"dev accuracy {r['accuracy']:.4f}, {uptime()}", flush=True)  # fmt: skip
-    if "llmkit" in results and "hf" in results:
-        a, b = results["llmkit"], results["hf"]
-        print(f"llmkit / Trainer examples/s: {a['examples_per_s'] / b['examples_per_s']:.2f}x; "
-              f"accuracy {a['accuracy']:.4f} vs {b['accuracy']:.4f} ({100 * (a['accuracy'] - b['accuracy']):+.1f} points)")  # fmt: skip  # noqa: E501
+          f"dev 872 sentences; torch threads {torch.get_num_threads()}; method {args.method}"
+          + (f" r={args.rank} alpha={args.alpha} dropout={args.lora_dropout} on {args.targets}"
+             if args.method == "lora" else "")
+          + f"; Trainer sampler {args.hf_sampler}")  # fmt: skip
+    run_sides(args.sides, args.hf_sampler, lambda: run_llmkit(args, steps, warmup, work),
+              lambda sampler: run_hf(args, steps, warmup, work, sampler), "accuracy")  # fmt: skip
 
 
 def run_llmkit(args, steps: int, warmup: int, work: Path) -> dict:
@@ -76,16 +94,21 @@ def run_llmkit(args, steps: int, warmup: int, work: Path) -> dict:
 
     task = {"kind": "classify", "train_file": str(TRAIN), "dev_file": str(DEV),
             "max_train_examples": args.train_examples, "labels": ["0", "1"]}  # fmt: skip
-    out = fresh(work / f"llmkit-sst2-{args.dtype}")
+    out = fresh(work / f"llmkit-sst2-{args.dtype}-{args.method}")
     train = {"steps": steps, "batch_size": args.batch, "block_size": args.max_length, "lr": args.lr,
              "warmup_steps": warmup, "eval_interval": steps, "save_interval": steps, "log_interval": 50,
              "dtype": args.dtype, "seed": args.seed, "out_dir": str(out)}  # fmt: skip
-    summary = finetune(llmkit_config(converted_minilm(work), task, train))
+    method = {"name": args.method}
+    if args.method == "lora":
+        method.update(
+            rank=args.rank, alpha=args.alpha, dropout=args.lora_dropout, target_modules=args.targets.split(",")
+        )
+    summary = finetune(llmkit_config(converted_minilm(work), task, train, method))
     return {"seconds": summary["seconds"], "examples_per_s": summary["examples_per_s"],
             "accuracy": summary["eval"]["accuracy"]}  # fmt: skip
 
 
-def run_hf(args, steps: int, warmup: int, work: Path) -> dict:
+def run_hf(args, steps: int, warmup: int, work: Path, sampler: str) -> dict:
     from transformers import AutoTokenizer, BertForSequenceClassification, DataCollatorWithPadding
 
     from llmkit.finetune.data import read_labelled
@@ -102,9 +125,11 @@ def run_hf(args, steps: int, warmup: int, work: Path) -> dict:
 
     torch.manual_seed(args.seed)
     model = BertForSequenceClassification.from_pretrained(src, num_labels=2)
+    if args.method == "lora":
+        model = hf_lora(model, args.rank, args.alpha, args.lora_dropout, args.targets.split(","), "SEQ_CLS")
     collator = DataCollatorWithPadding(tokenizer)
-    out = hf_train(model, features(train), collator,
-                   train_args(steps, args.batch, args.lr, warmup, args.seed, args.dtype, work / "hf-sst2"))  # fmt: skip
+    settings = train_args(steps, args.batch, args.lr, warmup, args.seed, args.dtype, work / "hf-sst2", sampler)
+    out = hf_train(model, features(train), collator, settings)
     logits = hf_logits(model, features(dev), collator)
     right = sum(int(l.argmax()) == int(label) for l, (_, label) in zip(logits, dev, strict=True))  # noqa: E741
     return {"seconds": out["seconds"], "examples_per_s": out["examples_per_s"], "accuracy": right / len(dev)}

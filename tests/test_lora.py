@@ -355,6 +355,8 @@ def test_merge_cli_bad_adapter_exits_2(case, tmp_path, capsys):
 def test_dropout_applies_to_the_input_of_a_only():
     from torch import nn
 
+    from llmkit.models.layers import Dropout
+
     base = nn.Linear(8, 6)
     layer = LoraLinear(base, rank=2, alpha=2.0, dropout=0.5)
     x = torch.randn(4, 8)
@@ -367,7 +369,7 @@ def test_dropout_applies_to_the_input_of_a_only():
     torch.manual_seed(0)
     out = layer(x)
     torch.manual_seed(0)
-    dropped = nn.functional.dropout(x, 0.5, training=True)
+    dropped = Dropout(0.5).train()(x)  # llmkit's dropout: the same draws from the same seed
     torch.testing.assert_close(out, base(x) + layer.lora_B(layer.lora_A(dropped)) * layer.scaling)
 
 

@@ -290,3 +290,28 @@ def test_packing_leaves_evaluation_padded():
     packing = Packing.of(mask)
     x = torch.randn(2, 12, 3)
     torch.testing.assert_close(packing.unpack(packing.pack(x))[mask.bool()], x[mask.bool()])
+
+
+def test_dropout_keeps_the_distribution_and_follows_the_seed():
+    """llmkit's CPU dropout (an int32 draw per element against p * 2^31): the drop rate is p, kept
+    values are scaled by 1 / (1 - p), the seed fixes the mask, eval mode and p = 0 pass x through."""
+    from llmkit.models.layers import Dropout
+
+    x = torch.randn(200, 500)
+    drop = Dropout(0.1).train()
+    torch.manual_seed(3)
+    a = drop(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, drop(x))
+    kept = a != 0
+    rate = 1 - kept.float().mean().item()
+    assert abs(rate - 0.1) < 4 * math.sqrt(0.1 * 0.9 / x.numel())  # 4 standard errors
+    torch.testing.assert_close(a[kept], x[kept] / 0.9)
+    assert not torch.equal(drop(x), a)  # a new mask each call
+    assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+    x.requires_grad_(True)
+    torch.manual_seed(4)
+    out = Dropout(0.5).train()(x)
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, (out != 0).float() * 2.0)

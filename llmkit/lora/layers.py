@@ -18,6 +18,7 @@ from torch import nn
 from llmkit.errors import LlmkitError
 from llmkit.lora.config import LoraConfig
 from llmkit.lora.targets import matches
+from llmkit.models.layers import Dropout
 from llmkit.quantize.layers import QuantizedLinear
 
 
@@ -33,7 +34,7 @@ class LoraLinear(nn.Module):
         device = _device(base_layer)
         self.lora_A = nn.Linear(self.in_features, rank, bias=False, device=device, dtype=torch.float32)
         self.lora_B = nn.Linear(rank, self.out_features, bias=False, device=device, dtype=torch.float32)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # peft: Identity at p = 0
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()  # peft: Identity at p = 0
         self.reset_lora()
 
     @torch.no_grad()

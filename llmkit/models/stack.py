@@ -8,7 +8,7 @@ from torch.utils.checkpoint import checkpoint
 
 from llmkit.config import ModelConfig
 from llmkit.models.cache import KVCache
-from llmkit.models.layers import MLP, Attention, RelativePositionBias, Rotary, additive_mask, make_norm
+from llmkit.models.layers import MLP, Attention, Dropout, RelativePositionBias, Rotary, additive_mask, make_norm
 from llmkit.models.packing import Group, Packing
 
 Weights = torch.Tensor | None
@@ -23,7 +23,7 @@ class PreNormBlock(nn.Module):
         self.cross_norm = make_norm(cfg) if cross else None
         self.cross_attn = Attention(cfg) if cross else None
         self.mlp_norm, self.mlp = make_norm(cfg), MLP(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(
         self, x, *, attn_mask, is_causal, rope, memory, cross_attn_mask, need_weights, kv=None, past=0, packing=None
@@ -63,7 +63,7 @@ class PostNormBlock(nn.Module):
         self.cross_attn = Attention(cfg) if cross else None
         self.cross_norm = make_norm(cfg) if cross else None
         self.mlp, self.mlp_norm = MLP(cfg), make_norm(cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(
         self, x, *, attn_mask, is_causal, rope, memory, cross_attn_mask, need_weights, kv=None, past=0, packing=None
@@ -102,7 +102,7 @@ class Stack(nn.Module):
         block = PreNormBlock if cfg.norm_placement == "pre" else PostNormBlock
         self.layers = nn.ModuleList(block(cfg, cross) for _ in range(n_layer))
         self.final_norm = make_norm(cfg) if cfg.norm_placement == "pre" else nn.Identity()
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         # Training switch (set_activation_checkpointing): recompute each block's activations in
         # backward instead of storing them.
         self.activation_checkpointing = False
