@@ -207,21 +207,20 @@ class FinetuneRun(Run):
         cfg, env = self.cfg, self.env
         if self.fcfg.task.kind == "continue":
             return train_batches(self.data, self.objective, cfg, env, step)
-        batches = [
+        return [
             self.train_examples.batch(step * cfg.grad_accum + micro, cfg.batch_size, seed=cfg.seed,
-                                      rank=env.rank, world_size=env.world_size)
+                                      rank=env.rank, world_size=env.world_size).to(env.device)
             for micro in range(cfg.grad_accum)
         ]  # fmt: skip
-        # counted on the host, before the copy to the device: no sync
-        self._tokens = sum(int(b.inputs["attention_mask"].sum()) if "attention_mask" in b.inputs
-                           else b.inputs["input_ids"].numel() for b in batches) * env.world_size  # fmt: skip
-        return [b.to(env.device) for b in batches]
 
-    def step_tokens(self, batches: list[Batch]) -> int:
-        """Real (not padding) input tokens of the step, this process's times the processes."""
+    def step_tokens(self, batches: list[Batch]) -> int | torch.Tensor:
+        """Real (not padding) input tokens of the step, this process's times the processes: a tensor
+        on the device, brought to the host with the losses at the next log (no sync per step)."""
         if self.fcfg.task.kind == "continue":
             return super().step_tokens(batches)
-        return self._tokens
+        counts = [b.inputs["attention_mask"].sum() if "attention_mask" in b.inputs else b.inputs["input_ids"].numel()
+                  for b in batches]  # fmt: skip
+        return sum(counts) * self.env.world_size
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

@@ -220,7 +220,9 @@ class Attention(nn.Module):
         the heads are scattered into (B, T) for attention and gathered back (N, C) after it.
         """
         if packing is not None:
-            return self._packed(x, memory, rope, packing), None
+            if memory is not None:
+                raise ValueError("packed attention is self-attention only")  # Stack packs only without memory
+            return self._packed(x, rope, packing), None
         B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         if memory is not None and kv is not None and kv.cross_k is not None:
@@ -245,11 +247,9 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*D)
         return self.o(y), weights
 
-    def _packed(self, x: torch.Tensor, memory, rope, packing: Packing) -> torch.Tensor:
+    def _packed(self, x: torch.Tensor, rope, packing: Packing) -> torch.Tensor:
         """Self-attention over the real tokens x (N, C), group by group (models/packing.py); rope
         is per token, (N, 1, D) each."""
-        if memory is not None:
-            raise ValueError("packed attention is self-attention only")  # Stack packs only without memory
         N = x.shape[0]
         q = self.q(x).view(N, self.n_head, self.head_dim)
         k = self.k(x).view(N, self.n_kv_head, self.head_dim)

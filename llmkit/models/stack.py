@@ -9,7 +9,7 @@ from torch.utils.checkpoint import checkpoint
 from llmkit.config import ModelConfig
 from llmkit.models.cache import KVCache
 from llmkit.models.layers import MLP, Attention, Dropout, RelativePositionBias, Rotary, additive_mask, make_norm
-from llmkit.models.packing import Group, Packing
+from llmkit.models.packing import Packing
 
 Weights = torch.Tensor | None
 
@@ -42,12 +42,7 @@ class PreNormBlock(nn.Module):
         cross_weights = None
         if self.cross_attn is not None:
             h, cross_weights = self.cross_attn(
-                self.cross_norm(x),
-                memory=memory,
-                attn_mask=cross_attn_mask,
-                need_weights=need_weights,
-                kv=kv,
-                packing=packing,
+                self.cross_norm(x), memory=memory, attn_mask=cross_attn_mask, need_weights=need_weights, kv=kv
             )
             x = x + self.drop(h)
         x = x + self.drop(self.mlp(self.mlp_norm(x)))
@@ -82,7 +77,7 @@ class PostNormBlock(nn.Module):
         cross_weights = None
         if self.cross_attn is not None:
             h, cross_weights = self.cross_attn(
-                x, memory=memory, attn_mask=cross_attn_mask, need_weights=need_weights, kv=kv, packing=packing
+                x, memory=memory, attn_mask=cross_attn_mask, need_weights=need_weights, kv=kv
             )
             x = self.cross_norm(x + self.drop(h))
         x = self.mlp_norm(x + self.drop(self.mlp(x)))
@@ -129,14 +124,14 @@ class Stack(nn.Module):
             cache.check_room(T)
             past = cache.length
         S = past + T
-        attn_mask = None  # additive, on the scores: padding and causality, plus T5's relative bias
-        # A dense mask is needed for padding, the explicit path, the relative bias, and several new
-        # queries over cached keys (SDPA's is_causal aligns the triangle top-left, not bottom-right).
-        if attention_mask is not None or output_attentions or self.rel_bias is not None or (T > 1 and past > 0):
-            attn_mask = additive_mask(attention_mask, T, S, self.causal, x.dtype, x.device)
-        if self.rel_bias is not None:
-            rel = self.rel_bias(T, S, q_offset=past).to(x.dtype)  # (1, H, T, S)
-            attn_mask = rel if attn_mask is None else attn_mask + rel
+        # Training on padded batches runs the blocks on the real tokens alone (Packing); evaluation
+        # keeps the padded layout, so every position's output (padding too) matches transformers'.
+        packing = None
+        if self.training and attention_mask is not None and cache is None and memory is None and not output_attentions:
+            packing = Packing.of(attention_mask)
+        attn_mask = None  # the packed groups carry their own masks
+        if packing is None:
+            attn_mask = self._scores_mask(attention_mask, T, S, past, output_attentions, x.dtype, x.device)
         rope = None
         if self.rope is not None:
             if position_ids is None:
@@ -146,15 +141,15 @@ class Stack(nn.Module):
         if memory is not None:
             cross_attn_mask = additive_mask(memory_mask, T, memory.shape[1], False, x.dtype, x.device)
         attentions, cross_attentions = [], []
-        # Training on padded batches runs the blocks on the real tokens alone (Packing); evaluation
-        # keeps the padded layout, so every position's output (padding too) matches transformers'.
-        packing = None
-        if self.training and attention_mask is not None and cache is None and memory is None and not output_attentions:
-            packing = Packing.of(attention_mask)
         if packing is not None:
             x = packing.pack(x)  # (N, C)
-            packing = packing.with_masks(lambda g: self._group_mask(g, x.dtype), self.causal)
-            attn_mask = None
+            # a group's rows start at position 0 with no cache: its own padding, causality and bias
+            packing = packing.with_masks(
+                lambda g: self._scores_mask(
+                    g.mask if g.padded else None, g.shape[1], g.shape[1], 0, False, x.dtype, x.device
+                ),
+                self.causal,
+            )
             if rope is not None:  # per token: (N, 1, D) each
                 rope = tuple(packing.pack(r[:, 0].expand(B, -1, -1))[:, None] for r in rope)
         x = self.drop(x)
@@ -180,15 +175,18 @@ class Stack(nn.Module):
             x = packing.unpack(x)  # (B, T, C), zeros at padding
         return x, tuple(attentions), tuple(cross_attentions)
 
-    def _group_mask(self, group: Group, dtype: torch.dtype) -> torch.Tensor | None:
-        """A packed attention group's additive mask: its padding, causality and T5's relative bias
-        (None when SDPA needs none: no padding, no bias; causality then goes by is_causal)."""
-        rows, length = group.shape
+    def _scores_mask(
+        self, attention_mask, T: int, S: int, past: int, explicit: bool, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor | None:
+        """The additive mask on the attention scores (B or 1, H or 1, T, S): padding and causality, plus
+        T5's relative bias; None when SDPA needs none (causality then goes by its is_causal). A dense
+        mask is needed for padding, the ``explicit`` path (attention weights), the relative bias, and
+        several new queries over cached keys (SDPA's is_causal aligns the triangle top-left, not
+        bottom-right)."""
         mask = None
-        if group.padded or self.rel_bias is not None:
-            mask = additive_mask(group.mask if group.padded else None, length, length, self.causal, dtype,
-                                 group.mask.device)  # fmt: skip
+        if attention_mask is not None or explicit or self.rel_bias is not None or (T > 1 and past > 0):
+            mask = additive_mask(attention_mask, T, S, self.causal, dtype, device)
         if self.rel_bias is not None:
-            rel = self.rel_bias(length, length).to(dtype)  # (1, H, L, L)
+            rel = self.rel_bias(T, S, q_offset=past).to(dtype)  # (1, H, T, S)
             mask = rel if mask is None else mask + rel
         return mask

@@ -233,7 +233,7 @@ class Run:
         """What train_state.pt keeps besides step, optimizer and settings."""
         return {}
 
-    def step_tokens(self, batches: list[Batch]) -> int:
+    def step_tokens(self, batches: list[Batch]) -> int | torch.Tensor:
         """Input tokens of one optimizer step over all processes, for tokens/s and MFU: every row is
         a full ``block_size`` window in pretraining; fine-tuning counts real tokens, not padding."""
         return self.rows * self.cfg.block_size
@@ -319,8 +319,9 @@ class Run:
         seconds = now - self.tick
         self.train_seconds += seconds
         self.tick = now
-        tokens_per_s = self.pending_tokens / seconds
-        self.tokens_seen += self.pending_tokens
+        tokens = int(self.pending_tokens)  # a device tensor in fine-tuning: brought over with the losses
+        tokens_per_s = tokens / seconds
+        self.tokens_seen += tokens
         self.pending_tokens = 0
         mfu = self.flops_per_token * tokens_per_s / (self.peak * self.env.world_size)
         record = {
