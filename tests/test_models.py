@@ -315,3 +315,56 @@ def test_dropout_keeps_the_distribution_and_follows_the_seed():
     out = Dropout(0.5).train()(x)
     out.sum().backward()
     torch.testing.assert_close(x.grad, (out != 0).float() * 2.0)
+
+
+# BERT pools position 0, which left padding makes padding: the fallback test covers that case
+@pytest.mark.parametrize(
+    "family,padding",
+    [("bert", "right"), ("bert", "none")] + [(f, p) for f in ("gpt", "llama-gqa") for p in ("right", "left", "none")],
+)
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_sequence_classifier_training_computes_only_the_read_token(family, padding, checkpointing):
+    """Training a sequence head, the last block runs only at the token the head reads ([CLS], or each
+    row's last real token): logits and every gradient equal the full computation's (eval mode, dropout
+    off), packed or not, and the stack hands back just those states."""
+    from llmkit.models import set_activation_checkpointing
+
+    torch.manual_seed(0)
+    head = dict(encoder_head="classifier") if family == "bert" else dict(decoder_head="classifier", pad_token_id=0)
+    model = build_model(FAMILIES[family].replace(dropout=0.0, num_labels=3, **head))
+    set_activation_checkpointing(model, checkpointing)
+    ids = torch.randint(3, 97, (4, 12))
+    mask = torch.ones_like(ids)
+    if padding == "right":
+        mask[1, 7:] = 0
+        mask[2, 3:] = 0
+    elif padding == "left":
+        mask[1, :5] = 0
+        mask[3, :9] = 0
+    results = []
+    for train in (True, False):
+        model.train(train)
+        model.zero_grad()
+        out = model(ids, attention_mask=mask)
+        out.logits.float().pow(2).mean().backward()
+        results.append((out.logits.detach(), [p.grad.clone() for p in model.parameters()]))
+        assert out.last_hidden_state.shape[1] == (1 if train else 12)
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=0)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_sequence_classifier_reading_padding_falls_back_to_every_token():
+    """A left-padded BERT row pools position 0, a padding token, which has no packed row: the stack
+    then computes every token and reads position 0 (a real row's logits equal the full computation's;
+    training on packed tokens leaves padding states at zero)."""
+    from llmkit.models.stack import Stack
+
+    torch.manual_seed(0)
+    model = build_model(FAMILIES["bert"].replace(dropout=0.0, num_labels=2, encoder_head="classifier"))
+    ids = torch.randint(3, 97, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
+    assert Stack._selection(model.stack, torch.zeros(2, dtype=torch.long), mask, None, 2, 6, None,
+                            torch.float32, torch.device("cpu")) is None  # fmt: skip
+    logits = [model.train(train)(ids, attention_mask=mask).logits.detach() for train in (True, False)]
+    torch.testing.assert_close(logits[0][0], logits[1][0], atol=1e-5, rtol=0)

@@ -158,6 +158,36 @@ def test_activation_checkpointing_trains_as_without_it(dtype):
     torch.testing.assert_close(weights[0], weights[1], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("family", ["gpt", "bert"])
+def test_sparse_lookup_gradients_train_as_dense_ones(family, monkeypatch):
+    """Large embedding tables take their lookup gradient as rows added into a gradient kept between
+    steps (step.sparse_lookups): three AdamW steps with clipping give the weights dense gradients
+    give, tied (GPT's head) or not (BERT), and the kept gradient is dense and zero after each step."""
+    from llmkit.objectives import Batch
+    from llmkit.train.distributed import Dist
+
+    env = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    name = "tiny-gpt-1m" if family == "gpt" else "tiny-bert-1m"
+    cfg = ModelConfig.from_name(name, vocab_size=97, d_model=32, n_layer=2, n_head=4, max_seq_len=64, dropout=0.0)
+    ids = torch.randint(0, 97, (4, 17), generator=torch.Generator().manual_seed(0))
+    batch = Batch({"input_ids": ids[:, :-1]}, ids[:, 1:] if family == "gpt" else ids[:, :-1])
+    results = []
+    for rows in (10**9, 1):  # threshold above the vocabulary (dense, torch's) or below it (sparse lookups)
+        monkeypatch.setattr(step, "SPARSE_LOOKUP_MIN_ROWS", rows)
+        torch.manual_seed(0)
+        state = step.make_state(build_model(cfg), TrainConfig(block_size=16, device="cpu", grad_clip=0.5), env)
+        table = state.raw.embed.tokens
+        assert table.sparse == any(p is table.weight for p in state.kept_grads) == (rows == 1)
+        losses = [float(step.train_step(state, [batch])) for _ in range(3)]
+        if rows == 1:
+            assert table.weight.grad is not None and not table.weight.grad.is_sparse
+            assert not table.weight.grad.any()
+        results.append((losses, [p.detach().clone() for p in state.raw.parameters()]))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
 @pytest.mark.slow
 def test_compiled_training_matches_eager(data_dirs, tmp_path):
     """torch.compile (each Stack, in place) trains the same model: losses and weights agree to float tolerance."""
@@ -503,3 +533,26 @@ def test_pretrain_names_the_model_and_warns_about_a_long_warmup(data_dirs, tmp_p
         == 0
     )
     assert "warning" not in capsys.readouterr().err and model_name(tmp_path / "b") == "tiny-run"
+
+
+def test_training_keeps_freed_host_memory_for_the_next_step():
+    """Inside host_memory.keep_freed_memory a freed 64 MB tensor's pages serve the next one (no page
+    faults); after the block glibc maps and unmaps such blocks again (one fault per 4 KiB page)."""
+    import resource
+
+    from llmkit.train import host_memory
+
+    if not host_memory.supported():
+        pytest.skip("malloc tuning applies to glibc only")
+
+    def faults_of_a_fresh_64mb_tensor() -> int:
+        torch.ones(16 * 2**20).sum()  # allocate, touch and free once
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.ones(16 * 2**20).sum()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    with host_memory.keep_freed_memory() as kept:
+        assert kept
+        inside = faults_of_a_fresh_64mb_tensor()
+    outside = faults_of_a_fresh_64mb_tensor()
+    assert inside < 1000 < 8000 < outside, (inside, outside)

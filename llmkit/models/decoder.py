@@ -46,13 +46,18 @@ class DecoderLM(nn.Module):
         """
         past = cache.length if cache is not None else 0
         x = self.embed(input_ids, position_ids, past=past)  # (B, T, C)
+        # training a sequence classifier: the stack computes each row's last real state alone in its
+        # last block (the score head reads nothing else), so last_hidden_state is then (B, 1, C)
+        last_only = self.score is not None and self.training and not output_attentions and cache is None
+        outputs = last_positions(input_ids, attention_mask, self.config.pad_token_id) if last_only else None
         x, attentions, _ = self.stack(
             x, attention_mask=attention_mask, position_ids=position_ids, output_attentions=output_attentions,
-            cache=cache,
+            cache=cache, outputs=outputs,
         )  # fmt: skip
         if self.score is not None:
-            return ModelOutput(logits=self.score(last_real(x, input_ids, attention_mask, self.config.pad_token_id)),
-                               last_hidden_state=x, attentions=attentions if output_attentions else None)  # fmt: skip
+            last = x[:, 0] if last_only else last_real(x, input_ids, attention_mask, self.config.pad_token_id)
+            return ModelOutput(logits=self.score(last), last_hidden_state=x,
+                               attentions=attentions if output_attentions else None)  # fmt: skip
         return ModelOutput(
             logits=self.lm_head(x),  # (B, T, V)
             last_hidden_state=x,
@@ -68,6 +73,13 @@ def last_real(
     Real tokens are those of ``attention_mask`` when given, else those that are not ``pad_token_id``
     (transformers' rule), else all. The rightmost real position is taken, so right-padded rows read
     their last token and left-padded rows the final position."""
+    return x[torch.arange(x.shape[0], device=x.device), last_positions(input_ids, attention_mask, pad_token_id)]
+
+
+def last_positions(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pad_token_id: int | None
+) -> torch.Tensor:
+    """Each row's last real position (B,), by ``last_real``'s rule."""
     if attention_mask is not None:
         real = attention_mask.bool()
     elif pad_token_id is not None:
@@ -75,5 +87,4 @@ def last_real(
     else:
         real = torch.ones_like(input_ids, dtype=torch.bool)
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-    last = (positions * real).argmax(-1)  # (B,)
-    return x[torch.arange(x.shape[0], device=x.device), last]
+    return (positions * real).argmax(-1)  # (B,)

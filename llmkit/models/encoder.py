@@ -65,9 +65,14 @@ class EncoderModel(nn.Module):
         """input_ids (B, T) -> MLM logits (B, T, V), class logits (B, L), per-token class logits
         (B, T, L), or no logits (base model)."""
         x = self.embed(input_ids, position_ids, token_type_ids)  # (B, T, C)
+        # training a sequence classifier: the stack computes the [CLS] states alone in its last block
+        # (the pooler reads nothing else), so last_hidden_state is then (B, 1, C)
+        cls_only = self.training and self.config.encoder_head == "classifier" and not output_attentions
+        outputs = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if cls_only else None
         x, attentions, _ = self.stack(
-            x, attention_mask=attention_mask, position_ids=position_ids, output_attentions=output_attentions
-        )
+            x, attention_mask=attention_mask, position_ids=position_ids, output_attentions=output_attentions,
+            outputs=outputs,
+        )  # fmt: skip
         pooled = self.pooler(x) if self.pooler is not None else None
         if self.mlm_head is not None:
             logits = self.mlm_head(x)

@@ -273,6 +273,25 @@ class Attention(nn.Module):
             )
         return self.o(packing.from_groups(ys))
 
+    def select(self, x: torch.Tensor, rows: torch.Tensor, *, rows_of, attn_mask, rope) -> torch.Tensor:
+        """Self-attention outputs at tokens ``rows`` alone: x (M, C) holds the batch's tokens (packed
+        or flattened), ``rows`` (B,) one query token per row of the batch, ``rows_of`` lays a (M, ...)
+        tensor out as (B, T, ...) for the keys, ``attn_mask`` (B, 1, 1, T) is each query's additive
+        mask and ``rope`` per token ((M, 1, D) each). -> (B, C)."""
+        B = rows.shape[0]
+        q = self.q(x.index_select(0, rows)).view(B, self.n_head, self.head_dim)
+        k = self.k(x).view(-1, self.n_kv_head, self.head_dim)
+        v = self.v(x).view(-1, self.n_kv_head, self.head_dim)
+        if rope is not None:
+            q = apply_rotary(q, *(r.index_select(0, rows) for r in rope))
+            k = apply_rotary(k, *rope)
+        k, v = rows_of(k).transpose(1, 2), rows_of(v).transpose(1, 2)  # (B, K, T, D)
+        y = F.scaled_dot_product_attention(
+            q[:, :, None], k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0,
+            scale=self.scale, enable_gqa=self.n_kv_head != self.n_head,
+        )  # (B, H, 1, D)  # fmt: skip
+        return self.o(y.reshape(B, self.n_head * self.head_dim))
+
     def _project_kv(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, S, _ = src.shape
         k = self.k(src).view(B, S, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, S, D)

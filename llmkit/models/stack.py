@@ -48,6 +48,12 @@ class PreNormBlock(nn.Module):
         x = x + self.drop(self.mlp(self.mlp_norm(x)))
         return x, weights, cross_weights
 
+    def select(self, x, rows, *, rows_of, attn_mask, rope):
+        """The block's output at tokens ``rows`` alone (Stack's ``outputs``): x (M, C) -> (len(rows), C)."""
+        h = self.attn.select(self.attn_norm(x), rows, rows_of=rows_of, attn_mask=attn_mask, rope=rope)
+        y = x.index_select(0, rows) + self.drop(h)
+        return y + self.drop(self.mlp(self.mlp_norm(y)))
+
 
 class PostNormBlock(nn.Module):
     """norm(x + attn x) [-> norm(x + cross(x, memory))] -> norm(x + mlp x): BERT, original Transformer."""
@@ -83,6 +89,12 @@ class PostNormBlock(nn.Module):
         x = self.mlp_norm(x + self.drop(self.mlp(x)))
         return x, weights, cross_weights
 
+    def select(self, x, rows, *, rows_of, attn_mask, rope):
+        """The block's output at tokens ``rows`` alone (Stack's ``outputs``): x (M, C) -> (len(rows), C)."""
+        h = self.attn.select(x, rows, rows_of=rows_of, attn_mask=attn_mask, rope=rope)
+        y = self.attn_norm(x.index_select(0, rows) + self.drop(h))
+        return self.mlp_norm(y + self.drop(self.mlp(y)))
+
 
 class Stack(nn.Module):
     """Blocks plus what positions need inside attention (RoPE angles, T5 relative bias) and the
@@ -112,11 +124,17 @@ class Stack(nn.Module):
         memory_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
         cache: KVCache | None = None,
+        outputs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[Weights, ...], tuple[Weights, ...]]:
         """x (B, T, C) -> (hidden (B, T, C), self-attention weights, cross-attention weights).
 
         With a ``cache`` the T new positions follow the ``cache.length`` cached ones, and
         ``attention_mask`` (B, cache.length + T) covers all of them; the cache advances by T.
+
+        ``outputs`` (B,), one position per row: only those states are wanted (a sequence head reads
+        one token), and hidden is (B, 1, C). The last block then computes its queries, output
+        projection, MLP and norms at those B tokens alone (its keys and values still at every token):
+        a sixth of a 6-layer encoder's work spared, the same values at those positions.
         """
         B, T, _ = x.shape
         past = 0
@@ -160,7 +178,11 @@ class Stack(nn.Module):
             attn_mask=attn_mask, is_causal=is_causal, rope=rope, memory=memory, cross_attn_mask=cross_attn_mask,
             need_weights=output_attentions, past=past, packing=packing,
         )  # fmt: skip
-        for i, layer in enumerate(self.layers):
+        select = None
+        if outputs is not None and cache is None and memory is None and not output_attentions and self.layers:
+            select = self._selection(outputs, attention_mask, packing, B, T, rope, x.dtype, x.device)
+        full_layers = self.layers[:-1] if select is not None else self.layers
+        for i, layer in enumerate(full_layers):
             kv = cache.layers[i] if cache is not None else None
             if self.activation_checkpointing and self.training:
                 x, w, cw = checkpoint(layer, x, use_reentrant=False, kv=kv, **kwargs)
@@ -168,12 +190,47 @@ class Stack(nn.Module):
                 x, w, cw = layer(x, kv=kv, **kwargs)
             attentions.append(w)
             cross_attentions.append(cw)
+        if select is not None:
+            rows, select_kwargs = select
+            flat = x if packing is not None else x.reshape(B * T, -1)
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(self.layers[-1].select, flat, rows, use_reentrant=False, **select_kwargs)
+            else:
+                x = self.layers[-1].select(flat, rows, **select_kwargs)
+            attentions.append(None)
+            cross_attentions.append(None)
+            return self.drop(self.final_norm(x))[:, None], tuple(attentions), tuple(cross_attentions)
         if cache is not None:
             cache.length = S
         x = self.drop(self.final_norm(x))
         if packing is not None:
             x = packing.unpack(x)  # (B, T, C), zeros at padding
+        if outputs is not None:
+            x = x[torch.arange(B, device=x.device), outputs][:, None]
         return x, tuple(attentions), tuple(cross_attentions)
+
+    def _selection(self, outputs, attention_mask, packing, B: int, T: int, rope, dtype, device):
+        """What the last block needs to compute only the ``outputs`` positions: their rows among the
+        tokens it is given ((N, C) packed, else (B * T, C)) and its keyword arguments; None when the
+        shortcut does not apply (T5's relative bias needs every query's position; a wanted position
+        that is padding has no packed row)."""
+        if self.rel_bias is not None:
+            return None
+        flat = torch.arange(B, device=device) * T + outputs  # (B,) positions in the (B * T) layout
+        if attention_mask is not None and not bool(attention_mask.reshape(-1)[flat].all()):
+            return None
+        mask = additive_mask(attention_mask, T, T, self.causal, dtype, device)  # (B or 1, 1, T, T)
+        if mask is not None:  # each row's wanted query: (B, 1, 1, T)
+            mask = mask.expand(B, -1, -1, -1)[torch.arange(B, device=device), :, outputs][:, :, None]
+        if packing is not None:
+            rows = torch.searchsorted(packing.index, flat)  # the wanted tokens among the N real ones
+            rows_of = packing.unpack
+        else:
+            rows = flat
+            rows_of = lambda t: t.view(B, T, *t.shape[1:])  # noqa: E731
+            if rope is not None:  # per token, as packed rope is: (B * T, 1, D) each
+                rope = tuple(r[:, 0].expand(B, -1, -1).reshape(B * T, 1, -1) for r in rope)
+        return rows, dict(rows_of=rows_of, attn_mask=mask, rope=rope)
 
     def _scores_mask(
         self, attention_mask, T: int, S: int, past: int, explicit: bool, dtype: torch.dtype, device: torch.device

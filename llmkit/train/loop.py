@@ -26,7 +26,7 @@ from llmkit.errors import LlmkitError
 from llmkit.model_card import ModelCard
 from llmkit.models import build_model
 from llmkit.objectives import IGNORE_INDEX, Batch, Objective, lm_loss, make_objective
-from llmkit.train import distributed
+from llmkit.train import distributed, host_memory
 from llmkit.train.card import pretrain_card
 from llmkit.train.distributed import Dist
 from llmkit.train.metrics import MetricsLog, loss_title, plot_loss
@@ -287,23 +287,25 @@ class Run:
         self.tokens_at_start = self.tokens_seen
         self.train_seconds = self.saved.get("train_seconds", 0.0)
         self.tick = time.perf_counter()
+        # CPU steps reuse their freed memory instead of page-faulting it in anew (train/host_memory.py)
         try:
-            for step in range(start, cfg.steps):
-                torch.manual_seed(derive_seed(cfg.seed, TRAIN_SEEDS, step, self.env.rank))  # dropout
-                batches = self.batches(step)
-                self.pending_tokens += self.step_tokens(batches)
-                self.pending.append(train_step(state, batches))
-                bar.update(1)
-                done = state.step
-                at_end = done == cfg.steps
-                save = done % cfg.save_interval == 0 or at_end
-                evaluate = done % cfg.eval_interval == 0 or at_end
-                if done % cfg.log_interval == 0 or save or evaluate:
-                    self._log(bar)
-                if evaluate:
-                    self._log_eval(bar)
-                if save:
-                    self._save()
+            with host_memory.keep_freed_memory(self.env.device.type == "cpu"):
+                for step in range(start, cfg.steps):
+                    torch.manual_seed(derive_seed(cfg.seed, TRAIN_SEEDS, step, self.env.rank))  # dropout
+                    batches = self.batches(step)
+                    self.pending_tokens += self.step_tokens(batches)
+                    self.pending.append(train_step(state, batches))
+                    bar.update(1)
+                    done = state.step
+                    at_end = done == cfg.steps
+                    save = done % cfg.save_interval == 0 or at_end
+                    evaluate = done % cfg.eval_interval == 0 or at_end
+                    if done % cfg.log_interval == 0 or save or evaluate:
+                        self._log(bar)
+                    if evaluate:
+                        self._log_eval(bar)
+                    if save:
+                        self._save()
         finally:
             bar.close()
         return self._summary(start)

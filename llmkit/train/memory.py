@@ -49,6 +49,10 @@ class LiveBytes(TorchDispatchMode):
         self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
     def track(self, tensor: torch.Tensor) -> None:
+        if tensor.is_sparse:  # a lookup's row gradient (train.step.sparse_lookups): its two dense parts
+            self.track(tensor._indices())
+            self.track(tensor._values())
+            return
         storage = tensor.untyped_storage()
         if storage in self._seen or tensor.device.type == "meta":
             return
@@ -280,7 +284,8 @@ class _Marks:
         self.activations = self.meter.peak - self._start
 
     def _grad(self, grad: torch.Tensor) -> None:
-        self.gradients += grad.nbytes
+        # a lookup's row gradient lands in a dense one of the parameter's size (train.step.sparse_lookups)
+        self.gradients += grad.numel() * grad.element_size()
 
     def remove(self) -> None:
         for handle in self._handles:
