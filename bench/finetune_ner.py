@@ -10,7 +10,7 @@ The Trainer batches sentences of similar length together (--hf-sampler group_by_
 setting) or at random (its default, as llmkit does); "random,group_by_length" runs both.
 
     python bench/finetune_ner.py [--train-examples 3394] [--epochs 3] [--batch 16] [--lr 5e-5]
-                                 [--max-length 128] [--dtype fp32|bf16] [--sides llmkit,hf] [--work DIR]
+                                 [--max-length 128] [--dtype fp32|bf16] [--sides hf,llmkit] [--work DIR]
                                  [--hf-sampler group_by_length,random]
 """
 
@@ -52,7 +52,9 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sides", default="llmkit,hf")
+    p.add_argument(
+        "--sides", default="hf,llmkit", help="order of the runs; the Trainer first gets an untouched process"
+    )
     p.add_argument(
         "--hf-sampler",
         default="group_by_length",

@@ -17,7 +17,7 @@ its fastest setting for SST-2's short sentences of mixed length); --hf-sampler r
 trains on their real tokens only (llmkit/models/packing.py).
 
     python bench/finetune_sentiment.py [--train-examples 67349] [--epochs 1] [--batch 32] [--lr 5e-5]
-                                       [--max-length 64] [--dtype fp32|bf16] [--sides llmkit,hf] [--work DIR]
+                                       [--max-length 64] [--dtype fp32|bf16] [--sides hf,llmkit] [--work DIR]
                                        [--method full|lora] [--rank 8] [--alpha 16] [--targets q,v]
                                        [--hf-sampler group_by_length,random]
 
@@ -61,7 +61,9 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sides", default="llmkit,hf")
+    p.add_argument(
+        "--sides", default="hf,llmkit", help="order of the runs; the Trainer first gets an untouched process"
+    )
     p.add_argument("--method", choices=("full", "lora"), default="full")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from llmkit.config import PRESETS, ModelConfig
 from llmkit.errors import LlmkitError
@@ -368,3 +369,39 @@ def test_sequence_classifier_reading_padding_falls_back_to_every_token():
                             torch.float32, torch.device("cpu")) is None  # fmt: skip
     logits = [model.train(train)(ids, attention_mask=mask).logits.detach() for train in (True, False)]
     torch.testing.assert_close(logits[0][0], logits[1][0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["gpt", "llama-gqa", "bert"])
+def test_written_out_training_attention_equals_sdpa(family):
+    """Training on the CPU with dropout, packed attention is written out (Attention._attend) so its
+    dropout takes Dropout's fast mask: with that mask an identity, logits and gradients equal SDPA's
+    (packed groups with padding and causality, the selected last block of a sequence head)."""
+    from llmkit.models.layers import Attention
+
+    torch.manual_seed(0)
+    head = dict(encoder_head="classifier") if family == "bert" else dict(decoder_head="classifier", pad_token_id=0)
+    model = build_model(FAMILIES[family].replace(dropout=0.1, num_labels=3, **head)).train()
+    attentions = [m for m in model.modules() if isinstance(m, Attention)]
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0  # the residual and embedding dropouts off; attention's is switched below
+    calls = []
+    for a in attentions:
+        a.attn_drop = nn.Identity()
+        a.attn_drop.register_forward_hook(lambda *args: calls.append(1))
+    ids = torch.randint(3, 97, (4, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    mask[2, 3:] = 0
+    results = []
+    for written_out in (True, False):
+        for a in attentions:
+            a.dropout = 0.1 if written_out else 0.0  # 0: SDPA without dropout
+        model.zero_grad()
+        logits = model(ids, attention_mask=mask).logits
+        logits.float().pow(2).mean().backward()
+        results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert len(calls) >= len(attentions)  # the written-out path ran in every layer
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=0)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

@@ -169,7 +169,7 @@ def render_measured(plan, m) -> str:
         ("peak of tensors", t.tensors_peak, m.peak),
     ]
     lines = [
-        f"measured on {m.device}: {m.steps} steps of llmkit's train_step, {m.attention} attention, "
+        f"measured on {m.device}: {m.steps} step{'s' if m.steps != 1 else ''} of llmkit's train_step, {m.attention} attention, "
         f"{m.seconds:.1f} s (tensor bytes, no overhead):",
         f"  {'':<34}{'predicted':>12}{'measured':>12}  measured/predicted",
     ]

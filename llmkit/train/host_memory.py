@@ -11,10 +11,10 @@ vary by a third. Inside ``keep_freed_memory`` malloc takes large blocks from its
 keeps what is freed: from the second step on the same pages are reused (20-600 faults a step).
 The price is that the process keeps its peak memory until the block ends.
 
-The settings are process-wide (mallopt), so the block sets glibc's starting values again when it
-ends (a program timed after it, as the Trainer in bench/finetune_sentiment.py, runs as in a fresh
-process but for glibc's dynamic thresholds, which mallopt turns off). On other C libraries (macOS,
-musl) it does nothing.
+The settings are process-wide (mallopt), and mallopt turns glibc's dynamic thresholds off for good,
+so when the block ends it sets them where glibc's own adjustment settles for large blocks (mmap from
+32 MiB, trim past 64 MiB). The side-by-side benches run the peer first, in an untouched process.
+On other C libraries (macOS, musl) it does nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ from collections.abc import Iterator
 
 # mallopt parameters (malloc.h) and glibc's defaults for them
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
-DEFAULT_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536  # trim and mmap thresholds start at 128 KiB
+DEFAULT_MMAP_MAX = 65536
+# glibc raises its mmap threshold to each freed mmapped block's size, up to 32 MiB on 64-bit systems,
+# and its trim threshold to twice that: where a program handling large tensors settles
+SETTLED_MMAP_THRESHOLD = 32 * 2**20
+SETTLED_TRIM_THRESHOLD = 2 * SETTLED_MMAP_THRESHOLD
 KEEP_TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: free heap kept up to 2 GiB
 
 
@@ -63,7 +67,7 @@ def keep_freed_memory(enabled: bool = True) -> Iterator[bool]:
     try:
         yield ok
     finally:
-        # glibc's starting values (its dynamic threshold, which mallopt turns off, may have raised them)
+        # mallopt turned glibc's dynamic thresholds off: leave them where that would have settled
         libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
-        libc.mallopt(M_MMAP_THRESHOLD, DEFAULT_THRESHOLD)
-        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_THRESHOLD)
+        libc.mallopt(M_MMAP_THRESHOLD, SETTLED_MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, SETTLED_TRIM_THRESHOLD)
