@@ -169,8 +169,8 @@ def render_measured(plan, m) -> str:
         ("peak of tensors", t.tensors_peak, m.peak),
     ]
     lines = [
-        f"measured on {m.device}: {m.steps} step{'s' if m.steps != 1 else ''} of llmkit's train_step, {m.attention} attention, "
-        f"{m.seconds:.1f} s (tensor bytes, no overhead):",
+        f"measured on {m.device}: {m.steps} step{'s' if m.steps != 1 else ''} of llmkit's train_step, "
+        f"{m.attention} attention, {m.seconds:.1f} s (tensor bytes, no overhead):",
         f"  {'':<34}{'predicted':>12}{'measured':>12}  measured/predicted",
     ]
     for name, predicted, measured in rows:
