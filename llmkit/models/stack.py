@@ -134,7 +134,7 @@ class Stack(nn.Module):
         ``outputs`` (B,), one position per row: only those states are wanted (a sequence head reads
         one token), and hidden is (B, 1, C). The last block then computes its queries, output
         projection, MLP and norms at those B tokens alone (its keys and values still at every token):
-        a sixth of a 6-layer encoder's work spared, the same values at those positions.
+        about five sixths of the last block's work spared, the same values at those positions.
         """
         B, T, _ = x.shape
         past = 0
