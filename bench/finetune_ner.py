@@ -60,6 +60,12 @@ def main() -> None:
         default="group_by_length",
         help="the Trainer's batches, one run each: group_by_length, random or both (comma-separated)",
     )
+    p.add_argument(
+        "--llmkit-sampler",
+        choices=("random", "group_by_length"),
+        default="random",
+        help="llmkit's batches: random (its default) or [task] group_by_length (as the Trainer's)",
+    )
     p.add_argument("--work", default=None, help="scratch folder (default: a new temporary one)")
     args = p.parse_args()
     work = workdir(args.work)
@@ -78,6 +84,7 @@ def run_llmkit(args, steps: int, warmup: int, work: Path) -> dict:
     from llmkit.finetune import finetune
 
     task = {"kind": "tokens", "train_file": str(TRAIN), "dev_file": str(TEST),
+            "group_by_length": args.llmkit_sampler == "group_by_length",
             "max_train_examples": args.train_examples, "labels": LABELS}  # fmt: skip
     out = fresh(work / f"llmkit-wnut17-{args.dtype}")
     train = {"steps": steps, "batch_size": args.batch, "block_size": args.max_length, "lr": args.lr,

@@ -13,13 +13,14 @@ get_peft_model with task type SEQ_CLS on the transformers side.
 
 The Trainer batches rows of similar length together by default here (--hf-sampler group_by_length,
 its fastest setting for SST-2's short sentences of mixed length); --hf-sampler random is its default
-(random batches, as llmkit's); "random,group_by_length" runs both. llmkit keeps random batches and
-trains on their real tokens only (llmkit/models/packing.py).
+(random batches, as llmkit's); "random,group_by_length" runs both. llmkit trains on the real tokens of
+its batches only (llmkit/models/packing.py), random by default; --llmkit-sampler group_by_length
+batches rows of similar length as the Trainer does ([task] group_by_length).
 
     python bench/finetune_sentiment.py [--train-examples 67349] [--epochs 1] [--batch 32] [--lr 5e-5]
                                        [--max-length 64] [--dtype fp32|bf16] [--sides hf,llmkit] [--work DIR]
                                        [--method full|lora] [--rank 8] [--alpha 16] [--targets q,v]
-                                       [--hf-sampler group_by_length,random]
+                                       [--hf-sampler group_by_length,random] [--llmkit-sampler random]
 
 --train-examples 67349 --epochs 1 is the full training set once.
 """
@@ -74,6 +75,12 @@ def main() -> None:
         default="group_by_length",
         help="the Trainer's batches, one run each: group_by_length, random or both (comma-separated)",
     )
+    p.add_argument(
+        "--llmkit-sampler",
+        choices=("random", "group_by_length"),
+        default="random",
+        help="llmkit's batches: random (its default) or [task] group_by_length (as the Trainer's)",
+    )
     p.add_argument("--work", default=None, help="scratch folder (default: a new temporary one)")
     args = p.parse_args()
     if args.lr is None:
@@ -86,7 +93,7 @@ def main() -> None:
           f"dev 872 sentences; torch threads {torch.get_num_threads()}; method {args.method}"
           + (f" r={args.rank} alpha={args.alpha} dropout={args.lora_dropout} on {args.targets}"
              if args.method == "lora" else "")
-          + f"; Trainer sampler {args.hf_sampler}")  # fmt: skip
+          + f"; Trainer sampler {args.hf_sampler}; llmkit sampler {args.llmkit_sampler}")  # fmt: skip
     run_sides(args.sides, args.hf_sampler, lambda: run_llmkit(args, steps, warmup, work),
               lambda sampler: run_hf(args, steps, warmup, work, sampler), "accuracy")  # fmt: skip
 
@@ -95,6 +102,7 @@ def run_llmkit(args, steps: int, warmup: int, work: Path) -> dict:
     from llmkit.finetune import finetune
 
     task = {"kind": "classify", "train_file": str(TRAIN), "dev_file": str(DEV),
+            "group_by_length": args.llmkit_sampler == "group_by_length",
             "max_train_examples": args.train_examples, "labels": ["0", "1"]}  # fmt: skip
     out = fresh(work / f"llmkit-sst2-{args.dtype}-{args.method}")
     train = {"steps": steps, "batch_size": args.batch, "block_size": args.max_length, "lr": args.lr,

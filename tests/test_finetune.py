@@ -266,6 +266,40 @@ def test_resume_with_another_task_is_an_error(bert_base, tmp_path):
         finetune(load_finetune_config(cfg, {"task": {"max_train_examples": 100}}), resume=True)
 
 
+def test_group_by_length_sorts_runs_of_the_shuffled_order():
+    """[task] group_by_length: each epoch's shuffled order cut into runs, each sorted longest first
+    (transformers' LengthGroupedSampler); every row once per epoch, batches far less padded."""
+    from llmkit.finetune.data import Encoded, Examples
+
+    lengths = torch.randint(2, 40, (96,), generator=torch.Generator().manual_seed(0)).tolist()
+    rows = [Encoded(list(range(n)), 0) for n in lengths]
+    plain, grouped = Examples(rows, pad_id=0), Examples(rows, pad_id=0, group_size=32)
+    order = grouped._order(seed=0, epoch=0)
+    assert sorted(order) == list(range(96))
+    for start in range(0, 96, 32):
+        run = order[start : start + 32]
+        assert [lengths[i] for i in run] == sorted((lengths[i] for i in run), reverse=True)
+        assert set(run) == set(plain._order(seed=0, epoch=0)[start : start + 32])  # the shuffled run, sorted
+
+    def padding(examples):
+        return sum(int((examples.batch(i, 8, seed=0).inputs["attention_mask"] == 0).sum()) for i in range(12))
+
+    assert padding(grouped) < padding(plain) / 3
+
+
+def test_resume_takes_a_setting_added_since_as_its_default(bert_base, tmp_path):
+    """A run saved before a [task] setting existed resumes when the setting is at its default."""
+    cfg = _config(tmp_path, bert_base, steps=8, save_interval=4)
+    finetune(load_finetune_config(cfg, {"train": {"steps": 4}}))
+    state_path = tmp_path / "run" / "last" / "train_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    del state["finetune"]["task"]["group_by_length"]  # as an older llmkit saved it
+    torch.save(state, state_path)
+    assert finetune(load_finetune_config(cfg), resume=True, verify=False)["steps_this_run"] == 4  # edited file
+    with pytest.raises(LlmkitError, match=r"cannot resume: \[task\] group_by_length=True"):
+        finetune(load_finetune_config(cfg, {"task": {"group_by_length": True}, "train": {"steps": 12}}), resume=True)
+
+
 def test_freeze_trains_the_head_only(bert_base, tmp_path):
     cfg = load_finetune_config(_config(tmp_path, bert_base, steps=4), {"method": {"name": "freeze"}})
     finetune(cfg)

@@ -536,23 +536,26 @@ def test_pretrain_names_the_model_and_warns_about_a_long_warmup(data_dirs, tmp_p
 
 
 def test_training_keeps_freed_host_memory_for_the_next_step():
-    """Inside host_memory.keep_freed_memory a freed 64 MB tensor's pages serve the next one (no page
-    faults); after the block glibc maps and unmaps such blocks again (one fault per 4 KiB page)."""
-    import resource
-
+    """In a fresh process glibc maps a 64 MB tensor anew each time (one page fault per 4 KiB page);
+    inside host_memory.keep_freed_memory a freed one's pages serve the next (no faults). A
+    subprocess: what earlier tests left in this process's heap would decide the first figure."""
     from llmkit.train import host_memory
 
     if not host_memory.supported():
         pytest.skip("malloc tuning applies to glibc only")
-
-    def faults_of_a_fresh_64mb_tensor() -> int:
-        torch.ones(16 * 2**20).sum()  # allocate, touch and free once
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        torch.ones(16 * 2**20).sum()
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    with host_memory.keep_freed_memory() as kept:
-        assert kept
-        inside = faults_of_a_fresh_64mb_tensor()
-    outside = faults_of_a_fresh_64mb_tensor()
-    assert inside < 1000 < 8000 < outside, (inside, outside)
+    script = """
+import resource, torch
+from llmkit.train import host_memory
+def faults():
+    torch.ones(16 * 2**20).sum()  # allocate, touch and free once
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(16 * 2**20).sum()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+outside = faults()
+with host_memory.keep_freed_memory() as kept:
+    inside = faults()
+print(kept, outside, inside)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    kept, outside, inside = out[0] == "True", int(out[1]), int(out[2])
+    assert kept and inside < 1000 < 8000 < outside, (outside, inside)

@@ -72,6 +72,9 @@ class TaskConfig:
     dev_limit: int = 100  # seq2seq: dev examples generated for the metric; instruct with files: dev items per file
     max_new_tokens: int = 64  # seq2seq: generation length on the dev split
     pack: bool = False  # instruct: concatenate examples into full block_size windows
+    # batches of rows of similar length (transformers' group_by_length): runs of 50 global batches of the
+    # shuffled order, each sorted by length; less padding, less random batches
+    group_by_length: bool = False
     files: list[str] = field(default_factory=list)  # instruct: task files (tasks/*.toml) mixed FLAN-style
     weights: list[float] = field(default_factory=list)  # instruct: each file's share of the mix; empty: by size
 

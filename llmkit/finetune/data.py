@@ -192,12 +192,16 @@ def collate(examples: Sequence[Encoded], pad_id: int) -> Batch:
 class Examples:
     """Encoded training examples and the deterministic order they are drawn in."""
 
-    def __init__(self, examples: list[Encoded], pad_id: int, collate_fn=None) -> None:
+    def __init__(self, examples: list[Encoded], pad_id: int, collate_fn=None, group_size: int = 0) -> None:
+        """``group_size`` > 0: each epoch's shuffled order is cut into runs of that many rows, each sorted
+        by length, longest first (transformers' LengthGroupedSampler, whose runs are 50 global batches):
+        rows of similar length share a batch, so batches carry little padding."""
         if not examples:
             raise LlmkitError("no training examples", "check [task] train_file")
         self.examples = examples
         self.pad_id = pad_id
         self.collate = collate_fn or (lambda rows: collate(rows, pad_id))  # seq2seq adds decoder inputs
+        self.group_size = group_size
         self._orders: dict[tuple[int, int], list[int]] = {}
 
     def __len__(self) -> int:
@@ -209,7 +213,11 @@ class Examples:
         key = (seed, epoch)
         if key not in self._orders:
             generator = torch.Generator().manual_seed(derive_seed(seed, LABEL_SEEDS, epoch))
-            self._orders = {key: torch.randperm(len(self.examples), generator=generator).tolist()}
+            order = torch.randperm(len(self.examples), generator=generator).tolist()
+            if self.group_size > 0:
+                runs = [order[i : i + self.group_size] for i in range(0, len(order), self.group_size)]
+                order = [i for run in runs for i in sorted(run, key=lambda i: -len(self.examples[i].ids))]
+            self._orders = {key: order}
         return self._orders[key]
 
     def batch(self, index: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1) -> Batch:

@@ -28,7 +28,7 @@ from llmkit.data.datasets import TokenDataset
 from llmkit.errors import LlmkitError
 from llmkit.finetune import data as fdata
 from llmkit.finetune import text2text
-from llmkit.finetune.config import FinetuneConfig
+from llmkit.finetune.config import FinetuneConfig, MethodConfig, TaskConfig
 from llmkit.finetune.tasks import BEST_METRIC, LOWER_IS_BETTER, head_config, score_classify, score_tokens
 from llmkit.lora import LoraConfig, apply_lora, merge_lora, save_adapter
 from llmkit.model_card import ModelCard
@@ -43,6 +43,7 @@ from llmkit.train.step import train_batches
 
 LAST, BEST, ADAPTER = "last", "best", "adapter"
 HEAD_PREFIXES = ("classifier.", "score.")  # the task heads' parameters: new, so always trained
+GROUP_BATCHES = 50  # group_by_length: global batches per length-sorted run (transformers' mega_batch_mult)
 
 
 def finetune(cfg: FinetuneConfig, *, resume: bool = False, verify: bool = True) -> dict[str, Any]:
@@ -61,7 +62,7 @@ class FinetuneRun(Run):
     kind = "finetune"
 
     def __init__(self, cfg: FinetuneConfig, env: Dist, resume: bool, verify: bool = True) -> None:
-        self.fcfg = cfg
+        self.fcfg, self.env = cfg, env
         self.root = Path(cfg.train.out_dir)
         self.best_dir = self.root / BEST
         self.best_metric = cfg.task.metric if cfg.task.kind == "seq2seq" else BEST_METRIC[cfg.task.kind]
@@ -112,7 +113,8 @@ class FinetuneRun(Run):
         if model_cfg.family == "decoder" and model_cfg.pad_token_id is None:
             model_cfg = model_cfg.replace(pad_token_id=pad)  # transformers finds the last token by it
         block = min(train_cfg.block_size, model_cfg.max_seq_len)
-        self.train_examples = fdata.Examples(encode(self.tokenizer, train, labels, block), pad)
+        self.train_examples = fdata.Examples(encode(self.tokenizer, train, labels, block), pad,
+                                             group_size=self._group_size(train_cfg))  # fmt: skip
         self.dev_examples = encode(self.tokenizer, dev, labels, block)
         self.dev_gold = [label for _, label in dev] if task.kind == "classify" else [tags for _, tags in dev]
         self.labels = labels
@@ -144,17 +146,23 @@ class FinetuneRun(Run):
             encoded = text2text.with_response(text2text.encode_instruct(self.tokenizer, template, train, block), block)
             if task.pack:
                 encoded = text2text.pack(encoded, block)
-            self.train_examples = fdata.Examples(encoded, pad)
+            self.train_examples = fdata.Examples(encoded, pad, group_size=self._group_size(train_cfg))
             self.dev_examples = text2text.with_response(text2text.encode_instruct(self.tokenizer, template, dev, block),
                                                         block)  # fmt: skip
             return model_cfg
         start = model_cfg.decoder_start_token_id if model_cfg.decoder_start_token_id is not None else pad
         collate = functools.partial(text2text.collate_seq2seq, pad_id=pad, start_id=start)
         self.train_examples = fdata.Examples(text2text.encode_seq2seq(self.tokenizer, train, block, block), pad,
-                                             collate)  # fmt: skip
+                                             collate, self._group_size(train_cfg))  # fmt: skip
         self.dev_examples = text2text.encode_seq2seq(self.tokenizer, dev, block, block)
         self.dev_gold = [target for _, target in dev]
         return model_cfg
+
+    def _group_size(self, train_cfg: TrainConfig) -> int:
+        """Rows per length-sorted run with [task] group_by_length (else 0): 50 global batches, as the Trainer."""
+        if not self.fcfg.task.group_by_length:
+            return 0
+        return GROUP_BATCHES * train_cfg.batch_size * train_cfg.grad_accum * self.env.world_size
 
     # ---- hooks of the loop ----
     def setup(self) -> None:
@@ -289,9 +297,13 @@ class FinetuneRun(Run):
 
     def check_resumable(self, saved: dict[str, Any]) -> None:
         super().check_resumable(saved)
-        old = saved.get("finetune", {})
+        old = dict(saved.get("finetune", {}))
         new = self.save_extra()["finetune"]
+        # a setting added since the run was saved counts as its default there
+        defaults = {"task": dataclasses.asdict(TaskConfig()), "method": dataclasses.asdict(MethodConfig())}
         for table in ("task", "method"):
+            if isinstance(old.get(table), dict):
+                old[table] = {k: defaults[table][k] for k in new[table] if k in defaults[table]} | old[table]
             if old.get(table) != new[table]:
                 key = next((k for k in new[table] if (old.get(table) or {}).get(k) != new[table][k]), "?")
                 raise LlmkitError(
