@@ -190,13 +190,17 @@ def run_peft(model: Path, args, work: Path, examples) -> dict:
 def train_plain(model, data, cfg) -> tuple[list[float], float]:
     """``cfg.steps`` AdamW steps on ``data.batch(step)`` with llmkit's optimizer settings and schedule;
     (the per-step losses, the seconds of the steps alone)."""
+    from llmkit.finetune.data import Examples
     from llmkit.objectives import lm_loss
     from llmkit.train.optim import lr_at, param_groups, set_lr
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr_at(0, cfg),
                                   betas=(cfg.beta1, cfg.beta2), fused=True)  # fmt: skip
-    batches = [data.batch(step, cfg.batch_size, seed=cfg.seed) for step in range(cfg.steps)]  # built before timing
+    # llmkit's instruct batches carry the positions its LM head runs at (and those labels only), which
+    # transformers' forward does not take: the same rows in the same order, through the plain collate
+    plain = Examples(data.examples, data.pad_id, group_size=data.group_size)
+    batches = [plain.batch(step, cfg.batch_size, seed=cfg.seed) for step in range(cfg.steps)]  # built before timing
     losses = []
     start = time.perf_counter()
     for step, batch in enumerate(batches):

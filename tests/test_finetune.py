@@ -561,24 +561,39 @@ def test_instruct_mask_covers_exactly_the_responses(bpe):
     assert full == "User: the film was\nAssistant: great<|endoftext|>"
 
 
-@torch.no_grad()
 def test_instruct_loss_equals_masked_cross_entropy(llama_base, bpe):
     """The loop's loss on our batch equals a hand-computed mean -log p over the response tokens of
-    transformers' LlamaForCausalLM on the unshifted ids."""
+    transformers' LlamaForCausalLM on the unshifted ids. The loop's batches run the LM head at the
+    response positions only (collate_instruct): logits, loss and gradients equal the full head's."""
     from llmkit.chat.template import ChatTemplate
     from llmkit.finetune.data import collate
-    from llmkit.finetune.text2text import encode_instruct, read_conversations
+    from llmkit.finetune.text2text import collate_instruct, encode_instruct, read_conversations
 
     conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": r}] for p, r in _pairs(3, 7)]
     encoded = encode_instruct(bpe, ChatTemplate(CHATML, {"eos_token": "<|endoftext|>"}), conversations, 64)
-    batch = collate(encoded, 1)
-    ours = checkpoint.load(llama_base / "llmkit")
-    mine = float(lm_loss(ours(**batch.inputs).logits, batch.labels))
+    full, batch = collate(encoded, 1), collate_instruct(encoded, 1)
+    assert batch.labels.shape == (int((full.labels != -100).sum()),)
+    ours = checkpoint.load(llama_base / "llmkit").requires_grad_(True)
+    losses, grads = [], []
+    for b in (full, batch):
+        out = ours(**b.inputs).logits
+        loss = lm_loss(out, b.labels)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in ours.parameters()])
+        ours.zero_grad()
+    read = full.labels != -100
+    torch.testing.assert_close(ours(**batch.inputs).logits, ours(**full.inputs).logits[read], atol=1e-5, rtol=0)
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=0)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    mine = float(losses[1])
     hf = transformers.LlamaForCausalLM.from_pretrained(llama_base / "hf").eval()
     total, count = 0.0, 0
     for e in encoded:
         ids = e.ids + [next(label for label in reversed(e.labels) if label != -100)]  # the full sequence
-        logp = torch.log_softmax(hf(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(input_ids=torch.tensor([ids])).logits[0].double(), -1)
         for t in range(len(ids) - 1):
             if e.labels[t] != -100:
                 assert e.labels[t] == ids[t + 1]

@@ -146,7 +146,8 @@ class FinetuneRun(Run):
             encoded = text2text.with_response(text2text.encode_instruct(self.tokenizer, template, train, block), block)
             if task.pack:
                 encoded = text2text.pack(encoded, block)
-            self.train_examples = fdata.Examples(encoded, pad, group_size=self._group_size(train_cfg))
+            collate = functools.partial(text2text.collate_instruct, pad_id=pad)  # the head at response tokens only
+            self.train_examples = fdata.Examples(encoded, pad, collate, self._group_size(train_cfg))
             self.dev_examples = text2text.with_response(text2text.encode_instruct(self.tokenizer, template, dev, block),
                                                         block)  # fmt: skip
             return model_cfg

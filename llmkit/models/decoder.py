@@ -38,11 +38,14 @@ class DecoderLM(nn.Module):
         position_ids: torch.Tensor | None = None,
         output_attentions: bool = False,
         cache: KVCache | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> ModelOutput:
         """input_ids (B, T) -> logits (B, T, V) for the next token at every position.
 
         With a ``cache``, input_ids are the T tokens after the cached ones; positions continue
         from ``cache.length`` unless ``position_ids`` says otherwise (left-padded batches do).
+        ``logits_at`` (B, T) bool: the LM head runs at those positions only, and logits are (N, V) in
+        row-major order (fine-tuning on responses: the loss reads nothing else).
         """
         past = cache.length if cache is not None else 0
         x = self.embed(input_ids, position_ids, past=past)  # (B, T, C)
@@ -59,7 +62,7 @@ class DecoderLM(nn.Module):
             return ModelOutput(logits=self.score(last), last_hidden_state=x,
                                attentions=attentions if output_attentions else None)  # fmt: skip
         return ModelOutput(
-            logits=self.lm_head(x),  # (B, T, V)
+            logits=self.lm_head(x if logits_at is None else x[logits_at]),  # (B, T, V) or (N, V)
             last_hidden_state=x,
             attentions=attentions if output_attentions else None,
         )
