@@ -13,6 +13,7 @@ steps alone (evaluation excluded on both sides).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -62,19 +63,24 @@ def train_args(
     )  # fmt: skip
 
 
-HF_TARGETS = {"q": "query", "k": "key", "v": "value", "o": "attention.output.dense"}
+# llmkit's short target names -> the BERT modules they are (regular expressions over full module
+# names: "output.dense" alone would take both the attention's and the MLP's output projections)
+HF_TARGETS = {
+    "q": r".*\.query", "k": r".*\.key", "v": r".*\.value", "o": r".*\.attention\.output\.dense",
+    "up": r".*\.intermediate\.dense", "down": r".*\.layer\.\d+\.output\.dense",
+}  # fmt: skip
 
 
 def hf_lora(model, rank: int, alpha: float, dropout: float, targets: list[str], task_type: str):
-    """peft's LoRA on a transformers BERT with llmkit's target names mapped to BERT's modules; the
-    task head trains in full (peft's SEQ_CLS / TOKEN_CLS add it to modules_to_save)."""
+    """peft's LoRA on a transformers BERT with llmkit's target names mapped to BERT's modules (by full
+    name); the task head trains in full (peft's SEQ_CLS / TOKEN_CLS add it to modules_to_save)."""
     from peft import LoraConfig, get_peft_model
 
     unknown = sorted(set(targets) - set(HF_TARGETS))
     if unknown:
         raise SystemExit(f"--targets {','.join(unknown)}: the bench maps only {','.join(HF_TARGETS)} to BERT's names")
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, task_type=task_type,
-                        target_modules=[HF_TARGETS[t] for t in targets])  # fmt: skip
+    names = [n for n, _ in model.named_modules() if any(re.fullmatch(HF_TARGETS[t], n) for t in targets)]
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, task_type=task_type, target_modules=names)
     return get_peft_model(model, config)
 
 

@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--lora-dropout", type=float, default=0.1)
-    p.add_argument("--targets", default="q,v", help="llmkit names: q,k,v,o")
+    p.add_argument("--targets", default="q,v", help="llmkit names: q,k,v,o,up,down")
     p.add_argument(
         "--hf-sampler",
         default="group_by_length",
