@@ -87,8 +87,10 @@ def sparse_lookups(model: nn.Module) -> list[nn.Parameter]:
     clipping and checkpoints see the same dense gradient as before (equal up to the order rows are
     summed in). On the CPU a fresh dense gradient each step is a large allocation page-faulted in
     anew: all-MiniLM-L6-v2's 30,522 x 384 table (47 MB) cost 12-60 ms of a 140 ms SST-2 step, against
-    1-2 ms to zero it in place. Not under DDP, whose buckets expect dense gradients from autograd.
-    Returns the parameters whose gradients train_step must keep."""
+    1-2 ms to zero it in place. Not under DDP, whose buckets expect dense gradients from autograd, and
+    not for a table tied to a head: the head's gradient is dense and fresh every step anyway, and adding
+    it into a kept one would hold a second table-sized tensor at the peak (SmolLM2-135M's tied 49,152 x
+    576 table: +113 MB). Returns the parameters whose gradients train_step must keep."""
     kept = []
     for module in model.modules():
         weight = getattr(module, "weight", None)
@@ -96,6 +98,9 @@ def sparse_lookups(model: nn.Module) -> list[nn.Parameter]:
             continue
         if module.max_norm is not None or any(weight is k for k in kept):
             continue
+        owners = [m for m in model.modules() if any(p is weight for p in m.parameters(recurse=False))]
+        if not all(isinstance(m, nn.Embedding) for m in owners):
+            continue  # tied to a head
         module.sparse = True
         weight.grad = torch.zeros_like(weight)  # dense from the start: autograd adds the rows into it
         kept.append(weight)
