@@ -7,11 +7,12 @@ with each word's tag on its first sub-token (-100 on the rest), the same setting
 precision/recall/F1 (seqeval, default mode) on the test split (1,287 sentences), words cut off by
 truncation counted as O on both sides. Prints examples/s, the ratio, the F1s and the machine load.
 The Trainer batches sentences of similar length together (--hf-sampler group_by_length, its fastest
-setting) or at random (its default, as llmkit does); "random,group_by_length" runs both.
+setting) or at random (its default); "random,group_by_length" runs both. llmkit batches them as the
+Trainer's group_by_length does ([task] group_by_length) unless --llmkit-sampler random.
 
     python bench/finetune_ner.py [--train-examples 3394] [--epochs 3] [--batch 16] [--lr 5e-5]
                                  [--max-length 128] [--dtype fp32|bf16] [--sides hf,llmkit] [--work DIR]
-                                 [--hf-sampler group_by_length,random]
+                                 [--hf-sampler group_by_length,random] [--llmkit-sampler random]
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ def main() -> None:
     p.add_argument(
         "--llmkit-sampler",
         choices=("random", "group_by_length"),
-        default="random",
-        help="llmkit's batches: random (its default) or [task] group_by_length (as the Trainer's)",
+        default="group_by_length",
+        help="llmkit's batches: [task] group_by_length (as the Trainer's; the default here, each side at its "
+        "fastest) or random (llmkit's own default)",
     )
     p.add_argument("--work", default=None, help="scratch folder (default: a new temporary one)")
     args = p.parse_args()
