@@ -191,8 +191,8 @@ def additive_mask(
 
 
 # ---- attention ------------------------------------------------------------------------------
-# Keys up to which training on the CPU writes attention out (Attention._attend); train/step.py's
-# CPU_MATH_ATTENTION_MAX_LEN: up to there training uses SDPA's math kernel, which does the same.
+# Keys up to which training on the CPU writes attention out (Attention._attend); train/step.py restricts
+# SDPA to its math kernel up to the same bound (CPU_MATH_ATTENTION_MAX_LEN), the kernel this path replaces.
 EXPLICIT_ATTENTION_MAX_LEN = 128
 
 

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from llmkit.config import ModelConfig, TrainConfig
 from llmkit.data.datasets import TokenDataset
 from llmkit.models import set_activation_checkpointing
+from llmkit.models.layers import EXPLICIT_ATTENTION_MAX_LEN
 from llmkit.models.stack import Stack
 from llmkit.objectives import IGNORE_INDEX, Batch, Objective, lm_loss
 from llmkit.train import distributed
@@ -120,8 +121,9 @@ def compile_stacks(model: nn.Module) -> None:
 # Measured here (AMD EPYC, AVX-512 BF16, torch 2.13, one thread), a training step of a 4-layer,
 # 128-wide decoder under bf16 autocast: 768 tokens as 12 x 64: math kernel 43 ms, flash 73 ms; as
 # 6 x 128: 102 ms vs 130; 1024 tokens as 4 x 256: 319 ms vs 239. CPU flash attention's backward
-# costs more than it saves at short lengths.
-CPU_MATH_ATTENTION_MAX_LEN = 128
+# costs more than it saves at short lengths. The bound is the one up to which Attention._attend
+# writes training attention out with dropout (that path stands in for the math kernel), so one constant.
+CPU_MATH_ATTENTION_MAX_LEN = EXPLICIT_ATTENTION_MAX_LEN
 
 
 def attention_kernels(device: torch.device, block_size: int) -> list[SDPBackend] | None:
