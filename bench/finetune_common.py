@@ -137,6 +137,25 @@ def llmkit_config(init_from: Path, task: dict[str, Any], train: dict[str, Any], 
     )
 
 
+def add_side_args(p) -> None:
+    """The options both benches share: which sides run in which order, and each side's batches."""
+    p.add_argument(
+        "--sides", default="hf,llmkit", help="order of the runs; the Trainer first gets an untouched process"
+    )
+    p.add_argument(
+        "--hf-sampler",
+        default="group_by_length",
+        help="the Trainer's batches, one run each: group_by_length, random or both (comma-separated)",
+    )
+    p.add_argument(
+        "--llmkit-sampler",
+        choices=("random", "group_by_length"),
+        default="group_by_length",
+        help="llmkit's batches: [task] group_by_length (as the Trainer's; the default here, each side at its "
+        "fastest) or random (llmkit's own default)",
+    )
+
+
 def run_sides(sides: str, samplers: str, run_llmkit, run_hf, metric: str) -> dict[str, dict]:
     """Run llmkit and the Trainer (once per sampler in ``samplers``) one after the other in this
     process; print each side's examples/s and ``metric``, then llmkit's ratio to each Trainer run."""

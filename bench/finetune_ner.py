@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune_common import (  # noqa: E402
+    add_side_args,
     converted_minilm,
     fresh,
     hf_logits,
@@ -53,21 +54,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--sides", default="hf,llmkit", help="order of the runs; the Trainer first gets an untouched process"
-    )
-    p.add_argument(
-        "--hf-sampler",
-        default="group_by_length",
-        help="the Trainer's batches, one run each: group_by_length, random or both (comma-separated)",
-    )
-    p.add_argument(
-        "--llmkit-sampler",
-        choices=("random", "group_by_length"),
-        default="group_by_length",
-        help="llmkit's batches: [task] group_by_length (as the Trainer's; the default here, each side at its "
-        "fastest) or random (llmkit's own default)",
-    )
+    add_side_args(p)
     p.add_argument("--work", default=None, help="scratch folder (default: a new temporary one)")
     args = p.parse_args()
     work = workdir(args.work)

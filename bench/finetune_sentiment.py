@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune_common import (  # noqa: E402
+    add_side_args,
     converted_minilm,
     fresh,
     hf_logits,
@@ -62,26 +63,12 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--sides", default="hf,llmkit", help="order of the runs; the Trainer first gets an untouched process"
-    )
     p.add_argument("--method", choices=("full", "lora"), default="full")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)
     p.add_argument("--lora-dropout", type=float, default=0.1)
     p.add_argument("--targets", default="q,v", help="llmkit names: q,k,v,o,up,down")
-    p.add_argument(
-        "--hf-sampler",
-        default="group_by_length",
-        help="the Trainer's batches, one run each: group_by_length, random or both (comma-separated)",
-    )
-    p.add_argument(
-        "--llmkit-sampler",
-        choices=("random", "group_by_length"),
-        default="group_by_length",
-        help="llmkit's batches: [task] group_by_length (as the Trainer's; the default here, each side at its "
-        "fastest) or random (llmkit's own default)",
-    )
+    add_side_args(p)
     p.add_argument("--work", default=None, help="scratch folder (default: a new temporary one)")
     args = p.parse_args()
     if args.lr is None:
