@@ -172,7 +172,8 @@ def test_sparse_lookup_gradients_train_as_dense_ones(family, monkeypatch):
     cfg = ModelConfig.from_name(name, vocab_size=97, d_model=32, n_layer=2, n_head=4, max_seq_len=64, dropout=0.0)
     monkeypatch.setattr(step, "SPARSE_LOOKUP_MIN_ROWS", 1)
     tied = build_model(cfg)
-    assert all(k is not tied.embed.tokens.weight for k in step.sparse_lookups(tied)) and not tied.embed.tokens.sparse
+    assert all(k.param is not tied.embed.tokens.weight for k in step.sparse_lookups(tied))
+    assert not tied.embed.tokens.sparse
     cfg = cfg.replace(tie_embeddings=False)
     ids = torch.randint(0, 97, (4, 17), generator=torch.Generator().manual_seed(0))
     batch = Batch({"input_ids": ids[:, :-1]}, ids[:, 1:] if family == "gpt" else ids[:, :-1])
@@ -182,7 +183,7 @@ def test_sparse_lookup_gradients_train_as_dense_ones(family, monkeypatch):
         torch.manual_seed(0)
         state = step.make_state(build_model(cfg), TrainConfig(block_size=16, device="cpu", grad_clip=0.5), env)
         table = state.raw.embed.tokens
-        assert table.sparse == any(p is table.weight for p in state.kept_grads) == (rows == 1)
+        assert table.sparse == any(k.param is table.weight for k in state.kept_grads) == (rows == 1)
         losses = [float(step.train_step(state, [batch])) for _ in range(3)]
         if rows == 1:
             assert table.weight.grad is not None and not table.weight.grad.is_sparse
@@ -191,6 +192,47 @@ def test_sparse_lookup_gradients_train_as_dense_ones(family, monkeypatch):
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_clip_grad_norm_reads_only_touched_rows_and_matches_torch(monkeypatch):
+    """step.clip_grad_norm (kept lookup gradients read and scaled on their touched rows only) gives the
+    norm and the clipped gradients torch.nn.utils.clip_grad_norm_ gives over the whole dense tensors,
+    both when the norm exceeds max_norm (scaled) and when it does not (unchanged)."""
+    from llmkit.train.distributed import Dist
+
+    env = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    monkeypatch.setattr(step, "SPARSE_LOOKUP_MIN_ROWS", 90)  # the 97-row token table, not the 64 positions
+    cfg = ModelConfig.from_name("tiny-bert-1m", vocab_size=97, d_model=32, n_layer=1, n_head=4, max_seq_len=64)
+    model = build_model(cfg.replace(tie_embeddings=False))
+    state = step.make_state(model, TrainConfig(block_size=16, device="cpu"), env)
+    assert len(state.kept_grads) == 1
+    ids = torch.tensor([[3, 5, 5, 9], [9, 11, 3, 2]])
+    state.raw.embed.tokens(ids).sum().backward()
+    for p in state.raw.parameters():
+        if p.grad is None and p.requires_grad:
+            p.grad = torch.randn_like(p)
+    kept = state.kept_grads[0]
+    rows = kept.touched()
+    assert rows.tolist() == [2, 3, 5, 9, 11]
+    grads = {n: p.grad.clone() for n, p in state.raw.named_parameters() if p.grad is not None}
+    expected_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
+    for max_norm in (float(expected_norm) / 3, float(expected_norm) * 3):
+        for n, p in state.raw.named_parameters():
+            if n in grads:
+                p.grad.copy_(grads[n])
+        reference = {n: torch.zeros_like(g, requires_grad=True) for n, g in grads.items()}
+        for n, r in reference.items():
+            r.grad = grads[n].clone()
+        torch.nn.utils.clip_grad_norm_(list(reference.values()), max_norm)  # clips each tensor's .grad
+        norm = step.clip_grad_norm(state, [rows], max_norm)
+        torch.testing.assert_close(norm, expected_norm)
+        for n, p in state.raw.named_parameters():
+            if n in grads:
+                torch.testing.assert_close(p.grad, reference[n].grad, msg=lambda m, n=n: f"{n}: {m}")
+        scaled = max_norm < float(expected_norm)
+        assert torch.equal(kept.param.grad, grads["embed.tokens.weight"]) != scaled
+    kept.zero(rows)
+    assert not kept.param.grad.any() and kept.rows == []
 
 
 @pytest.mark.slow
