@@ -194,10 +194,14 @@ def test_sparse_lookup_gradients_train_as_dense_ones(family, monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
-def test_clip_grad_norm_reads_only_touched_rows_and_matches_torch(monkeypatch):
-    """step.clip_grad_norm (kept lookup gradients read and scaled on their touched rows only) gives the
-    norm and the clipped gradients torch.nn.utils.clip_grad_norm_ gives over the whole dense tensors,
-    both when the norm exceeds max_norm (scaled) and when it does not (unchanged)."""
+@pytest.mark.parametrize("fused", [True, False])
+def test_clipped_step_matches_torch_clip_grad_norm(fused, monkeypatch):
+    """step.clip_grad_norm then AdamW (a kept lookup gradient read on its touched rows alone; the
+    divisor handed to a fused AdamW as its grad_scale, or divided in place otherwise) moves the
+    weights as torch.nn.utils.clip_grad_norm_ then the same AdamW, whether the norm exceeds max_norm
+    (clipped) or not; the norm is torch's."""
+    import copy
+
     from llmkit.train.distributed import Dist
 
     env = Dist(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -206,33 +210,45 @@ def test_clip_grad_norm_reads_only_touched_rows_and_matches_torch(monkeypatch):
     model = build_model(cfg.replace(tie_embeddings=False))
     state = step.make_state(model, TrainConfig(block_size=16, device="cpu"), env)
     assert len(state.kept_grads) == 1
-    ids = torch.tensor([[3, 5, 5, 9], [9, 11, 3, 2]])
-    state.raw.embed.tokens(ids).sum().backward()
-    for p in state.raw.parameters():
-        if p.grad is None and p.requires_grad:
-            p.grad = torch.randn_like(p)
     kept = state.kept_grads[0]
+    state.raw.embed.tokens(torch.tensor([[3, 5, 5, 9], [9, 11, 3, 2]])).sum().backward()
     rows = kept.touched()
     assert rows.tolist() == [2, 3, 5, 9, 11]
-    grads = {n: p.grad.clone() for n, p in state.raw.named_parameters() if p.grad is not None}
-    expected_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
-    for max_norm in (float(expected_norm) / 3, float(expected_norm) * 3):
+    generator = torch.Generator().manual_seed(0)
+    for p in state.raw.parameters():
+        if p.grad is None:
+            p.grad = torch.randn(p.shape, generator=generator)
+    grads = {n: p.grad.clone() for n, p in state.raw.named_parameters()}
+    norm = torch.nn.utils.get_total_norm(list(grads.values()))
+    start = copy.deepcopy(state.raw)
+    # eps 1: the update lr * g / (|g| + 1) shows the gradients' scale (at eps 1e-8 a first step is lr * sign(g))
+    adamw = {"lr": 1e-2, "eps": 1.0, "weight_decay": 0.01, "fused": fused or None, "foreach": None if fused else True}
+    for max_norm in (float(norm) / 3, float(norm) * 3):
+        reference = copy.deepcopy(start)
+        for n, p in reference.named_parameters():
+            p.grad = grads[n].clone()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), max_norm)
+        torch.optim.AdamW(reference.parameters(), **adamw).step()
+        state.raw.load_state_dict(start.state_dict())
         for n, p in state.raw.named_parameters():
-            if n in grads:
-                p.grad.copy_(grads[n])
-        reference = {n: torch.zeros_like(g, requires_grad=True) for n, g in grads.items()}
-        for n, r in reference.items():
-            r.grad = grads[n].clone()
-        torch.nn.utils.clip_grad_norm_(list(reference.values()), max_norm)  # clips each tensor's .grad
-        norm = step.clip_grad_norm(state, [rows], max_norm)
-        torch.testing.assert_close(norm, expected_norm)
-        for n, p in state.raw.named_parameters():
-            if n in grads:
-                torch.testing.assert_close(p.grad, reference[n].grad, msg=lambda m, n=n: f"{n}: {m}")
-        scaled = max_norm < float(expected_norm)
-        assert torch.equal(kept.param.grad, grads["embed.tokens.weight"]) != scaled
+            p.grad.copy_(grads[n])
+        state.optimizer = torch.optim.AdamW(state.raw.parameters(), **adamw)
+        torch.testing.assert_close(step.clip_grad_norm(state, [rows], max_norm), norm)
+        if not fused:  # the gradients themselves are divided
+            expected = grads["embed.tokens.weight"] / max(1.0, (float(norm) + 1e-6) / max_norm)
+            torch.testing.assert_close(kept.param.grad, expected)
+        state.optimizer.step()
+        state.optimizer.grad_scale = None
+        for (n, p), q in zip(state.raw.named_parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=lambda m, n=n: f"{n}: {m}")
     kept.zero(rows)
     assert not kept.param.grad.any() and kept.rows == []
+
+
+def test_global_norm_is_torchs():
+    tensors = [torch.randn(37, 5), torch.randn(3), torch.randn(4, 4).t(), torch.randn(6, dtype=torch.bfloat16)]
+    torch.testing.assert_close(step.global_norm(tensors), torch.nn.utils.get_total_norm(tensors).float())
+    assert float(step.global_norm([])) == 0.0
 
 
 @pytest.mark.slow

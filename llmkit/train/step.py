@@ -189,6 +189,7 @@ def train_step(state: TrainState, batches: list[Batch]) -> torch.Tensor:
     if cfg.grad_clip > 0:
         clip_grad_norm(state, rows, cfg.grad_clip)
     state.optimizer.step()
+    state.optimizer.grad_scale = None  # clip_grad_norm's divisor, this step's alone
     kept = [k.param.grad for k in state.kept_grads]
     state.optimizer.zero_grad(set_to_none=True)
     for k, grad, touched in zip(state.kept_grads, kept, rows, strict=True):
@@ -199,18 +200,43 @@ def train_step(state: TrainState, batches: list[Batch]) -> torch.Tensor:
 
 
 def clip_grad_norm(state: TrainState, rows: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """``torch.nn.utils.clip_grad_norm_`` over the model's gradients (scale all by max_norm / (norm +
-    1e-6) when the global L2 norm exceeds max_norm), reading and scaling only the ``rows`` of each kept
-    lookup gradient (the others are zero). Returns the norm before clipping."""
+    """``torch.nn.utils.clip_grad_norm_`` over the model's gradients: when the global L2 norm exceeds
+    max_norm, every gradient is divided by (norm + 1e-6) / max_norm. Each kept lookup gradient is
+    read on its ``rows`` alone (the others are zero). A fused AdamW takes the divisor as its
+    ``grad_scale`` and divides inside its own pass over the gradients (the attribute torch's
+    GradScaler sets; train_step clears it after the step); other optimizers get the gradients
+    divided in place. MiniLM, 11M dense gradient values on this 2-core CPU: the in-place multiply
+    costs 2.5-3.8 ms, the divide inside fused AdamW nothing measurable. Returns the norm before
+    clipping."""
     kept = {id(k.param) for k in state.kept_grads}
-    dense = [p for p in state.raw.parameters() if p.grad is not None and id(p) not in kept]
+    dense = [p.grad for p in state.raw.parameters() if p.grad is not None and id(p) not in kept]
     picked = [k.param.grad.index_select(0, r) for k, r in zip(state.kept_grads, rows, strict=True)]
-    total = torch.nn.utils.get_total_norm([p.grad for p in dense] + picked, foreach=True)
-    torch.nn.utils.clip_grads_with_norm_(dense, max_norm, total, foreach=True)
-    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    total = global_norm(dense + picked)
+    divisor = torch.clamp((total + 1e-6) / max_norm, min=1.0)
+    if state.optimizer.defaults.get("fused"):
+        state.optimizer.grad_scale = divisor
+        return total
+    torch._foreach_div_(dense, divisor)
     for k, r, values in zip(state.kept_grads, rows, picked, strict=True):
-        k.param.grad.index_copy_(0, r, values.mul_(coef))
+        k.param.grad.index_copy_(0, r, values.div_(divisor))
     return total
+
+
+def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all ``tensors`` together. On the CPU each fp32 tensor's squared norm is a BLAS
+    dot product with itself: 2.5 ms over MiniLM's 11M gradient values against 5.0-5.6 ms for torch's
+    ``_foreach_norm`` (which loops over the tensors on the CPU anyway). Elsewhere torch's own."""
+    if not tensors:
+        return torch.zeros(())
+    if tensors[0].device.type != "cpu":
+        return torch.nn.utils.get_total_norm(tensors, foreach=True)
+    squares = [
+        torch.dot(t.reshape(-1), t.reshape(-1))
+        if t.dtype == torch.float32
+        else torch.linalg.vector_norm(t, dtype=torch.float32).square()
+        for t in tensors
+    ]
+    return torch.stack(squares).sum().sqrt()
 
 
 def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager:
