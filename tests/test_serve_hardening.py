@@ -173,7 +173,7 @@ def test_an_unexpected_explain_error_is_json(client, monkeypatch):
 
     monkeypatch.setattr(app_module, "explain", broken)
     err = error_of(client.post("/v1/explain", json={"prompt": "The", "max_tokens": 2}), 500)
-    assert err["type"] == "server_error"
+    assert err["type"] == "server_error" and err["code"] == "explain_failed" and "boom" in err["message"]
 
 
 def test_an_abandoned_explain_stops(client, monkeypatch):

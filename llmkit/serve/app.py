@@ -721,6 +721,12 @@ class _Server:
             result = await self._explain_until_abandoned(http, ids, body.top, settings)
         except LlmkitError as err:
             raise ApiError(400, str(err), code="invalid_value") from None
+        except ApiError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the request was valid: a failure of ours, answered like
+            # /v1/completions' generation_failed. Left to uvicorn, it would also close the keep-alive
+            # connection, and a client's next request on it could meet a reset instead of an answer.
+            raise ApiError(500, f"explain failed: {type(err).__name__}: {err}", code="explain_failed") from None
         finally:
             self.explaining -= 1
         out = result.to_dict()
