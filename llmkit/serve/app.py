@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
 import sys
 import threading
@@ -726,6 +727,8 @@ class _Server:
         except Exception as err:  # noqa: BLE001 - the request was valid: a failure of ours, answered like
             # /v1/completions' generation_failed. Left to uvicorn, it would also close the keep-alive
             # connection, and a client's next request on it could meet a reset instead of an answer.
+            # The traceback still goes to the server's log, as uvicorn would have written it.
+            logging.getLogger("uvicorn.error").exception("/v1/explain failed")
             raise ApiError(500, f"explain failed: {type(err).__name__}: {err}", code="explain_failed") from None
         finally:
             self.explaining -= 1
