@@ -410,11 +410,13 @@ def test_sequence_classifier_reading_padding_falls_back_to_every_token():
     torch.testing.assert_close(logits[0][0], logits[1][0], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("family", ["gpt", "llama-gqa", "bert"])
-def test_written_out_training_attention_equals_sdpa(family):
-    """Training on the CPU with dropout, packed attention is written out (Attention._attend) so its
-    dropout takes Dropout's fast mask: with that mask an identity, logits and gradients equal SDPA's
-    (packed groups with padding and causality, the selected last block of a sequence head)."""
+def test_written_out_training_attention_equals_sdpa(family, padded):
+    """Training on the CPU with dropout, attention is written out (Attention._attend) so its dropout
+    takes Dropout's fast mask: with that mask an identity, logits and gradients equal SDPA's (packed
+    groups with padding and causality, a batch without padding that is not packed, the selected last
+    block of a sequence head), and every layer took the written-out path."""
     from llmkit.models.layers import Attention
 
     torch.manual_seed(0)
@@ -424,14 +426,15 @@ def test_written_out_training_attention_equals_sdpa(family):
     for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0  # the residual and embedding dropouts off; attention's is switched below
-    calls = []
-    for a in attentions:
+    called = set()
+    for i, a in enumerate(attentions):
         a.attn_drop = nn.Identity()
-        a.attn_drop.register_forward_hook(lambda *args: calls.append(1))
+        a.attn_drop.register_forward_hook(lambda *args, i=i: called.add(i))
     ids = torch.randint(3, 97, (4, 12))
     mask = torch.ones_like(ids)
-    mask[1, 7:] = 0
-    mask[2, 3:] = 0
+    if padded:
+        mask[1, 7:] = 0
+        mask[2, 3:] = 0
     results = []
     for written_out in (True, False):
         for a in attentions:
@@ -440,7 +443,7 @@ def test_written_out_training_attention_equals_sdpa(family):
         logits = model(ids, attention_mask=mask).logits
         logits.float().pow(2).mean().backward()
         results.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
-    assert len(calls) >= len(attentions)  # the written-out path ran in every layer
+    assert called == set(range(len(attentions)))  # the written-out path ran in every layer
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=0)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

@@ -256,6 +256,10 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if need_weights:
             y, weights = self._explicit(q, k, v, attn_mask, dropout)
+        elif kv is None:
+            # a training batch without padding (every row one length, as length-grouped batches often
+            # are) is not packed: it takes _attend's fast dropout mask like the packed groups
+            y, weights = self._attend(q, k, v, attn_mask, is_causal and attn_mask is None), None  # (B, H, T, D)
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal and attn_mask is None,
@@ -280,7 +284,7 @@ class Attention(nn.Module):
         return self.o(packing.from_groups(ys))
 
     def _attend(self, q, k, v, attn_mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
-        """Scaled-dot-product attention (B, H, T, D) of the packed and selected training paths.
+        """Scaled-dot-product attention (B, H, T, D) of training and of the packed and selected paths.
 
         Training on the CPU with dropout at up to ``EXPLICIT_ATTENTION_MAX_LEN`` keys (where training
         uses SDPA's math kernel anyway, train/step.py) the same math is written out, as transformers'
