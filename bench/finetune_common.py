@@ -155,7 +155,10 @@ def llmkit_config(init_from: Path, task: dict[str, Any], train: dict[str, Any], 
 def add_side_args(p) -> None:
     """The options both benches share: which sides run in which order, and each side's batches."""
     p.add_argument(
-        "--sides", default="hf,llmkit", help="order of the runs; the Trainer first gets an untouched process"
+        "--sides",
+        default="hf,llmkit",
+        help="order of the runs; the Trainer first gets an untouched process. A side may repeat: "
+        "hf,llmkit,llmkit,hf cancels a steady drift of the machine's speed (ratio of the means)",
     )
     p.add_argument(
         "--hf-sampler",
@@ -173,21 +176,30 @@ def add_side_args(p) -> None:
 
 def run_sides(sides: str, samplers: str, run_llmkit, run_hf, metric: str) -> dict[str, dict]:
     """Run llmkit and the Trainer (once per sampler in ``samplers``) one after the other in this
-    process; print each side's examples/s and ``metric``, then llmkit's ratio to each Trainer run."""
-    results = {}
+    process, in the order ``sides`` gives; print each run's examples/s and ``metric``, then llmkit's
+    ratio to each Trainer setting. A side may come more than once ("hf,llmkit,llmkit,hf"): these
+    VMs' speed drifts within minutes, and an A B B A order cancels a steady drift; the ratio is then
+    of the mean examples/s. Returns each name's last run."""
+    runs: dict[str, list[dict]] = {}
     for side in sides.split(","):
         names = [side] if side == "llmkit" else [f"hf-{s}" for s in samplers.split(",")]
         for name in names:
             print(f"[{name}] start, {uptime()}, {matmul_speed()}", flush=True)
-            results[name] = run_llmkit() if side == "llmkit" else run_hf(name.removeprefix("hf-"))
-            r = results[name]
+            r = run_llmkit() if side == "llmkit" else run_hf(name.removeprefix("hf-"))
+            runs.setdefault(name, []).append(r)
             print(f"[{name}] {r['examples_per_s']:.1f} examples/s ({r['seconds']:.0f} s training), "
                   f"dev {metric} {r[metric]:.4f}, {uptime()}, {matmul_speed()}", flush=True)  # fmt: skip
-    if "llmkit" in results:
-        a = results["llmkit"]
-        for name, b in results.items():
+
+    def mean(name: str, key: str) -> float:
+        return sum(r[key] for r in runs[name]) / len(runs[name])
+
+    if "llmkit" in runs:
+        for name in runs:
             if name != "llmkit":
-                print(f"llmkit / Trainer ({name.removeprefix('hf-')} batches) examples/s: "
-                      f"{a['examples_per_s'] / b['examples_per_s']:.2f}x; {metric} {a[metric]:.4f} vs {b[metric]:.4f} "
-                      f"({100 * (a[metric] - b[metric]):+.1f} points)")  # fmt: skip
-    return results
+                counts = len(runs["llmkit"]), len(runs[name])
+                n = f" (means of {counts[0]} and {counts[1]} runs)" if max(counts) > 1 else ""
+                a, b = mean("llmkit", "examples_per_s"), mean(name, "examples_per_s")
+                ma, mb = mean("llmkit", metric), mean(name, metric)
+                print(f"llmkit / Trainer ({name.removeprefix('hf-')} batches) examples/s: {a / b:.2f}x{n}; "
+                      f"{metric} {ma:.4f} vs {mb:.4f} ({100 * (ma - mb):+.1f} points)")  # fmt: skip
+    return {name: rs[-1] for name, rs in runs.items()}
