@@ -255,19 +255,13 @@ class Attention(nn.Module):
             k, v = kv.write(past, k, v)  # (B, K, past + T, D)
         elif kv is not None:
             kv.cross_k, kv.cross_v = k, v
-        dropout = self.dropout if self.training else 0.0
         if need_weights:
-            y, weights = self._explicit(q, k, v, attn_mask, dropout)
-        elif kv is None:
-            # a training batch without padding (every row one length, as length-grouped batches often
-            # are) is not packed: it takes _attend's fast dropout mask like the packed groups
-            y, weights = self._attend(q, k, v, attn_mask, is_causal and attn_mask is None), None  # (B, H, T, D)
+            y, weights = self._explicit(q, k, v, attn_mask, self.dropout if self.training else 0.0)
         else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal and attn_mask is None,
-                scale=self.scale, enable_gqa=self.n_kv_head != self.n_head,
-            )  # (B, H, T, D)  # fmt: skip
-            weights = None
+            # the packed groups' path too: a training batch without padding (not packed; length-grouped
+            # batches often have one length) gets the fast dropout mask. is_causal implies past == 0
+            # (Stack), so its triangle is square as _attend's written-out path assumes.
+            y, weights = self._attend(q, k, v, attn_mask, is_causal and attn_mask is None), None  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*D)
         return self.o(y), weights
 
@@ -286,7 +280,7 @@ class Attention(nn.Module):
         return self.o(packing.from_groups(ys))
 
     def _attend(self, q, k, v, attn_mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
-        """Scaled-dot-product attention (B, H, T, D) of training and of the packed and selected paths.
+        """Scaled-dot-product attention (B, H, T, D) of every path but the weights-returning one.
 
         Training on the CPU with dropout at up to ``EXPLICIT_ATTENTION_MAX_LEN`` keys (where training
         uses SDPA's math kernel anyway, train/step.py) the same math is written out, as transformers'
