@@ -322,41 +322,6 @@ def test_packing_leaves_evaluation_padded():
     torch.testing.assert_close(packing.unpack(packing.pack(x))[mask.bool()], x[mask.bool()])
 
 
-def test_dropout_keeps_the_distribution_and_follows_the_seed():
-    """llmkit's CPU dropout (16 random bits per element against p * 2^16): the drop rate is p at
-    every one of the four positions an int64 draw is split into, kept values are scaled by 1 / (1 - p)
-    (in the input's dtype, as torch rounds it), the seed fixes the mask, eval mode and p = 0 pass x
-    through, the gradient is the scaled mask."""
-    from llmkit.models.layers import Dropout
-
-    x = torch.randn(200, 500)
-    drop = Dropout(0.1).train()
-    torch.manual_seed(3)
-    a = drop(x)
-    torch.manual_seed(3)
-    assert torch.equal(a, drop(x))
-    kept = a != 0
-    rate = 1 - kept.float().mean().item()
-    assert abs(rate - 0.1) < 4 * math.sqrt(0.1 * 0.9 / x.numel())  # 4 standard errors
-    for lane in range(4):  # each 16-bit quarter of the int64 draws is uniform on its own
-        lane_rate = 1 - kept.flatten()[lane::4].float().mean().item()
-        assert abs(lane_rate - 0.1) < 4 * math.sqrt(0.1 * 0.9 * 4 / x.numel())
-    torch.testing.assert_close(a[kept], x[kept] / 0.9)
-    odd = torch.randn(7, 3, dtype=torch.bfloat16)  # a size that is not a multiple of 4, in bf16
-    dropped = Dropout(0.3).train()(odd)
-    scale = torch.tensor(1 / 0.7, dtype=torch.bfloat16)
-    assert dropped.dtype == torch.bfloat16
-    assert torch.equal(dropped[dropped != 0], odd[dropped != 0] * scale)
-    assert not torch.equal(drop(x), a)  # a new mask each call
-    assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0).train()(x), x)
-    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
-    x.requires_grad_(True)
-    torch.manual_seed(4)
-    out = Dropout(0.5).train()(x)
-    out.sum().backward()
-    torch.testing.assert_close(x.grad, (out != 0).float() * 2.0)
-
-
 # BERT pools position 0, which left padding makes padding: the fallback test covers that case
 @pytest.mark.parametrize(
     "family,padding",

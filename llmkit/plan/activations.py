@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from llmkit import cpu_kernels
 from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
 from llmkit.plan.parameters import block_matmul_weights, head_matmul_weights, matmul_weights, stacks
@@ -37,9 +38,12 @@ class _Step:
         return self.b * self.s
 
     def mask(self, dtype_bytes: int) -> int:
-        """Bytes per element of a dropout mask: CUDA's fused kernel keeps a bool, PyTorch's CPU path
-        a scaled noise tensor in the activation's dtype."""
-        return 1 if self.device == "cuda" else dtype_bytes
+        """Bytes per element of a dropout mask: CUDA's fused kernel keeps a bool; on the CPU llmkit's
+        compiled kernel keeps none (backward regenerates the mask from its seed) and its torch-op
+        fallback a scaled mask in the activation's dtype (llmkit.models.dropout)."""
+        if self.device == "cuda":
+            return 1
+        return 0 if cpu_kernels.available() else dtype_bytes
 
     @property
     def math_bytes(self) -> int:

@@ -1,0 +1,75 @@
+/* llmkit's CPU kernels, built once per machine by llmkit/models/cpu_kernels.py (cc -O3 -march=native
+ * -fopenmp) and called through ctypes on raw tensor memory. Nothing here allocates or keeps state.
+ *
+ * Dropout in one pass over the tensor, its mask never stored: element i keeps its value when the 16-bit
+ * lane i % 4 of word i / 4 of a SplitMix64 stream (Steele, Lea and Flood 2014: state seed + k * gamma,
+ * output mix(state)) is at least `threshold` (= round(p * 2^16), so p is exact to 2^-17). The stream is
+ * a function of (seed, element index) alone, so the output does not depend on the thread count, and
+ * backward regenerates the same mask from the same seed (what CUDA's Philox dropout does). Kept values
+ * are multiplied by `scale` and dropped ones by 0, as torch's `x * mask` does (-x * 0 is -0, inf * 0 NaN).
+ */
+#include <stdint.h>
+
+#define GAMMA 0x9E3779B97F4A7C15ULL
+#define BLOCK 4096 /* elements per task: a multiple of 4, so a block starts on a word */
+
+static inline uint64_t splitmix64_mix(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+/* The 16-bit draws of elements [start, start + BLOCK): word k of the stream is mix(seed + (k + 1) * gamma). */
+static inline void draws(uint64_t seed, int64_t start, uint16_t *bits) {
+    uint64_t *words = (uint64_t *)bits;
+    uint64_t first = (uint64_t)(start / 4) + 1;
+    for (int64_t j = 0; j < BLOCK / 4; j++) words[j] = splitmix64_mix(seed + (first + (uint64_t)j) * GAMMA);
+}
+
+void llmkit_dropout_draws(int64_t n, uint64_t seed, uint16_t *out) {
+    /* the raw draws, for tests: the mask is out >= threshold */
+    uint16_t bits[BLOCK] __attribute__((aligned(64)));
+    for (int64_t start = 0; start < n; start += BLOCK) {
+        draws(seed, start, bits);
+        int64_t end = start + BLOCK < n ? start + BLOCK : n;
+        for (int64_t i = start; i < end; i++) out[i] = bits[i - start];
+    }
+}
+
+void llmkit_dropout_f32(const float *x, float *out, int64_t n, uint64_t seed, uint32_t threshold, float scale,
+                        int threads) {
+    int64_t blocks = (n + BLOCK - 1) / BLOCK;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        uint16_t bits[BLOCK] __attribute__((aligned(64)));
+        int64_t start = b * BLOCK, end = start + BLOCK < n ? start + BLOCK : n;
+        draws(seed, start, bits);
+        for (int64_t i = start; i < end; i++) out[i] = x[i] * (bits[i - start] >= threshold ? scale : 0.0f);
+    }
+}
+
+/* bfloat16 <-> float as torch converts them: widening is exact, narrowing rounds to nearest even and
+ * turns every NaN into 0x7FC0 (c10::BFloat16's round_to_nearest_even). */
+static inline float bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
+    return v.f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {
+    union { float f; uint32_t u; } v = {.f = f};
+    if (f != f) return 0x7FC0;
+    return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
+}
+
+void llmkit_dropout_bf16(const uint16_t *x, uint16_t *out, int64_t n, uint64_t seed, uint32_t threshold, float scale,
+                         int threads) {
+    int64_t blocks = (n + BLOCK - 1) / BLOCK;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t b = 0; b < blocks; b++) {
+        uint16_t bits[BLOCK] __attribute__((aligned(64)));
+        int64_t start = b * BLOCK, end = start + BLOCK < n ? start + BLOCK : n;
+        draws(seed, start, bits);
+        for (int64_t i = start; i < end; i++)
+            out[i] = f32_to_bf16(bf16_to_f32(x[i]) * (bits[i - start] >= threshold ? scale : 0.0f));
+    }
+}

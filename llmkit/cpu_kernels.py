@@ -1,0 +1,112 @@
+"""Small C kernels for the CPU (cpu_kernels.c), compiled once per machine and called through ctypes
+on raw tensor memory (llmkit.models.dropout is the caller).
+
+Why C: dropout in torch ops is three to five passes over the tensor (random draws on one thread,
+compare, select, multiply, a multiply in backward); the kernel draws, compares and multiplies in one
+pass on torch's threads and keeps no mask. A training step of all-MiniLM-L6-v2 has 20-60 dropouts,
+57 with LoRA on its six linear layers (each adapter drops its input). docs/finetuning.md has the
+figures.
+
+The shared library is built with the system C compiler (``$CC``, else ``cc``) into
+``$XDG_CACHE_HOME/llmkit/kernels`` (``~/.cache/llmkit/kernels``) under a name hashing the source, the
+flags, the compiler's version and the CPU's flags (``-march=native`` code runs only where it was
+built), written beside and renamed into place, so processes starting together never load a half-written
+file; when that folder cannot be written, a per-user temporary one. Without a compiler, when the build
+fails, or with ``LLMKIT_CPU_KERNELS=0``, ``library()`` is None and callers keep their torch-op path;
+``reason()`` says why. Standard library only (L0): ``llmkit plan`` asks ``available()`` without torch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+ENV_SWITCH = "LLMKIT_CPU_KERNELS"  # "0": never build or use them
+# -fopenmp links libgomp.so.1, the soname of torch's own libgomp: the dynamic loader reuses the copy
+# torch loaded, so the kernels run on torch's thread pool rather than a second one.
+FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
+_why_not: str | None = None
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llmkit" / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build(compiler: str) -> Path:
+    """Compile SOURCE into the cache (or a temporary folder) unless there already; the library's path.
+    Raises OSError or subprocess.SubprocessError when that fails."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_flags()]).encode()).hexdigest()[:16]
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"llmkit-kernels-{os.getuid()}"):
+        path = folder / f"cpu_kernels-{key}.so"
+        if path.exists():
+            return path
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+        except OSError:
+            continue
+        try:
+            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return path
+    raise OSError(f"no writable folder for the compiled kernels ({cache_dir()} nor the temporary folder)")
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels with their signatures set, or None (``reason()`` says why)."""
+    global _why_not
+    _why_not = None
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        _why_not = f"{ENV_SWITCH}=0"
+        return None
+    compiler = shutil.which(os.environ.get("CC") or "cc")
+    if compiler is None:
+        _why_not = "no C compiler on PATH (cc, or $CC)"
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", None) or str(e) or type(e).__name__
+        detail = detail.decode(errors="replace") if isinstance(detail, bytes) else detail
+        _why_not = f"building {SOURCE.name} failed: {detail.strip().splitlines()[0] if detail.strip() else e}"
+        return None
+    i64, u64, ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p
+    for name in ("llmkit_dropout_f32", "llmkit_dropout_bf16"):
+        getattr(lib, name).argtypes = [ptr, ptr, i64, u64, ctypes.c_uint32, ctypes.c_float, ctypes.c_int]
+        getattr(lib, name).restype = None
+    lib.llmkit_dropout_draws.argtypes = [i64, u64, ptr]
+    lib.llmkit_dropout_draws.restype = None
+    return lib
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def reason() -> str | None:
+    """Why ``library()`` is None, else None."""
+    library()
+    return _why_not
