@@ -18,6 +18,7 @@ LAYERS = {
     "llmkit.files": 0,
     "llmkit.model_card": 0,
     "llmkit.units": 0,
+    "llmkit.cpu_kernels": 0,  # the C kernels' build and load (stdlib: llmkit plan asks whether they exist)
     "llmkit.config": 0,
     "llmkit.plan": 0,
     "llmkit.prompts": 0,
