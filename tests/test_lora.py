@@ -355,7 +355,7 @@ def test_merge_cli_bad_adapter_exits_2(case, tmp_path, capsys):
 def test_dropout_applies_to_the_input_of_a_only():
     from torch import nn
 
-    from llmkit.models.layers import Dropout
+    from llmkit.models.dropout import Dropout
 
     base = nn.Linear(8, 6)
     layer = LoraLinear(base, rank=2, alpha=2.0, dropout=0.5)

@@ -18,7 +18,7 @@ from torch import nn
 from llmkit.errors import LlmkitError
 from llmkit.lora.config import LoraConfig
 from llmkit.lora.targets import matches
-from llmkit.models.layers import Dropout
+from llmkit.models.dropout import Dropout
 from llmkit.quantize.layers import QuantizedLinear
 
 

@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from llmkit.config import ModelConfig
+from llmkit.models.dropout import Dropout
 from llmkit.models.embeddings import Embeddings
-from llmkit.models.layers import ACTIVATIONS, Dropout, make_norm
+from llmkit.models.layers import ACTIVATIONS, make_norm
 from llmkit.models.output import ModelOutput
 from llmkit.models.stack import Stack
 

@@ -8,7 +8,8 @@ from torch.utils.checkpoint import checkpoint
 
 from llmkit.config import ModelConfig
 from llmkit.models.cache import KVCache
-from llmkit.models.layers import MLP, Attention, Dropout, RelativePositionBias, Rotary, additive_mask, make_norm
+from llmkit.models.dropout import Dropout
+from llmkit.models.layers import MLP, Attention, RelativePositionBias, Rotary, additive_mask, make_norm
 from llmkit.models.packing import Packing
 
 Weights = torch.Tensor | None
