@@ -1,5 +1,6 @@
-/* llmkit's CPU kernels, built once per machine by llmkit/models/cpu_kernels.py (cc -O3 -march=native
- * -fopenmp) and called through ctypes on raw tensor memory. Nothing here allocates or keeps state.
+/* llmkit's CPU kernels, built once per machine by llmkit/cpu_kernels.py (cc -O3 -march=native
+ * -fopenmp) and called through ctypes (llmkit/models/dropout.py) on raw tensor memory. Nothing here
+ * allocates or keeps state.
  *
  * Dropout in one pass over the tensor, its mask never stored: element i keeps its value when the 16-bit
  * lane i % 4 of word i / 4 of a SplitMix64 stream (Steele, Lea and Flood 2014: state seed + k * gamma,

@@ -133,7 +133,7 @@ def test_kernel_output_is_the_draws_mask_times_x_exactly(kernel, dtype):
     try:
         for t in (1, 2):
             torch.set_num_threads(t)
-            out = d._run_kernel(x, seed, p)
+            out = d._KernelDropout.apply(x, p, seed)
             nan, bits = expected.isnan(), torch.int16 if dtype == torch.bfloat16 else torch.int32
             assert torch.equal(out.isnan(), nan)
             assert torch.equal(out[~nan].view(bits), expected[~nan].view(bits))  # -0 and +0 apart
@@ -151,8 +151,8 @@ def test_kernel_takes_non_contiguous_input(kernel):
     from llmkit.models import dropout as d
 
     x = torch.randn(64, 48).t()  # a transposed view
-    out = d._run_kernel(x, 7, 0.25)
-    assert torch.equal(out, d._run_kernel(x.contiguous(), 7, 0.25))
+    out = d._KernelDropout.apply(x, 0.25, 7)
+    assert torch.equal(out, d._KernelDropout.apply(x.contiguous(), 0.25, 7))
 
 
 def test_without_a_working_compiler_dropout_keeps_the_torch_path(monkeypatch, tmp_path):

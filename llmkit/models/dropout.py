@@ -35,24 +35,27 @@ def kernel_draws(n: int, seed: int) -> torch.Tensor:
     return out.to(torch.int32) & 0xFFFF
 
 
-def _run_kernel(x: torch.Tensor, seed: int, p: float) -> torch.Tensor:
+def _run_kernel(x: torch.Tensor, seed: int, threshold: int, scale: float) -> torch.Tensor:
     x = x.contiguous()
     out = torch.empty_like(x)
-    scale = torch.tensor(1.0 / (1.0 - p), dtype=x.dtype).item()  # rounded to x's dtype, as torch's multiply
     kernel = getattr(cpu_kernels.library(), _KERNELS[x.dtype])
-    kernel(x.data_ptr(), out.data_ptr(), x.numel(), seed, round(p * LEVELS), scale, torch.get_num_threads())
+    kernel(x.data_ptr(), out.data_ptr(), x.numel(), seed, threshold, scale, torch.get_num_threads())
     return out
 
 
 class _KernelDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-        ctx.p, ctx.seed = p, seed
-        return _run_kernel(x, seed, p)
+        # the drop threshold, and the scale rounded to x's dtype as torch's multiply rounds it: once,
+        # for forward and backward alike
+        ctx.seed, ctx.threshold = seed, round(p * LEVELS)
+        ctx.scale = torch.tensor(1.0 / (1.0 - p), dtype=x.dtype).item()
+        return _run_kernel(x, ctx.seed, ctx.threshold, ctx.scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return _run_kernel(grad, ctx.seed, ctx.p), None, None  # the same mask, regenerated from the seed
+        # the same mask, regenerated from the seed
+        return _run_kernel(grad, ctx.seed, ctx.threshold, ctx.scale), None, None
 
 
 def kernel_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
