@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -603,7 +604,7 @@ def test_instruct_loss_equals_masked_cross_entropy(llama_base, bpe):
     assert read_conversations  # the reader is exercised by the run tests
 
 
-def test_instruct_learns_with_packing(llama_base, tmp_path):
+def test_instruct_learns_with_packing(llama_base, tmp_path, capsys):
     rows = [
         {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]} for p, r in _pairs(160, 1)
     ]
@@ -616,6 +617,13 @@ def test_instruct_learns_with_packing(llama_base, tmp_path):
     evals = _evals(tmp_path / "run")
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0
     assert summary["best"] == min(e["val_loss"] for e in evals)
+    # conversations and windows are counted apart: the rows the run reports are windows
+    out = capsys.readouterr().out
+    packed = re.search(r"packed 160 conversations \(([\d,]+) tokens\) into ([\d,]+) windows", out)
+    windows = int(packed.group(2).replace(",", ""))
+    assert 0 < windows < 160
+    epochs = summary["examples"] / windows
+    assert f"{summary['examples']:,} windows (~{epochs * 160:,.0f} of 160 examples, {epochs:.2f} epochs)" in out
     from llmkit.chat.template import ChatTemplate
 
     assert ChatTemplate.from_dir(tmp_path / "run" / "best").source == CHATML  # the tuned model keeps its template

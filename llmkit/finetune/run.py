@@ -145,7 +145,11 @@ class FinetuneRun(Run):
             template = text2text.ChatTemplate.for_model(self.fcfg.model.init_from, self.tokenizer)
             encoded = text2text.with_response(text2text.encode_instruct(self.tokenizer, template, train, block), block)
             if task.pack:
-                encoded = text2text.pack(encoded, block)
+                conversations, encoded = len(encoded), text2text.pack(encoded, block)
+                self.packed = (conversations, len(encoded))
+                tokens = sum(len(e.ids) for e in encoded)
+                distributed.print0(f"packed {conversations:,} conversations ({tokens:,} tokens) into {len(encoded):,} "
+                                   f"windows of up to {block} tokens")  # fmt: skip
             collate = functools.partial(text2text.collate_instruct, pad_id=pad)  # the head at response tokens only
             self.train_examples = fdata.Examples(encoded, pad, collate, self._group_size(train_cfg))
             self.dev_examples = text2text.with_response(text2text.encode_instruct(self.tokenizer, template, dev, block),

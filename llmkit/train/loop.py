@@ -29,6 +29,7 @@ from llmkit.objectives import IGNORE_INDEX, Batch, Objective, lm_loss, make_obje
 from llmkit.train import distributed, host_memory
 from llmkit.train.card import pretrain_card
 from llmkit.train.distributed import Dist
+from llmkit.train.flops import StepFlops
 from llmkit.train.metrics import MetricsLog, loss_title, plot_loss
 from llmkit.train.optim import lr_at
 from llmkit.train.step import (
@@ -36,7 +37,6 @@ from llmkit.train.step import (
     TRAIN_SEEDS,
     TrainState,
     derive_seed,
-    flops_per_token,
     make_state,
     measure_peak_flops,
     train_batches,
@@ -183,6 +183,7 @@ class Run:
     best_metric: str | None = None
     best_lower = False
     best_dir: Path | None = None
+    packed: tuple[int, int] | None = None  # (examples, windows) when the rows are windows packed from examples
 
     def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, env: Dist, resume: bool, verify: bool = True) -> None:
         self.model_cfg, self.cfg, self.env = model_cfg, cfg, env
@@ -203,7 +204,7 @@ class Run:
         self.last_train: float | None = None  # the latest logged losses (None until the first log / evaluation)
         self.last_val: float | None = None
         self.last_eval: dict[str, float] = {}
-        self.flops_per_token = flops_per_token(model, self.model_cfg, cfg.block_size)
+        self.step_flops = StepFlops(self.state.raw)  # what the steps run: MFU's numerator
         dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
         self.peak = measure_peak_flops(env.device, dtype)
 
@@ -285,6 +286,8 @@ class Run:
         self.pending_tokens = 0  # input tokens of those steps (all processes)
         self.tokens_seen = self.saved.get("tokens_seen", start * self.rows * cfg.block_size)
         self.tokens_at_start = self.tokens_seen
+        self.flops_done = 0  # this process's training FLOPs in this run
+        self.step_flops.take()  # nothing counted before the first step belongs to it
         self.train_seconds = self.saved.get("train_seconds", 0.0)
         self.tick = time.perf_counter()
         # CPU steps reuse their freed memory instead of page-faulting it in anew (train/host_memory.py)
@@ -325,7 +328,9 @@ class Run:
         tokens_per_s = tokens / seconds
         self.tokens_seen += tokens
         self.pending_tokens = 0
-        mfu = self.flops_per_token * tokens_per_s / (self.peak * self.env.world_size)
+        flops = self.step_flops.take()
+        self.flops_done += flops
+        mfu = flops / seconds / self.peak  # each process against its own device's peak
         record = {
             "step": self.state.step,
             "train_loss": sum(losses) / len(losses),
@@ -402,7 +407,7 @@ class Run:
             "seconds": seconds,
             "tokens_per_s": tokens / seconds,
             "examples_per_s": steps * self.rows / seconds,
-            "mfu": self.flops_per_token * tokens / seconds / (self.peak * self.env.world_size),
+            "mfu": self.flops_done / seconds / self.peak,
             "train_loss": self.last_train,
             "train_ppl": perplexity(self.last_train),
             "val_loss": self.last_val,
@@ -418,9 +423,16 @@ class Run:
 
     def report(self, summary: dict[str, Any], start: int) -> None:
         """The run's closing line (rank 0)."""
+        examples = f"{summary['examples']:,} examples"
+        if self.packed is not None:  # rows are windows cut from concatenated examples: say both
+            items, windows = self.packed
+            epochs = summary["examples"] / windows
+            examples = (
+                f"{summary['examples']:,} windows (~{epochs * items:,.0f} of {items:,} examples, {epochs:.2f} epochs)"
+            )
         distributed.print0(
             f"{self.kind}: {summary['steps_this_run']} steps ({start} -> {self.cfg.steps}), "
-            f"{summary['examples']:,} examples in {summary['seconds']:.1f} s ({summary['examples_per_s']:,.1f}/s); "
+            f"{examples} in {summary['seconds']:.1f} s ({summary['examples_per_s']:,.1f}/s); "
             f"train loss {self.last_train:.4f}; "
             + ", ".join(f"{_label(k)} {_figure(k, v)}" for k, v in self.last_eval.items())
             + f" -> {self.out}"
