@@ -5,7 +5,7 @@ every token goes through every matrix. Fine-tuning breaks both: a frozen weight 
 its own (4 FLOPs per weight, not 6), a frozen bottom needs no backward at all (2), LoRA adds its two
 small factors, a sequence head reads one token per row, the instruct LM head runs at responses only,
 and padding-free packing attends within groups of similar length. Quoting MFU with 6N over such a
-step gave 186.8% on SmolLM2 LoRA. So each matrix product is counted where it runs, from forward
+step showed 186.8% on a fine-tuning run. So each matrix product is counted where it runs, from forward
 pre-hooks on the modules that multiply by a weight:
 
 - a linear layer (float, int8/int4, a tied head): 2 x in x out per row forward; + the same again for
