@@ -140,6 +140,43 @@ def test_label_scores_equal_log_probabilities_by_hand(converted):
     assert all(s < 0 for s in scores)
 
 
+class _Bar:
+    """Stands in for tqdm: records the bar's total, unit and updates."""
+
+    made: list = []
+
+    def __init__(self, total=None, unit="it", **_kwargs):
+        self.total, self.unit, self.n = total, unit, 0
+        _Bar.made.append(self)
+
+    def update(self, n=1):
+        self.n += n
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_exc):
+        return False
+
+
+def test_progress_counts_items_not_batches(converted, monkeypatch):
+    """Three prompts x three labels: the bar counts 3 items, each done once its 3 requests are scored,
+    in batches of 4 requests that cut across items."""
+    from llmkit.evaluate import scoring
+
+    _, directory = converted
+    model = checkpoint.load(directory)
+    monkeypatch.setattr(scoring, "tqdm", _Bar)
+    _Bar.made = []
+    prompts = ["Review: dull .\nSentiment:", "Review: a joy .\nSentiment:", "Review: fine, long .\nSentiment:"]
+    requests = [make_request(model, p, w) for p in prompts for w in (" positive", " negative", " so-so")]
+    score_requests(model, requests, batch_size=4, per_item=3)
+    scoring.generate_answers(model, prompts, 2, [], batch_size=2)
+    (scored, generated) = _Bar.made
+    assert (scored.total, scored.unit, scored.n) == (3, "item", 3)
+    assert (generated.total, generated.unit, generated.n) == (3, "item", 3)
+
+
 def test_decoder_pairs_are_split_like_the_harness(converted):
     _, directory = converted
     model = checkpoint.load(directory)

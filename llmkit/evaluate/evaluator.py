@@ -137,7 +137,7 @@ def _answer(model, task: Task, prompts: list[Prompt], method: str, batch_size: i
     keys, words = list(task.labels), task.label_words
     if method == "loglikelihood":
         requests = [make_request(model, p.text, continuation(task.prompt, w)) for p in prompts for w in words]
-        flat = score_requests(model, requests, batch_size, desc, progress)
+        flat = score_requests(model, requests, batch_size, desc, progress, per_item=len(words))
         scores = [flat[i * len(words) : (i + 1) * len(words)] for i in range(len(prompts))]
         return [keys[max(range(len(words)), key=row.__getitem__)] for row in scores], None, scores
     # code keeps the completion's leading indentation: it continues the function body

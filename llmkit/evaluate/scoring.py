@@ -71,22 +71,32 @@ def make_request(model: nn.Module, context: str, continuation: str) -> Request:
 
 @torch.no_grad()
 def score_requests(
-    model: nn.Module, requests: Sequence[Request], batch_size: int = 8, desc: str = "scoring", progress: bool = True
+    model: nn.Module,
+    requests: Sequence[Request],
+    batch_size: int = 8,
+    desc: str = "scoring",
+    progress: bool = True,
+    per_item: int = 1,
 ) -> list[float]:
     """Sum of continuation log-probabilities for each request, in the order given.
 
     Order: sort by length, longest first (lm-evaluation-harness does the same: similar lengths share
     a batch, and an out-of-memory error shows in the first batch) -> right-pad each batch -> one
-    forward pass -> log-softmax in fp32 at the continuation positions only -> sum.
+    forward pass -> log-softmax in fp32 at the continuation positions only -> sum. The progress bar
+    counts items: ``per_item`` consecutive requests (one per label) make one, done when all are scored.
     """
     order = sorted(range(len(requests)), key=lambda i: -(len(requests[i].context) + len(requests[i].continuation)))
     scores = [0.0] * len(requests)
     device = next(model.parameters()).device
     step = _score_decoder if model.config.family == "decoder" else _score_encoder_decoder
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-        for i, score in zip(batch, step(model, [requests[i] for i in batch], device), strict=True):
-            scores[i] = score
+    left = [per_item] * -(-len(requests) // per_item)  # requests still to score, per item
+    with tqdm(total=len(left), desc=desc, unit="item", disable=not progress, leave=False) as bar:
+        for batch in batches:
+            for i, score in zip(batch, step(model, [requests[i] for i in batch], device), strict=True):
+                scores[i] = score
+                left[i // per_item] -= 1
+                bar.update(left[i // per_item] == 0)
     return scores
 
 
@@ -151,9 +161,11 @@ def generate_answers(
                     num_return_sequences=1, repetition_penalty=1.0, min_new_tokens=0, truncate=False)  # fmt: skip
     answers: list[str] = []
     batches = [list(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
-    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-        completions = generate(model, batch, skip_leading_whitespace=strip, **settings)
-        answers += [c.text.strip() if strip else c.text.rstrip() for c in completions]
+    with tqdm(total=len(prompts), desc=desc, unit="item", disable=not progress, leave=False) as bar:
+        for batch in batches:
+            completions = generate(model, batch, skip_leading_whitespace=strip, **settings)
+            answers += [c.text.strip() if strip else c.text.rstrip() for c in completions]
+            bar.update(len(batch))
     return answers
 
 
