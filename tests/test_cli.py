@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -20,6 +21,17 @@ def test_top_level_help_lists_commands():
     assert out.returncode == 0
     for command in ("tokenizer", "convert", "inspect", "init"):
         assert command in out.stdout
+
+
+def test_top_level_help_names_every_fine_tuning_task_and_method(capsys):
+    from llmkit.finetune.config import METHODS, TASK_KINDS
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    line = text[text.index("finetune ") :]
+    for name in (*TASK_KINDS, *METHODS):
+        assert re.search(rf"\b{name}\b", line[: line.index(" generate ")]), name
 
 
 @pytest.mark.parametrize("command", COMMAND_MODULES)

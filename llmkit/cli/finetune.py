@@ -44,12 +44,23 @@ _TABLES = {
 }
 
 
+# what each task kind is, for `llmkit --help` (tests/test_cli.py checks every kind has words here)
+TASK_WORDS = {
+    "classify": "sequence classification",
+    "tokens": "token classification, NER",
+    "continue": "continued pretraining",
+    "seq2seq": "text to text",
+    "instruct": "chat/instruction SFT",
+}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    from llmkit.finetune.config import MethodConfig, ModelTable, TaskConfig
+    from llmkit.finetune.config import METHODS, TASK_KINDS, MethodConfig, ModelTable, TaskConfig
 
     p = sub.add_parser(
         "finetune",
-        help="fine-tune a checkpoint for classification, token classification or continued pretraining",
+        help=f"fine-tune a checkpoint; tasks: {', '.join(f'{k} ({TASK_WORDS[k]})' for k in TASK_KINDS)}; "
+        f"methods: {', '.join(METHODS)}",
         description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
