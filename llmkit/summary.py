@@ -71,6 +71,23 @@ class ModelSummary:
             f"tied embeddings {c.tie_embeddings}"
         )
 
+    def head_note(self) -> str | None:
+        """How the output head enters the count: its own matrix (untied, as Llama-2 or flan-T5, where a
+        model's headline size often leaves it out) or the token embeddings shared (counted once)."""
+        c, head = self.config, self.parameters.get("lm head", 0)
+        if head:
+            body = self.total - head
+            return (
+                f"lm head: its own {c.vocab_size:,} x {c.d_model:,} matrix ({human_count(head)}, untied from the token "
+                f"embeddings), {head / self.total:.1%} of the total; without it {human_count(body)} ({body:,})"
+            )
+        if c.has_classifier or (c.family == "encoder" and c.encoder_head == "none"):
+            return None  # no language-model head
+        if c.tie_embeddings:
+            head = "mlm head's decoder" if c.family == "encoder" else "lm head"
+            return f"{head}: shares the token embeddings' matrix (tied), counted once, under token embeddings"
+        return None
+
 
 def summarize(model: nn.Module) -> ModelSummary:
     return ModelSummary(config=model.config, parameters=parameter_breakdown(model))

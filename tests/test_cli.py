@@ -56,6 +56,20 @@ def test_inspect_gpt2(capsys):
     assert "context window 1024" in out and "fp32 474.7 MiB" in out
 
 
+def test_inspect_explains_the_head_in_the_count(capsys):
+    """flan-T5's head is its own 32,128 x 512 matrix (counted, and what the total is without it);
+    GPT-2's shares the token embeddings and is counted once."""
+    assert main(["inspect", "flan-t5-small"]) == 0
+    out = capsys.readouterr().out
+    head = 32128 * 512
+    assert "lm head: its own 32,128 x 512 matrix (16.45M, untied from the token embeddings)" in out
+    assert f"without it 60.51M ({76_961_152 - head:,})" in out
+    assert main(["inspect", "gpt2"]) == 0
+    assert "lm head: shares the token embeddings' matrix (tied), counted once" in capsys.readouterr().out
+    assert main(["inspect", "flan-t5-small", "--json"]) == 0
+    assert "untied" in json.loads(capsys.readouterr().out)["head"]
+
+
 def test_inspect_json(capsys):
     assert main(["inspect", "bert-base-uncased", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

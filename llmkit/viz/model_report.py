@@ -42,6 +42,7 @@ class ModelReport:
             "vocab_size": self.config.vocab_size,
             "parameters": self.summary.total,
             "parameters_by_component": self.summary.parameters,
+            "head": self.summary.head_note(),
             "weights_bytes": self.summary.weight_bytes(),
             **self.stored,
         }
@@ -72,6 +73,8 @@ class ModelReport:
         lines.append(f"  {'component':<24}{'parameters':>16}{'share':>9}")
         for name, count in sorted(s.parameters.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {name:<24}{count:>16,}{count / s.total:>9.1%}")
+        if s.head_note():
+            lines.append(f"  {s.head_note()}")
         lines.append("  weights memory: " + " | ".join(f"{d} {human_bytes(b)}" for d, b in s.weight_bytes().items()))
         if self.card is not None:
             lines += ["", f"model card ({model_card.CARD}):", "", model_card.body(self.card).rstrip()]
