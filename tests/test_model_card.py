@@ -117,6 +117,11 @@ def test_inspect_shows_the_card_after_the_figures_and_in_json(tmp_path, capsys):
     assert card.rstrip() == model_card.body((tmp_path / "m" / "README.md").read_text()).rstrip()
     assert main(["inspect", str(tmp_path / "m"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["model_card"] == (tmp_path / "m" / "README.md").read_text()
+    assert "\n  license: not stated (no license in the model card)" in figures
+    readme = tmp_path / "m" / "README.md"
+    readme.write_text(readme.read_text().replace("library_name: llmkit\n", "library_name: llmkit\nlicense: mit\n"))
+    assert main(["inspect", str(tmp_path / "m")]) == 0
+    assert "\n  license: mit\n" in capsys.readouterr().out.split("\nmodel card")[0]
     (tmp_path / "m" / "README.md").unlink()
     assert main(["inspect", str(tmp_path / "m")]) == 0
     assert "model card: none (README.md is missing from the checkpoint)" in capsys.readouterr().out

@@ -106,6 +106,8 @@ def model_report(model: str) -> ModelReport:
         tok = checkpoint.load_tokenizer(path, cfg)
         stored["tokenizer vocab"] = tok.vocab_size if tok is not None else None
         card = model_card.read(path)
+        license_ = model_card.front_matter_value(card, "license") if card else None
+        stored["license"] = license_ or "not stated (no license in the model card): check the model's origin"
     elif model in PRESETS:
         cfg = ModelConfig.from_name(model)
     else:
