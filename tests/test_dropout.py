@@ -71,6 +71,21 @@ def test_dropout_keeps_the_distribution_and_follows_the_seed(path):
     torch.testing.assert_close(x.grad, (out != 0).float() * 2.0)
 
 
+def test_second_derivatives_go_through_the_mask(path):
+    """y = dropout(x), s = sum(y^2): ds/dx = 2 M^2 x and d(sum ds/dx)/dx = 2 M^2, M the scaled mask
+    (y / x). The kernel's backward once ran outside autograd, so this came out 0.5x, silently."""
+    torch.manual_seed(0)
+    x = (torch.rand(64, 48, dtype=torch.float64) + 0.5).float().requires_grad_(True)
+    drop = Dropout(0.3).train()
+    y = drop(x)
+    mask = (y / x).detach()
+    (first,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+    torch.testing.assert_close(first, 2 * mask * mask * x)
+    (second,) = torch.autograd.grad(first.sum(), x)
+    torch.testing.assert_close(second, 2 * mask * mask)
+    assert (mask == 0).any() and (mask > 1).any()
+
+
 def test_checkpointed_recomputation_redraws_the_same_mask(path):
     """Activation checkpointing restores torch's generator before recomputing: the same seed, the
     same mask, so gradients equal those of the run that kept its activations."""

@@ -48,13 +48,17 @@ class _KernelDropout(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
         # the drop threshold, and the scale rounded to x's dtype as torch's multiply rounds it: once,
         # for forward and backward alike
-        ctx.seed, ctx.threshold = seed, round(p * LEVELS)
+        ctx.p, ctx.seed, ctx.threshold = p, seed, round(p * LEVELS)
         ctx.scale = torch.tensor(1.0 / (1.0 - p), dtype=x.dtype).item()
-        return _run_kernel(x, ctx.seed, ctx.threshold, ctx.scale)
+        return _run_kernel(x, seed, ctx.threshold, ctx.scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        # the same mask, regenerated from the seed
+        # dropout is linear in x: its gradient is the same mask, regenerated from the seed, on grad.
+        # Under create_graph (a second derivative, e.g. a gradient penalty) that goes through this
+        # Function again so it is differentiable in turn; a bare kernel call would drop that term.
+        if torch.is_grad_enabled():
+            return _KernelDropout.apply(grad, ctx.p, ctx.seed), None, None
         return _run_kernel(grad, ctx.seed, ctx.threshold, ctx.scale), None, None
 
 
