@@ -11,7 +11,9 @@ The shared library is built with the system C compiler (``$CC``, else ``cc``) in
 ``$XDG_CACHE_HOME/llmkit/kernels`` (``~/.cache/llmkit/kernels``) under a name hashing the source, the
 flags, the compiler's version and the CPU's flags (``-march=native`` code runs only where it was
 built), written beside and renamed into place, so processes starting together never load a half-written
-file; when that folder cannot be written, a per-user temporary one. Without a compiler, when the build
+file; when that folder cannot be written, a per-user temporary one. Each folder and library must
+belong to this user and be writable by no one else (made 0700; a shared temporary folder is where
+another user could plant a library that every llmkit process would load). Without a compiler, when the build
 fails, or with ``LLMKIT_CPU_KERNELS=0``, ``library()`` is None and callers keep their torch-op path;
 ``reason()`` says why. Standard library only (L0): ``llmkit plan`` asks ``available()`` without torch.
 """
@@ -24,6 +26,7 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -55,23 +58,42 @@ def _build(compiler: str) -> Path:
     Raises OSError or subprocess.SubprocessError when that fails."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_flags()]).encode()).hexdigest()[:16]
+    refused = []
     for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"llmkit-kernels-{os.getuid()}"):
         path = folder / f"cpu_kernels-{key}.so"
-        if path.exists():
-            return path
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, exist_ok=True)
+            _check_private(folder)
+            if path.exists():
+                _check_private(path)
+                return path
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
             os.close(fd)
-        except OSError:
+        except OSError as e:
+            refused.append(str(e))
             continue
         try:
             subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+            os.chmod(tmp, 0o700)  # whatever the umask: ours alone, as _check_private wants it next time
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
         return path
-    raise OSError(f"no writable folder for the compiled kernels ({cache_dir()} nor the temporary folder)")
+    raise OSError(f"no safe writable folder for the compiled kernels: {'; '.join(refused)}")
+
+
+def _check_private(path: Path) -> None:
+    """Refuse a folder or library that another user could have written: the library is loaded into
+    every llmkit process, so a planted one would run its code there. It must be ours (not a link)
+    and writable by no one else. Raises OSError naming the problem."""
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        raise OSError(f"{path} is a symbolic link")
+    if info.st_uid != os.getuid():
+        raise OSError(f"{path} belongs to uid {info.st_uid}, not this user ({os.getuid()})")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise OSError(f"{path} is writable by other users (mode {stat.S_IMODE(info.st_mode):o})")
 
 
 @functools.cache

@@ -206,3 +206,47 @@ def test_the_library_is_built_once_into_the_cache(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         cpu_kernels.library.cache_clear()
+
+
+def test_a_library_planted_by_another_user_is_never_loaded(monkeypatch, tmp_path):
+    """The cache falls back to a folder in the shared temporary directory: one that another user made
+    or can write, or a library there that is not ours alone, is refused (with the reason), never
+    loaded; our own folder is made 0700."""
+    if os.getuid() != 0:
+        pytest.skip("making files owned by another user needs root (CI and this project's machines run as root)")
+    if cpu_kernels.shutil.which(os.environ.get("CC") or "cc") is None or os.environ.get(cpu_kernels.ENV_SWITCH) == "0":
+        pytest.skip("no C compiler on PATH, or the kernels switched off")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".cache").write_text("not a folder: the user cache cannot be made")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home" / ".cache"))
+    monkeypatch.setattr(cpu_kernels.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    shared = tmp_path / "tmp" / f"llmkit-kernels-{os.getuid()}"
+    try:
+        for plant in ("other owner", "world-writable folder", "world-writable library", "library of another user"):
+            cpu_kernels.library.cache_clear()
+            if shared.exists():
+                cpu_kernels.shutil.rmtree(shared)
+            shared.mkdir(parents=True, mode=0o700)
+            if plant == "other owner":
+                os.chown(shared, 65534, 65534)
+            elif plant == "world-writable folder":
+                os.chmod(shared, 0o777)
+            else:  # a library under the very name llmkit would build, put there before it runs
+                assert cpu_kernels.available(), cpu_kernels.reason()
+                (library,) = shared.glob("cpu_kernels-*.so")
+                if plant == "world-writable library":
+                    os.chmod(library, 0o777)
+                else:
+                    os.chown(library, 65534, 65534)
+                cpu_kernels.library.cache_clear()
+            assert not cpu_kernels.available(), plant
+            assert "no safe writable folder" in cpu_kernels.reason() and str(shared) in cpu_kernels.reason(), plant
+        cpu_kernels.shutil.rmtree(shared)
+        cpu_kernels.library.cache_clear()
+        assert cpu_kernels.available(), cpu_kernels.reason()
+        assert oct(shared.stat().st_mode & 0o777) == "0o700"
+        (library,) = shared.glob("cpu_kernels-*.so")
+        assert library.stat().st_mode & 0o077 == 0
+    finally:
+        monkeypatch.undo()
+        cpu_kernels.library.cache_clear()
