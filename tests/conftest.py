@@ -10,8 +10,9 @@ and emoji and CJK characters that take several byte-level tokens each) and a ran
 (2 layers, 32 wide) saved with it as a checkpoint directory.
 
 Under CI (``LLMKIT_CI=1``, set by .ci/run) a skipped test fails instead: a missing browser, data
-set, package or checkpoint there means CI is not testing what the project promises. Outside CI a
-skip prints its reason (``make test`` runs ``pytest -rs``).
+set, package or checkpoint there means CI is not testing what the project promises. So does an
+xfail (a known failure), and an unexpected pass is a failure everywhere (``xfail_strict``). Outside
+CI a skip prints its reason (``make test`` runs ``pytest -rs``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,14 @@ def _skip_reason(longrepr) -> str:
 
 
 def _fail_skip_under_ci(report) -> None:
-    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
-        report.outcome = "failed"
+    if not (IN_CI and report.skipped):
+        return
+    report.outcome = "failed"
+    if hasattr(report, "wasxfail"):  # an expected failure is a known defect that CI would otherwise pass
+        reason = f": {report.wasxfail}" if report.wasxfail else ""
+        report.longrepr = f"xfail under CI (LLMKIT_CI=1), where a known failure fails the run{reason}"
+        del report.wasxfail
+    else:
         report.longrepr = f"skipped under CI (LLMKIT_CI=1), where nothing may skip: {_skip_reason(report.longrepr)}"
 
 

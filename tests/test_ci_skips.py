@@ -48,3 +48,28 @@ def test_a_module_level_importorskip_fails_under_ci(tmp_path):
     assert local.returncode == 0 and "SKIPPED [1] test_module_skip.py:2: pip install x" in local.stdout
     ci = run_pytest(tmp_path, ci=True)
     assert ci.returncode != 0 and "where nothing may skip: Skipped: pip install x" in ci.stdout
+
+
+XFAILING = """
+import pytest
+
+@pytest.mark.xfail(reason="known bug 12")
+def test_known_bug():
+    assert 1 == 2
+
+@pytest.mark.xfail(reason="fixed since")
+def test_fixed_bug():
+    pass
+"""
+
+
+def test_an_xfail_fails_under_ci_and_an_xpass_fails_everywhere(tmp_path):
+    shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
+    shutil.copy(TESTS.parent / "pyproject.toml", tmp_path / "pyproject.toml")  # xfail_strict
+    (tmp_path / "test_xfailing.py").write_text(XFAILING)
+    local = run_pytest(tmp_path, ci=False)
+    assert local.returncode == 1 and "1 failed, 1 xfailed" in local.stdout, local.stdout
+    assert "[XPASS(strict)] fixed since" in local.stdout
+    ci = run_pytest(tmp_path, ci=True)
+    assert ci.returncode == 1 and "2 failed" in ci.stdout and "xfailed" not in ci.stdout, ci.stdout
+    assert "xfail under CI (LLMKIT_CI=1), where a known failure fails the run: known bug 12" in ci.stdout
