@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from llmkit.cli import COMMAND_MODULES, build_parser, main
+from llmkit.errors import LlmkitError
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -252,3 +253,61 @@ def test_quickstart_generate_lines_parse_and_decode_without_repeating():
     greedy, sampled = (parser.parse_args(shlex.split(c.replace("$LLMKIT ", ""))) for c in commands)
     assert not greedy.do_sample and greedy.repetition_penalty > 1 and greedy.file and greedy.echo
     assert sampled.do_sample and sampled.seed is not None
+
+
+def _sample(annotation: str) -> tuple[str, object]:
+    """A command-line value for a field of this annotation and what argparse must hand the config."""
+    if annotation.startswith("list[float]"):
+        return "0.7,0.3", "0.7,0.3"  # lists stay text: the config splits them
+    if annotation.startswith("list"):
+        return "a,b", "a,b"
+    if "bool" in annotation:
+        return "true", True
+    if "int" in annotation:
+        return "3", 3
+    if "float" in annotation:
+        return "0.5", 0.5
+    return "freeze", "freeze"
+
+
+@pytest.mark.parametrize("command", ["finetune", "pretrain"])
+def test_every_field_of_every_config_table_is_a_flag(command):
+    """--TABLE.FIELD VALUE parses for every field a config file may hold, with the value the config
+    reads (`--task.weights 0.7,0.3` was refused as one float, and `--method.name freeze`, the example
+    `llmkit finetune --help` prints, was unrecognized)."""
+    from dataclasses import fields
+
+    from llmkit.cli._options import config_overrides
+    from llmkit.config import ModelConfig, TrainConfig
+    from llmkit.finetune.config import MethodConfig, ModelTable, TaskConfig
+
+    tables = {"finetune": {"model": ModelTable, "task": TaskConfig, "method": MethodConfig, "train": TrainConfig},
+              "pretrain": {"model": ModelConfig, "train": TrainConfig}}[command]  # fmt: skip
+    parser = build_parser()
+    for table, config in tables.items():
+        for f in fields(config):
+            if command == "pretrain" and table == "model" and f.name == "name":
+                continue  # pretrain names its model with --name
+            text, value = _sample(str(f.type))
+            args = parser.parse_args([command, "--config", "x.toml", f"--{table}.{f.name}", text])
+            assert config_overrides(args, table) == {f.name: value}, f"--{table}.{f.name}"
+
+
+def test_the_finetune_flags_the_help_shows_reach_the_config(tmp_path):
+    from llmkit.cli._options import config_overrides
+    from llmkit.finetune.config import load_finetune_config
+
+    files = [tmp_path / "a.toml", tmp_path / "b.toml"]
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'[model]\ninit_from = "m"\n[task]\nkind = "instruct"\nfiles = {[str(f) for f in files]!r}\n'.replace("'", '"')
+    )
+    args = build_parser().parse_args(
+        ["finetune", "--config", str(config), "--task.weights", "0.7,0.3", "--method.name", "freeze",
+         "--method.train_layers", "2"]
+    )  # fmt: skip
+    cfg = load_finetune_config(config, {name: config_overrides(args, name) for name in ("model", "task", "method")})
+    assert cfg.task.weights == [0.7, 0.3] and cfg.method.name == "freeze" and cfg.method.train_layers == 2
+    bad = build_parser().parse_args(["finetune", "--config", str(config), "--task.weights", "0.7,x"])
+    with pytest.raises(LlmkitError, match="weights '0.7,x' are not numbers"):
+        load_finetune_config(config, {"task": config_overrides(bad, "task")})

@@ -10,8 +10,6 @@ from typing import Any
 from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
 
-# fields that are derived or bookkeeping, not for users to set
-_HIDDEN = {"name"}
 
 
 def _parse_bool(text: str) -> bool:
@@ -23,6 +21,10 @@ def _parse_bool(text: str) -> bool:
 
 
 def _type_of(annotation: str) -> Any:
+    """argparse's type for a field's annotation (a string: the configs use postponed annotations).
+    Lists stay text: the configs split "a,b" themselves (``--task.weights 0.7,0.3``)."""
+    if annotation.startswith(("list", "tuple")):
+        return str
     if "bool" in annotation:
         return _parse_bool
     if "int" in annotation:
@@ -32,9 +34,11 @@ def _type_of(annotation: str) -> Any:
     return str
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config: type, prefix: str, title: str, example: str) -> None:
-    """``--PREFIX.FIELD VALUE`` for every user-settable field of the dataclass ``config``."""
-    names = [f for f in fields(config) if f.name not in _HIDDEN]
+def add_config_flags(
+    parser: argparse.ArgumentParser, config: type, prefix: str, title: str, example: str, hidden: frozenset = frozenset()
+) -> None:
+    """``--PREFIX.FIELD VALUE`` for every field of the dataclass ``config`` but ``hidden`` ones."""
+    names = [f for f in fields(config) if f.name not in hidden]
     group = parser.add_argument_group(title)
     for f in names:
         group.add_argument(f"--{prefix}.{f.name}", dest=f"{prefix}__{f.name}", type=_type_of(str(f.type)),
@@ -52,8 +56,9 @@ def config_overrides(args: argparse.Namespace, prefix: str) -> dict[str, Any]:
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    # a model's name has its own flag (--name) where a command names what it writes
     add_config_flags(parser, ModelConfig, "model", "model overrides (applied on top of the preset)",
-                     "--model.n_layer 2 --model.d_model 128")  # fmt: skip
+                     "--model.n_layer 2 --model.d_model 128", hidden=frozenset({"name"}))  # fmt: skip
 
 
 def model_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -99,7 +99,12 @@ class TaskConfig:
         if isinstance(self.files, str):
             self.files = [name.strip() for name in self.files.split(",") if name.strip()]
         if isinstance(self.weights, str):
-            self.weights = [float(w) for w in self.weights.split(",") if w.strip()]
+            try:
+                self.weights = [float(w) for w in self.weights.split(",") if w.strip()]
+            except ValueError:
+                raise LlmkitError(
+                    f"[task] weights '{self.weights}' are not numbers", "give comma-separated numbers, e.g. 0.7,0.3"
+                ) from None
         if self.weights and (len(self.weights) != len(self.files) or min(self.weights) <= 0):
             raise LlmkitError(
                 f"[task] weights {self.weights} do not fit files {self.files}", "give one positive weight per file"
