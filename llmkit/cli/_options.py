@@ -11,7 +11,6 @@ from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
 
 
-
 def _parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
