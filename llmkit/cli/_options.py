@@ -34,7 +34,12 @@ def _type_of(annotation: str) -> Any:
 
 
 def add_config_flags(
-    parser: argparse.ArgumentParser, config: type, prefix: str, title: str, example: str, hidden: frozenset = frozenset()
+    parser: argparse.ArgumentParser,
+    config: type,
+    prefix: str,
+    title: str,
+    example: str,
+    hidden: frozenset = frozenset(),
 ) -> None:
     """``--PREFIX.FIELD VALUE`` for every field of the dataclass ``config`` but ``hidden`` ones."""
     names = [f for f in fields(config) if f.name not in hidden]
