@@ -452,8 +452,9 @@ def test_perplexity_reads_gz_files_the_same_and_refuses_binary(converted, tmp_pa
 
 @pytest.mark.parametrize("strip", [True, False])
 def test_generated_answers_skip_leading_whitespace_only_when_stripped(monkeypatch, strip):
-    """Stripped answers (summaries, labels) are cut at stop strings after their leading whitespace, as
-    lm-evaluation-harness's read once stripped; code (strip=False) keeps a leading stop string a stop."""
+    """Stripped answers (summaries, labels) are cut at stop strings after their leading whitespace, by
+    llmkit's own rule (lm-evaluation-harness cuts the raw text); code (strip=False) keeps a leading stop
+    string a stop."""
     import llmkit.inference
     from llmkit.evaluate.scoring import generate_answers
 

@@ -150,10 +150,10 @@ def generate_answers(
     right-stripped (code, whose first line's indentation matters).
 
     Greedy whatever the checkpoint's generation_config says (sampling would make the score a draw);
-    EOS ids still come from it. Stripped answers are cut as lm-evaluation-harness's read once stripped: a
-    stop string never matches inside the answer's leading whitespace (SmolLM2 opens a DialogSum summary
-    with "\n", which the task's stop string "\n" would otherwise cut empty). Code keeps its leading text
-    as generated, so there a stop string at the very start still stops.
+    EOS ids still come from it. Stripped answers follow a rule of llmkit's own (lm-evaluation-harness cuts
+    the raw text): a stop string never matches inside the answer's leading whitespace (SmolLM2 opens a
+    DialogSum summary with "\n", which the task's stop string "\n" would otherwise cut empty). Code keeps
+    its leading text as generated, so there a stop string at the very start still stops.
     """
     from llmkit.inference import generate
 

@@ -49,9 +49,10 @@ class CompletionText:
     ``stopped`` is True. Text that could be the start of a stop string waits until it cannot.
 
     ``skip_leading_whitespace``: a stop string never starts inside the completion's leading
-    whitespace, so an answer that opens with "\n" is not cut empty by the stop string "\n" (what
-    lm-evaluation-harness's answers amount to once stripped; evaluation turns it on, see
-    llmkit/evaluate/scoring.py). Off by default: for a plain completion a leading stop string is a stop.
+    whitespace, so an answer that opens with "\n" is not cut empty by the stop string "\n". That is
+    llmkit's own rule for `llmkit eval` (llmkit/evaluate/scoring.py): lm-evaluation-harness cuts the
+    raw text at the first stop (its ``postprocess_generated_text``), which is what the default does.
+    Off by default: for a plain completion a leading stop string is a stop.
     """
 
     def __init__(
