@@ -22,11 +22,12 @@ from llmkit.hf.base import FamilyConverter, StateDict
 from llmkit.hf.bert import CONVERTER as BERT
 from llmkit.hf.gpt2 import CONVERTER as GPT2
 from llmkit.hf.llama import CONVERTER as LLAMA
+from llmkit.hf.qwen2 import CONVERTER as QWEN2
 from llmkit.hf.t5 import CONVERTER as T5
 from llmkit.model_card import ModelCard
 from llmkit.models import build_model
 
-CONVERTERS: dict[str, FamilyConverter] = {c.model_type: c for c in (GPT2, LLAMA, BERT, T5)}
+CONVERTERS: dict[str, FamilyConverter] = {c.model_type: c for c in (GPT2, LLAMA, QWEN2, BERT, T5)}
 # model_types whose layout is the same as one we convert
 ALIASES = {"mistral": "llama"}
 HF_DEFAULT_TOP_K = 50  # transformers GenerationConfig default
@@ -57,7 +58,7 @@ def converter_for_config(cfg: ModelConfig) -> FamilyConverter:
             return conv
     raise LlmkitError(
         f"no Hugging Face architecture matches this config (family={cfg.family}, pos={cfg.pos}, norm={cfg.norm})",
-        "to-hf supports GPT-2, Llama, BERT and T5 shapes",
+        "to-hf supports GPT-2, Llama, Qwen2, BERT and T5 shapes",
     )
 
 
@@ -102,7 +103,7 @@ def _read_bin(path: Path) -> StateDict:
 
 
 def from_hf(src: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Convert a transformers checkpoint directory (GPT-2, Llama, BERT, T5) into an llmkit one."""
+    """Convert a transformers checkpoint directory (GPT-2, Llama, Qwen2, BERT, T5) into an llmkit one."""
     src = Path(src)
     if not src.is_dir():
         raise LlmkitError(f"{src}: no such directory", "pass a directory saved by transformers save_pretrained")
