@@ -35,7 +35,6 @@ import importlib
 import json
 import os
 import re
-import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -355,9 +354,3 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     first = int(match.group(1))
     last = min(int(match.group(2)), size - 1) if match.group(2) else size - 1
     return "unsatisfiable" if first >= size or last < first else (first, last)
-
-
-def copy_tree(src: Path, dest: Path) -> Path:
-    """A copy of ``src`` (e.g. a save_pretrained folder) to lay out or edit before ``add``."""
-    shutil.copytree(src, dest)
-    return dest

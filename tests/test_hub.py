@@ -363,6 +363,23 @@ def test_gguf_repository_chosen_by_quant_type(gguf_repo, hub, home, tmp_path, ca
     assert code == 2 and "no Q4_K_M GGUF file; the repository has F16, F32, Q8_0" in err
 
 
+def test_gguf_of_another_architecture_names_the_families(hub, home, tmp_path, capsys):
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(tmp_path / "falcon-Q8_0.gguf", "falcon")  # a header and one tensor suffice
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    hub.add("acme/falcon-GGUF", {"falcon-Q8_0.gguf": (tmp_path / "falcon-Q8_0.gguf").read_bytes()})
+    code, _, err = get("acme/falcon-GGUF", capsys=capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "GGUF architecture 'falcon' is not a family llmkit loads" in err and "llama, qwen2" in err
+
+
 # ---- the command ----------------------------------------------------------------------------------------
 def test_registry_names_still_go_to_the_registry(monkeypatch, tmp_path, capsys):
     from llmkit.gguf import registry

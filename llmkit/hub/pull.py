@@ -11,12 +11,14 @@ repository's license files are copied in.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import Any
 
 from llmkit import model_card
 from llmkit.errors import LlmkitError
+from llmkit.gguf.layout import ARCHITECTURES
 from llmkit.hub import download
 from llmkit.hub.download import Snapshot
 from llmkit.hub.names import (
@@ -63,7 +66,7 @@ class GetResult:
         came = "from the cache (offline)" if self.offline else f"{human_bytes(self.fetched_bytes)} downloaded"
         return (
             f"{self.name} (commit {self.commit[:12]}): {len(self.files)} files, {human_bytes(total)} ({came}), "
-            f"SHA-256/size checked, {self.source} converted to {self.out} ({self.dtype}) in {self.seconds:.1f} s"
+            f"sizes and hashes checked, {self.source} converted to {self.out} ({self.dtype}) in {self.seconds:.1f} s"
         )
 
 
@@ -120,27 +123,35 @@ def _convert_gguf(snap: Snapshot, out: Path, dtype: str, quant: str | None) -> t
     chosen = choose_gguf(snap.files, quant, repo)
     local = _fetch_all(snap, support_files(snap.files, repo, transformers=False) + [chosen])
     f = open_gguf(local[chosen])
-    base = converted_card(f, dtype)  # its limitations say the weights keep the file's quantization error
-    what = base.how_made.removeprefix("Converted by `llmkit convert --from-gguf` from ").rstrip(".")
-    card = hub_card(snap, local, f"converted from {what}", dtype)
-    card = dataclasses.replace(card, limitations=base.limitations)
+    if f.architecture not in ARCHITECTURES:
+        raise LlmkitError(f"{repo}: GGUF architecture '{f.architecture}' is not a family llmkit loads", _families())
+    types = ", ".join(f"{t} x{n}" for t, n in sorted(f.type_counts().items(), key=lambda kv: -kv[1]))
+    how = f"converted from `{chosen}` (GGUF, architecture {f.architecture}; tensor types {types}), dequantized"
+    card = hub_card(snap, local, how, dtype)
+    # converted_card's limitations say the weights keep the file's quantization error
+    card = dataclasses.replace(card, limitations=converted_card(f, dtype).limitations)
     from_gguf(f.path, out, dtype=dtype, progress=True, card=card, extra_files=_extra_files(snap, local, chosen))
     return chosen, local
 
 
 def check_architecture(hf: dict[str, Any], repo: str) -> None:
     """A one-line error, naming what loads, for a model_type no converter reads."""
-    from llmkit.gguf.layout import ARCHITECTURES
     from llmkit.hf.convert import ALIASES, CONVERTERS
 
     model_type = hf.get("model_type")
     if ALIASES.get(model_type, model_type) not in CONVERTERS:
         classes = ", ".join(hf.get("architectures") or []) or "no architectures"
-        raise LlmkitError(
-            f"{repo}: model_type '{model_type}' ({classes}) is not a family llmkit loads",
-            f"llmkit converts model_type {', '.join(sorted([*CONVERTERS, *ALIASES]))} from safetensors, "
-            f"and GGUF files of {', '.join(ARCHITECTURES)}",
-        )
+        raise LlmkitError(f"{repo}: model_type '{model_type}' ({classes}) is not a family llmkit loads", _families())
+
+
+def _families() -> str:
+    """The hint of an unsupported model: every family that loads, by the names config.json and GGUF files use."""
+    from llmkit.hf.convert import ALIASES, CONVERTERS
+
+    return (
+        f"llmkit converts model_type {', '.join(sorted([*CONVERTERS, *ALIASES]))} from safetensors, "
+        f"and GGUF files of architecture {', '.join(ARCHITECTURES)}"
+    )
 
 
 def _shards(index: Path, snap: Snapshot, repo: str) -> list[str]:
@@ -165,25 +176,18 @@ def _read_json(path: Path, repo: str) -> dict[str, Any]:
     return data
 
 
-class _staging:
-    """A temporary folder of links to exactly the checked files, so the converter reads nothing else that the
-    cache's snapshot folder may hold (files other tools downloaded at the same commit)."""
-
-    def __init__(self, local: dict[str, Path]):
-        self.local = local
-
-    def __enter__(self) -> Path:
-        self.tmp = tempfile.TemporaryDirectory(prefix="llmkit-hub-")
-        folder = Path(self.tmp.name)
-        for path, source in self.local.items():
+@contextlib.contextmanager
+def _staging(local: dict[str, Path]) -> Iterator[Path]:
+    """A temporary folder of links to exactly the checked files, so the converter reads nothing else the cache's
+    snapshot folder may hold (files other tools downloaded at the same commit)."""
+    with tempfile.TemporaryDirectory(prefix="llmkit-hub-") as tmp:
+        folder = Path(tmp)
+        for path, source in local.items():
             try:
                 os.symlink(source.resolve(), folder / path)
             except OSError:  # no symlinks here (Windows without developer mode): copy
                 shutil.copyfile(source, folder / path)
-        return folder
-
-    def __exit__(self, *exc: object) -> None:
-        self.tmp.cleanup()
+        yield folder
 
 
 # ---- card and provenance ------------------------------------------------------------------------
