@@ -212,16 +212,22 @@ def _resolve(spec: str):
     return download.resolve(names.parse(spec))
 
 
-def test_pinned_revision_downloads_that_commits_weights(models, hub, home, tmp_path):
+def test_pinned_revision_downloads_that_commits_weights(models, hub, home, tmp_path, capsys):
     model, folder = models["gpt2"]
     old = hub.ref("acme/tiny-gpt2", "main")
     changed = dict({p.name: p.read_bytes() for p in folder.iterdir()})
-    changed["config.json"] = changed["config.json"].replace(b'"n_layer": 2', b'"n_layer": 1')  # an edit on main
+    changed["README.md"] += b"An edit on main.\n"
+    changed["config.json"] = changed["config.json"].replace(b'"n_layer": 2', b'"n_layer": 1')
     hub.add("acme/tiny-gpt2", changed)
     try:
-        assert get(f"acme/tiny-gpt2@{old}", "--out", str(tmp_path / "m"), "--dtype", "fp32")[0] == 0
+        assert get(f"acme/tiny-gpt2@{old}", "--out", str(tmp_path / "m"), "--dtype", "fp32", capsys=capsys)[0] == 0
         assert checkpoint.load(tmp_path / "m").config.n_layer == 2
         assert json.loads((tmp_path / "m" / "hub.json").read_text())["commit"] == old
+        # main's new commit shares the weights' blob: only its two changed files come over the network
+        hub.add("acme/tiny-gpt2", {**changed, "config.json": (folder / "config.json").read_bytes()})
+        code, out, err = get("acme/tiny-gpt2", "--out", str(tmp_path / "new"), capsys=capsys)
+        assert code == 0, err
+        assert f"({len(changed['README.md'])} B downloaded)" in out
     finally:
         hub.add("acme/tiny-gpt2", folder)  # main back to the original files (a new commit)
 

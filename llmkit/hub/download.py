@@ -20,6 +20,7 @@ LFS files, the git blob SHA-1 for the others).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -67,7 +68,8 @@ def _hub():
     """huggingface_hub, imported when a Hub name is used (it costs about a second)."""
     import huggingface_hub
     import huggingface_hub.constants  # submodules are attributes of the package only once imported
-    import huggingface_hub.errors  # noqa: F401
+    import huggingface_hub.errors
+    import huggingface_hub.file_download  # noqa: F401
 
     return huggingface_hub
 
@@ -136,10 +138,18 @@ def _cached_expectation(snapshot: Snapshot, path: str) -> RemoteFile:
     pointer = snapshot.folder / path
     if not pointer.is_file():
         raise _cache_miss(snapshot.name, path)
-    blob = pointer.resolve().name
+    blob = _blob(pointer).name
     if not _HEX.match(blob):  # a copy, not a link into blobs/ (no symlinks on this file system): nothing to check
         return RemoteFile(path)
     return RemoteFile(path, None, blob if len(blob) == 64 else None, blob if len(blob) == 40 else None)
+
+
+def _blob(pointer: Path) -> Path:
+    """The cache's ``blobs/<etag>`` entry a snapshot file links to (one level only: the blob may itself link
+    into huggingface_hub's shared store, whose names are Xet hashes), or the file itself when it is a copy."""
+    if not pointer.is_symlink():
+        return pointer
+    return Path(os.path.normpath(pointer.parent / os.readlink(pointer)))
 
 
 def fetch(snapshot: Snapshot, path: str) -> Path:
@@ -149,7 +159,7 @@ def fetch(snapshot: Snapshot, path: str) -> Path:
     if snapshot.offline:
         local = snapshot.folder / path
     else:
-        cached = hub.try_to_load_from_cache(name.repo_id, path, revision=snapshot.commit)
+        cached = _in_cache(snapshot, path)
         with hub_errors(name):
             # the revision as asked (not the commit), so the cache records REV -> commit for offline runs
             local = Path(hub.hf_hub_download(name.repo_id, path, revision=snapshot.revision))
@@ -158,10 +168,22 @@ def fetch(snapshot: Snapshot, path: str) -> Path:
                 f"{name}: revision {snapshot.revision} moved to another commit during the download",
                 "run the command again (or pin a commit: ORG/NAME@SHA)",
             )
-        if not isinstance(cached, str):
+        if not cached:
             snapshot.fetched_bytes += local.stat().st_size
     verify(local, snapshot.expected.get(path, RemoteFile(path)), name)
     return local
+
+
+def _in_cache(snapshot: Snapshot, path: str) -> bool:
+    """Whether the file's bytes are in the cache already: at this commit, or as the blob of another commit
+    (a new commit that changed only the card reuses the weights' blob: nothing to download)."""
+    hub = _hub()
+    if isinstance(hub.try_to_load_from_cache(snapshot.name.repo_id, path, revision=snapshot.commit), str):
+        return True
+    expected = snapshot.expected.get(path)
+    etag = expected and (expected.sha256 or expected.git_sha1)  # the cache names blobs by the Hub's ETag
+    folder = hub.file_download.repo_folder_name(repo_id=snapshot.name.repo_id, repo_type="model")
+    return bool(etag) and (Path(hub.constants.HF_HUB_CACHE) / folder / "blobs" / etag).is_file()
 
 
 def verify(local: Path, expected: RemoteFile, name: HubName) -> None:
@@ -185,7 +207,7 @@ def verify(local: Path, expected: RemoteFile, name: HubName) -> None:
 
 def _evict(pointer: Path) -> None:
     """Remove a snapshot entry and the blob it points to, so no later run takes the bad bytes for good ones."""
-    blob = pointer.resolve()
+    blob = _blob(pointer)
     pointer.unlink(missing_ok=True)
     if blob != pointer:
         blob.unlink(missing_ok=True)
