@@ -97,8 +97,9 @@ def gguf_files(files: list[str]) -> dict[str, str]:
     return found
 
 
-def choose_gguf(files: list[str], quant: str | None, repo: str) -> str:
-    """The GGUF file for ``quant`` (or the first of QUANT_PREFERENCE present, else the first by type)."""
+def choose_gguf(files: list[str], quant: str | None, repo: str, listing: str = "the repository") -> str:
+    """The GGUF file for ``quant`` (or the first of QUANT_PREFERENCE present, else the first by type);
+    ``listing`` says where ``files`` were listed, for the error (offline: the cache)."""
     by_type = gguf_files(files)
     if not by_type:
         raise LlmkitError(f"{repo}: no single-file GGUF in the repository", "llmkit reads whole .gguf files")
@@ -106,7 +107,7 @@ def choose_gguf(files: list[str], quant: str | None, repo: str) -> str:
         wanted = normalize_quant(quant)
         if wanted not in by_type:
             raise LlmkitError(
-                f"{repo}: no {wanted} GGUF file; the repository has {', '.join(sorted(by_type))}",
+                f"{repo}: no {wanted} GGUF file; {listing} has {', '.join(sorted(by_type))}",
                 f"pick one with --quant, e.g. --quant {sorted(by_type)[0]}",
             )
         return by_type[wanted]

@@ -120,7 +120,7 @@ def _convert_gguf(snap: Snapshot, out: Path, dtype: str, quant: str | None) -> t
     from llmkit.gguf.reader import open_gguf
 
     repo = str(snap.name)
-    chosen = choose_gguf(snap.files, quant, repo)
+    chosen = choose_gguf(snap.files, quant, repo, "the cache (HF_HUB_OFFLINE=1)" if snap.offline else "the repository")
     local = _fetch_all(snap, support_files(snap.files, repo, transformers=False) + [chosen])
     f = open_gguf(local[chosen])
     if f.architecture not in ARCHITECTURES:
@@ -204,9 +204,10 @@ def hub_card(snap: Snapshot, local: dict[str, Path], how: str, dtype: str) -> Mo
     """llmkit's card for the checkpoint: where it came from, at which commit; upstream's license and card."""
     upstream = local[CARD].read_text(encoding="utf-8", errors="replace") if CARD in local else None
     name = snap.name
+    checked = "the hashes the cache holds them under (offline)" if snap.offline else "the Hub's sizes and hashes"
     return ModelCard(
         how_made=f"Downloaded by `llmkit models get {name}` from {snap.endpoint}/{name.repo_id} at commit "
-        f"`{snap.commit}` (revision `{snap.revision}`), every file checked against the Hub's sizes and hashes, "
+        f"`{snap.commit}` (revision `{snap.revision}`), every file checked against {checked}, "
         f"and {how}; stored as {dtype}. {PROVENANCE} lists the files.",
         name=name.name,
         base_model=name.repo_id,
