@@ -49,6 +49,14 @@ def llama_config(**kw):
     )  # fmt: skip
 
 
+def qwen2_config(**kw):
+    return transformers.Qwen2Config(
+        hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=VOCAB, max_position_embeddings=64, rms_norm_eps=1e-5,
+        rope_parameters={"rope_theta": 1e6, "rope_type": "default"}, bos_token_id=1, eos_token_id=2, **kw,
+    )  # fmt: skip
+
+
 CASES = {
     "gpt2": lambda: transformers.GPT2LMHeadModel(gpt2_config()),
     "llama-gqa-tied": lambda: transformers.LlamaForCausalLM(llama_config(tie_word_embeddings=True)),
@@ -56,6 +64,8 @@ CASES = {
     "llama-gqa-untied": lambda: transformers.LlamaForCausalLM(
         llama_config(tie_word_embeddings=False, head_dim=24, eos_token_id=[2, 3], pad_token_id=0)
     ),
+    # Llama's layout with q/k/v biases (randomised, so a dropped bias shows)
+    "qwen2": lambda: transformers.Qwen2ForCausalLM(qwen2_config(tie_word_embeddings=True)),
 }
 
 
@@ -173,6 +183,9 @@ def test_config_fields_are_read(case):
         assert cfg.head_dim == hf.head_dim and cfg.tie_embeddings == hf.tie_word_embeddings
         assert cfg.eos_token_id == 2  # the first of a list
         assert cfg.pad_token_id == hf.pad_token_id
+    elif hf.model_type == "qwen2":
+        assert cfg.qkv_bias and not cfg.bias and (cfg.n_kv_head, cfg.rope_theta, cfg.norm_eps) == (2, 1e6, 1e-5)
+        assert cfg.tie_embeddings and cfg.max_seq_len == 64  # no sliding window unless use_sliding_window
     else:
         assert cfg.norm_eps == 1e-4 and cfg.tie_embeddings
 
@@ -321,7 +334,7 @@ def test_bf16_checkpoint_keeps_its_dtype(tmp_path):
 def test_leftover_tensor_is_named_with_a_hint(case):
     from llmkit.hf.convert import CONVERTERS
 
-    conv = CONVERTERS["gpt2" if case.name == "gpt2" else "llama"]
+    conv = CONVERTERS[case.hf.config.model_type]
     sd = {**case.hf.state_dict(), "extra.weight": torch.zeros(2)}
     with pytest.raises(LlmkitError) as err:
         conv.state_dict_from_hf(sd, case.ours.config)

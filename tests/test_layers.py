@@ -42,6 +42,7 @@ LAYERS = {
     "llmkit.quantize_checkpoint": 2,
     "llmkit.hf": 2,
     "llmkit.gguf": 2,
+    "llmkit.hub": 2,  # models by name from the Hugging Face Hub (huggingface_hub, imported on that path only)
     "llmkit.summary": 2,
     "llmkit.train": 3,
     "llmkit.evaluate": 3,

@@ -85,18 +85,19 @@ def _generation_config(meta: dict[str, Any], cfg: ModelConfig) -> GenerationConf
 
 def from_gguf(
     src: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp32", progress: bool = False,
-    card: ModelCard | None = None,
+    card: ModelCard | None = None, extra_files: dict[str, Any] | None = None,
 ) -> Path:  # fmt: skip
     """Convert a GGUF file (llama / qwen2) into an llmkit checkpoint directory, weights in ``dtype``.
 
-    ``card`` (e.g. from ``llmkit models get``) replaces the model card built from the file's metadata.
+    ``card`` (e.g. from ``llmkit models get``) replaces the model card built from the file's metadata;
+    ``extra_files`` (name -> JSON content or bytes) are written beside the weights.
     """
     if dtype not in DTYPES:
         raise LlmkitError(f"dtype '{dtype}' is not valid", f"choose one of: {', '.join(DTYPES)}")
     f = open_gguf(src)
     model, tok_config = read_gguf(f, progress)
     model.to(DTYPES[dtype])
-    extra = {}
+    extra = dict(extra_files or {})
     if model.tokenizer is not None:  # roles as Tokenizer.save writes them, plus what the GGUF adds
         roles = {f"{role}_token": token for role, token in model.tokenizer.special_tokens.items()}
         extra["tokenizer_config.json"] = {**roles, "tokenizer_class": "PreTrainedTokenizerFast", **tok_config}

@@ -67,7 +67,11 @@ MODELS: dict[str, KnownModel] = {
 
 def known(name: str) -> KnownModel:
     if name not in MODELS:
-        raise LlmkitError(f"unknown model '{name}'", f"known models: {', '.join(MODELS)} (llmkit models list)")
+        raise LlmkitError(
+            f"unknown model '{name}'",
+            f"known models: {', '.join(MODELS)} (llmkit models list); a Hugging Face Hub model is named ORG/NAME, "
+            "e.g. openai-community/gpt2",
+        )
     return MODELS[name]
 
 

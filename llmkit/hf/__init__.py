@@ -1,6 +1,6 @@
-"""Hugging Face interop: ``from_hf`` / ``to_hf`` convert checkpoint directories (GPT-2, Llama, BERT, T5).
+"""Hugging Face interop: ``from_hf`` / ``to_hf`` convert checkpoint directories (GPT-2, Llama, Qwen2, BERT, T5).
 
-Family maps live in one module each (gpt2, llama, bert, t5); ``convert`` ties them together.
+Family maps live in one module each (gpt2, llama, qwen2, bert, t5); ``convert`` ties them together.
 Imports are lazy so one family's module can be used on its own.
 """
 

@@ -22,14 +22,16 @@ from llmkit.hf.base import FamilyConverter, StateDict
 from llmkit.hf.bert import CONVERTER as BERT
 from llmkit.hf.gpt2 import CONVERTER as GPT2
 from llmkit.hf.llama import CONVERTER as LLAMA
+from llmkit.hf.qwen2 import CONVERTER as QWEN2
 from llmkit.hf.t5 import CONVERTER as T5
 from llmkit.model_card import ModelCard
 from llmkit.models import build_model
 
-CONVERTERS: dict[str, FamilyConverter] = {c.model_type: c for c in (GPT2, LLAMA, BERT, T5)}
+CONVERTERS: dict[str, FamilyConverter] = {c.model_type: c for c in (GPT2, LLAMA, QWEN2, BERT, T5)}
 # model_types whose layout is the same as one we convert
 ALIASES = {"mistral": "llama"}
 HF_DEFAULT_TOP_K = 50  # transformers GenerationConfig default
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 __all__ = ["CONVERTERS", "from_hf", "to_hf", "load_hf_state_dict", "converter_for_config"]
 
@@ -57,7 +59,7 @@ def converter_for_config(cfg: ModelConfig) -> FamilyConverter:
             return conv
     raise LlmkitError(
         f"no Hugging Face architecture matches this config (family={cfg.family}, pos={cfg.pos}, norm={cfg.norm})",
-        "to-hf supports GPT-2, Llama, BERT and T5 shapes",
+        "to-hf supports GPT-2, Llama, Qwen2, BERT and T5 shapes",
     )
 
 
@@ -101,8 +103,21 @@ def _read_bin(path: Path) -> StateDict:
     return data.get("state_dict", data) if isinstance(data, dict) else data
 
 
-def from_hf(src: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Convert a transformers checkpoint directory (GPT-2, Llama, BERT, T5) into an llmkit one."""
+def from_hf(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    dtype: str | None = None,
+    card: ModelCard | None = None,
+    extra_files: dict[str, Any] | None = None,
+) -> Path:
+    """Convert a transformers checkpoint directory (GPT-2, Llama, Qwen2, BERT, T5) into an llmkit one.
+
+    ``dtype`` (fp32, bf16) casts the weights; None keeps the dtype most of them are stored in. ``card``
+    replaces the card made from the source (``llmkit models get`` writes its own); ``extra_files`` go
+    beside the weights as checkpoint.save writes them.
+    """
+    if dtype is not None and dtype not in DTYPES:
+        raise LlmkitError(f"dtype '{dtype}' is not valid", f"choose one of: {', '.join(DTYPES)}")
     src = Path(src)
     if not src.is_dir():
         raise LlmkitError(f"{src}: no such directory", "pass a directory saved by transformers save_pretrained")
@@ -112,20 +127,20 @@ def from_hf(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     cfg = conv.config_from_hf(hf, hf_sd)
     model = build_model(cfg, init=False)
     checkpoint.load_state_dict_checked(model, conv.state_dict_from_hf(hf_sd, cfg), f"{src} (converted)")
-    model.to(_stored_dtype(hf_sd))  # keep bf16/fp16 checkpoints at their size; the casts are exact
+    model.to(DTYPES[dtype] if dtype else _stored_dtype(hf_sd))  # as stored: bf16/fp16 keep their size, exactly
     tokenizer = _hf_tokenizer(src)
     # transformers samples with top_k=50 unless its file says otherwise; ours is off by default
     hf_gen = {"top_k": HF_DEFAULT_TOP_K}
     if (src / "generation_config.json").exists():
         hf_gen.update(checkpoint.read_json(src / "generation_config.json"))
     gen = GenerationConfig.from_dict({**GenerationConfig.for_model(cfg).to_dict(), **hf_gen})
-    extra = {}
+    extra = dict(extra_files or {})
     kept = tokenizer_extras(src)
     if tokenizer is not None and kept:  # the roles as Tokenizer.save writes them, plus the chat template
         roles = {f"{role}_token": token for role, token in tokenizer.special_tokens.items()}
         extra["tokenizer_config.json"] = {**roles, "tokenizer_class": "PreTrainedTokenizerFast", **kept}
     return checkpoint.save(
-        model, out, tokenizer=tokenizer, generation_config=gen, card=converted_card(src, hf), extra_files=extra
+        model, out, tokenizer=tokenizer, generation_config=gen, card=card or converted_card(src, hf), extra_files=extra
     )
 
 
