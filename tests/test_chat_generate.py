@@ -271,6 +271,10 @@ def test_eval_renders_prompts_through_the_chat_template(chat_dir, tmp_path, chat
     for item, record in zip(("cat", "dog"), report.results[0].predictions, strict=True):
         rendered = template.render([{"role": "user", "content": f"Repeat: {item}\nAnswer:"}])
         assert record["prompt_tokens"] == len(tok.encode(rendered))
+    from llmkit.evaluate.preview import preview_prompt
+
+    shown = preview_prompt(eval_task(tmp_path, chat), 0, text="cat", model=chat_dir).prompt
+    assert shown.text == template.render([{"role": "user", "content": "Repeat: cat\nAnswer:"}])  # as eval builds it
 
 
 def test_eval_chat_settings(chat_dir, plain_dir, tmp_path):
