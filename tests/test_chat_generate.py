@@ -192,6 +192,8 @@ def test_echo_beams_and_constraints_work_on_the_rendered_prompt(chat_dir, capsys
     assert beam["prompt"] == rendered
     [constrained], _ = generate_json(capsys, model, "Say hi", "--max-new-tokens", "8", "--regex", "[ab]{3}")
     assert constrained["prompt"] == rendered and re.fullmatch("[ab]{3}", constrained["completion"])
+    assert main(["generate", model, "Say hi", "--max-new-tokens", "2", "--explain", "--json", "--top", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["prompt"] == rendered
 
 
 def test_stats_count_the_generated_tokens(chat_dir, tmp_path, capsys):
