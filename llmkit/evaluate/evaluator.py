@@ -158,7 +158,7 @@ def _answer(
     # code keeps the completion's leading indentation: it continues the function body
     texts = generate_answers(
         model, [p.text for p in prompts], task.max_new_tokens, task.stop, batch_size, desc, progress,
-        strip=task.kind != "code", eos_token_id=eos,
+        strip=task.kind != "code", **({"eos_token_id": eos} if eos is not None else {}),
     )  # fmt: skip
     if task.kind != "classification":
         return None, texts, None
