@@ -63,6 +63,9 @@ class ModelCard:
     license: str | None = None  # of the weights, where known
     base_card: str | None = None  # the card of the checkpoint this one was made from, kept whole
     architecture: dict[str, Any] = field(default_factory=dict)
+    # other names of this same model (a conversion's Hugging Face origin, e.g. "HuggingFaceTB/SmolLM2-135M-Instruct"):
+    # `llmkit serve` answers to them too; a model made from it (fine-tuned, quantized) starts without them
+    aliases: list[str] = field(default_factory=list)
 
 
 def source_of(name: str, catalog_lookup: Any = None) -> DataSource:
@@ -105,6 +108,8 @@ def _front_matter(card: ModelCard) -> str:
         lines.append(f"license: {_yaml_scalar(card.license)}")
     if card.base_model:
         lines.append(f"base_model: {_yaml_scalar(card.base_model)}")
+    if card.aliases:  # a JSON list is a YAML flow sequence
+        lines.append(f"aliases: {json.dumps(card.aliases, ensure_ascii=False)}")
     family = card.architecture.get("family", "")
     lines.append("tags:")
     lines += [f"- {t}" for t in ("llmkit", family.replace("_", "-") or "transformer")]
@@ -194,3 +199,13 @@ def body(text: str) -> str:
         if end != -1:
             return text[end + 5 :].lstrip("\n")
     return text
+
+
+def aliases(text: str) -> list[str]:
+    """The card's ``aliases`` (other names of the same model), [] when it has none or they do not parse."""
+    raw = front_matter_value(text, "aliases")
+    try:
+        names = json.loads(raw) if raw else []
+    except json.JSONDecodeError:
+        return []
+    return [n for n in names if isinstance(n, str) and n.strip()] if isinstance(names, list) else []

@@ -279,7 +279,7 @@ def test_chat_index_through_a_pipe(chat_model, tiny_corpus, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run(argv, input="why do cats purr?\n", capture_output=True, text=True, timeout=180, env=env)
     assert done.returncode == 0, done.stderr
-    assert f"sources from {tmp_path / 'index.db'}" in done.stdout
+    assert f"sources from {tmp_path / 'index.db'}" in done.stderr  # the banner: stdout carries replies only
     listed = re.findall(rf"^\[(\d)\] {re.escape(str(doc))}:\d+-\d+$", done.stdout, re.M)
     assert listed in (["1", "2"], ["1"], ["2"])  # the cited ones, or both when the reply cites none
     bad = subprocess.run([*argv[:5], "--index", str(tmp_path / "missing.db")], capture_output=True, text=True,

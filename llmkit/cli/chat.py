@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 from pathlib import Path
 
 DEFAULT_HISTORY = Path("~/.cache/llmkit/chat_history")
@@ -54,12 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from llmkit.chat.session import ChatSession
-    from llmkit.chat.template import ChatTemplate
-    from llmkit.chat.terminal import line_reader, write
+    from llmkit.chat.template import ChatTemplate, turn_settings
+    from llmkit.chat.terminal import line_reader
     from llmkit.chat.terminal import run as chat
     from llmkit.errors import LlmkitError
     from llmkit.inference.engine import resolve_config
-    from llmkit.inference.loading import load_model, resolve_device
+    from llmkit.inference.loading import load_model, model_name, resolve_device
     from llmkit.retrieval.documents import embedder_for, search
     from llmkit.retrieval.store import Index
 
@@ -78,6 +79,8 @@ def run(args: argparse.Namespace) -> None:
         overrides["seed"] = args.seed
     config = resolve_config(model, None, overrides)
     template = ChatTemplate.for_model(args.model, model.tokenizer)
+    # the reply ends at the template's end of turn, as `llmkit generate` ends it (the same rule, turn_settings)
+    config = config.replace(**turn_settings(template, model.tokenizer, config.eos_token_id, config.stop_strings))
     session = ChatSession(template, config, window, lambda text: len(model.tokenizer.encode(text)), args.system)
     history = None if args.history.lower() == "none" else Path(os.path.expanduser(args.history))
     kind = "the checkpoint's chat template" if template.source else "the plain template (no chat template)"
@@ -90,9 +93,10 @@ def run(args: argparse.Namespace) -> None:
         # Ctrl-C must stop a reply even when the shell started us with SIGINT ignored (a background job, nohup):
         # a process inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        write(
-            f"llmkit chat: {Path(args.model).name}, {window}-token window, {kind}. /help for commands, Ctrl-D leaves.\n"
-        )
+        name = model_name(args.model)
+        banner = f"llmkit chat: {name}, {window}-token window, {kind}. /help for commands, Ctrl-D leaves."
+        # from a pipe stdout carries the replies only; the banner goes to stderr there
+        print(banner, file=sys.stdout if sys.stdin.isatty() else sys.stderr, flush=True)
         chat(model, session, line_reader(history))
     finally:
         if index is not None:

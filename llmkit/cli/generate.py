@@ -39,13 +39,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--stream prints tokens as they come; "
         "--explain shows, per position, the top candidates with their raw probability, probability after "
         "temperature, which filters kept them, and the token drawn. "
+        "On a checkpoint with a chat template (an instruct model), PROMPT is the user's message: it is rendered "
+        "as a user turn with the assistant's turn opened, as `llmkit chat`, `ollama run` and litgpt's generate do, "
+        "and the reply stops at the template's end-of-turn token; --raw continues PROMPT as bare text instead. "
         "The CLI decodes greedily by default, as transformers does: the model's most likely continuation, the "
         "same on every run; --temperature/--top-k/--top-p/--min-p turn sampling on. The server (llmkit serve) "
         "samples by default (temperature 1), as OpenAI's API does, because its clients expect varied replies.",
     )
     p.add_argument("model", metavar="MODEL", help="llmkit checkpoint directory")
     p.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt text")
-    p.add_argument("--file", type=Path, help='JSONL of prompts: a string or {"prompt": ...} per line (one batch)')
+    p.add_argument(
+        "--file", type=Path,
+        help='JSONL of prompts, one batch: a string, {"prompt": ...} or {"messages": [...]} (a conversation) per line',
+    )  # fmt: skip
+    p.add_argument(
+        "--messages", type=Path, metavar="FILE.json",
+        help='a whole conversation to answer: a JSON list of {"role": ..., "content": ...} (OpenAI\'s shape), '
+        "rendered with the chat template (the plain System:/User:/Assistant: lines on a checkpoint without one)",
+    )  # fmt: skip
+    p.add_argument(
+        "--system", default=None, metavar="TEXT",
+        help="system message before the prompt (default: none, so the template's own default applies, e.g. "
+        "SmolLM2's); on a checkpoint without a chat template it asks for the plain chat rendering",
+    )  # fmt: skip
+    p.add_argument(
+        "--raw", action="store_true",
+        help="bare completion: continue PROMPT as it is, without the chat template (the default on a checkpoint "
+        "that has no template)",
+    )  # fmt: skip
     for name, (kind, text) in _SETTINGS.items():
         fallback = getattr(GenerationConfig(), name)
         text += f" (default: the checkpoint's generation_config.json, else {fallback})"
@@ -98,6 +119,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--echo", action="store_true", help="print the prompt before its completion")
     p.add_argument("--json", action="store_true", help="print JSON (one object per line, or the explanation)")
+    p.add_argument(
+        "--stats", action=argparse.BooleanOptionalAction, default=None,
+        help="print the prompt's tokens, the time to first token and tokens/s on stderr, from the engine's own "
+        "clock (default: on when stderr is a terminal, as llama.cpp's timing lines)",
+    )  # fmt: skip
     _add_device_flags(p)
     p.set_defaults(handler=run)
 
@@ -180,16 +206,20 @@ def _sampling_note(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> None:
     from llmkit.errors import LlmkitError
-    from llmkit.inference import generate, stream
+    from llmkit.inference import stream
+    from llmkit.inference.engine import collect
     from llmkit.inference.loading import load_model
     from llmkit.inference.prompt_file import choose_prompts
-    from llmkit.inference.report import completion_lines
+    from llmkit.inference.report import completion_lines, stats_lines
 
-    prompts = choose_prompts(args.prompt, args.file)
+    prompts = choose_prompts(args.prompt, args.file, args.messages)
     plot = _plot_request(args)  # checked before the model loads
     constraint = _constraint(args)  # a missing schema file fails before the model loads
+    if args.raw and (args.system is not None or any(not isinstance(p, str) for p in prompts)):
+        raise LlmkitError("--raw continues plain prompts as bare text", "drop --raw to use --system or conversations")
     model = load_model(args.model, args.device, args.dtype)
     overrides = _overrides(args)
+    prompts = _chat_prompts(args, model, prompts, overrides)
     note = _sampling_note(args)
     if note:
         from llmkit.inference.engine import resolve_config
@@ -205,8 +235,8 @@ def run(args: argparse.Namespace) -> None:
             raise LlmkitError("--explain takes one prompt", "drop --file or --explain")
         _explain(args, model, prompts[0], plot, overrides)
         return
+    s = stream(model, prompts, **constraint, **overrides)
     if args.stream:
-        s = stream(model, prompts, **constraint, **overrides)
         if len(prompts) * s.config.num_return_sequences != 1 or s.config.num_beams > 1:
             raise LlmkitError("--stream prints one sequence as it grows", "use one prompt, no beams, one sequence")
         if args.echo:
@@ -214,10 +244,29 @@ def run(args: argparse.Namespace) -> None:
         for piece in s:
             print(piece.text, end="", flush=True)
         print()
-        return
-    for line in completion_lines(generate(model, prompts, **constraint, **overrides), args.echo, args.json):
-        print(line)
+    else:
+        for line in completion_lines(collect(s, list(s)), args.echo, args.json):
+            print(line)
     sys.stdout.flush()
+    if args.stats if args.stats is not None else sys.stderr.isatty():
+        print("\n".join(stats_lines(s.timings, beams=s.config.num_beams > 1)), file=sys.stderr)
+
+
+def _chat_prompts(args: argparse.Namespace, model, prompts: list, overrides: dict[str, Any]) -> list[str]:
+    """The prompts as the model is asked them: with the chat template where the checkpoint has one (or where
+    --system or a conversation asks for a chat), else bare; a chat's reply ends at the template's end of turn
+    (added to ``overrides``)."""
+    from llmkit.chat.template import ChatTemplate, chat_prompts, turn_settings
+    from llmkit.inference.engine import resolve_config
+
+    tokenizer = getattr(model, "tokenizer", None)
+    template = ChatTemplate.for_model(args.model, tokenizer)
+    conversations = any(not isinstance(p, str) for p in prompts)
+    if args.raw or tokenizer is None or not (template.source or args.system is not None or conversations):
+        return prompts
+    config = resolve_config(model, None, overrides)
+    overrides.update(turn_settings(template, tokenizer, list(config.eos_token_id), list(config.stop_strings)))
+    return chat_prompts(template, prompts, args.system)
 
 
 def _compile_notice(model) -> str:

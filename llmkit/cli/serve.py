@@ -45,8 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument(
         "--name",
+        action="append",
         default=None,
-        help="model id clients send (default: the name the checkpoint carries, see llmkit inspect)",
+        help="a model id clients may send, repeatable as vLLM's --served-model-name; the first is the id responses "
+        "carry (default: the name the checkpoint carries, as llmkit inspect shows it, then its aliases: the name as "
+        "one word and the card's origin, e.g. HuggingFaceTB/SmolLM2-135M-Instruct). Requests may leave model out",
     )
     p.add_argument(
         "--quiet",
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
 
     from llmkit import checkpoint
     from llmkit.errors import LlmkitError
-    from llmkit.inference.loading import model_name, name_slug
+    from llmkit.inference.loading import model_aliases
     from llmkit.serve.app import ServeSettings, create_app
     from llmkit.serve.chat import ChatTemplate
     from llmkit.serve.connections import header_timeout_protocol
@@ -96,8 +99,9 @@ def run(args: argparse.Namespace) -> None:
     model = checkpoint.load(directory, device=device, dtype=dtype)
     roles = model.tokenizer.special_tokens if model.tokenizer is not None else {}
     special = {f"{role}_token": roles[role] for role in ("bos", "eos") if role in roles}  # names chat templates use
+    names = args.name or model_aliases(directory)  # the checkpoint's one name first (llmkit inspect's)
     settings = ServeSettings(
-        name=args.name or name_slug(model_name(directory)), api_key=args.api_key, max_batch=args.max_batch,
+        name=names[0], aliases=tuple(names[1:]), api_key=args.api_key, max_batch=args.max_batch,
         max_tokens=args.max_tokens, max_body=args.max_body, max_stop=args.max_stop,
         chat=ChatTemplate.from_dir(directory, special), request_log=not args.quiet,
         embedder=load_embedder(args.embedder, device),
@@ -106,7 +110,8 @@ def run(args: argparse.Namespace) -> None:
     if not _loopback(args.host) and args.api_key is None:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
     port = sock.getsockname()[1]  # the real one when --port 0 picked it
-    print(f"serving {settings.name} at http://{args.host}:{port}/ (playground at /, API at /v1)", file=sys.stderr)
+    also = f" (also answering as {', '.join(settings.aliases)})" if settings.aliases else ""
+    print(f"serving {settings.name}{also} at http://{args.host}:{port}/ (playground at /, API at /v1)", file=sys.stderr)
     protocol = header_timeout_protocol(args.header_timeout)
     # log_config=None: uvicorn's own dictConfig would close every logging handler already in the
     # process (absl's, bound to stderr, among them), not only configure its loggers. Its warnings

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from llmkit.chat.template import ChatTemplate
 from llmkit.errors import LlmkitError
 from llmkit.evaluate.evaluator import EvalReport, evaluate_task
 from llmkit.evaluate.perplexity import Perplexity, perplexity
@@ -46,7 +47,8 @@ def evaluate_checkpoint(
     data = load_data(task, limit=limit)
     model = load_model(directory, device, dtype)
     name = model_name(directory)
-    return evaluate_task(model, task, data, shots, method, batch_size, progress, name)
+    template = ChatTemplate.for_model(directory, model.tokenizer) if task.chat else None
+    return evaluate_task(model, task, data, shots, method, batch_size, progress, name, template)
 
 
 def default_out(task: Task, directory: str | os.PathLike) -> Path:

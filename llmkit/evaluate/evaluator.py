@@ -16,11 +16,12 @@ from typing import Any
 
 from torch import nn
 
+from llmkit.chat.template import ChatTemplate
 from llmkit.errors import LlmkitError
 from llmkit.evaluate import metrics as M
 from llmkit.evaluate.readers import Item, TaskData
 from llmkit.evaluate.scoring import check_model, generate_answers, make_request, parse_label, score_requests
-from llmkit.evaluate.tasks import Task, answer_reserve, item_prompt
+from llmkit.evaluate.tasks import Task, answer_reserve, chat_render, item_prompt
 from llmkit.prompts import Prompt, PromptTooLong, continuation
 
 
@@ -49,6 +50,7 @@ class EvalReport:
     results: list[ShotResult]
     skipped: list[int] = field(default_factory=list)  # items whose input alone exceeds the window
     window: int | None = None
+    chat: bool = False  # prompts rendered through the model's chat template (the task's chat setting)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,26 +65,33 @@ def evaluate_task(
     batch_size: int = 8,
     progress: bool = True,
     model_name: str = "",
+    template: ChatTemplate | None = None,
 ) -> EvalReport:
     """Evaluate ``model`` on ``data.items`` at each shot count; ``method`` overrides the task's
-    (classification only: "loglikelihood" or "generate"; generation tasks always generate)."""
+    (classification only: "loglikelihood" or "generate"; generation tasks always generate). ``template`` is
+    the model's chat template, used as the task's ``chat`` setting says (``chat_render``)."""
     check_model(model)
     method = "generate" if task.kind != "classification" else (method or task.method)
     if method not in ("loglikelihood", "generate"):
         raise LlmkitError(f"unknown method {method!r}", "use loglikelihood or generate")
-    data, skipped = _fitting(model, task, data, method)
+    render = chat_render(task, template, method)
+    data, skipped = _fitting(model, task, data, method, render)
+    # a chat reply ends at the template's end-of-turn token, as `llmkit generate` ends it
+    end = template.end_of_turn(model.tokenizer) if render is not None else None
+    eos = [*model.generation_config.eos_token_id, end] if end is not None else None
     results = []
     for k in shots:
-        prompts = build_prompts(model, task, data, k, method)
-        results.append(_answer_and_score(model, task, data.items, prompts, k, method, batch_size, progress))
+        prompts = build_prompts(model, task, data, k, method, render)
+        results.append(_answer_and_score(model, task, data.items, prompts, k, method, batch_size, progress, eos))
     chance = 1 / len(task.labels) if task.kind == "classification" else None
     names = _metric_names(task)
     return EvalReport(
-        model_name, task.name, task.kind, method, names, chance, results, skipped, model.config.max_seq_len
-    )
+        model_name, task.name, task.kind, method, names, chance, results, skipped, model.config.max_seq_len,
+        chat=render is not None,
+    )  # fmt: skip
 
 
-def _fitting(model: nn.Module, task: Task, data: TaskData, method: str) -> tuple[TaskData, list[int]]:
+def _fitting(model: nn.Module, task: Task, data: TaskData, method: str, render=None) -> tuple[TaskData, list[int]]:
     """The items whose 0-shot prompt fits the window (then every k-shot prompt fits, with demonstrations
     dropped as needed), and the indices of the others: one over-long input (DialogSum has dialogues of
     ~1,000 GPT-2 tokens) is skipped and reported rather than ending the whole run."""
@@ -91,7 +100,7 @@ def _fitting(model: nn.Module, task: Task, data: TaskData, method: str) -> tuple
     kept, skipped = [], []
     for item in data.items:
         try:
-            item_prompt(task, data.pool, item.index, item.input, 0, tok, cfg.max_seq_len, reserve)
+            item_prompt(task, data.pool, item.index, item.input, 0, tok, cfg.max_seq_len, reserve, render)
             kept.append(item)
         except PromptTooLong:
             skipped.append(item.index)
@@ -103,19 +112,23 @@ def _fitting(model: nn.Module, task: Task, data: TaskData, method: str) -> tuple
     return TaskData(kept, data.pool), skipped
 
 
-def build_prompts(model: nn.Module, task: Task, data: TaskData, k: int, method: str) -> list[Prompt]:
-    """One prompt per item with k demonstrations (fewer where the window is too small)."""
+def build_prompts(model: nn.Module, task: Task, data: TaskData, k: int, method: str, render=None) -> list[Prompt]:
+    """One prompt per item with k demonstrations (fewer where the window is too small), through ``render``
+    (the chat template) when given."""
     tok, cfg = model.tokenizer, model.config
     reserve = answer_reserve(cfg, tok, task, method)
+    window = cfg.max_seq_len
     return [
-        item_prompt(task, data.pool, item.index, item.input, k, tok, cfg.max_seq_len, reserve) for item in data.items
+        item_prompt(task, data.pool, item.index, item.input, k, tok, window, reserve, render) for item in data.items
     ]
 
 
 def _answer_and_score(
-    model, task: Task, items: list[Item], prompts: list[Prompt], k: int, method: str, batch_size: int, progress: bool
-) -> ShotResult:
-    predicted, texts, scores = _answer(model, task, prompts, method, batch_size, f"{task.name} {k}-shot", progress)
+    model, task: Task, items: list[Item], prompts: list[Prompt], k: int, method: str, batch_size: int, progress: bool,
+    eos: list[int] | None = None,
+) -> ShotResult:  # fmt: skip
+    desc = f"{task.name} {k}-shot"
+    predicted, texts, scores = _answer(model, task, prompts, method, batch_size, desc, progress, eos)
     if task.kind == "classification":
         figures, counts = _classification(task, items, predicted)
     elif task.kind == "code":
@@ -132,7 +145,9 @@ def _answer_and_score(
     return ShotResult(k, len(items), figures, counts, mean_tokens, records)
 
 
-def _answer(model, task: Task, prompts: list[Prompt], method: str, batch_size: int, desc: str, progress: bool):
+def _answer(
+    model, task: Task, prompts: list[Prompt], method: str, batch_size: int, desc: str, progress: bool, eos=None
+):  # fmt: skip
     """(predicted label keys or None, generated texts or None, per-label scores or None) for the prompts."""
     keys, words = list(task.labels), task.label_words
     if method == "loglikelihood":
@@ -143,7 +158,7 @@ def _answer(model, task: Task, prompts: list[Prompt], method: str, batch_size: i
     # code keeps the completion's leading indentation: it continues the function body
     texts = generate_answers(
         model, [p.text for p in prompts], task.max_new_tokens, task.stop, batch_size, desc, progress,
-        strip=task.kind != "code",
+        strip=task.kind != "code", **({"eos_token_id": eos} if eos is not None else {}),
     )  # fmt: skip
     if task.kind != "classification":
         return None, texts, None

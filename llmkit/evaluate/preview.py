@@ -12,7 +12,7 @@ from pathlib import Path
 
 from llmkit.errors import LlmkitError
 from llmkit.evaluate.readers import Item, load_data
-from llmkit.evaluate.tasks import Task, answer_reserve, item_prompt, load_task
+from llmkit.evaluate.tasks import Task, answer_reserve, chat_render, item_prompt, load_task
 from llmkit.prompts import Prompt, continuation
 
 
@@ -78,7 +78,7 @@ def preview_prompt(
     """
     data = load_data(task)
     item = None if text is not None else _evaluated_item(data.items, index)
-    tokenizer, window, reserve = None, None, 0
+    tokenizer, window, reserve, render = None, None, 0, None
     if model:
         from llmkit import checkpoint  # torch only when a model counts the tokens
 
@@ -87,11 +87,15 @@ def preview_prompt(
         if tokenizer is None:
             raise LlmkitError(f"{model} has no tokenizer.json", "count tokens with a checkpoint that has one")
         window = cfg.max_seq_len
-        reserve = answer_reserve(
-            cfg, tokenizer, task, "generate" if task.kind == "generation" else (method or task.method)
-        )
+        method = "generate" if task.kind != "classification" else (method or task.method)
+        reserve = answer_reserve(cfg, tokenizer, task, method)
+        if task.chat:  # rendered through the model's chat template, as eval renders it
+            from llmkit.chat.template import ChatTemplate
+
+            render = chat_render(task, ChatTemplate.for_model(model, tokenizer), method)
     source = text if item is None else item.input
-    prompt = item_prompt(task, data.pool, item.index if item else 0, source, shots, tokenizer, window, reserve)
+    index = item.index if item else 0
+    prompt = item_prompt(task, data.pool, index, source, shots, tokenizer, window, reserve, render)
     return PromptPreview(task, prompt, item, counted=bool(model))
 
 

@@ -145,20 +145,24 @@ def generate_answers(
     desc: str = "generating",
     progress: bool = True,
     strip: bool = True,
+    eos_token_id: list[int] | None = None,
 ) -> list[str]:
     """Greedy completions of ``prompts``, cut at the first ``stop`` string, stripped (``strip``) or
     right-stripped (code, whose first line's indentation matters).
 
     Greedy whatever the checkpoint's generation_config says (sampling would make the score a draw);
-    EOS ids still come from it. Stripped answers follow a rule of llmkit's own (lm-evaluation-harness cuts
-    the raw text): a stop string never matches inside the answer's leading whitespace (SmolLM2 opens a
-    DialogSum summary with "\n", which the task's stop string "\n" would otherwise cut empty). Code keeps
-    its leading text as generated, so there a stop string at the very start still stops.
+    EOS ids still come from it (or from ``eos_token_id``: a chat prompt's end-of-turn token added). Stripped
+    answers follow a rule of llmkit's own (lm-evaluation-harness cuts the raw text): a stop string never
+    matches inside the answer's leading whitespace (SmolLM2 opens a DialogSum summary with "\n", which the
+    task's stop string "\n" would otherwise cut empty). Code keeps its leading text as generated, so there
+    a stop string at the very start still stops.
     """
     from llmkit.inference import generate
 
     settings = dict(max_new_tokens=max_new_tokens, stop_strings=list(stop), do_sample=False, num_beams=1,
                     num_return_sequences=1, repetition_penalty=1.0, min_new_tokens=0, truncate=False)  # fmt: skip
+    if eos_token_id is not None:
+        settings["eos_token_id"] = list(eos_token_id)
     answers: list[str] = []
     batches = [list(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
     with tqdm(total=len(prompts), desc=desc, unit="item", disable=not progress, leave=False) as bar:

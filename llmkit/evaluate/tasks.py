@@ -26,6 +26,12 @@ A task file looks like this (the shipped ones are in the repository's ``tasks/``
     [examples]                          # the demonstrations; fields default to [data]'s
     path = "../data/sentiment/sst2/train.tsv.gz"
 
+``chat`` (default false) renders each item's prompt through the model's chat template as one user message,
+the assistant's turn opened (what `llmkit generate` does with a plain prompt): ``true`` requires a template,
+``"auto"`` uses it when the model has one. It applies to the generate method (generation tasks, and
+classification with ``method = "generate"``), where an instruct model answers; not to log-likelihood
+scoring nor to code tasks, whose completion continues the prompt's function.
+
 Without an ``[examples]`` table the ``[data]`` file is shuffled with the seed and its first
 ``pool_size`` items become the demonstrations, the rest are evaluated (files such as fra-eng come
 unsplit). Relative paths are read from the task file's own folder, so a task file works from any
@@ -42,7 +48,8 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +98,7 @@ class Task:
     stop: tuple[str, ...] = ("\n",)
     group_references: bool = False  # merge items with the same input into one with several references
     timeout: float = 10.0  # code: seconds each program may run
+    chat: bool | str = False  # render prompts through the model's chat template: true, false or "auto"
     description: str = ""
     source: str = ""
 
@@ -216,17 +224,42 @@ def _check(task: Task, where: str) -> None:
         raise LlmkitError(f"{where}: pool_size must be an integer >= 0", "change pool_size")
     if not isinstance(task.timeout, int | float) or task.timeout <= 0:
         raise LlmkitError(f"{where}: timeout must be a number of seconds > 0", "e.g. timeout = 10")
+    if not (isinstance(task.chat, bool) or task.chat == "auto"):
+        raise LlmkitError(f"{where}: chat = {task.chat!r}", 'use chat = true, false or "auto"')
+    if task.chat is True and task.kind == "code":
+        raise LlmkitError(f"{where}: chat = true on a code task", "a code completion continues the prompt; drop chat")
 
 
 # ---- an item's prompt ----------------------------------------------------------------------------
 def item_prompt(
-    task: Task, pool: list[Example], index: int, text: str, k: int, tokenizer, window: int | None, reserve: int
-) -> Prompt:
+    task: Task, pool: list[Example], index: int, text: str, k: int, tokenizer, window: int | None, reserve: int,
+    render: Callable[[str], str] | None = None,
+) -> Prompt:  # fmt: skip
     """The prompt for one item: demonstrations drawn with a generator seeded by the task's seed and the
-    item's index (a str seed hashes stably, unlike hash()), fitted to ``window`` if given."""
+    item's index (a str seed hashes stably, unlike hash()), fitted to ``window`` if given; with ``render``
+    (``chat_render``) the text the model reads is the rendered one, and it is what is counted."""
     examples = select_examples(pool, k, random.Random(f"{task.seed}:{index}"), task.selection)
-    count = (lambda s: len(tokenizer.encode(s))) if tokenizer is not None else None
-    return build_prompt(task.prompt, examples, text, count, window, reserve)
+    wrap = render or (lambda s: s)
+    count = (lambda s: len(tokenizer.encode(wrap(s)))) if tokenizer is not None else None
+    prompt = build_prompt(task.prompt, examples, text, count, window, reserve)
+    return replace(prompt, text=render(prompt.text)) if render is not None else prompt
+
+
+def chat_render(task: Task, template, method: str) -> Callable[[str], str] | None:
+    """The task's ``chat`` setting for a model whose chat template is ``template`` (a
+    llmkit.chat.template.ChatTemplate, or None): a function rendering a prompt as a user turn, or None."""
+    if task.chat is False:
+        return None
+    if method != "generate" or task.kind == "code":
+        if task.chat is True:
+            raise LlmkitError(f"{task.source}: chat = true needs the generate method", 'set method = "generate"')
+        return None
+    if template is None or template.source is None:
+        if task.chat is True:
+            raise LlmkitError(f"{task.source}: chat = true, but the model has no chat template",
+                              'use chat = "auto" to fall back to the bare prompt')  # fmt: skip
+        return None
+    return lambda text: template.render([{"role": "user", "content": text}])
 
 
 def answer_reserve(cfg, tokenizer, task: Task, method: str) -> int:

@@ -22,6 +22,7 @@ from llmkit.config import GenerationConfig, ModelConfig
 from llmkit.errors import LlmkitError
 from llmkit.files import atomic_file
 from llmkit.gguf import layout, vocab
+from llmkit.gguf.layout import gguf_name
 from llmkit.gguf.reader import GGUFFile, open_gguf
 from llmkit.model_card import ModelCard
 from llmkit.models import build_model
@@ -31,7 +32,7 @@ EXPORT_TYPES = ("f32", "f16", "bf16", "q8_0")
 # eos-like ids llama.cpp stops at besides eos (end of turn, end of message)
 STOP_KEYS = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
 
-__all__ = ["from_gguf", "to_gguf", "read_gguf", "EXPORT_TYPES", "DTYPES"]
+__all__ = ["from_gguf", "to_gguf", "read_gguf", "gguf_name", "EXPORT_TYPES", "DTYPES"]
 
 
 # ---- GGUF -> llmkit -----------------------------------------------------------------------------
@@ -108,7 +109,8 @@ def converted_card(f: GGUFFile, dtype: str, base_model: str | None = None, licen
     """The card of a converted GGUF: where it came from, and that its weights carry the file's quantization."""
     meta = f.metadata
     types = ", ".join(f"{name} x{n}" for name, n in sorted(f.type_counts().items(), key=lambda kv: -kv[1]))
-    name = str(meta.get("general.name") or f.path.stem)
+    name = gguf_name(meta, f.path)
+    origin = base_model if base_model and "/" in base_model else None  # a Hugging Face repository id
     return ModelCard(
         how_made=f"Converted by `llmkit convert --from-gguf` from `{f.path.name}` (GGUF, architecture "
         f"{f.architecture}; tensor types {types}): weights dequantized and stored as {dtype}.",
@@ -121,6 +123,7 @@ def converted_card(f: GGUFFile, dtype: str, base_model: str | None = None, licen
             "are what llama.cpp and transformers compute from the file, not the original checkpoint's weights.",
             "llmkit did not train this model: its training data, biases and limits are the source's.",
         ],
+        aliases=[origin, origin.rsplit("/", 1)[-1]] if origin else [],  # the same weights, by their origin's name
     )
 
 
@@ -159,8 +162,12 @@ def to_gguf(src: str | os.PathLike, out: str | os.PathLike, qtype: str = "f32", 
 
 def _export_metadata(model: torch.nn.Module, src: Path, arch: str, qtype: str) -> dict[str, Any]:
     cfg = model.config
+    from llmkit.inference.loading import model_name
+
+    name = model_name(src)  # the one name of the model, so that a re-import names it the same (gguf_name)
     meta: dict[str, Any] = {
-        "general.name": cfg.name or src.name,
+        "general.name": name,
+        "general.basename": name,
         "general.file_type": layout.FILE_TYPES[qtype],
         **layout.metadata_from_config(cfg, arch),
     }

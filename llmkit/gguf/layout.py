@@ -9,6 +9,8 @@ export redoes it. ``qwen2`` runs ggml's NeoX (rotate-half) rope and is stored un
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +19,10 @@ from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
 
 ARCHITECTURES = ("llama", "qwen2")
+# finetune words that name how a file was quantized or packed, not what the model is ("Instruct-AWQ")
+NOT_A_FINETUNE = {"awq", "gptq", "gguf", "ggml", "exl2", "bnb", "int4", "int8", "fp16", "bf16", "f16", "f32"}
+# a file stem's quantization type: "SmolLM2-135M-Instruct.Q4_1", "qwen2.5-coder-0.5b-instruct-q5_k_m"
+QUANT_SUFFIX = re.compile(r"[.\-_](i?q\d\w*|f16|f32|bf16)$", re.IGNORECASE)
 PERMUTED = ("llama",)  # architectures whose Q/K rows llama.cpp interleaves
 # ours -> llama.cpp's, per block ("stack.layers.N." -> "blk.N.")
 LAYER = {
@@ -75,7 +81,7 @@ def config_from_metadata(meta: dict[str, Any], tensor_names: set[str], vocab_row
     qkv_bias = any(f"blk.0.{b}" in tensor_names for b in QKV_BIAS.values())
     return ModelConfig(
         family="decoder",
-        name=str(meta.get("general.name", "")),
+        name=gguf_name(meta, Path(source)),
         vocab_size=int(meta.get(f"{arch}.vocab_size", vocab_rows)),
         d_model=d_model,
         n_layer=int(key("block_count")),
@@ -189,3 +195,21 @@ def tensor_to_gguf(name: str, tensor: torch.Tensor, cfg: ModelConfig, arch: str)
     """One llmkit tensor -> llama.cpp's layout (permute Q/K for llama)."""
     heads = _heads_for(name, cfg)
     return interleave_rows(tensor, heads) if heads and arch in PERMUTED else tensor
+
+
+def gguf_name(meta: dict[str, Any], path: Path) -> str:
+    """The model's name from a GGUF file without its noise: ``general.basename``, ``general.size_label`` and
+    the finetune's leading words joined with "-" (llama.cpp's file-naming convention), else the file's stem
+    without its quantization type. ``general.name`` is not used: converters fill it with the training run's
+    label (SmolLM2's file says "Smollm2 135M 8k Lc100K Mix1 Ep2", Qwen2.5-Coder's "... Instruct AWQ"), and so
+    is the finetune, so only its alphabetic words before the first other one are kept ("Instruct" of
+    "Instruct-AWQ"; nothing of "8k-lc100k-mix1-ep2")."""
+    base = str(meta.get("general.basename") or "").strip()
+    if not base:
+        return QUANT_SUFFIX.sub("", path.stem) or path.stem
+    words = []
+    for word in str(meta.get("general.finetune") or "").split("-"):
+        if not word.isalpha() or word.lower() in NOT_A_FINETUNE:
+            break
+        words.append(word)
+    return "-".join([base, *([str(meta["general.size_label"])] if meta.get("general.size_label") else []), *words])

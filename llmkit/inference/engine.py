@@ -19,6 +19,7 @@ torch.compile'd graph (``compiled.py``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,35 @@ class Completion:
     text: str
     token_ids: list[int]
     finish_reason: str
+
+
+@dataclass
+class Timings:
+    """The engine's own clock (``time.perf_counter`` seconds), read where the work happens: ``start`` before the
+    KV cache is built and the prompts run, ``first`` when every row's first token is on the host (prefill plus
+    one choice: the time to first token), ``end`` when the last token is. ``generated`` counts every token
+    drawn for a sequence (EOS included, padding of finished rows not), ``first_tokens`` those of the first
+    step. Beam search yields at the end only, so there ``first`` is ``end``."""
+
+    prompt_tokens: int = 0  # the prompts' tokens after fitting (each prompt once)
+    start: float | None = None
+    first: float | None = None
+    end: float | None = None
+    generated: int = 0
+    first_tokens: int = 0
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        return None if self.first is None or self.start is None else self.first - self.start
+
+    @property
+    def decode_seconds(self) -> float | None:
+        """Seconds after the first token: the steps that each feed one token back through the cache."""
+        return None if self.end is None or self.first is None else self.end - self.first
+
+    @property
+    def decode_tokens(self) -> int:
+        return self.generated - self.first_tokens
 
 
 def resolve_config(model: nn.Module, config: GenerationConfig | None, overrides: dict[str, Any]) -> GenerationConfig:
@@ -120,6 +150,7 @@ class Stream:
         encdec = mcfg.family == "encoder_decoder"
         self._prefix = [[self.start_id] for _ in self.prompts.ids] if encdec else self.prompts.ids
         self.grammars = self._row_grammars(constraint)
+        self.timings = Timings(prompt_tokens=sum(len(ids) for ids in self.prompts.ids))
 
     def _row_grammars(self, constraint: Grammar | list[Grammar | None] | None) -> RowGrammars | None:
         """One grammar for every prompt, or one per prompt (None: free), checked and compiled per row."""
@@ -174,7 +205,8 @@ class Stream:
 
     # ---- greedy and sampling ------------------------------------------------------------------
     def _sampled_pieces(self) -> Iterator[Piece]:
-        cfg, seqs = self.config, self._sequences()
+        cfg, seqs, clock = self.config, self._sequences(), self.timings
+        clock.start = time.perf_counter()
         with torch.inference_mode():
             runner = self._runner()
             logits = runner.prefill()
@@ -210,7 +242,12 @@ class Stream:
                 if self.observer is not None:
                     self.observer(t, scores, tokens)
             # per row: text piece; stop at EOS, a stop string or max_new_tokens
-            ids, finished = tokens.tolist(), []
+            ids, finished = tokens.tolist(), []  # the host copy waits for the device: the step's real end
+            clock.end = time.perf_counter()
+            live = sum(seq.finish_reason is None for seq in seqs)
+            clock.generated += live
+            if t == 0:
+                clock.first, clock.first_tokens = clock.end, live
             complete = constraint.advance(ids) if constraint is not None else []
             for r, seq in enumerate(seqs):
                 if seq.finish_reason is None:
@@ -224,11 +261,15 @@ class Stream:
 
     # ---- beam search --------------------------------------------------------------------------
     def _beam_pieces(self) -> Iterator[Piece]:
+        clock = self.timings
+        clock.start = time.perf_counter()
         with torch.inference_mode():
             runner = self._runner()
             device = next(self.model.parameters()).device
             seen = self._seen(runner.rows, self.model.config.vocab_size, device)
             results = beam_search(runner, len(self.prompts.ids), self.config, self.eos, self.pad_id, seen)
+        clock.first = clock.end = time.perf_counter()
+        clock.generated = clock.first_tokens = sum(len(ids) for ids, _score in results)
         for seq, (ids, _score) in zip(self._sequences(), results, strict=True):
             yield seq.push_all(ids)
 

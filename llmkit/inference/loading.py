@@ -11,7 +11,7 @@ from torch import nn
 
 from llmkit import checkpoint
 from llmkit.errors import LlmkitError
-from llmkit.model_card import body, read
+from llmkit.model_card import aliases, body, read
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -31,7 +31,8 @@ def load_model(directory: str | os.PathLike, device: str = "auto", dtype: str | 
 def model_name(directory: str | os.PathLike) -> str:
     """The name a checkpoint carries: its model card's title (README.md ``# NAME``, written by ``init``,
     ``pretrain``, ``convert`` and ``quantize``, or their ``--name``), else config.json's ``name``, else its
-    folder's name. What ``inspect`` shows, the served model id, eval folders and plot titles use."""
+    folder's name. The one name of a model: what ``inspect`` and ``chat`` show, the served model id, the
+    card's title, eval folders and plot titles use."""
     card = read(directory)
     if card:
         title = next((line[2:].strip() for line in body(card).splitlines() if line.startswith("# ")), "")
@@ -48,3 +49,13 @@ def model_name(directory: str | os.PathLike) -> str:
 def name_slug(name: str) -> str:
     """``name`` as one word for ids and folder names: runs of other characters become ``-``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+def model_aliases(directory: str | os.PathLike) -> list[str]:
+    """``model_name`` first, then the other names the same model answers to when served: the name as one word
+    (``name_slug``), and the card's ``aliases`` (a conversion's origin, such as the Hugging Face repository
+    "HuggingFaceTB/SmolLM2-135M-Instruct"), each once, in that order."""
+    name = model_name(directory)
+    card = read(directory)
+    names = [name, name_slug(name), *(aliases(card) if card else [])]
+    return list(dict.fromkeys(names))

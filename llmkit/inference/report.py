@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from llmkit.inference.engine import Completion
+from llmkit.inference.engine import Completion, Timings
 from llmkit.inference.fill_mask import MaskFill
 
 
@@ -58,3 +58,23 @@ def fill_mask_text(fills: list[list[MaskFill]], as_json: bool = False) -> str:
         for c in row:
             lines.append(f"  {c.score:8.4f}  {json.dumps(c.token, ensure_ascii=False):<16} {c.sequence}")
     return "\n".join(lines)
+
+
+def stats_lines(t: Timings, beams: bool = False) -> list[str]:
+    """The engine's timings as llama.cpp's timing lines put them: the prompt's tokens and the time to the first
+    token (prefill and one choice), then the tokens after it and their rate; beam search only has a total."""
+    if t.start is None or t.end is None:  # nothing was generated (max_new_tokens=0)
+        return ["stats: no tokens generated"]
+    ttft = t.time_to_first_token or 0.0
+    first = f"stats: prompt {t.prompt_tokens} tokens, time to first token {ttft * 1000:.1f} ms"
+    if beams:
+        return [f"{first} (beam search: every token at the end)", f"stats: {t.generated} tokens in {ttft:.2f} s"]
+    first += f" ({t.prompt_tokens / ttft:.1f} prompt tokens/s)" if ttft > 0 else ""
+    decode = t.decode_seconds or 0.0
+    rate = f"{t.decode_tokens / decode:.1f} tokens/s" if decode > 0 and t.decode_tokens else "no tokens after the first"
+    total = t.end - t.start
+    return [
+        first,
+        f"stats: {t.generated} tokens generated in {total:.2f} s: {t.first_tokens} at the first step, "
+        f"{t.decode_tokens} in {decode:.2f} s after it ({rate})",
+    ]

@@ -74,7 +74,8 @@ FINISH = {"eos": "stop", "stop": "stop", "length": "length"}  # ours -> OpenAI's
 class ServeSettings:
     """What the operator chooses (CLI flags); nothing here can be set by a request."""
 
-    name: str  # the model id clients must send
+    name: str  # the model id responses carry (the first of vLLM's --served-model-name)
+    aliases: tuple[str, ...] = ()  # other names a request may send for the same model, listed by /v1/models
     api_key: str | None = None
     max_batch: int = 8
     max_tokens: int = 1024  # the most new tokens one request may ask for
@@ -111,7 +112,7 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
         batcher.close()
 
     app = FastAPI(title="llmkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
-    app.openapi = lambda: _openapi(app, settings.name)
+    app.openapi = lambda: _openapi(app, [settings.name, *settings.aliases])
     app.state.batcher = batcher  # tests and the load benchmark read batcher.step_sizes
     server = _Server(model, settings, batcher)
 
@@ -167,13 +168,14 @@ def register_openai_routes(app: FastAPI, server: _Server) -> None:
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         server.authorize(request)
-        return {"object": "list", "data": [server.model_card()]}
+        # one entry per name, as vLLM lists its --served-model-name list
+        return {"object": "list", "data": [server.model_card(name) for name in server.names]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(request: Request, model_id: str) -> dict[str, Any]:
         server.authorize(request)
         server.check_model(model_id)
-        return server.model_card()
+        return server.model_card(model_id)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -271,8 +273,8 @@ _BODIES = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatReq
            "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest}  # fmt: skip
 
 
-def _openapi(app: FastAPI, model_name: str) -> dict[str, Any]:
-    """The document FastAPI builds, plus the request bodies; ``model`` is the one name this server has."""
+def _openapi(app: FastAPI, names: list[str]) -> dict[str, Any]:
+    """The document FastAPI builds, plus the request bodies; ``model`` is one of the names of this server's model."""
     if app.openapi_schema is None:
         doc = get_openapi(title=app.title, version="1", routes=app.routes)
         _, defs = models_json_schema(
@@ -281,7 +283,7 @@ def _openapi(app: FastAPI, model_name: str) -> dict[str, Any]:
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
         schemas.update(defs.get("$defs", {}))
         for model in (CompletionRequest, ChatRequest):
-            schemas[model.__name__]["properties"]["model"] = {"type": "string", "enum": [model_name], "title": "Model"}
+            schemas[model.__name__]["properties"]["model"] = {"type": "string", "enum": names, "title": "Model"}
         for path, model in _BODIES.items():
             doc["paths"][path]["post"]["requestBody"] = {
                 "required": True,
@@ -296,6 +298,7 @@ class _Server:
 
     def __init__(self, model: nn.Module, settings: ServeSettings, batcher: Batcher) -> None:
         self.model, self.settings, self.batcher = model, settings, batcher
+        self.names = list(dict.fromkeys([settings.name, *settings.aliases]))
         self.tokenizer = model.tokenizer
         self.created = int(time.time())
         self.explaining = 0  # /v1/explain calls running; changed on the event loop only
@@ -335,12 +338,12 @@ class _Server:
             first = err.errors()[0]
             param = ".".join(str(p) for p in first["loc"]) or None
             raise ApiError(400, f"{param or 'body'}: {first['msg']}", param=param, code="invalid_value") from None
-        if getattr(body, "model", None) is not None:  # optional on /tokenize and /detokenize, as in vLLM
+        if getattr(body, "model", None) is not None:  # optional, as in vLLM: without it, the one model served
             self.check_model(body.model)
         return body
 
     def check_model(self, name: str) -> None:
-        if name != self.settings.name:
+        if name not in self.names:
             raise ApiError(
                 404, f"model '{name}' does not exist; this server has '{self.settings.name}'",
                 param="model", code="model_not_found",
@@ -380,9 +383,10 @@ class _Server:
                 code="rate_limit_exceeded", headers={"Retry-After": str(wait)},
             )  # fmt: skip
 
-    def model_card(self) -> dict[str, Any]:
+    def model_card(self, name: str) -> dict[str, Any]:
         return {
-            "id": self.settings.name, "object": "model", "created": self.created, "owned_by": "llmkit",
+            "id": name, "object": "model", "created": self.created, "owned_by": "llmkit",
+            "root": self.settings.name,  # vLLM's root: what the name stands for (here the model's own name)
             "max_model_len": self.batcher.capacity,  # vLLM's field: clients size their prompts by it
         }  # fmt: skip
 

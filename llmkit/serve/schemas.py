@@ -93,7 +93,7 @@ class Sampling(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: StrictStr
+    model: StrictStr | None = None  # optional, as in vLLM: a request without it goes to the one model served
     max_tokens: Int(ge=1) | None = None
     max_completion_tokens: Int(ge=1) | None = None  # OpenAI's newer name for max_tokens (LangChain sends it)
     temperature: StrictFloat = Field(1.0, ge=0, le=2)  # 0: greedy; strict: "0.5" is a type error

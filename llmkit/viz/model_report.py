@@ -69,6 +69,8 @@ class ModelReport:
                 value = f"{human_bytes(value)} ({self.file_ratio():.3f}x the fp32 weights)"
             elif key == "stored bytes by dtype":
                 value = " | ".join(f"{dtype} {human_bytes(n)}" for dtype, n in value.items())
+            elif isinstance(value, list):
+                value = ", ".join(map(str, value))
             lines.append(f"  {key}: {value}")
         lines.append(f"  {'component':<24}{'parameters':>16}{'share':>9}")
         for name, count in sorted(s.parameters.items(), key=lambda kv: -kv[1]):
@@ -96,10 +98,13 @@ def model_report(model: str) -> ModelReport:
     card = None
     if path.is_dir():
         from llmkit import checkpoint
-        from llmkit.inference.loading import model_name
+        from llmkit.inference.loading import model_aliases
 
         cfg = checkpoint.load_config(path)
-        stored["name"] = model_name(path)  # the name it is served, evaluated and plotted under
+        names = model_aliases(path)
+        stored["name"] = names[0]  # the name it is served, chatted with, evaluated and plotted under
+        if len(names) > 1:
+            stored["served also as"] = names[1:]  # llmkit serve's aliases
         quantization = checkpoint.load_quantization(path)
         stored["quantization"] = quantization.describe() if quantization is not None else "none"
         stored.update(stored_weights(path / checkpoint.WEIGHTS))
