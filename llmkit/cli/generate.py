@@ -181,13 +181,14 @@ def _sampling_note(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace) -> None:
     from llmkit.errors import LlmkitError
     from llmkit.inference import generate, stream
-    from llmkit.inference.loading import load_model
+    from llmkit.inference.loading import load_model, require_lm_head
     from llmkit.inference.prompt_file import choose_prompts
     from llmkit.inference.report import completion_lines
 
     prompts = choose_prompts(args.prompt, args.file)
     plot = _plot_request(args)  # checked before the model loads
     constraint = _constraint(args)  # a missing schema file fails before the model loads
+    require_lm_head(args.model, "generate")
     model = load_model(args.model, args.device, args.dtype)
     overrides = _overrides(args)
     note = _sampling_note(args)
@@ -253,8 +254,9 @@ def _explain(args: argparse.Namespace, model, prompt: str, plot, overrides: dict
 
 def run_fill_mask(args: argparse.Namespace) -> None:
     from llmkit.inference import fill_mask
-    from llmkit.inference.loading import load_model
+    from llmkit.inference.loading import load_model, require_lm_head
     from llmkit.inference.report import fill_mask_text
 
+    require_lm_head(args.model, "fill-mask")
     fills = fill_mask(load_model(args.model, args.device, args.dtype), args.text, top_k=args.top_k)
     print(fill_mask_text(fills, args.json))
