@@ -44,7 +44,7 @@ def evaluate_checkpoint(
     ``dtype`` -> evaluate at each shot count.
     """
     data = load_data(task, limit=limit)
-    require_lm_head(directory, "eval with a task")
+    require_lm_head(directory, "eval with a task", "eval MODEL --labelled FILE")
     model = load_model(directory, device, dtype)
     name = model_name(directory)
     return evaluate_task(model, task, data, shots, method, batch_size, progress, name)
@@ -74,7 +74,7 @@ def checkpoint_perplexity(
 
     Order: load the model -> check the file and the model's tokenizer -> encode -> score every token once.
     """
-    require_lm_head(directory, "eval --perplexity")
+    require_lm_head(directory, "eval --perplexity", "eval MODEL --labelled FILE")
     model = load_model(directory, device, dtype)
     if not path.is_file():
         raise LlmkitError(f"{path}: file not found", "pass a UTF-8 text file")

@@ -36,12 +36,13 @@ def head_kind(cfg: ModelConfig) -> str | None:
     return "token" if cfg.family == "encoder" and cfg.encoder_head == "token_classifier" else "sequence"
 
 
-def require_lm_head(source: str | os.PathLike | nn.Module, command: str) -> None:
+def require_lm_head(source: str | os.PathLike | nn.Module, command: str, instead: str = "predict MODEL TEXT") -> None:
     """A one-line error naming ``llmkit predict`` when ``source`` (a checkpoint directory, read from its
     config.json alone, or a loaded model) has a classification head, which ``command`` cannot use.
 
     Every command that needs a language-model head calls this before it loads or runs the model:
     a classifier has no vocabulary scores, and decoding or scoring it fails deep inside torch.
+    ``instead``: the llmkit command that can use it (MODEL stands for the checkpoint).
     """
     if isinstance(source, nn.Module):
         cfg, name = source.config, None  # a loaded model does not know its folder
@@ -57,7 +58,7 @@ def require_lm_head(source: str | os.PathLike | nn.Module, command: str) -> None
     raise LlmkitError(
         f"{name or 'this model'} has a {kind}-classification head (labels {shown}); {command} needs a "
         "language-model head",
-        f"use `llmkit predict {name or 'MODEL'} TEXT`" + ("" if name else " (llmkit.predict in Python)"),
+        f"use `llmkit {instead.replace('MODEL', name or 'MODEL')}`" + ("" if name else " (llmkit.predict in Python)"),
     )
 
 
