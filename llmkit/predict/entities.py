@@ -64,6 +64,7 @@ class TokenTags:
     labels: list[str]
     entities: list[Entity]
     tokens: list[TokenScore]
+    read: int = 0  # tokens the model read (special tokens included, after truncation)
 
 
 def _tag(label: str) -> tuple[str, str]:
@@ -122,5 +123,5 @@ def tag_entities(
     out = []
     for text, encoding, row in zip(texts, encodings, logits, strict=True):
         tokens = token_scores(encoding, text, to_scores(row, "softmax"), labels, unk)
-        out.append(TokenTags(text, labels, group_simple(tokens, join), tokens))
+        out.append(TokenTags(text, labels, group_simple(tokens, join), tokens, len(encoding.ids)))
     return out
