@@ -32,12 +32,34 @@ TEXTS = [
 ]
 
 
+def wordpiece_tokenizer():
+    """A BERT WordPiece tokenizer with a fixed vocabulary (WordPiece training orders equal-count merges
+    differently from run to run): the specials, every ASCII letter and digit and its ``##`` twin, a few
+    punctuation marks, the words of SENTENCES and some pieces; "carlsberg" or "annabella" split into
+    pieces, "Zürich" too (accents are stripped), "☃" is [UNK]."""
+    import tokenizers as tk
+    from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+    from llmkit.data.tokenizer import Tokenizer, bert_post_processor
+
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    words = sorted({w for s in SENTENCES for w in s.split()} | {"anna", "story"})
+    pieces = ["##s", "##berg", "##bella", "##ella", "##ich", "##ly", "##et", "zur", "qui", "!", ",", "'", ".", "?"]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters)]
+    tokens += [t for t in words + pieces if t not in tokens]
+    backend = tk.Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    backend.post_processor = bert_post_processor(backend, "[CLS]", "[SEP]")
+    return Tokenizer(backend, {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"})
+
+
 def tokenizers(root: Path):
+    """(WordPiece, byte-level BPE): the first fixed, the second trained (BPE training is deterministic)."""
     from llmkit.data.tokenizer_train import train_tokenizer
 
-    corpus = SENTENCES * 20
-    return (train_tokenizer(corpus, "wordpiece", vocab_size=120, min_frequency=1),
-            train_tokenizer(corpus, "bpe", vocab_size=300, min_frequency=1))  # fmt: skip
+    return wordpiece_tokenizer(), train_tokenizer(SENTENCES * 20, "bpe", vocab_size=300, min_frequency=1)
 
 
 def build_heads(root: Path) -> dict[str, tuple[Path, Path]]:
@@ -49,8 +71,8 @@ def build_heads(root: Path) -> dict[str, tuple[Path, Path]]:
     from llmkit.hf import from_hf
 
     wordpiece, bpe = tokenizers(root)
-    bert = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                max_position_embeddings=64)  # fmt: skip
+    bert = dict(vocab_size=wordpiece.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=48, max_position_embeddings=64)  # fmt: skip
     llama = dict(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
                  tie_word_embeddings=False)  # fmt: skip
@@ -74,9 +96,11 @@ def build_heads(root: Path) -> dict[str, tuple[Path, Path]]:
         torch.manual_seed(0)
         model = randomize(cls(config))
         with torch.no_grad():
-            if name == "bert3":  # the pooled states of random weights differ little: spread the labels
-                model.classifier.weight.mul_(30.0)
+            if name == "bert3":  # the pooled states of random weights differ little: spread the labels and
+                model.classifier.weight.mul_(30.0)  # centre them on TEXTS, so that no label wins every text
                 model.classifier.bias.zero_()
+                logits = [model(torch.tensor([tokenizer.encode(t)])).logits[0] for t in TEXTS]
+                model.classifier.bias.sub_(torch.stack(logits).mean(0))
             if name == "tokens":  # random heads tag nearly every token; a bias toward O leaves entities among O runs
                 model.classifier.bias[0] += 0.15
         model.save_pretrained(root / f"{name}-hf")
