@@ -272,7 +272,7 @@ def test_eval_labelled_unknown_label_is_one_line(heads, tmp_path, capsys):
     assert main(["eval", str(heads["bert3"][0]), "--labelled", str(path)]) == 2
     assert "label 'terrible' is not in the config's labels" in capsys.readouterr().err
     assert main(["eval", str(heads["bert3"][0]), "sst2", "--labelled", str(path)]) == 2
-    assert "give one of TASK, --perplexity FILE or --labelled FILE" in capsys.readouterr().err
+    assert "give a TASK or --perplexity FILE or --labelled FILE: one of the three" in capsys.readouterr().err
 
 
 # ---- commands that need a language-model head ---------------------------------------------------

@@ -164,7 +164,9 @@ def run_eval(args: argparse.Namespace) -> None:
     from llmkit.evaluate.report import table
 
     if sum(x is not None for x in (args.task, args.perplexity, args.labelled)) != 1:
-        raise LlmkitError("give one of TASK, --perplexity FILE or --labelled FILE", "e.g. llmkit eval MODEL sst2")
+        raise LlmkitError(
+            "give a TASK or --perplexity FILE or --labelled FILE: one of the three", "e.g. llmkit eval MODEL sst2"
+        )
     require_positive("--batch-size", args.batch_size)
     progress = not args.no_progress
     if args.labelled is not None:
