@@ -83,6 +83,7 @@ def test_token_classifier_answers_entities(servers):
         ("/v1/completions", {"model": "llama2", "prompt": "hello", "max_tokens": 3}),
         ("/v1/chat/completions", {"model": "llama2", "messages": [{"role": "user", "content": "hi"}]}),
         ("/v1/explain", {"prompt": "hello"}),
+        ("/tokenize", {"messages": [{"role": "user", "content": "hi"}]}),
     ],
 )
 def test_generation_routes_answer_400_naming_classify(servers, path, body):

@@ -11,7 +11,8 @@ classifier answers each input with ``entities`` (``entity_group``, ``score``, ``
 and ``num_classes``.
 
 The model runs in a worker thread, one request at a time (a lock), in batches of ``--max-batch`` texts.
-On a head model the generation routes (completions, chat, explain) answer a one-line 400 naming this one.
+On a head model the generation routes (completions, chat, explain, and /tokenize with chat ``messages``, which
+renders a prompt for generation) answer a one-line 400 naming this one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from llmkit.errors import LlmkitError
 from llmkit.inference.loading import head_kind
 from llmkit.predict import predict
 from llmkit.predict.classify import ClassScores
+from llmkit.serve.schemas import TokenizeRequest
 
 MAX_INPUTS = 2048  # as /v1/embeddings
 GENERATION_ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/explain")
@@ -94,7 +96,16 @@ def register_classify(app: FastAPI, server) -> None:
         server.authorize(request)
         raise ApiError(400, refusal, code="model_has_classification_head")
 
+    async def tokenize(request: Request) -> dict[str, Any]:
+        """vLLM's /tokenize for a prompt; chat messages render a prompt for generation, which this model has not."""
+        server.authorize(request)
+        body = await server.read(request, TokenizeRequest)
+        if body.messages is not None:
+            raise ApiError(400, refusal, param="messages", code="model_has_classification_head")
+        return await server.tokenize(body)
+
     for path in ("/classify", "/v1/classify"):
         app.add_api_route(path, classify, methods=["POST"])
     for path in GENERATION_ROUTES:
         app.add_api_route(path, refuse, methods=["POST"])
+    app.add_api_route("/tokenize", tokenize, methods=["POST"])
