@@ -47,6 +47,7 @@ LAYERS = {
     "llmkit.train": 3,
     "llmkit.evaluate": 3,
     "llmkit.finetune": 3,
+    "llmkit.predict": 3,
     "llmkit.viz": 3,
     "llmkit.retrieval": 3,
     "llmkit.chat": 3,

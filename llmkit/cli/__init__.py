@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "init",
     "pretrain",
     "finetune",
+    "predict",
     "generate",
     "chat",
     "tokenize",
@@ -88,7 +89,7 @@ def _all_subparsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentPa
 
 
 # commands that read llmkit checkpoints (pretrain has its own --no-verify, for --resume)
-LOADS_CHECKPOINTS = {"generate", "fill-mask", "serve", "eval", "prompt", "quantize", "convert", "tokenize",
+LOADS_CHECKPOINTS = {"generate", "predict", "fill-mask", "serve", "eval", "prompt", "quantize", "convert", "tokenize",
                      "embeddings", "attention", "embed", "index", "ask", "chat", "lora"}  # fmt: skip
 
 

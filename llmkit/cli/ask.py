@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     from llmkit.errors import LlmkitError
     from llmkit.inference import generate
-    from llmkit.inference.loading import load_model, resolve_device
+    from llmkit.inference.loading import load_model, require_lm_head, resolve_device
     from llmkit.retrieval.ask import build_rag_prompt, cited
     from llmkit.retrieval.documents import embedder_for, search
     from llmkit.retrieval.store import Index
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> None:
 
     if args.max_new_tokens < 1:
         raise LlmkitError(f"--max-new-tokens {args.max_new_tokens} must be >= 1", "pass a positive count")
+    require_lm_head(args.model, "ask")  # before the index is searched: the answer needs generation
     with Index.open(args.index) as index:
         embedder = embedder_for(index, args.embedder, resolve_device(args.device))
         hits = search(index, embedder, args.question, args.k, "hybrid" if args.hybrid else "dense")

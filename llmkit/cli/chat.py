@@ -60,13 +60,14 @@ def run(args: argparse.Namespace) -> None:
     from llmkit.chat.terminal import run as chat
     from llmkit.errors import LlmkitError
     from llmkit.inference.engine import resolve_config
-    from llmkit.inference.loading import load_model, model_name, resolve_device
+    from llmkit.inference.loading import load_model, model_name, require_lm_head, resolve_device
     from llmkit.retrieval.documents import embedder_for, search
     from llmkit.retrieval.store import Index
 
     if args.index is not None and args.k < 1:
         raise LlmkitError(f"-k {args.k} must be >= 1", "retrieve at least one source per message")
     index = Index.open(args.index) if args.index is not None else None  # before the model: a bad index fails fast
+    require_lm_head(args.model, "chat")
     model = load_model(args.model, args.device, args.dtype)
     if getattr(model, "tokenizer", None) is None or model.config.family != "decoder":
         raise LlmkitError("llmkit chat needs a decoder-only checkpoint with a tokenizer", "pick such a MODEL")

@@ -79,6 +79,9 @@ def _gguf(args: argparse.Namespace, start: float) -> None:
         out = gguf.from_gguf(args.src, args.out, dtype=args.dtype or "fp32", progress=True)
         cfg, what = checkpoint.load_config(out), f"{args.dtype or 'fp32'} weights"
     else:
+        from llmkit.inference.loading import require_lm_head
+
+        require_lm_head(args.src, "convert --to-gguf", "convert --to-hf MODEL OUT")  # llama.cpp's decoders are LMs
         out = gguf.to_gguf(args.src, args.out, qtype=args.gguf_type or "f32", progress=True)
         cfg, what = (
             checkpoint.load_config(args.src),

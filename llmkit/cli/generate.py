@@ -208,13 +208,14 @@ def run(args: argparse.Namespace) -> None:
     from llmkit.errors import LlmkitError
     from llmkit.inference import stream
     from llmkit.inference.engine import collect
-    from llmkit.inference.loading import load_model
+    from llmkit.inference.loading import load_model, require_lm_head
     from llmkit.inference.prompt_file import choose_prompts
     from llmkit.inference.report import completion_lines, stats_lines
 
     prompts = choose_prompts(args.prompt, args.file, args.messages)
     plot = _plot_request(args)  # checked before the model loads
     constraint = _constraint(args)  # a missing schema file fails before the model loads
+    require_lm_head(args.model, "generate")
     if args.raw and (args.system is not None or any(not isinstance(p, str) for p in prompts)):
         raise LlmkitError("--raw continues plain prompts as bare text", "drop --raw to use --system or conversations")
     model = load_model(args.model, args.device, args.dtype)
@@ -302,8 +303,9 @@ def _explain(args: argparse.Namespace, model, prompt: str, plot, overrides: dict
 
 def run_fill_mask(args: argparse.Namespace) -> None:
     from llmkit.inference import fill_mask
-    from llmkit.inference.loading import load_model
+    from llmkit.inference.loading import load_model, require_lm_head
     from llmkit.inference.report import fill_mask_text
 
+    require_lm_head(args.model, "fill-mask")
     fills = fill_mask(load_model(args.model, args.device, args.dtype), args.text, top_k=args.top_k)
     print(fill_mask_text(fills, args.json))

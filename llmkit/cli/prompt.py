@@ -36,7 +36,10 @@ items and, per item, demonstrations from a generator seeded by the task seed and
 Prints a table (shots x metrics, with counts and the prompts that lost demonstrations to the
 context window), and writes OUT/results.json (per-item predictions included) and OUT/shots.png
 (the metrics against shots). With --perplexity FILE instead of TASK: sliding-window perplexity of
-a text file under a decoder-only model.
+a text file under a decoder-only model. With --labelled FILE instead of TASK: a fine-tuned classifier
+on a labelled file of the fine-tuning format: accuracy, macro-F1, a per-class table and OUT/confusion.png
+(sequence classifiers), or seqeval entity precision/recall/F1 overall and per type (token classifiers),
+and OUT/results.json.
 """
 
 _EVAL_EPILOG = """\
@@ -45,6 +48,8 @@ examples:
   llmkit eval runs/flan-t5-base rt-polarity --shots 0,4 --method generate
   llmkit eval runs/gpt2 tasks/dialogsum.toml --shots 0,1 --limit 50 --data ~/dialogsum.test.jsonl
   llmkit eval runs/gpt2 --perplexity notes.txt --stride 512
+  llmkit eval runs/sst2-minilm/best --labelled data/sentiment/sst2/dev.tsv
+  llmkit eval runs/wnut17-minilm/best --labelled data/ner/wnut17/test.conll
 """
 
 
@@ -88,6 +93,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--perplexity", type=Path, metavar="FILE", help="perplexity of this UTF-8 text file instead of a task"
     )
+    e.add_argument(
+        "--labelled", type=Path, metavar="FILE",
+        help="score a classifier (a checkpoint with a classification head) on a labelled file instead of a task: "
+        "TSV/JSONL text and label (sequence classifiers) or CoNLL (token classifiers), as llmkit finetune reads",
+    )  # fmt: skip
+    e.add_argument("--text-field", default="sentence", help="--labelled: the text column (default sentence)")
+    e.add_argument("--label-field", default="label", help="--labelled: the label column (default label)")
     e.add_argument("--stride", type=int, metavar="N",
                    help="--perplexity: tokens each window moves (default half the context window)")  # fmt: skip
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -151,10 +163,15 @@ def run_eval(args: argparse.Namespace) -> None:
     from llmkit.evaluate import checkpoint_eval as ev
     from llmkit.evaluate.report import table
 
-    if (args.task is None) == (args.perplexity is None):
-        raise LlmkitError("give a TASK or --perplexity FILE, not both or neither", "e.g. llmkit eval MODEL sst2")
+    if sum(x is not None for x in (args.task, args.perplexity, args.labelled)) != 1:
+        raise LlmkitError(
+            "give a TASK or --perplexity FILE or --labelled FILE: one of the three", "e.g. llmkit eval MODEL sst2"
+        )
     require_positive("--batch-size", args.batch_size)
     progress = not args.no_progress
+    if args.labelled is not None:
+        _eval_labelled(args, progress)
+        return
     if args.perplexity is not None:
         result = ev.checkpoint_perplexity(
             args.model, args.perplexity, args.stride, args.batch_size, progress, args.device, args.dtype
@@ -170,3 +187,18 @@ def run_eval(args: argparse.Namespace) -> None:
     print(table(report))
     results, picture = ev.save_report(report, args.out or ev.default_out(task, args.model))
     print(f"wrote {results} and {picture}")
+
+
+def _eval_labelled(args: argparse.Namespace, progress: bool) -> None:
+    from llmkit.inference.loading import load_model, model_name, name_slug
+    from llmkit.predict.labelled import evaluate_labelled, save, table
+
+    model = load_model(args.model, args.device, args.dtype)
+    name = model_name(args.model)
+    report = evaluate_labelled(
+        model, args.labelled, args.text_field, args.label_field, batch_size=args.batch_size, progress=progress,
+        name=name,
+    )  # fmt: skip
+    print(table(report))
+    out = args.out or Path("runs") / "eval" / f"{args.labelled.name.split('.')[0]}-{name_slug(name)}"
+    print("wrote " + " and ".join(map(str, save(report, out))))

@@ -17,11 +17,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve MODEL (a decoder-only llmkit checkpoint with a tokenizer) on FastAPI/uvicorn: "
         'POST /v1/completions and /v1/chat/completions (streamed as server-sent events with "stream": true), '
         "GET /v1/models[/ID], POST /tokenize and /detokenize (vLLM's), GET /metrics (Prometheus), GET /health, "
-        "and a playground page at /. Requests that arrive together are decoded "
+        "and a playground page at /. A checkpoint with a classification head (llmkit finetune's classify or tokens) "
+        "answers POST /classify (vLLM's shape: labels and probabilities, or entities) instead of the generation "
+        "routes, which then answer a 400. Requests that arrive together are decoded "
         "together in one batch (up to --max-batch). The server binds 127.0.0.1 unless --host says otherwise; "
         "requests can neither name files nor load checkpoints.",
     )
-    p.add_argument("model", metavar="MODEL", help="llmkit checkpoint directory (decoder-only, with a tokenizer)")
+    p.add_argument(
+        "model", metavar="MODEL", help="llmkit checkpoint directory with a tokenizer (decoder-only, or a classifier)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
     p.add_argument(
@@ -111,7 +115,8 @@ def run(args: argparse.Namespace) -> None:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
     port = sock.getsockname()[1]  # the real one when --port 0 picked it
     also = f" (also answering as {', '.join(settings.aliases)})" if settings.aliases else ""
-    print(f"serving {settings.name}{also} at http://{args.host}:{port}/ (playground at /, API at /v1)", file=sys.stderr)
+    where = "POST /classify" if model.config.has_classifier else "playground at /, API at /v1"
+    print(f"serving {settings.name}{also} at http://{args.host}:{port}/ ({where})", file=sys.stderr)
     protocol = header_timeout_protocol(args.header_timeout)
     # log_config=None: uvicorn's own dictConfig would close every logging handler already in the
     # process (absl's, bound to stderr, among them), not only configure its loggers. Its warnings

@@ -14,7 +14,7 @@ from llmkit.evaluate.readers import load_data
 from llmkit.evaluate.report import plot, write_json
 from llmkit.evaluate.tasks import Task
 from llmkit.files import open_text
-from llmkit.inference.loading import load_model, model_name, name_slug
+from llmkit.inference.loading import load_model, model_name, name_slug, require_lm_head
 
 
 def parse_shots(text: str) -> list[int]:
@@ -45,6 +45,7 @@ def evaluate_checkpoint(
     ``dtype`` -> evaluate at each shot count.
     """
     data = load_data(task, limit=limit)
+    require_lm_head(directory, "eval with a task", "eval MODEL --labelled FILE")
     model = load_model(directory, device, dtype)
     name = model_name(directory)
     template = ChatTemplate.for_model(directory, model.tokenizer) if task.chat else None
@@ -75,6 +76,7 @@ def checkpoint_perplexity(
 
     Order: load the model -> check the file and the model's tokenizer -> encode -> score every token once.
     """
+    require_lm_head(directory, "eval --perplexity", "eval MODEL --labelled FILE")
     model = load_model(directory, device, dtype)
     if not path.is_file():
         raise LlmkitError(f"{path}: file not found", "pass a UTF-8 text file")

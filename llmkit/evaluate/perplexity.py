@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from llmkit.errors import LlmkitError
 from llmkit.inference.inputs import pad
+from llmkit.inference.loading import require_lm_head
 
 
 @dataclass
@@ -61,6 +62,7 @@ def perplexity(
     model: nn.Module, ids: list[int], stride: int | None = None, batch_size: int = 4, progress: bool = True
 ) -> Perplexity:
     """Sliding-window perplexity of the token ids ``ids`` (window: the model's context length)."""
+    require_lm_head(model, "perplexity")
     if model.config.family != "decoder":
         raise LlmkitError("perplexity needs a decoder-only model", "pass a decoder (GPT-2, Llama) checkpoint")
     if len(ids) < 2:

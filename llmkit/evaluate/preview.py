@@ -81,7 +81,9 @@ def preview_prompt(
     tokenizer, window, reserve, render = None, None, 0, None
     if model:
         from llmkit import checkpoint  # torch only when a model counts the tokens
+        from llmkit.inference.loading import require_lm_head
 
+        require_lm_head(model, "prompt --model")  # the prompt previews an eval that model cannot run
         cfg = checkpoint.load_config(model)
         tokenizer = checkpoint.load_tokenizer(Path(model), cfg)
         if tokenizer is None:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from llmkit.errors import LlmkitError
 from llmkit.inference.inputs import pad
+from llmkit.inference.loading import require_lm_head
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Request:
 
 def check_model(model: nn.Module) -> None:
     """Only models that predict text can be evaluated in context."""
+    require_lm_head(model, "eval with a task")
     if model.config.family == "encoder":
         raise LlmkitError(
             "encoder-only models neither score continuations nor generate",

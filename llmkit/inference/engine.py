@@ -32,6 +32,7 @@ from llmkit.errors import LlmkitError
 from llmkit.inference.beam import beam_search
 from llmkit.inference.constrained import Grammar, RowGrammars, choose_grammar
 from llmkit.inference.inputs import PromptInput, Prompts, pad, prepare_prompts
+from llmkit.inference.loading import require_lm_head
 from llmkit.inference.runners import DecoderRunner, EncoderDecoderRunner, use_decode_layout
 from llmkit.inference.sampling import apply_processors, bias_tensor, next_tokens
 from llmkit.inference.text import CompletionText
@@ -96,6 +97,7 @@ class Timings:
 
 def resolve_config(model: nn.Module, config: GenerationConfig | None, overrides: dict[str, Any]) -> GenerationConfig:
     """``config`` (default: the model's generation_config) with ``overrides`` applied and checked."""
+    require_lm_head(model, "generate")
     base = config or getattr(model, "generation_config", None) or GenerationConfig.for_model(model.config)
     cfg = base.replace(**overrides) if overrides else base
     if model.config.family == "encoder":

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from llmkit.errors import LlmkitError
+from llmkit.inference.loading import require_lm_head
 
 MASK_PLACEHOLDER = "[MASK]"  # written in the text whatever the tokenizer's own mask token is
 # what an encoder without a masked-LM head (e.g. a converted sentence-embedding MiniLM) is good for, and how
@@ -35,6 +36,7 @@ def fill_mask(model: nn.Module, text: str, top_k: int = 5) -> list[list[MaskFill
     Order: replace ``[MASK]`` by the tokenizer's mask token -> encode with special tokens ([CLS] ...
     [SEP]) -> one forward pass -> softmax at each mask position -> top-k.
     """
+    require_lm_head(model, "fill-mask")
     cfg, tokenizer = model.config, getattr(model, "tokenizer", None)
     if cfg.family != "encoder":
         raise LlmkitError(

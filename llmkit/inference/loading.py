@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from llmkit import checkpoint
+from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
 from llmkit.model_card import aliases, body, read
 
@@ -26,6 +27,39 @@ def resolve_device(device: str = "auto") -> str:
 def load_model(directory: str | os.PathLike, device: str = "auto", dtype: str | None = None) -> nn.Module:
     """``checkpoint.load`` on ``resolve_device(device)``, cast to ``dtype`` (fp32, bf16, fp16; None: as stored)."""
     return checkpoint.load(directory, device=resolve_device(device), dtype=DTYPES[dtype] if dtype else None)
+
+
+def head_kind(cfg: ModelConfig) -> str | None:
+    """``"sequence"`` or ``"token"`` for a checkpoint with a classification head, else None."""
+    if not cfg.has_classifier:
+        return None
+    return "token" if cfg.family == "encoder" and cfg.encoder_head == "token_classifier" else "sequence"
+
+
+def require_lm_head(source: str | os.PathLike | nn.Module, command: str, instead: str = "predict MODEL TEXT") -> None:
+    """A one-line error naming ``llmkit predict`` when ``source`` (a checkpoint directory, read from its
+    config.json alone, or a loaded model) has a classification head, which ``command`` cannot use.
+
+    Every command that needs a language-model head calls this before it loads or runs the model:
+    a classifier has no vocabulary scores, and decoding or scoring it fails deep inside torch.
+    ``instead``: the llmkit command that can use it (MODEL stands for the checkpoint).
+    """
+    if isinstance(source, nn.Module):
+        cfg, name = source.config, None  # a loaded model does not know its folder
+    else:
+        if not (Path(source) / checkpoint.CONFIG).is_file():
+            return  # not a checkpoint: the command's own loading says so
+        cfg, name = checkpoint.load_config(source), str(source)
+    kind = head_kind(cfg)
+    if kind is None:
+        return
+    labels = cfg.label_names()
+    shown = ", ".join(labels[:8]) + (f", ... ({len(labels)} in all)" if len(labels) > 8 else "")
+    raise LlmkitError(
+        f"{name or 'this model'} has a {kind}-classification head (labels {shown}); {command} needs a "
+        "language-model head",
+        f"use `llmkit {instead.replace('MODEL', name or 'MODEL')}`" + ("" if name else " (llmkit.predict in Python)"),
+    )
 
 
 def model_name(directory: str | os.PathLike) -> str:

@@ -3,7 +3,8 @@
 Routes: ``GET /`` (playground.html), ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (both streamed as server-sent events with ``"stream": true``) and
 ``POST /v1/explain`` (the playground's next-token panel; llmkit's own). Every request is decoded by
-one ``Batcher`` (llmkit.inference.batcher), so concurrent requests share decoding steps.
+one ``Batcher`` (llmkit.inference.batcher), so concurrent requests share decoding steps. A model with
+a classification head gets no batcher: it answers ``POST /classify`` (llmkit.serve.classify).
 
 Per request: API key (when set) -> body read up to ``max_body`` bytes -> pydantic validation ->
 model name -> prompt tokens -> GenerationConfig (its own checks) -> context window -> one batcher
@@ -103,13 +104,16 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
         raise LlmkitError("serving needs a tokenizer and this checkpoint has none", "save the model with its tokenizer")
     if settings.api_key is not None and not settings.api_key.strip():
         raise LlmkitError("the API key is empty: that would turn authentication off", "give a non-empty --api-key")
-    batcher = Batcher(model, settings.max_batch)
+    # a classifier has no LM head to decode with: it answers /classify (llmkit.serve.classify), no batcher
+    batcher = None if model.config.has_classifier else Batcher(model, settings.max_batch)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher.start()
+        if batcher is not None:
+            batcher.start()
         yield
-        batcher.close()
+        if batcher is not None:
+            batcher.close()
 
     app = FastAPI(title="llmkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.openapi = lambda: _openapi(app, [settings.name, *settings.aliases])
@@ -139,6 +143,10 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
         message = f"{request.method} is not allowed on {request.url.path}"
         return JSONResponse(error_body(message, code="method_not_allowed"), status_code=405)
 
+    if batcher is None:
+        from llmkit.serve.classify import register_classify
+
+        register_classify(app, server)  # first: its 400s on the generation routes win over theirs
     register_openai_routes(app, server)
     register_vllm_routes(app, server)
     if settings.embedder is not None:
@@ -159,7 +167,7 @@ def register_openai_routes(app: FastAPI, server: _Server) -> None:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": settings.name, "active": len(batcher.slots)}
+        return {"status": "ok", "model": settings.name, "active": len(batcher.slots) if batcher else 0}
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -236,7 +244,7 @@ async def _log_request(request: Request, call_next):
 
 
 ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/explain",
-          "/v1/embeddings", "/tokenize", "/detokenize"}  # fmt: skip
+          "/v1/embeddings", "/tokenize", "/detokenize", "/classify", "/v1/classify"}  # fmt: skip
 
 
 class _Counter:
@@ -296,9 +304,10 @@ def _openapi(app: FastAPI, names: list[str]) -> dict[str, Any]:
 class _Server:
     """The request handling behind the routes."""
 
-    def __init__(self, model: nn.Module, settings: ServeSettings, batcher: Batcher) -> None:
+    def __init__(self, model: nn.Module, settings: ServeSettings, batcher: Batcher | None) -> None:
         self.model, self.settings, self.batcher = model, settings, batcher
         self.names = list(dict.fromkeys([settings.name, *settings.aliases]))
+        self.capacity = batcher.capacity if batcher is not None else model.config.max_seq_len  # None: a classifier
         self.tokenizer = model.tokenizer
         self.created = int(time.time())
         self.explaining = 0  # /v1/explain calls running; changed on the event loop only
@@ -387,7 +396,7 @@ class _Server:
         return {
             "id": name, "object": "model", "created": self.created, "owned_by": "llmkit",
             "root": self.settings.name,  # vLLM's root: what the name stands for (here the model's own name)
-            "max_model_len": self.batcher.capacity,  # vLLM's field: clients size their prompts by it
+            "max_model_len": self.capacity,  # vLLM's field: clients size their prompts by it
         }  # fmt: skip
 
     def configs(
@@ -553,7 +562,7 @@ class _Server:
         else:
             text = body.prompt
         ids = await run_in_threadpool(self.tokenizer.encode, text, body.add_special_tokens)
-        out = {"count": len(ids), "max_model_len": self.batcher.capacity, "tokens": ids}
+        out = {"count": len(ids), "max_model_len": self.capacity, "tokens": ids}
         if body.return_token_strs:
             out["token_strs"] = [self.tokenizer.id_to_token(t) for t in ids]
         return out

@@ -20,15 +20,17 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class Metrics:
     """The collectors of one app; the server calls ``request``, ``tokens``, ``first_token``, ``next_token``."""
 
-    def __init__(self, batcher: Batcher) -> None:
+    def __init__(self, batcher: Batcher | None) -> None:
+        """``batcher`` None (a classifier's server): the queue gauges stay 0 and no step is observed."""
         self.registry = r = CollectorRegistry()
         self.requests = Counter("llmkit_requests", "HTTP requests answered", ["route", "status"], registry=r)
         self.prompt_tokens = Counter("llmkit_prompt_tokens", "Prompt tokens read", registry=r)
         self.generation_tokens = Counter("llmkit_generation_tokens", "Tokens generated", registry=r)
         waiting = Gauge("llmkit_requests_waiting", "Choices queued for a row in the batch", registry=r)
-        waiting.set_function(batcher.pending.qsize)
         running = Gauge("llmkit_requests_running", "Choices decoding in the batch", registry=r)
-        running.set_function(lambda: len(batcher.slots))
+        if batcher is not None:
+            waiting.set_function(batcher.pending.qsize)
+            running.set_function(lambda: len(batcher.slots))
         self.batch_size = Histogram(
             "llmkit_batch_size", "Rows decoded together per decoding step", buckets=BATCH_BUCKETS, registry=r
         )
@@ -40,7 +42,8 @@ class Metrics:
             "llmkit_time_per_output_token_seconds", "Between consecutive tokens of a choice",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        batcher.on_step = self.batch_size.observe  # called on the batcher's thread; prometheus_client is thread-safe
+        if batcher is not None:  # on_step is called on the batcher's thread; prometheus_client is thread-safe
+            batcher.on_step = self.batch_size.observe
 
     def render(self) -> bytes:
         """The text exposition of every collector."""
