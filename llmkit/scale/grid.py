@@ -117,7 +117,8 @@ def shape_for(base: ModelConfig, width: int, layers: int | None = None) -> Model
     n_layer = layers if layers is not None else max(1, round(base.n_layer * width / base.d_model))
     n_head = width // head_dim
     per_group = base.n_head / base.n_kv_head  # query heads sharing one key/value head
-    n_kv_head = max(d for d in range(1, n_head + 1) if n_head % d == 0 and d <= n_head / per_group + 1e-9)
+    most = max(1.0, n_head / per_group)
+    n_kv_head = max(d for d in range(1, n_head + 1) if n_head % d == 0 and d <= most + 1e-9)
     d_ff = max(8, 8 * round(base.d_ff * width / base.d_model / 8))
     return base.replace(
         d_model=width, n_layer=n_layer, n_head=n_head, n_kv_head=n_kv_head, head_dim=head_dim, d_ff=d_ff

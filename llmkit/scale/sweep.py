@@ -62,9 +62,9 @@ def load_sweep_config(
     return model, train, SweepConfig.from_dict(dict(tables.get("sweep", {})))
 
 
-def check_settings(root: Path, model: ModelConfig, train: TrainConfig, sweep: SweepConfig) -> None:
-    """Write OUT/sweep.json, or refuse when the one there was written for other base settings: the
-    points already run would not be comparable with new ones."""
+def check_settings(root: Path, model: ModelConfig, train: TrainConfig, sweep: SweepConfig, write: bool = True) -> None:
+    """Refuse when OUT/sweep.json was written for other base settings (the points already run would not
+    be comparable with new ones); else write it (unless ``write`` is False)."""
     now = _settings(model, train, sweep)
     path = root / SETTINGS
     if path.is_file():
@@ -78,8 +78,9 @@ def check_settings(root: Path, model: ModelConfig, train: TrainConfig, sweep: Sw
                     f"this config has {new.get(diff)!r}",
                     "restore that setting, or give [sweep] out_dir another directory",
                 )
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(now, indent=2) + "\n")
+    if write:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(now, indent=2) + "\n")
 
 
 def _settings(model: ModelConfig, train: TrainConfig, sweep: SweepConfig) -> dict[str, Any]:
@@ -220,12 +221,12 @@ def run_sweep(
     say = echo if main else (lambda line: None)
     done = {r.name for r in read_results(root / RESULTS, allow_missing=True)}
     todo = [p for p in points if p.name not in done]
+    if main:
+        check_settings(root, model, train, sweep, write=not dry_run and bool(todo))
     for line in describe(points, done, notes, workers, threads, world):
         say(line)
     if dry_run or not todo:
         return SweepOutcome(points, read_results(root / RESULTS, allow_missing=True), 0, [])
-    if main:
-        check_settings(root, model, train, sweep)
     progress = Progress(
         sum(p.flops for p in points), sum(p.flops for p in points if p.name in done), len(points), len(done)
     )
