@@ -25,16 +25,16 @@ NAMES = ("isoflop.png", "optimal.png", "frontier.png")
 
 
 def write_plots(
-    fit: ScalingFit, directory: str | os.PathLike, held_out: Sequence[tuple[float, float, str]] = ()
+    fit: ScalingFit,
+    directory: str | os.PathLike,
+    held_out: Sequence[tuple[float, float, str]] = (),
+    prefix: str = "",
 ) -> list[Path]:
-    """The three pictures into ``directory``; ``held_out``: (FLOPs, measured loss, label) points drawn
-    on the frontier. Returns their paths."""
+    """The three pictures into ``directory`` (named ``prefix`` + isoflop.png, ...); ``held_out``: (FLOPs,
+    measured loss, label) points drawn on the frontier. Returns their paths."""
     directory = Path(directory)
-    return [
-        save_png(isoflop_figure(fit), directory / NAMES[0]),
-        save_png(optimal_figure(fit), directory / NAMES[1]),
-        save_png(frontier_figure(fit, held_out), directory / NAMES[2]),
-    ]
+    figures = (isoflop_figure(fit), optimal_figure(fit), frontier_figure(fit, held_out))
+    return [save_png(figure, directory / f"{prefix}{name}") for figure, name in zip(figures, NAMES, strict=True)]
 
 
 def isoflop_figure(fit: ScalingFit):

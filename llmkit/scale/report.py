@@ -233,11 +233,19 @@ def _num(value: float) -> str:
     return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.3e}"
 
 
+def _count(value: float) -> str:
+    return human_count(value) if 1 <= value < 1e15 else sci(value)  # a runaway refit: no 1481510941933T
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.1f}" if value < 1e5 else sci(value)
+
+
 def _count_ci(pair) -> str:
     value, bounds = pair
-    return human_count(value) + (f" [{human_count(bounds[0])}, {human_count(bounds[1])}]" if bounds else "")
+    return _count(value) + (f" [{_count(bounds[0])}, {_count(bounds[1])}]" if bounds else "")
 
 
 def _ratio_ci(pair) -> str:
     value, bounds = pair
-    return f"{value:.1f}" + (f" [{bounds[0]:.1f}, {bounds[1]:.1f}]" if bounds else "")
+    return _ratio(value) + (f" [{_ratio(bounds[0])}, {_ratio(bounds[1])}]" if bounds else "")
