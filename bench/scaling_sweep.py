@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llmkit.cli import main  # noqa: E402
+from llmkit.plan.report import sci  # noqa: E402
 
 # The base model is the quickstart's shape (configs/quickstart.toml: 4 layers, 128 wide, d_ff 352, 2
 # query heads per key/value head) with 16-wide heads and a 1024-token vocabulary, so that the tied
@@ -103,6 +104,11 @@ QUICK = {
 }
 HELD_OUT_FACTOR = 4
 TARGET = 0.05  # the held-out loss within 5% of the prediction
+
+
+def ratio(value: float) -> str:
+    """Tokens per parameter: one decimal, or 3 digits with an exponent for a runaway fit's."""
+    return f"{value:.1f}" if value < 1e5 else sci(value)
 
 
 def toml(value) -> str:
@@ -219,18 +225,18 @@ def main_bench() -> None:
     interval = f" [{bounds[0]:.4f}, {bounds[1]:.4f}]" if bounds else ""
     flops = sum(r.flops for r in results)
     print()
-    print(f"held-out run: C {measured.flops:.3g} ({HELD_OUT_FACTOR}x {max(spec['budgets']):.3g}), width {width} "
+    print(f"held-out run: C {sci(measured.flops)} ({HELD_OUT_FACTOR}x {sci(max(spec['budgets']))}), width {width} "
           f"(N {measured.params:,.0f}, nearest to {source}'s N_opt {target:,.0f}), "
           f"D {measured.tokens:,.0f}")  # fmt: skip
     print(f"  predicted final loss (approach 3): {predicted:.4f}{interval}")
     print(f"  measured final loss:               {measured.val_loss:.4f}")
     print(f"  error: {error:+.2%} (target within {TARGET:.0%}: {'met' if abs(error) <= TARGET else 'NOT met'})")
     tpp3, tpp3_ci = o3["tokens_per_param"]
-    tpp2 = f"; approach 2: {o2['tokens_per_param']:.1f}" if o2 else ""
-    print(f"tokens per parameter at {held_budget:.3g} FLOPs: approach 3 {tpp3:.1f}"
-          + (f" [{tpp3_ci[0]:.1f}, {tpp3_ci[1]:.1f}]" if tpp3_ci else "") + f"{tpp2} (Chinchilla: 20)")  # fmt: skip
+    tpp2 = f"; approach 2: {ratio(o2['tokens_per_param'])}" if o2 else ""
+    shown = f" [{ratio(tpp3_ci[0])}, {ratio(tpp3_ci[1])}]" if tpp3_ci else ""
+    print(f"tokens per parameter at {sci(held_budget)} FLOPs: approach 3 {ratio(tpp3)}{shown}{tpp2} (Chinchilla: 20)")
     print(f"pictures: {', '.join(str(p) for p in paths)}")
-    print(f"time: data {ready - start:.0f} s, sweep {swept - ready:.0f} s ({len(results)} points, {flops:.3g} FLOPs, "
+    print(f"time: data {ready - start:.0f} s, sweep {swept - ready:.0f} s ({len(results)} points, {sci(flops)} FLOPs, "
           f"{flops / max(swept - ready, 1e-9) / 1e9:.1f} GFLOP/s), held-out {done - swept:.0f} s; "
           f"total {time.perf_counter() - start:.0f} s")  # fmt: skip
     summary = {

@@ -102,8 +102,9 @@ def frontier_figure(fit: ScalingFit, held_out: Sequence[tuple[float, float, str]
     top = max([budgets[-1]] + [h[0] for h in held_out])
     c = np.geomspace(budgets[0] / 3, top * 10, 60)
     frontier = [float(fit.law.loss(*fit.law.optimal(x))) for x in c]
-    ax.plot(c, frontier, color=OKABE_ITO["vermillion"], linewidth=1.4, label="approach 3: L(N_opt(C), D_opt(C))")
-    ax.axhline(fit.law.E, color=OKABE_ITO["black"], linestyle=":", linewidth=1, label=f"E = {fit.law.E:.3f}")
+    # black and grey: the budgets' scatter takes the palette's colours
+    ax.plot(c, frontier, color=OKABE_ITO["black"], linewidth=1.5, label="approach 3: L(N_opt(C), D_opt(C))")
+    ax.axhline(fit.law.E, color="#777777", linestyle=":", linewidth=1, label=f"E = {fit.law.E:.3f}")
     for flops, loss, label in held_out:
         ax.plot([flops], [loss], marker="D", color=OKABE_ITO["black"], markersize=7, linestyle="none", label=label)
     ax.set_xscale("log")
