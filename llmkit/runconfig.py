@@ -27,7 +27,16 @@ def load_run_config(
     < flags. A missing file, bad TOML, an unknown table or key, or a value of the wrong type raises
     an LlmkitError.
     """
-    tables = read_run_tables(path)
+    return run_config_from_tables(read_run_tables(path), path, model_flags, train_flags)
+
+
+def run_config_from_tables(
+    tables: dict[str, Any],
+    path: str | os.PathLike,
+    model_flags: dict[str, Any] | None = None,
+    train_flags: dict[str, Any] | None = None,
+) -> tuple[ModelConfig, TrainConfig]:
+    """``load_run_config`` on tables already read (``llmkit scale sweep`` reads a [sweep] table beside them)."""
     model_table, train_table = dict(tables.get("model", {})), dict(tables.get("train", {}))
     train_cfg = _build(TrainConfig, {**train_table, **(train_flags or {})}, f"{path} [train]")
     preset = model_table.pop("preset", None)
@@ -60,13 +69,14 @@ def tokenizer_fields(tokenizer, preset: str | None, overrides: dict[str, Any]) -
     return out
 
 
-def read_run_tables(path: str | os.PathLike) -> dict[str, Any]:
-    """The tables of a run config; only [model] and [train] are allowed."""
+def read_run_tables(path: str | os.PathLike, allowed: tuple[str, ...] = TABLES) -> dict[str, Any]:
+    """The tables of a run config; only [model] and [train] are allowed (or the ``allowed`` ones)."""
     path = Path(path)
     tables = read_toml(path, "fix the file (see configs/ for examples)", "check the path (examples are in configs/)")
-    unknown = sorted(set(tables) - set(TABLES))
+    unknown = sorted(set(tables) - set(allowed))
     if unknown:
-        raise LlmkitError(f"{path}: unknown table or key {', '.join(unknown)}", "the file holds [model] and [train]")
+        names = " and ".join([", ".join(f"[{name}]" for name in allowed[:-1]), f"[{allowed[-1]}]"])
+        raise LlmkitError(f"{path}: unknown table or key {', '.join(unknown)}", f"the file holds {names}")
     for name, table in tables.items():
         if not isinstance(table, dict):
             raise LlmkitError(f"{path}: {name} must be a table ([{name}])", "see configs/ for examples")

@@ -51,6 +51,7 @@ LAYERS = {
     "llmkit.viz": 3,
     "llmkit.retrieval": 3,
     "llmkit.chat": 3,
+    "llmkit.scale": 3,
     "llmkit.cli": 4,
     "llmkit.serve": 4,
     "llmkit.__main__": 4,

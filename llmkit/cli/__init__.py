@@ -24,6 +24,7 @@ NO_VERIFY_ENV = "LLMKIT_NO_VERIFY"  # llmkit.checkpoint.NO_VERIFY_ENV (this modu
 
 COMMAND_MODULES = (
     "plan",
+    "scale",
     "tokenizer",
     "data",
     "convert",
@@ -48,7 +49,7 @@ COMMAND_MODULES = (
 )
 # commands that run long enough for a measured thread decision to be worth a line at the start
 # (a count the user set, or torch's own, needs no explaining)
-REPORT_THREADS = {"pretrain", "finetune"}
+REPORT_THREADS = {"pretrain", "finetune", "scale"}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,7 +25,8 @@ Printed: parameters by component (tied weights once); inference memory (weights 
 --batch x --seq); training memory per GPU (weights, master weights, gradients, optimizer states,
 activations stored for backward + the backward working set, overhead, peak); training FLOPs,
 petaFLOP/s-days and days on V100 / A100 / H100 / H200; with --flops, the compute-optimal model
-size and tokens. Bytes are decimal: 1 GB = 1e9 bytes.
+size and tokens (with --law RESULTS, from a law fitted to your own sweep: docs/scaling.md). Bytes are
+decimal: 1 GB = 1e9 bytes.
 
 Bytes per parameter (weights + master + gradients + optimizer states, AdamW):
   fp32   4 + 0 + 4 + 8 = 16     fp32 activations
@@ -66,6 +67,7 @@ examples:
   llmkit plan 7e9 --precision mixed --gpus 8 --zero 3 --checkpointing --tokens 1T
   llmkit plan configs/tiny-decoder.toml --measure
   llmkit plan --flops 5.76e23 --json
+  llmkit plan --flops 1e16 --law runs/scale/results.jsonl
   llmkit plan smollm2-135m --batch 4 --seq 512 --precision amp --finetune qlora --lora 16
 """
 
@@ -117,6 +119,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="memory overhead as a fraction of tensor bytes: allocator fragmentation, workspaces "
                    "(default 0.1; the CUDA context, ~0.5 GB per GPU, is not included)")  # fmt: skip
     g.add_argument("--flops", metavar="C", help="FLOP budget: print the compute-optimal parameters and tokens")
+    g.add_argument("--law", metavar="RESULTS",
+                   help="with --flops: the optimum from L(N, D) fitted to your own sweep (results.jsonl "
+                   "of `llmkit scale sweep`; approach 3, docs/scaling.md), not Chinchilla's published one")  # fmt: skip
     g = p.add_argument_group("output and measurement")
     g.add_argument("--json", action="store_true", help="print JSON instead of tables")
     g.add_argument("--measure", action="store_true",
@@ -151,6 +156,12 @@ def run(args: argparse.Namespace) -> None:
         flops=_count("--flops", args.flops),
         finetune=_finetune(args),
     )
+    if args.law is not None:
+        if opts.flops is None:
+            raise LlmkitError(
+                "--law gives the compute-optimal size for a budget: it needs --flops C", "add --flops 1e16"
+            )
+        opts.law, opts.law_source = fitted_law(args.law)
     measured = device = None
     if args.measure:
         from llmkit.train.memory import attention_kernel, resolve_device
@@ -174,6 +185,14 @@ def run(args: argparse.Namespace) -> None:
 
 
 # ---- inputs -------------------------------------------------------------------------------------
+def fitted_law(path: str) -> tuple[dict[str, float], str]:
+    """L(N, D) fitted (approach 3, no bootstrap) to a sweep's results file, and how the plan names it."""
+    from llmkit.scale.fit import fit_law
+    from llmkit.scale.results import read_results
+
+    results = read_results(path)
+    law = fit_law([r.params for r in results], [r.tokens for r in results], [r.val_loss for r in results])
+    return law.to_dict(), f"law fitted to {path} (approach 3, {len(results)} points)"
 
 
 def _finetune(args: argparse.Namespace):

@@ -101,6 +101,8 @@ class PlanOptions:
     overhead: float = 0.1
     flops: float | None = None
     finetune: Finetune | None = None  # None: pretraining; full, lora or qlora fine-tuning
+    law: dict[str, float] | None = None  # a fitted L(N, D) (E, A, B, alpha, beta) for the optimum; None: Chinchilla's
+    law_source: str | None = None  # where ``law`` came from, printed with the optimum
 
     def check(self) -> None:
         for name in ("batch", "gpus"):
@@ -148,7 +150,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        options = {k: v for k, v in vars(self.options).items() if k != "finetune"}
+        options = {k: v for k, v in vars(self.options).items() if k not in ("finetune", "law", "law_source")}
         out: dict = {"options": {**options, "seq": self.seq}}
         if self.options.finetune is not None:
             ft = self.options.finetune
@@ -204,6 +206,7 @@ class Plan:
                 "flops": o.flops,
                 "tokens_rule": {"parameters": o.rule_parameters, "tokens": o.rule_tokens, "loss": o.rule_loss},
                 "parametric_fit": {"parameters": o.fit_parameters, "tokens": o.fit_tokens, "loss": o.fit_loss},
+                "law": {"source": o.law_source, **o.law},
             }
         out["notes"] = self.notes
         return out
@@ -220,7 +223,7 @@ def make_plan(model: ModelSize | None, opts: PlanOptions) -> Plan:
     if model is None:
         if opts.flops is None:
             raise LlmkitError("nothing to plan", "name a model (preset, config file, or a count like 7e9) or --flops")
-        return Plan(None, opts, opts.seq or 0, optimum=optimum(opts.flops))
+        return Plan(None, opts, opts.seq or 0, optimum=optimum(opts.flops, opts.law, opts.law_source))
     cfg = model.cfg
     seq = opts.seq or cfg.max_seq_len
     if seq > cfg.max_seq_len and cfg.pos == "learned" and not model.assumed_shape:
@@ -240,7 +243,7 @@ def make_plan(model: ModelSize | None, opts: PlanOptions) -> Plan:
         plan.notes.append(f"{precision.name} is inference-only: no training memory")
     plan.compute = compute(model, seq, opts.tokens, opts.mfu, opts.gpus)
     if opts.flops is not None:
-        plan.optimum = optimum(opts.flops)
+        plan.optimum = optimum(opts.flops, opts.law, opts.law_source)
     if model.assumed_shape:
         plan.notes.append(
             f"shape assumed from the count (GPT-3-like): {describe(cfg)}; it sizes activations, "

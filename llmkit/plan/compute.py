@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llmkit.config import ModelConfig
 from llmkit.plan.parameters import ModelSize, stacks
@@ -39,12 +39,14 @@ def training_days(flops: float, peak_flops: float, gpus: int, mfu: float) -> flo
 
 # Chinchilla (Hoffmann et al. 2022, sec. 3.3, approach 3): L(N, D) = E + A / N^alpha + B / D^beta
 CHINCHILLA_FIT = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+CHINCHILLA_SOURCE = "Chinchilla fit (approach 3)"
 TOKENS_PER_PARAMETER = 20  # Chinchilla's rule of thumb: D = 20 N at the optimum
 
 
-def chinchilla_loss(n: float, d: float) -> float:
-    """The parametric fit's predicted loss for ``n`` parameters trained on ``d`` tokens."""
-    f = CHINCHILLA_FIT
+def chinchilla_loss(n: float, d: float, law: dict[str, float] | None = None) -> float:
+    """The parametric fit's predicted loss for ``n`` parameters trained on ``d`` tokens: Chinchilla's
+    published one, or ``law`` (the same five keys, e.g. fitted by `llmkit scale fit`)."""
+    f = law or CHINCHILLA_FIT
     return f["E"] + f["A"] / n ** f["alpha"] + f["B"] / d ** f["beta"]
 
 
@@ -54,10 +56,11 @@ def optimal_by_tokens_rule(flops: float, tokens_per_parameter: float = TOKENS_PE
     return n, tokens_per_parameter * n
 
 
-def optimal_by_parametric_fit(flops: float) -> tuple[float, float]:
-    """(N, D) minimising the fitted L(N, D) under C = 6ND, in closed form (Hoffmann et al. eq. 4):
-    N = G (C/6)^(beta/(alpha+beta)), D = C / (6N), G = (alpha A / (beta B))^(1/(alpha+beta))."""
-    f = CHINCHILLA_FIT
+def optimal_by_parametric_fit(flops: float, law: dict[str, float] | None = None) -> tuple[float, float]:
+    """(N, D) minimising the fitted L(N, D) (Chinchilla's, or ``law``) under C = 6ND, in closed form
+    (Hoffmann et al. eq. 4): N = G (C/6)^(beta/(alpha+beta)), D = C / (6N),
+    G = (alpha A / (beta B))^(1/(alpha+beta))."""
+    f = law or CHINCHILLA_FIT
     s = f["alpha"] + f["beta"]
     g = (f["alpha"] * f["A"] / (f["beta"] * f["B"])) ** (1 / s)
     n = g * (flops / 6) ** (f["beta"] / s)
@@ -104,22 +107,28 @@ def compute(model: ModelSize, seq: int, tokens: float | None, mfu: float = 0.4, 
 
 @dataclass
 class Optimum:
-    """Compute-optimal parameters and tokens for a FLOP budget, by both rules, with fitted losses."""
+    """Compute-optimal parameters and tokens for a FLOP budget, by both rules, with the law's losses."""
 
     flops: float
     rule_parameters: float
     rule_tokens: float
     fit_parameters: float
     fit_tokens: float
+    law: dict[str, float] = field(default_factory=lambda: dict(CHINCHILLA_FIT))
+    law_source: str = CHINCHILLA_SOURCE  # which L(N, D): Chinchilla's published one or a fitted one
 
     @property
     def rule_loss(self) -> float:
-        return chinchilla_loss(self.rule_parameters, self.rule_tokens)
+        return chinchilla_loss(self.rule_parameters, self.rule_tokens, self.law)
 
     @property
     def fit_loss(self) -> float:
-        return chinchilla_loss(self.fit_parameters, self.fit_tokens)
+        return chinchilla_loss(self.fit_parameters, self.fit_tokens, self.law)
 
 
-def optimum(flops: float) -> Optimum:
-    return Optimum(flops, *optimal_by_tokens_rule(flops), *optimal_by_parametric_fit(flops))
+def optimum(flops: float, law: dict[str, float] | None = None, law_source: str | None = None) -> Optimum:
+    """The optimum for ``flops`` by 20 tokens per parameter and by a parametric law: Chinchilla's
+    published fit, or ``law`` (E, A, B, alpha, beta) named ``law_source``."""
+    fitted = optimal_by_parametric_fit(flops, law)
+    chosen = dict(law or CHINCHILLA_FIT)
+    return Optimum(flops, *optimal_by_tokens_rule(flops), *fitted, chosen, law_source or CHINCHILLA_SOURCE)

@@ -153,7 +153,8 @@ def _render_optimum(o) -> list[str]:
     return [
         f"compute-optimal for {sci(o.flops)} FLOPs (C = 6ND):",
         f"  20 tokens per parameter: {sizes(o.rule_parameters, o.rule_tokens, o.rule_loss)}",
-        f"  Chinchilla fit (approach 3): {sizes(o.fit_parameters, o.fit_tokens, o.fit_loss)}",
+        f"  {o.law_source}: {sizes(o.fit_parameters, o.fit_tokens, o.fit_loss)} = "
+        f"{o.fit_tokens / o.fit_parameters:.1f} tokens per parameter",
     ]
 
 

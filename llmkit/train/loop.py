@@ -339,6 +339,7 @@ class Run:
             "tokens_per_s": tokens_per_s,
             "examples_per_s": len(losses) * self.rows / seconds,
             "mfu": mfu,
+            "flops": _sum_over_processes(flops, self.env),  # of the steps since the last record: summed, the run's C
         }
         self.pending = []
         self.last_train = record["train_loss"]
@@ -408,6 +409,7 @@ class Run:
             "tokens_per_s": tokens / seconds,
             "examples_per_s": steps * self.rows / seconds,
             "mfu": self.flops_done / seconds / self.peak,
+            "flops": _sum_over_processes(self.flops_done, self.env),  # this run's training FLOPs, all processes
             "train_loss": self.last_train,
             "train_ppl": perplexity(self.last_train),
             "val_loss": self.last_val,
@@ -490,6 +492,13 @@ class PretrainRun(Run):
             + ("" if init_val is None else f", at init {init_val:.4f} (ppl {perplexity(init_val):,.1f})")
             + f" -> {self.out}"
         )
+
+
+def _sum_over_processes(count: int, env: Dist) -> int:
+    """An exact integer count summed over processes (int64: a float32 would round FLOP counts)."""
+    if not env.is_distributed:
+        return count
+    return int(distributed.all_reduce_sum(torch.tensor(count, dtype=torch.int64, device=env.device)).item())
 
 
 def _better(score: float, best: float | None, lower: bool) -> bool:
