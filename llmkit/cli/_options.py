@@ -69,6 +69,20 @@ def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return config_overrides(args, "model")
 
 
+def whole_number(flag: str, text: str | None, default: int | None = None, minimum: int = 1) -> int | None:
+    """A whole-number flag's value (``default`` when not given): not a number, or below ``minimum``,
+    is a one-line error naming the flag."""
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise LlmkitError(f"{flag} '{text}' is not an integer", f"e.g. {flag} 8") from None
+    if value < minimum:
+        raise LlmkitError(f"{flag} {value} must be >= {minimum}", f"change {flag}")
+    return value
+
+
 def require_positive(name: str, value: int) -> int:
     if value < 1:
         raise LlmkitError(f"{name}={value} must be >= 1", f"change {name}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.cli._options import add_model_flags, model_overrides
+from llmkit.cli._options import whole_number as _int
 from llmkit.errors import LlmkitError
 from llmkit.files import read_json
 
@@ -265,18 +266,6 @@ def _read_toml(path: Path, overrides: dict[str, Any]):
         "recompute": "full" if train.activation_checkpointing else "none",
     }
     return ModelSize.from_config(cfg, str(path)), defaults
-
-
-def _int(flag: str, text: str | None, default: int | None = None, minimum: int = 1) -> int | None:
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise LlmkitError(f"{flag} '{text}' is not an integer", f"e.g. {flag} 8") from None
-    if value < minimum:
-        raise LlmkitError(f"{flag} {value} must be >= {minimum}", f"change {flag}")
-    return value
 
 
 def _float(flag: str, text: str) -> float:

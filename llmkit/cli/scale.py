@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from llmkit.cli._options import add_config_flags, add_model_flags, config_overrides, model_overrides
+from llmkit.cli._options import add_config_flags, add_model_flags, config_overrides, model_overrides, whole_number
 from llmkit.config import TrainConfig
 from llmkit.errors import LlmkitError
 
@@ -106,7 +106,7 @@ def run_sweep(args: argparse.Namespace) -> None:
     from llmkit.scale.sweep import load_sweep_config, run_sweep
     from llmkit.threads import affinity_cpus
 
-    workers = _whole("--workers", args.workers, 1)
+    workers = whole_number("--workers", args.workers)
     if workers > 1 and workers > len(affinity_cpus()):
         raise LlmkitError(f"--workers {workers} is more than the {len(affinity_cpus())} cores here", "lower --workers")
     model, train, sweep = load_sweep_config(args.config, model_overrides(args), config_overrides(args, "train"))
@@ -124,12 +124,12 @@ def run_fit(args: argparse.Namespace) -> None:
 
     budgets = [_count("--budget", text) for text in args.budget]
     predict = [_pair(text) for text in args.predict]
-    resamples = _whole("--bootstrap", args.bootstrap, 0)
+    resamples = whole_number("--bootstrap", args.bootstrap, minimum=0)
     results = read_results(args.results)
     with tqdm(total=resamples, desc="bootstrap", unit="fit", disable=resamples == 0, file=sys.stderr) as bar:
         fit = fit_results(
             results, args.results, budgets=budgets, predict=predict, bootstrap=resamples,
-            seed=_whole("--seed", args.seed, 0), progress=lambda done: bar.update(1),
+            seed=whole_number("--seed", args.seed, minimum=0), progress=lambda done: bar.update(1),
         )  # fmt: skip
     written = []
     if args.plot:
@@ -144,16 +144,6 @@ def run_fit(args: argparse.Namespace) -> None:
     print(render(fit))
     if written:
         print("pictures: " + ", ".join(str(path) for path in written))
-
-
-def _whole(flag: str, text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise LlmkitError(f"{flag} '{text}' is not a whole number", f"e.g. {flag} {max(minimum, 2)}") from None
-    if value < minimum:
-        raise LlmkitError(f"{flag} {value} must be >= {minimum}", f"change {flag}")
-    return value
 
 
 def _count(flag: str, text: str) -> float:
