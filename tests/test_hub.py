@@ -182,6 +182,9 @@ def test_model_by_name_gives_transformers_logits(kind, models, hub, home, tmp_pa
     card = model_card.read(tmp_path / "m")
     assert model_card.front_matter_value(card, "license") == "apache-2.0"
     assert model_card.front_matter_value(card, "base_model") == f"acme/tiny-{kind}"
+    from llmkit.inference.loading import model_aliases
+
+    assert f"acme/tiny-{kind}" in model_aliases(tmp_path / "m")  # served under its Hub name too
     assert commit in card and "Upstream card text: use with care." in card
     assert (tmp_path / "m" / "LICENSE").read_text() == LICENSE
 

@@ -211,6 +211,7 @@ def hub_card(snap: Snapshot, local: dict[str, Path], how: str, dtype: str) -> Mo
         f"and {how}; stored as {dtype}. {PROVENANCE} lists the files.",
         name=name.name,
         base_model=name.repo_id,
+        aliases=[name.repo_id],  # served under the Hub's name too, as vLLM serves a model it pulled
         license=upstream_license(upstream),
         intended_use="As the upstream model card says"
         + (" (kept below, under Card of the base checkpoint)." if upstream else "; the repository has none."),
