@@ -35,14 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CHINCHILLA = Law(**CHINCHILLA_FIT)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---- the fits on synthetic points -------------------------------------------------------------
 BUDGETS = np.geomspace(6e18, 3e21, 8)  # Chinchilla's IsoFLOP budgets ran from 6e18 to 3e21
 
