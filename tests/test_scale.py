@@ -463,3 +463,19 @@ def test_torchrun_processes_share_each_point_as_one_process_with_their_global_ba
     for x, y in zip(a, b, strict=True):
         assert (x.tokens, x.flops) == (y.tokens, y.flops) and y.flops == y.extra["flops_logged"]
         assert abs(x.val_loss - y.val_loss) < 1e-4
+
+
+def test_points_no_law_fits_give_a_finite_law_not_an_overflow():
+    """Losses that rise with N at every budget (the bench's first domain-corpus sweep: big models on few
+    tokens) once drove L-BFGS to ln A ~ 1e3, and exp() raised OverflowError; the box keeps it finite."""
+    from llmkit.scale.fit import fit_law
+
+    # the bench's 15 points, as results.jsonl holds them
+    params = [98304, 44288, 157696, 409344, 868352, 98304, 44288, 409344, 157696, 868352,
+              98304, 44288, 409344, 157696, 868352]  # fmt: skip
+    tokens = [677888, 1587200, 438272, 172032, 83968, 1628160, 3811328, 413696, 1050624, 200704,
+              4069376, 9527296, 1034240, 2625536, 499712]  # fmt: skip
+    losses = [4.605502, 4.313217, 5.319108, 5.741674, 5.961951, 3.890877, 4.038802, 5.278481, 4.185487,
+              5.740984, 3.4772, 3.850319, 4.349853, 3.394689, 5.086548]  # fmt: skip
+    law = fit_law(params, tokens, losses)
+    assert all(math.isfinite(v) for v in (law.E, law.A, law.B, law.alpha, law.beta))

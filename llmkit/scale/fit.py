@@ -33,6 +33,11 @@ START_GRID = {
     "alpha": np.arange(0.0, 2.5, 0.5),
     "beta": np.arange(0.0, 2.5, 0.5),
 }
+# L-BFGS-B's box: wide around every published fit (Chinchilla: ln A 6.0, ln B 6.0, E 1.69, alpha 0.34,
+# beta 0.28), so it never binds on a law the points determine, and small enough that exp() of the
+# result stays finite: points a law fits badly (losses that rise with N at every budget, say) sent
+# an unbounded run to ln A ~ 1e3, where exp overflowed and the fit raised instead of reporting.
+BOUNDS = [(-50.0, 200.0), (-50.0, 200.0), (-10.0, 10.0), (0.0, 10.0), (0.0, 10.0)]  # (a, b, e, alpha, beta)
 # L-BFGS runs from this many of the grid's starts, the ones with the lowest objective there. Runs from
 # the others land in the same minimum or a worse one: on 72 synthetic points of Chinchilla's law
 # (budgets 6e18-3e21, 0.2% noise) the best of all 4,500 runs (90 s here) equalled the best of the
@@ -137,7 +142,7 @@ def _lbfgs(theta0: np.ndarray, args: tuple) -> tuple[float, np.ndarray]:
     # defaults (gtol 1e-5) stop before the minimum (Besiroglu et al. 2024 traced part of the gap to
     # Hoffmann et al.'s published values to an optimiser stopping early).
     result = minimize(
-        _objective, theta0, args=args, jac=True, method="L-BFGS-B",
+        _objective, theta0, args=args, jac=True, method="L-BFGS-B", bounds=BOUNDS,
         options={"maxiter": 1000, "gtol": 1e-12, "ftol": 1e-15},
     )  # fmt: skip
     return float(result.fun), result.x
