@@ -38,22 +38,14 @@ from llmkit.plan.report import sci  # noqa: E402
 # The base model is the quickstart's shape (configs/quickstart.toml: 4 layers, 128 wide, d_ff 352, 2
 # query heads per key/value head) with 16-wide heads and a 1024-token vocabulary, so that the tied
 # output head does not dwarf the smallest models. The widths give N = 44K-868K; at these budgets
-# D/N runs from about 0.4 to 200, around Chinchilla's 20. The budgets are capped by the data: with the
-# domain corpora the corpus is about 12M training tokens, so the held-out run at 4x the largest budget
-# (10.5M tokens) sees it once at most. Measured
+# D/N runs from about 0.4 to 200, around Chinchilla's 20. The budgets are capped by the data: the
+# corpus is 4.3M training tokens, and the held-out run at 4x the largest budget, near the optimum,
+# should see it about once (the smallest model of the largest budget sees it about twice). Measured
 # here (one thread, bf16, batch 16 x 128, load ~2): 14 GFLOP/s at width 32 to 47 at 96, so the sweep
 # (2.35e13 FLOPs, two workers) takes ~10 minutes and the held-out run (1.2e13, two threads) ~5 on a
 # quiet machine, ~3x that on a busy one.
 FULL = {
     "sources": ["python-docs", "python-stdlib"],
-    # the shipped domain corpora too (25 MB of text; licenses in their SOURCE.md: FOMC unclear, MedQuAD
-    # CC BY 4.0, SCOTUS public domain): without them the held-out run read the 4.3M-token corpus 2.4 times,
-    # and repeated data costs loss that a law fitted on fresh-data points does not predict (+7.6%)
-    "files": [
-        "data/domain/finance_fomc/fomc_minutes.txt.gz",
-        "data/domain/legal_scotus/scotus_ot2019.txt.gz",
-        "data/domain/medical_medquad/medquad.txt.gz",
-    ],
     "vocab": 1024,
     "base": {
         "preset": "tiny-llama-10m",
@@ -146,7 +138,6 @@ def make_data(spec: dict, out: Path) -> Path:
             [
                 "tokenizer",
                 "train",
-                *[str(ROOT / f) for f in spec.get("files", [])],
                 *builtin,
                 "--kind",
                 "bpe",
@@ -157,8 +148,8 @@ def make_data(spec: dict, out: Path) -> Path:
             ]
         )
     if not (data / "meta.json").is_file():
-        sources = [f"builtin:{name}" for name in spec["sources"]] + [str(ROOT / f) for f in spec.get("files", [])]
-        run(["data", "tokenize", *sources, "--tokenizer", str(tokenizer), "--out", str(data)])
+        run(["data", "tokenize", *[f"builtin:{name}" for name in spec["sources"]], "--tokenizer", str(tokenizer),
+             "--out", str(data)])  # fmt: skip
     return data
 
 
