@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import importlib
-import importlib.metadata
 import json
 import re
 import shlex
@@ -105,9 +104,7 @@ def hub_repositories(root: Path) -> dict[str, Path]:
     from llmkit.gguf.convert import from_gguf
     from llmkit.hf.convert import to_hf
 
-    smol = registry.known("smollm2-135m-instruct")
-    (_, inside), *_ = smol.parts
-    gguf = Path(importlib.metadata.distribution(smol.parts[0][0]).locate_file(inside))
+    gguf = registry.gguf_file(registry.known("smollm2-135m-instruct"), root, install_missing=False)  # SHA-256 checked
     checkpoint = from_gguf(gguf, root / "smollm2-llmkit", dtype="bf16")
     to_hf(checkpoint, root / "smollm2-hf")
     readme = "---\nlicense: apache-2.0\nlibrary_name: transformers\n---\n# SmolLM2-135M-Instruct\n"
