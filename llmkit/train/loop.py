@@ -287,7 +287,6 @@ class Run:
         self.tokens_seen = self.saved.get("tokens_seen", start * self.rows * cfg.block_size)
         self.tokens_at_start = self.tokens_seen
         self.flops_done = 0  # this process's training FLOPs in this run
-        self.step_flops.take()  # nothing counted before the first step belongs to it
         self.train_seconds = self.saved.get("train_seconds", 0.0)
         self.tick = time.perf_counter()
         # CPU steps reuse their freed memory instead of page-faulting it in anew (train/host_memory.py)

@@ -75,8 +75,9 @@ class ModelReport:
         lines.append(f"  {'component':<24}{'parameters':>16}{'share':>9}")
         for name, count in sorted(s.parameters.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {name:<24}{count:>16,}{count / s.total:>9.1%}")
-        if s.head_note():
-            lines.append(f"  {s.head_note()}")
+        head = s.head_note()
+        if head:
+            lines.append(f"  {head}")
         lines.append("  weights memory: " + " | ".join(f"{d} {human_bytes(b)}" for d, b in s.weight_bytes().items()))
         if self.card is not None:
             lines += ["", f"model card ({model_card.CARD}):", "", model_card.body(self.card).rstrip()]
