@@ -1,5 +1,6 @@
-"""Small C kernels for the CPU (cpu_kernels.c), compiled once per machine and called through ctypes
-on raw tensor memory (llmkit.models.dropout is the caller).
+"""Small C kernels for the CPU (cpu_kernels.c: dropout; cpu_matmul.c: matrix products with quantized
+and bf16 weights), compiled once per machine into one library and called through ctypes on raw tensor
+memory (llmkit.models.dropout and llmkit.quantize.kernels are the callers).
 
 Why C: dropout in torch ops is three to five passes over the tensor (random draws on one thread,
 compare, select, multiply, a multiply in backward); the kernel draws, compares and multiplies in one
@@ -32,6 +33,8 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
+# every C file of the library: dropout (cpu_kernels.c) and the quantized matrix products (cpu_matmul.c)
+SOURCES = (SOURCE, Path(__file__).with_name("cpu_matmul.c"))
 ENV_SWITCH = "LLMKIT_CPU_KERNELS"  # "0": never build or use them
 # -fopenmp links libgomp.so.1, the soname of torch's own libgomp: the dynamic loader reuses the copy
 # torch loaded, so the kernels run on torch's thread pool rather than a second one.
@@ -54,10 +57,11 @@ def _cpu_flags() -> str:
 
 
 def _build(compiler: str) -> Path:
-    """Compile SOURCE into the cache (or a temporary folder) unless there already; the library's path.
+    """Compile SOURCES into the cache (or a temporary folder) unless there already; the library's path.
     Raises OSError or subprocess.SubprocessError when that fails."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, version, _cpu_flags()]).encode()).hexdigest()[:16]
+    texts = [source.read_text() for source in SOURCES]
+    key = hashlib.sha256("\0".join([*texts, *FLAGS, version, _cpu_flags()]).encode()).hexdigest()[:16]
     refused = []
     for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"llmkit-kernels-{os.getuid()}"):
         path = folder / f"cpu_kernels-{key}.so"
@@ -74,7 +78,9 @@ def _build(compiler: str) -> Path:
             refused.append(str(e))
             continue
         try:
-            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+            subprocess.run(
+                [compiler, *FLAGS, *map(str, SOURCES), "-o", tmp], check=True, capture_output=True, timeout=120
+            )
             os.chmod(tmp, 0o700)  # whatever the umask: ours alone, as _check_private wants it next time
             os.replace(tmp, path)
         finally:
@@ -113,7 +119,7 @@ def library() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", None) or str(e) or type(e).__name__
         detail = detail.decode(errors="replace") if isinstance(detail, bytes) else detail
-        _why_not = f"building {SOURCE.name} failed: {detail.strip().splitlines()[0] if detail.strip() else e}"
+        _why_not = f"building the C kernels failed: {detail.strip().splitlines()[0] if detail.strip() else e}"
         return None
     i64, u64, ptr = ctypes.c_int64, ctypes.c_uint64, ctypes.c_void_p
     for name in ("llmkit_dropout_f32", "llmkit_dropout_bf16"):
@@ -121,6 +127,11 @@ def library() -> ctypes.CDLL | None:
         getattr(lib, name).restype = None
     lib.llmkit_dropout_draws.argtypes = [i64, u64, ptr]
     lib.llmkit_dropout_draws.restype = None
+    for name in ("llmkit_int4_matmul", "llmkit_int8_matmul"):  # x, rows, in, q, scales, mins, out, group, y, threads
+        getattr(lib, name).argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, i64, ptr, ctypes.c_int]
+        getattr(lib, name).restype = ctypes.c_int
+    lib.llmkit_bf16_matmul.argtypes = [ptr, i64, i64, ptr, i64, ptr, ctypes.c_int]  # x, rows, in, w, out, y, threads
+    lib.llmkit_bf16_matmul.restype = ctypes.c_int
     return lib
 
 

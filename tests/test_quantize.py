@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import llmkit
-from llmkit import checkpoint
+from llmkit import checkpoint, cpu_kernels
 from llmkit.cli import main
 from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
@@ -25,6 +25,7 @@ from llmkit.quantize import (
     QuantizedLinear,
     QuantSpec,
     TiedQuantizedHead,
+    kernels,
     quantize_model,
     use_kernels,
 )
@@ -44,44 +45,78 @@ def weights(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
 
 
 # ---- tensor formats: bounds against the closed form ------------------------------------------
+def fp16_up(t):
+    """The smallest fp16 at least ``t``, element by element, found without torch.nextafter."""
+    out = []
+    for v in t.tolist():
+        h = torch.tensor(v).half()
+        while float(h) < v:
+            h = (h.view(torch.int16) + (1 if float(h) >= 0 else -1)).view(torch.float16)
+        out.append(h)
+    return torch.stack(out)
+
+
+def half_step_bound(w, stored, scales, group):
+    """|w - stored| <= scale / 2 (+ fp32 rounding) for every weight, with its group's scale."""
+    step = scales.float().repeat_interleave(group, dim=1)[:, : w.shape[1]]
+    return ((w - stored).abs() <= step / 2 + 1e-6).all()
+
+
 def test_int8_per_channel_error_is_at_most_half_a_step():
     w = weights(48, 72)
-    q, scales = qt.quantize_int8(w)
-    assert q.dtype == torch.int8 and scales.shape == (48,) and scales.dtype == torch.float32
-    assert torch.equal(scales, w.abs().amax(1) / 127)  # absmax / 127 per output channel
+    q, scales, mins = qt.quantize_int8(w)
+    assert q.dtype == torch.int8 and scales.shape == (48, 1) and scales.dtype == torch.float16 and mins is None
+    assert torch.equal(scales[:, 0], fp16_up(w.abs().amax(1) / 127))  # absmax / 127 per output channel
     assert int(q.abs().max()) == 127 and int(q.min()) >= -127
-    err = (w - qt.dequantize_int8(q, scales)).abs()
-    assert (err <= scales[:, None] / 2 + 1e-7).all()  # |w - dq(q(w))| <= scale / 2
-    assert (q[2] == 0).all() and (qt.dequantize_int8(q, scales)[2] == 0).all()  # zero row: no 0/0
-    assert torch.equal(q[3], torch.full((72,), -127, dtype=torch.int8))  # the row's absmax is exact
+    stored = qt.dequantize_int8(q, scales, None)
+    assert half_step_bound(w, stored, scales, 72)
+    assert (q[2] == 0).all() and (stored[2] == 0).all()  # zero row: no 0/0
 
 
-@pytest.mark.parametrize("cols,group", [(128, 64), (128, 32), (100, 32), (33, 32), (352, 128)])
-def test_int4_per_group_error_is_at_most_half_a_step(cols, group):
+@pytest.mark.parametrize("cols,group", [(128, 64), (128, 32), (100, 32), (33, 32), (352, 128), (576, 256)])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int4_per_group_error_is_at_most_half_a_step(cols, group, symmetric):
     w = weights(20, cols)
-    packed, scales = qt.quantize_int4(w, group)
+    packed, scales, mins = qt.quantize_int4(w, group, symmetric)
     groups = -(-cols // group)
-    assert packed.shape == (20, -(-cols // 2)) and packed.dtype == torch.uint8
-    assert scales.shape == (20, groups)
-    # closed form: each group's absmax / 7, the last group of a row possibly shorter
-    for g in range(groups):
+    assert packed.shape == (20, -(-cols // 64) * 32) and packed.dtype == torch.uint8
+    assert scales.shape == (20, groups) and scales.dtype == torch.float16
+    q = qt.unpack_int4(packed, cols).int()
+    for g in range(groups):  # closed form per group, the last group of a row possibly shorter
         block = w[:, g * group : (g + 1) * group]
-        assert torch.equal(scales[:, g], block.abs().amax(1) / 7)
-    q = qt.unpack_int4(packed, cols)
-    assert int(q.abs().max()) == 7  # range [-7, 7]: -8 is never produced
-    step = scales.repeat_interleave(group, dim=1)[:, :cols]  # the scale of each weight's group
-    err = (w - qt.dequantize_int4(packed, scales, cols, group)).abs()
-    assert (err <= step / 2 + 1e-7).all()
+        if symmetric:
+            assert torch.equal(scales[:, g], fp16_up(block.abs().amax(1) / 7))
+        else:
+            assert (mins[:, g].float() <= block.amin(1)).all() and (mins[:, g].float() > block.amin(1) - 1e-3).all()
+            assert torch.equal(scales[:, g], fp16_up((block.amax(1) - mins[:, g].float()) / 15))
+    if symmetric:
+        assert mins is None and int(q.min()) >= 1 and int(q.max()) == 15  # q - 8 in [-7, 7]
+    else:
+        assert int(q.min()) == 0 and int(q.max()) == 15
+    stored = qt.dequantize_int4(packed, scales, mins, cols, group)
+    assert half_step_bound(w, stored, scales, group)
+
+
+@pytest.mark.parametrize("group", [32, 64])
+def test_int8_groups_and_asymmetric(group):
+    w = weights(10, 100) + 0.05  # off-centre rows: the asymmetric grid covers [min, max] only
+    q, scales, mins = qt.quantize_int8(w, group, symmetric=False)
+    assert q.dtype == torch.uint8 and scales.shape == mins.shape == (10, -(-100 // group))
+    stored = qt.dequantize_int8(q, scales, mins, group)
+    assert half_step_bound(w, stored, scales, group)
+    sym = qt.dequantize_int8(*qt.quantize_int8(w, group), group)
+    assert (stored - w).abs().mean() < (sym - w).abs().mean()  # same bits, a finer grid over the range
 
 
 def test_int4_packing_is_exact_and_documented():
-    q = torch.randint(-8, 8, (7, 31), dtype=torch.int8)  # odd width: the last byte is half padding
-    assert torch.equal(qt.unpack_int4(qt.pack_int4(q), 31), q)
-    every = torch.arange(-8, 8, dtype=torch.int8).reshape(1, 16)
-    assert torch.equal(qt.unpack_int4(qt.pack_int4(every), 16), every)
-    # column 2j in the low nibble, 2j + 1 in the high one, each stored as q + 8
-    assert qt.pack_int4(torch.tensor([[-7, 7]], dtype=torch.int8)).item() == 0xF1
-    assert qt.pack_int4(torch.tensor([[3]], dtype=torch.int8)).item() == 0x8B  # pad nibble 8 (q = 0)
+    n = torch.randint(0, 16, (7, 131), dtype=torch.uint8)  # 131: two whole chunks and a padded third
+    assert torch.equal(qt.unpack_int4(qt.pack_int4(n), 131), n)
+    assert qt.pack_int4(n).shape == (7, 96)
+    # chunk of 64: the 16-bit little-endian word i holds weight 16k + i in bits 4k..4k+3
+    one = torch.zeros(1, 64, dtype=torch.uint8)
+    one[0, 0], one[0, 16], one[0, 32], one[0, 48], one[0, 5] = 1, 2, 3, 4, 15
+    packed = qt.pack_int4(one)[0].tolist()
+    assert packed[0:2] == [0x21, 0x43] and packed[10:12] == [0x0F, 0x00] and sum(packed) == 0x21 + 0x43 + 0x0F
 
 
 # ---- layers: forward against F.linear on the dequantized weight ------------------------------
@@ -92,58 +127,98 @@ def linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
     return layer
 
 
-@pytest.mark.parametrize("spec", [QuantSpec("int8"), QuantSpec("int4", 32), QuantSpec("int4", 64)])
+SPECS = [
+    QuantSpec("int8"), QuantSpec("int8", 32, scheme="asymmetric"), QuantSpec("int4", 32),
+    QuantSpec("int4", 64, scheme="symmetric"), QuantSpec("int4", 128), QuantSpec("int4", 256, scheme="symmetric"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=str)
 def test_quantized_linear_equals_f_linear_on_dequantized_weight(spec):
     layer = linear(96, 48)
     q = QuantizedLinear.from_linear(layer, spec)
     x = torch.randn(3, 5, 96)
     dq = q.dequantize()
-    expected = F.linear(x, dq, layer.bias)
-    assert torch.equal(q(x), expected)  # the reference path (no kernels asked for)
-    assert (dq - layer.weight).abs().max() <= q.scales.max() / 2 + 1e-7
+    assert torch.equal(q(x), F.linear(x, dq, layer.bias))  # the reference path (no kernels asked for)
+    assert half_step_bound(layer.weight.detach(), dq, q.scales, q.group_size)
 
 
-@pytest.mark.parametrize("method,group", [("int8", None), ("int4", 32), ("int4", 64), ("int4", 128)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_kernels_match_the_reference_path(method, group, dtype):
-    # 352 inputs: int4 groups of 64 and 128 leave a shorter last group, which the kernel gets padded
-    layer = linear(352, 96, bias=True)
-    q = QuantizedLinear.from_linear(layer, QuantSpec(method, group)).to(dtype)
-    use_kernels(q)
+needs_kernels = pytest.mark.skipif(not kernels.available(), reason=f"C kernels not built: {cpu_kernels.reason()}")
+
+
+@needs_kernels
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+@pytest.mark.parametrize("shape", [(352, 96), (37, 5), (576, 33), (1000, 7)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernels_match_dequantize_then_matmul_in_fp64(spec, shape, threads):
+    # odd shapes: 37 and 1000 inputs end in a partial chunk and a partial group, 5/7/33 outputs split
+    # unevenly between threads; 1 to 8 rows covers one and two register blocks of 4
+    in_features, out_features = shape
+    q = use_kernels(QuantizedLinear.from_linear(linear(in_features, out_features, bias=False), spec))
     assert q.kernel
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows in (1, 3, 4, 5, 8):
+            x = torch.randn(rows, in_features)
+            reference = x.double() @ q.dequantize(torch.float64).T
+            error = (q.kernel_matmul(x).double() - reference).abs().max() / reference.abs().max()
+            assert error <= 1e-5, (rows, float(error))
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_kernels
+@pytest.mark.parametrize("spec", [QuantSpec("int8"), QuantSpec("int4", 32), QuantSpec("int4", 128)], ids=str)
+def test_kernels_take_bf16_activations(spec):
+    q = QuantizedLinear.from_linear(linear(352, 96), spec).to(torch.bfloat16)
+    use_kernels(q)
+    x = torch.randn(5, 352).to(torch.bfloat16)
+    fast = q.kernel_matmul(x)
+    assert fast.dtype == torch.bfloat16
+    reference = (x.double() @ q.dequantize(torch.float64).T).to(torch.bfloat16)  # fp32 arithmetic, one rounding
+    torch.testing.assert_close(fast.float(), reference.float(), atol=1e-2, rtol=1e-2)
+
+
+@needs_kernels
+def test_bf16_kernel_matches_fp64():
+    w = weights(97, 130).bfloat16()
     for rows in (1, 5):
-        x = torch.randn(rows, 352).to(dtype)
-        reference = F.linear(x, q.dequantize(dtype))
-        fast = q.kernel_matmul(x)
-        tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: one rounding of outputs of size ~0.5
-        torch.testing.assert_close(fast.float(), reference.float(), atol=tol, rtol=tol)
+        x = torch.randn(rows, 130)
+        reference = x.double() @ w.double().T
+        error = (kernels.bf16_mm(x, w).double() - reference).abs().max() / reference.abs().max()
+        assert error <= 1e-5
 
 
-def test_kernels_run_for_one_row_and_the_reference_for_many():
+def test_kernels_run_for_few_rows_and_the_reference_for_many():
     q = QuantizedLinear.from_linear(linear(64, 32, bias=False), QuantSpec("int8"))
     use_kernels(q)
-    one, many = torch.randn(1, 1, 64), torch.randn(4, 64)
-    assert torch.equal(q(one), q.kernel_matmul(one))
+    one, many = torch.randn(1, 1, 64), torch.randn(3, 4, 64)  # 1 row, 12 rows (over KERNEL_MAX_ROWS)
+    assert q.kernel == kernels.available()
+    if q.kernel:
+        assert torch.equal(q(one), q.kernel_matmul(one))
     assert torch.equal(q(many), F.linear(many, q.dequantize()))
     use_kernels(q, False)
     assert torch.equal(q(one), F.linear(one, q.dequantize()))
 
 
-def test_int4_kernel_copy_follows_loaded_weights():
-    spec = QuantSpec("int4", 32)
-    q = use_kernels(QuantizedLinear.from_linear(linear(64, 32, bias=False), spec))
-    other = nn.Linear(64, 32, bias=False)
-    q.load_state_dict(QuantizedLinear.from_linear(other, spec).state_dict())
-    x = torch.randn(1, 64)
-    torch.testing.assert_close(q.kernel_matmul(x), F.linear(x, q.dequantize()), atol=1e-5, rtol=1e-5)
-
-
-def test_int4_kernel_is_skipped_where_torch_cannot_take_the_shape():
-    q = QuantizedLinear.from_linear(linear(64, 40), QuantSpec("int4", 32))  # 40 outputs: not a multiple of 16
-    use_kernels(q)
+def test_without_the_c_kernels_the_torch_path_runs(monkeypatch):
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    q = use_kernels(QuantizedLinear.from_linear(linear(64, 32), QuantSpec("int4", 32)))
     assert not q.kernel
     x = torch.randn(1, 64)
     assert torch.equal(q(x), F.linear(x, q.dequantize(), q.bias))
+
+
+def test_stored_buffers_keep_their_dtype_under_to():
+    q = QuantizedLinear.from_linear(linear(64, 32), QuantSpec("int4", 32))
+    stored = {name: t.clone() for name, t in q.state_dict().items() if name != "bias"}
+    q.to(torch.bfloat16)
+    assert q.bias.dtype == torch.bfloat16 and q.compute_dtype == torch.bfloat16
+    for name, t in stored.items():
+        assert torch.equal(q.state_dict()[name], t), name  # scales stay fp16: the weights do not change
+    q.float()
+    assert q.compute_dtype == torch.float32
 
 
 def test_quantized_embedding_dequantizes_the_rows_it_reads():
@@ -223,7 +298,8 @@ def test_int8_model_in_bf16_runs_the_kernels(tmp_path):
     model.quantization = QuantSpec("int8")
     checkpoint.save(model, tmp_path / "q")
     loaded = llmkit.load(tmp_path / "q", dtype=torch.bfloat16)
-    assert loaded.embed.tokens.kernel and loaded.embed.tokens.scales.dtype == torch.bfloat16
+    assert loaded.embed.tokens.kernel == kernels.available() and loaded.embed.tokens.compute_dtype == torch.bfloat16
+    assert loaded.embed.tokens.scales.dtype == torch.float16  # the stored scales are not cast
     ids = torch.tensor([[5]])
     fast = loaded(ids).logits
     reference = use_kernels(loaded, False)(ids).logits
@@ -242,8 +318,9 @@ def source(tmp_path_factory):
 
 def test_quantize_checkpoint_report_and_generation(source, tmp_path):
     report = quantize_checkpoint(source, tmp_path / "q4", QuantSpec("int4"))
-    assert report.spec.group_size == 64
-    assert report.out_bytes < 0.2 * report.source_bytes and report.ratio == report.out_bytes / report.source_bytes
+    assert report.spec.group_size == 32 and report.spec.scheme == "asymmetric"
+    # 5 bits a weight (4, and an fp16 scale and min per 32) against 32, plus the float norms and positions
+    assert report.out_bytes < 0.22 * report.source_bytes and report.ratio == report.out_bytes / report.source_bytes
     # the error the report states, recomputed from the files: each stored int4 matrix dequantized against
     # the source's float weight, ||W - dq(q(W))|| / ||W||, the worst of them
     before = checkpoint.read_weights(source / checkpoint.WEIGHTS)
@@ -252,7 +329,7 @@ def test_quantize_checkpoint_report_and_generation(source, tmp_path):
     for key in (k for k in after if k.endswith(".qweight")):
         name = key.removesuffix(".qweight")
         w = before[f"{name}.weight"].double()
-        dq = qt.dequantize_int4(after[key], after[f"{name}.scales"], w.shape[1], 64).double()
+        dq = qt.dequantize_int4(after[key], after[f"{name}.scales"], after[f"{name}.mins"], w.shape[1], 32).double()
         errors[f"{name}.weight"] = float((w - dq).norm() / w.norm())
     assert report.tensors == len(errors) and report.weights == sum(before[n].numel() for n in errors)
     assert report.max_error_at == max(errors, key=errors.get)
@@ -289,7 +366,7 @@ def test_cli_quantize_and_inspect(source, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["quantization"].startswith("int8, per output channel")
     # int8 weights, plus fp32 scales, norms, biases and position embeddings (large in a model this small)
-    assert report["stored dtype"] == "float32,int8" and report["file size vs fp32 weights"] < 0.35
+    assert report["stored dtype"] == "float16,float32,int8" and report["file size vs fp32 weights"] < 0.35
     assert main(["quantize", "--to", "fp16", str(source), str(tmp_path / "h")]) == 0
     assert llmkit.load(tmp_path / "h").lm_head.weight.dtype == torch.float16
 
@@ -299,7 +376,7 @@ def test_cli_quantize_and_inspect(source, tmp_path, capsys):
     [
         ("{src} --to int3 {out}", "unknown quantization 'int3'"),
         ("{src} --to int4 --group-size 48 {out}", "group size 48 is not supported"),
-        ("{src} --to int8 --group-size 64 {out}", "--group-size applies to int4 only"),
+        ("{src} --to fp16 --group-size 64 {out}", "--group-size and --scheme apply to int8 and int4"),
         ("{src} --to int8 {exists}", "already exists"),
         ("{quantized} --to int8 {out}", "already quantized"),
         ("{src} --to int8", "MODEL, --to and OUT are required"),
@@ -340,9 +417,9 @@ def test_explain_pi_bits():
     word = struct.unpack(">I", struct.pack(">f", 3.141592653589793))[0]
     assert "".join(fp32.fields.values()) == format(word, "032b")
     assert fp32.stored == struct.unpack(">f", struct.pack(">f", 3.141592653589793))[0]
-    # int8 with absmax 4: scale 4/127, q = round(pi * 127 / 4) = round(99.75) = 100
+    # int8 with absmax 4: scale fp16(4/127) = 0.031494140625, q = round(pi / scale) = round(99.75) = 100
     assert int8.fields["q"].startswith("100 = 01100100")
-    assert abs(int8.stored - 100 * 4 / 127) < 1e-6 and int8.abs_error <= (4 / 127) / 2
+    assert int8.stored == 100 * 0.031494140625 and int8.abs_error <= 0.031494140625 / 2
     assert int4.fields["q"].startswith("5, nibble 1101")  # round(pi * 7 / 4) = 5, stored 5 + 8
     assert abs(fp16.rel_error - abs(3.140625 - 3.141592653589793) / 3.141592653589793) < 1e-15
 

@@ -27,15 +27,17 @@ _DESCRIPTION = """\
 Write a quantized copy of an llmkit checkpoint directory MODEL to the new directory OUT.
 
   fp16, bf16  every floating tensor cast.
-  int8        weight-only, symmetric absmax: one fp32 scale per output channel, q in [-127, 127].
-  int4        weight-only, symmetric absmax: one fp32 scale per --group-size input weights of a
-              row (a shorter last group where the size does not divide the row), q in [-7, 7],
-              stored as q + 8, two per byte.
+  int8        weight-only: one fp16 scale per output channel (or per --group-size input weights),
+              symmetric w = scale * q, q in [-127, 127] (default), or --scheme asymmetric.
+  int4        weight-only: one fp16 scale and minimum per --group-size input weights of a row
+              (default 32; a shorter last group where the size does not divide the row),
+              asymmetric w = scale * q + min, q in [0, 15] (default: GGUF's Q4_1), or --scheme
+              symmetric w = scale * (q - 8) (Q4_0), two q per byte.
 
 int8 and int4 quantize every linear layer (attention, MLP, heads) and, unless --keep-embeddings,
 the token embedding table per row (a head tied to it shares it); norms, biases and position
-embeddings stay in float. The safetensors file holds NAME.qweight and NAME.scales in place of
-NAME.weight, and config.json a "quantization" entry; llmkit.load, `llmkit generate` and
+embeddings stay in float. The safetensors file holds NAME.qweight, NAME.scales (and NAME.mins)
+in place of NAME.weight, and config.json a "quantization" entry; llmkit.load, `llmkit generate` and
 `llmkit inspect` read it. A summary line gives the file sizes and the largest relative weight error.
 
 With --explain VALUE (and no MODEL or OUT): how VALUE is stored in fp32, fp16 and bf16 (sign,
@@ -64,16 +66,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", nargs="?", metavar="OUT", help="new directory for the quantized checkpoint (must not exist)")
     p.add_argument("--to", metavar="FORMAT", help="fp16 | bf16 (cast) or int8 | int4 (weight-only integers)")
     p.add_argument("--group-size", type=int, metavar="N",
-                   help="int4 only: input weights per scale, 32 | 64 | 128 (default 64); smaller groups are "
-                   "more accurate and store more scales")  # fmt: skip
+                   help="input weights per scale, 32 | 64 | 128 | 256 (int4 default 32; int8 default one scale "
+                   "per output channel); smaller groups are more accurate and store more scales")  # fmt: skip
+    p.add_argument("--scheme", choices=("symmetric", "asymmetric"),
+                   help="symmetric: a scale per group; asymmetric: a scale and a minimum, which fits groups not "
+                   "centred on 0 (default: asymmetric for int4, symmetric for int8)")  # fmt: skip
     p.add_argument("--keep-embeddings", action="store_true",
                    help="int8/int4: keep the token embedding table (and a head tied to it) in float; by default "
                    "it is quantized per row, which matters where it is a large share of the model")  # fmt: skip
     p.add_argument("--explain", metavar="VALUE",
                    help="print VALUE's bits and error in fp32, fp16, bf16, int8 and int4, then exit")  # fmt: skip
     p.add_argument("--absmax", type=float, default=4.0, metavar="A",
-                   help="with --explain: the largest |weight| of VALUE's row or group, which sets the int8 "
-                   "scale A/127 and the int4 scale A/7 (default 4.0)")  # fmt: skip
+                   help="with --explain: the largest |weight| of VALUE's row or group, which sets the symmetric "
+                   "int8 scale A/127 and int4 scale A/7 (default 4.0)")  # fmt: skip
     p.set_defaults(handler=run)
 
 
@@ -98,5 +103,5 @@ def run(args: argparse.Namespace) -> None:
     from llmkit.quantize.spec import QuantSpec
     from llmkit.quantize_checkpoint import quantize_checkpoint
 
-    spec = QuantSpec(args.to, args.group_size, embeddings=not args.keep_embeddings)
+    spec = QuantSpec(args.to, args.group_size, embeddings=not args.keep_embeddings, scheme=args.scheme)
     print(quantize_checkpoint(args.model, args.out, spec).summary())

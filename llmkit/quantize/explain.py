@@ -2,7 +2,7 @@
 
 Every figure is computed from the value: the float formats by casting with torch and reading the
 bits back (``Tensor.view`` of the same bytes as an integer), the integer formats with the same
-functions the quantizer runs (``tensors.round_to_grid``), for a tensor whose absmax is given.
+rule the quantizer runs (``tensors.symmetric_grid``), for a group whose absmax is given.
 """
 
 from __future__ import annotations
@@ -73,18 +73,19 @@ def _decode(sign: str, exponent: str, fraction: str) -> str:
 
 
 def int_bits(value: float, fmt: str, absmax: float) -> Stored:
-    """``value`` in a tensor whose largest magnitude is ``absmax``: scale = absmax / qmax (fp32, as the
-    quantizer stores it), q = round(value / scale) clamped to [-qmax, qmax], read back as q * scale."""
+    """``value`` in a group whose largest magnitude is ``absmax``, in the symmetric scheme: scale =
+    absmax / qmax rounded to fp16 (as stored), q = round(value / scale) clamped to [-qmax, qmax], read
+    back as q * scale."""
     qmax = INTS[fmt]
-    scale = torch.tensor(absmax, dtype=torch.float32) / qmax
-    q = int(tensors.round_to_grid(torch.tensor([value]), scale.reshape(1), qmax).item())
+    scale = (torch.tensor(absmax, dtype=torch.float32) / qmax).half().float()
+    q = int(torch.round(torch.tensor(value, dtype=torch.float32) / scale).clamp(-qmax, qmax).item())
     stored = float((torch.tensor(q, dtype=torch.float32) * scale).item())
     if fmt == "int8":
         fields = {"q": f"{q} = {q & 0xFF:08b} (two's complement)"}
     else:
-        fields = {"q": f"{q}, nibble {q + tensors.INT4_OFFSET:04b} (q + {tensors.INT4_OFFSET})"}
+        fields = {"q": f"{q}, nibble {q + tensors.INT4_ZERO:04b} (q + {tensors.INT4_ZERO})"}
     ratio = value / float(scale) if float(scale) else 0.0
-    note = f"scale = {absmax!r}/{qmax} = {float(scale):.9g}; q = round(value / scale) = round({ratio:.6g}) = {q}"
+    note = f"scale = fp16({absmax!r}/{qmax}) = {float(scale):.9g}; q = round(value / scale) = round({ratio:.6g}) = {q}"
     if abs(value) > absmax:
         note += f"; |value| > absmax {absmax!r}: clamped"
     return Stored(fmt, value, stored, fields, note)

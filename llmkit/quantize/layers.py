@@ -1,16 +1,17 @@
 """Quantized modules and the swap that puts them into a model.
 
-A quantized matrix keeps the stored format as buffers (``qweight``, ``scales``), so the state dict
-is the checkpoint's layout, and runs in one of two ways:
+A quantized matrix keeps the stored format as buffers (``qweight``, ``scales`` and, for asymmetric
+schemes, ``mins``; llmkit.quantize.tensors), so the state dict is the checkpoint's layout, and runs in
+one of two ways:
 
 - reference: dequantize the whole matrix to the input's dtype, then ``F.linear`` (any device, any
   dtype, any number of rows; the path the kernels are tested against). On CPU it is also the
   faster one for many rows (a prompt, an evaluation batch): BLAS beats the kernels there.
-- CPU kernels (``use_kernels``), for inputs of few rows (decoding steps, ``KERNEL_MAX_ROWS``): int8
-  through ``torch._weight_int8pack_mm`` (the int8 matrix as stored, scaled per output channel inside
-  the kernel), int4 through ``torch._weight_int4pack_mm_for_cpu`` on a copy of the weights in the
-  kernel's own layout, made once (it doubles the int4 weights' memory; the stored copy stays for
-  saving).
+- CPU kernels (``use_kernels``), for inputs of few rows (decoding steps, ``KERNEL_MAX_ROWS``): the fused
+  dequantize-and-multiply of llmkit.quantize.kernels, which reads the stored format directly.
+
+The integer buffers and fp16 scales keep their dtype under ``model.to(dtype)`` (only the bias and the
+dtype a lookup returns follow it): casting scales to bf16 would change the stored weights.
 
 Token embeddings are quantized per row with the same schemes (a row of the table is an output
 channel of a tied head); a lookup dequantizes only the rows it reads. A head tied to a quantized
@@ -24,96 +25,107 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmkit.models.embeddings import Embeddings
-from llmkit.quantize import tensors
+from llmkit.quantize import kernels, tensors
 from llmkit.quantize.spec import QuantSpec
 
-# Most input rows (per dtype) that go through torch's CPU kernels; more go through the reference path.
-# Measured on this 2-core AMD EPYC (torch 2.13, 1 thread, a 4096 x 128 matrix, ms per call, kernel vs
-# dequantize + F.linear): bf16 int8 1 row 0.04 vs 0.25, 16 rows 0.30 vs 0.30, 2048 rows 46 vs 13;
-# bf16 int4 16 rows 0.29 vs 1.7, 2048 rows 30 vs 12; fp32 int8 1 row 0.42 vs 0.72 but 8 rows 3.5 vs
-# 0.35 (the fp32 kernels are fast for one row only); fp32 int4 1 row 1.1 vs 2.6. fp16: not measured.
-KERNEL_MAX_ROWS = {torch.bfloat16: 16, torch.float32: 1}
+# Most input rows that go through the C kernels; more go through the reference path, where BLAS on the
+# dequantized matrix wins. The kernels hold up to 4 rows in registers per pass over the weights, so 8
+# rows cost about two passes (docs/quantization.md has the measurements).
+KERNEL_MAX_ROWS = 8
+_STORED = ("qweight", "scales", "mins")  # buffers that keep their dtype under .to(dtype)
 
 
 class QuantizedMatrix(nn.Module):
-    """An (out, in) weight stored as int8 per channel or packed int4 per group; ``matmul(x) = x @ W.T``."""
+    """An (out, in) weight stored as int8 or int4 per group; ``matmul(x) = x @ W.T``."""
 
     def __init__(self, out_features: int, in_features: int, spec: QuantSpec) -> None:
         super().__init__()
         self.out_features, self.in_features = out_features, in_features
-        self.method, self.group_size = spec.method, spec.group_size
+        self.method, self.symmetric = spec.method, spec.symmetric
+        self.group_size = spec.group_size or in_features  # int8 per channel: one group per row
+        groups = tensors.n_groups(in_features, self.group_size)
         if self.method == "int8":
-            qweight = torch.empty(out_features, in_features, dtype=torch.int8)
-            scales = torch.empty(out_features)
+            qweight = torch.empty(out_features, in_features, dtype=torch.int8 if self.symmetric else torch.uint8)
         else:
-            qweight = torch.empty(out_features, -(-in_features // 2), dtype=torch.uint8)
-            scales = torch.empty(out_features, tensors.n_groups(in_features, self.group_size))
+            qweight = torch.empty(out_features, tensors.packed_width(in_features), dtype=torch.uint8)
         self.register_buffer("qweight", qweight)
-        self.register_buffer("scales", scales)
+        self.register_buffer("scales", torch.empty(out_features, groups, dtype=torch.float16))
+        self.register_buffer("mins", None if self.symmetric else torch.empty(out_features, groups, dtype=torch.float16))
+        self.compute_dtype = torch.float32  # what a lookup returns; follows model.to(dtype)
         self.kernel = False  # set by use_kernels
-        self.register_buffer("kernel_weight", None, persistent=False)  # int4 kernel layout
-        self.register_buffer("kernel_scales", None, persistent=False)
-        # weights loaded after use_kernels would leave int4's kernel copy stale: rebuild it
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_kernel())
 
     @torch.no_grad()
     def quantize_(self, weight: torch.Tensor) -> None:
         """Fill the buffers from a float (out, in) weight."""
-        q, scales = (
-            tensors.quantize_int8(weight) if self.method == "int8" else tensors.quantize_int4(weight, self.group_size)
-        )
-        self.qweight.copy_(q)
-        self.scales.copy_(scales)
-        self.refresh_kernel()
+        group = None if self.group_size == self.in_features and self.method == "int8" else self.group_size
+        if self.method == "int8":
+            q, scales, mins = tensors.quantize_int8(weight, group, self.symmetric)
+        else:
+            q, scales, mins = tensors.quantize_int4(weight, self.group_size, self.symmetric)
+        self.load_stored_(q, scales, mins)
+
+    @torch.no_grad()
+    def load_stored_(self, q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None) -> None:
+        """Fill the buffers with an already stored matrix (e.g. a GGUF file's blocks), checked for shape."""
+        for name, value in (("qweight", q), ("scales", scales), ("mins", mins)):
+            buffer = getattr(self, name)
+            if (buffer is None) != (value is None) or (buffer is not None and buffer.shape != value.shape):
+                raise ValueError(f"{name}: expected {None if buffer is None else tuple(buffer.shape)}")
+            if buffer is not None:
+                buffer.copy_(value)
 
     def dequantize(self, dtype: torch.dtype = torch.float32, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The weight (or only ``rows`` of it, e.g. looked-up token ids) as ``dtype``: (..., in)."""
-        q, scales = (self.qweight, self.scales) if rows is None else (self.qweight[rows], self.scales[rows])
+        pick = (lambda t: t) if rows is None else (lambda t: None if t is None else t[rows])
+        q, scales, mins = pick(self.qweight), pick(self.scales), pick(self.mins)
         if self.method == "int8":
-            return tensors.dequantize_int8(q, scales, dtype)
-        return tensors.dequantize_int4(q, scales, self.in_features, self.group_size, dtype)
+            return tensors.dequantize_int8(q, scales, mins, self.group_size, dtype)
+        return tensors.dequantize_int4(q, scales, mins, self.in_features, self.group_size, dtype)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in) -> x @ W.T (..., out): the CPU kernel for inputs of few rows (decoding), where
-        it is faster, else the reference path (``KERNEL_MAX_ROWS``). An input that needs a gradient
-        (LoRA over a quantized base) goes through ``FrozenMatmul``."""
+        """x (..., in) -> x @ W.T (..., out): the C kernel for inputs of few rows (decoding), where it is
+        faster, else the reference path (``KERNEL_MAX_ROWS``). An input that needs a gradient (LoRA over
+        a quantized base) goes through ``FrozenMatmul``."""
         if x.requires_grad and torch.is_grad_enabled():
             return FrozenMatmul.apply(x, self)
         rows = x.numel() // self.in_features
-        if self.kernel and x.device.type == "cpu" and rows <= KERNEL_MAX_ROWS.get(x.dtype, 0):
+        if self.kernel and x.device.type == "cpu" and x.dtype in kernels.KERNEL_DTYPES and rows <= KERNEL_MAX_ROWS:
             return self.kernel_matmul(x)
         return F.linear(x, self.dequantize(x.dtype))
 
     def kernel_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., in) -> x @ W.T through torch's CPU kernel (``use_kernel`` first), whatever the rows."""
-        flat = x.reshape(-1, self.in_features).contiguous()  # (N, in): the kernels take 2-D inputs
-        if self.method == "int8":
-            out = torch._weight_int8pack_mm(flat, self.qweight, self.scales.to(x.dtype))
-        else:
-            padded = self.kernel_scales.shape[0] * self.group_size  # whole groups, as the kernel requires
-            flat = F.pad(flat, (0, padded - self.in_features))
-            out = torch._weight_int4pack_mm_for_cpu(
-                flat, self.kernel_weight, self.group_size, self.kernel_scales.to(x.dtype)
-            )
-        return out.reshape(*x.shape[:-1], self.out_features)
+        """x (..., in) -> x @ W.T through the C kernel (fp32 or bf16 ``x`` on the CPU), whatever the rows."""
+        return kernels.int_mm(x, self.qweight, self.scales, self.mins, self.method, self.out_features, self.group_size)
 
-    @torch.no_grad()
     def use_kernel(self, enabled: bool = True) -> None:
-        """Switch to the CPU kernel (building int4's layout on first use) or back to the reference path."""
+        """Switch to the C kernel (where built and on the CPU) or back to the reference path."""
         self.kernel = enabled and kernel_supported(self)
-        if self.kernel and self.method == "int4" and self.kernel_weight is None:
-            q = tensors.unpack_int4(self.qweight, self.in_features)
-            self.kernel_weight, self.kernel_scales = tensors.int4_kernel_layout(q, self.scales.float(), self.group_size)
 
-    def refresh_kernel(self) -> None:
-        """Rebuild int4's kernel copy from the stored weights (after they changed), if there is one."""
-        if self.kernel_weight is not None:
-            self.kernel_weight = self.kernel_scales = None
-            self.use_kernel(self.kernel)
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
+        # .to(dtype)/.half() must not touch the stored format: move those buffers' device only, and
+        # remember the dtype asked for (a probe tensor shows what fn does to floats)
+        probe = fn(torch.empty(0, device=self.scales.device))
+        stored = {name: self._buffers[name] for name in _STORED}
+        for name in _STORED:
+            self._buffers[name] = None
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for name, t in stored.items():
+                self._buffers[name] = None if t is None else t.to(probe.device)
+        if probe.is_floating_point():
+            self.compute_dtype = probe.dtype
+        self.kernel = self.kernel and kernel_supported(self)
+        return self
 
     def extra_repr(self) -> str:
-        group = f", group_size={self.group_size}" if self.method == "int4" else ""
-        return f"out={self.out_features}, in={self.in_features}, {self.method}{group}, kernel={self.kernel}"
+        group = "per channel" if self.group_size == self.in_features else f"group_size={self.group_size}"
+        shape = f"out={self.out_features}, in={self.in_features}"
+        return f"{shape}, {self.method}, {group}, {self.scheme}, kernel={self.kernel}"
+
+    @property
+    def scheme(self) -> str:
+        return "symmetric" if self.symmetric else "asymmetric"
 
 
 class FrozenMatmul(torch.autograd.Function):
@@ -133,11 +145,8 @@ class FrozenMatmul(torch.autograd.Function):
 
 
 def kernel_supported(m: QuantizedMatrix) -> bool:
-    """Whether torch's CPU kernel takes this matrix: CPU buffers, and for int4 ``out`` a multiple of 16."""
-    on_cpu = m.qweight.device.type == "cpu"
-    if m.method == "int8":
-        return on_cpu and hasattr(torch, "_weight_int8pack_mm")
-    return on_cpu and hasattr(torch, "_weight_int4pack_mm_for_cpu") and m.out_features % 16 == 0
+    """Whether the C kernel takes this matrix: buffers on the CPU and the kernels built."""
+    return m.qweight.device.type == "cpu" and kernels.available()
 
 
 class QuantizedLinear(QuantizedMatrix):
@@ -163,8 +172,8 @@ class QuantizedLinear(QuantizedMatrix):
 
 
 class QuantizedEmbedding(QuantizedMatrix):
-    """``nn.Embedding`` with quantized rows; a lookup dequantizes only the rows it reads, to the dtype
-    of the scales (fp32 as stored; ``model.to(dtype)`` casts them with the model's other floats)."""
+    """``nn.Embedding`` with quantized rows; a lookup dequantizes only the rows it reads, to the model's
+    float dtype (``compute_dtype``: fp32, or what ``model.to(dtype)`` asked for)."""
 
     @classmethod
     def from_embedding(cls, table: nn.Embedding, spec: QuantSpec, empty: bool = False) -> QuantizedEmbedding:
@@ -174,7 +183,7 @@ class QuantizedEmbedding(QuantizedMatrix):
         return q.to(table.weight.device)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.dequantize(self.scales.dtype, rows=input_ids)  # (..., C)
+        return self.dequantize(self.compute_dtype, rows=input_ids)  # (..., C)
 
 
 class TiedQuantizedHead(nn.Module):
@@ -205,32 +214,39 @@ def quantize_model(model: nn.Module, spec: QuantSpec, empty: bool = False) -> nn
     fp16/bf16: every floating tensor is cast. int8/int4, in order: the token embedding tables (when
     ``spec.embeddings``) -> every ``nn.Linear`` (attention q/k/v/o, MLP up/gate/down, heads, poolers):
     a linear tied to a quantized table becomes a ``TiedQuantizedHead`` over it, one tied to a table kept
-    in float stays float (quantizing only the head would store the shared matrix twice). Norms, biases,
-    position and token-type embeddings keep their dtype. ``empty=True`` only allocates the quantized
-    buffers, for a loader to fill from a file.
+    in float stays float (quantizing only the head would store the shared matrix twice). Each matrix
+    takes ``spec.for_module(name)`` (the spec, or its override for that name; None keeps it in float).
+    Norms, biases, position and token-type embeddings keep their dtype. ``empty=True`` only allocates the
+    quantized buffers, for a loader to fill from a file.
     """
     if spec.is_cast:
         return model.to(spec.dtype)
     tables: dict[int, QuantizedEmbedding] = {}  # id of the float table's weight -> its quantized module
-    if spec.embeddings:
-        for embed in [m for m in model.modules() if isinstance(m, Embeddings)]:
+    for name, embed in [(n, m) for n, m in model.named_modules() if isinstance(m, Embeddings)]:
+        chosen = spec.for_module(_join(name, "tokens"), table=True)
+        if chosen is not None:
             weight = embed.tokens.weight
-            embed.tokens = QuantizedEmbedding.from_embedding(embed.tokens, spec, empty)
+            embed.tokens = QuantizedEmbedding.from_embedding(embed.tokens, chosen, empty)
             tables[id(weight)] = embed.tokens
     float_tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    for parent, name, linear in _linears(model):
+    for parent_name, parent, name, linear in _linears(model):
+        chosen = spec.for_module(_join(parent_name, name))
         if id(linear.weight) in tables:
             setattr(parent, name, TiedQuantizedHead(tables[id(linear.weight)], linear.bias))
-        elif id(linear.weight) not in float_tables:
-            setattr(parent, name, QuantizedLinear.from_linear(linear, spec, empty))
+        elif id(linear.weight) not in float_tables and chosen is not None:
+            setattr(parent, name, QuantizedLinear.from_linear(linear, chosen, empty))
     return model
 
 
-def _linears(model: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
-    """(parent, attribute, module) of every nn.Linear, collected before any is replaced."""
+def _join(parent: str, child: str) -> str:
+    return f"{parent}.{child}" if parent else child
+
+
+def _linears(model: nn.Module) -> list[tuple[str, nn.Module, str, nn.Linear]]:
+    """(parent's name, parent, attribute, module) of every nn.Linear, collected before any is replaced."""
     return [
-        (parent, name, child)
-        for parent in model.modules()
+        (parent_name, parent, name, child)
+        for parent_name, parent in model.named_modules()
         for name, child in parent.named_children()
         if isinstance(child, nn.Linear)
     ]
@@ -241,8 +257,8 @@ def quantized_matrices(model: nn.Module) -> list[QuantizedMatrix]:
 
 
 def use_kernels(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Run every quantized matrix of ``model`` through torch's CPU kernel where it takes the matrix
-    (``enabled=False``: the dequantize-then-``F.linear`` reference path everywhere). Returns ``model``."""
+    """Run every quantized matrix of ``model`` through the C kernels where they take it, for inputs of
+    few rows (``enabled=False``: the dequantize-then-``F.linear`` reference path everywhere). Returns ``model``."""
     for m in quantized_matrices(model):
         m.use_kernel(enabled)
     return model

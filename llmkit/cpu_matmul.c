@@ -1,0 +1,280 @@
+/* Matrix products with weights stored in llmkit's int4, int8 and bf16 formats, for decoding on the CPU:
+ * y (rows, out) = x (rows, in) @ W.T, with x and y fp32 and W dequantized on the fly, never in memory.
+ * Built with cpu_kernels.c by llmkit/cpu_kernels.py (cc -O3 -march=native -fopenmp); called through
+ * ctypes by llmkit/quantize/kernels.py. Output rows are shared out among torch's OpenMP threads; each
+ * thread reads its rows of W once and keeps every row of x in registers against them, so a batch of a
+ * few rows costs about one pass over the weights.
+ *
+ * Formats (llmkit/quantize/tensors.py writes them; the docstrings there are the reference):
+ * - int4: a row is cut into chunks of 64 inputs stored in 32 bytes; the little-endian 16-bit word i
+ *   (i < 16) of a chunk holds input 16k + i of the chunk in bits 4k..4k+3 (k < 4), so the four
+ *   16-lane vectors of a chunk come out of one 32-byte load by shifts, and a 16-entry table lookup
+ *   (vpermps) turns nibbles into floats. Rows are padded to whole chunks with zero nibbles.
+ * - int8: a row of `in` bytes, int8 (symmetric) or uint8 (asymmetric).
+ * - scales and minimums: fp16, one per (row, group of `group` inputs); the last group of a row may be
+ *   shorter. Symmetric: w = scale * (q - zero) with zero 8 for int4, 0 for int8; asymmetric:
+ *   w = scale * q + min. These are GGUF's Q4_0, Q4_1 and Q8_0 formulas, so those files load as is.
+ *
+ * The sum over a group is sum_j scale * q_j * x_j + min * sum_j x_j: the kernels accumulate q_j * x_j
+ * per group in fp32, scale it, and add min times the group's input sum (computed once per call).
+ * Results equal dequantize-then-matmul up to fp32 rounding and summation order (relative ~1e-7).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX512F__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#define CHUNK 64    /* int4 inputs per 32-byte chunk */
+#define ROW_BLOCK 4 /* rows of x kept in registers against one row of W */
+
+static inline float f16_to_f32(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    /* IEEE half -> float, exact (what F16C's vcvtph2ps does) */
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
+    if (exp == 0x1F) bits = sign | 0x7F800000 | (man << 13);
+    else if (exp) bits = sign | ((exp + 112) << 23) | (man << 13);
+    else if (!man) bits = sign;
+    else { /* subnormal: normalise */
+        exp = 113;
+        while (!(man & 0x400)) { man <<= 1; exp--; }
+        bits = sign | (exp << 23) | ((man & 0x3FF) << 13);
+    }
+    union { uint32_t u; float f; } v = {.u = bits};
+    return v.f;
+#endif
+}
+
+/* Per call: x copied into whole chunks (zero padded, so a padded weight of any value adds 0) and the
+ * input sums of each (row, group), both owned by the caller of prepare() and freed after. */
+typedef struct { float *x, *sums; int64_t stride, groups; } Prepared;
+
+static int prepare(const float *x, int64_t rows, int64_t in, int64_t group, Prepared *p) {
+    p->stride = (in + CHUNK - 1) / CHUNK * CHUNK;
+    p->groups = (in + group - 1) / group;
+    p->x = calloc((size_t)(rows * p->stride), sizeof(float));
+    p->sums = calloc((size_t)(rows * p->groups), sizeof(float));
+    if (!p->x || !p->sums) { free(p->x); free(p->sums); return -1; }
+    for (int64_t r = 0; r < rows; r++) {
+        memcpy(p->x + r * p->stride, x + r * in, (size_t)in * sizeof(float));
+        for (int64_t i = 0; i < in; i++) p->sums[r * p->groups + i / group] += x[r * in + i];
+    }
+    return 0;
+}
+
+/* The minimums' term of row o for x rows [r0, r0 + n) (asymmetric formats only): the kernels multiply x
+ * by q - zero, centred on the grid's middle (int4 8, int8 128) so that the sum does not cancel against a
+ * large offset, and add sum_g (min_g + zero * scale_g) * sum(x in g) here. */
+static void add_offsets(const Prepared *p, const uint16_t *scales, const uint16_t *mins, float zero, int64_t o,
+                        int64_t r0, int n, int64_t out, float *y) {
+    const uint16_t *s = scales + o * p->groups, *m = mins + o * p->groups;
+    for (int r = 0; r < n; r++) {
+        const float *sums = p->sums + (r0 + r) * p->groups;
+        float t = 0.0f;
+        for (int64_t g = 0; g < p->groups; g++) t += (f16_to_f32(m[g]) + zero * f16_to_f32(s[g])) * sums[g];
+        y[(r0 + r) * out + o] += t;
+    }
+}
+
+/* ---- int4 ----------------------------------------------------------------------------------- */
+#if defined(__AVX512F__)
+/* weights 16k + i (i < 16) of a chunk as q - 8 in floats: vpermps reads the low 4 bits of each 32-bit lane */
+#define NIBBLES(words, k, table) _mm512_permutexvar_ps(_mm512_srli_epi32(words, 4 * (k)), table)
+
+/* rows [r0, r0 + n) of x against row o of W: sum_g scale_g * sum_j (q_j - 8) x_j, into y */
+static void int4_row(const Prepared *p, int64_t r0, int n, const uint8_t *q, const uint16_t *scales, int64_t o,
+                     int64_t group, int64_t out, float *y) {
+    const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7); /* q - 8 */
+    const int64_t chunks = p->stride / CHUNK, per_group = group / CHUNK; /* chunks per group (0: group 32) */
+    const uint8_t *row = q + o * (p->stride / 2);
+    const uint16_t *s = scales + o * p->groups;
+    const float *x[ROW_BLOCK];
+    __m512 acc[ROW_BLOCK], part[ROW_BLOCK];
+    for (int r = 0; r < n; r++) {
+        x[r] = p->x + (r0 + r) * p->stride;
+        acc[r] = part[r] = _mm512_setzero_ps();
+    }
+    for (int64_t c = 0; c < chunks; c++) {
+        __m512i words = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + c * 32)));
+        __m512 w0 = NIBBLES(words, 0, table), w1 = NIBBLES(words, 1, table);
+        __m512 w2 = NIBBLES(words, 2, table), w3 = NIBBLES(words, 3, table);
+        const int64_t at = c * CHUNK;
+        if (group == 32) { /* two groups per chunk; a padded second half has no scale */
+            __m512 s0 = _mm512_set1_ps(f16_to_f32(s[2 * c]));
+            __m512 s1 = _mm512_set1_ps(2 * c + 1 < p->groups ? f16_to_f32(s[2 * c + 1]) : 0.0f);
+            for (int r = 0; r < n; r++) {
+                __m512 a = _mm512_mul_ps(w0, _mm512_loadu_ps(x[r] + at));
+                a = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x[r] + at + 16), a);
+                __m512 b = _mm512_mul_ps(w2, _mm512_loadu_ps(x[r] + at + 32));
+                b = _mm512_fmadd_ps(w3, _mm512_loadu_ps(x[r] + at + 48), b);
+                acc[r] = _mm512_fmadd_ps(b, s1, _mm512_fmadd_ps(a, s0, acc[r]));
+            }
+        } else { /* whole chunks per group: sum the group, then scale it */
+            for (int r = 0; r < n; r++) {
+                __m512 a = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x[r] + at), part[r]);
+                a = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x[r] + at + 16), a);
+                a = _mm512_fmadd_ps(w2, _mm512_loadu_ps(x[r] + at + 32), a);
+                part[r] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(x[r] + at + 48), a);
+            }
+            if ((c + 1) % per_group == 0 || c + 1 == chunks) {
+                __m512 sg = _mm512_set1_ps(f16_to_f32(s[c / per_group]));
+                for (int r = 0; r < n; r++) {
+                    acc[r] = _mm512_fmadd_ps(part[r], sg, acc[r]);
+                    part[r] = _mm512_setzero_ps();
+                }
+            }
+        }
+    }
+    for (int r = 0; r < n; r++) y[(r0 + r) * out + o] = _mm512_reduce_add_ps(acc[r]);
+}
+#else
+static void int4_row(const Prepared *p, int64_t r0, int n, const uint8_t *q, const uint16_t *scales, int64_t o,
+                     int64_t group, int64_t out, float *y) {
+    const uint8_t *row = q + o * (p->stride / 2);
+    for (int r = 0; r < n; r++) {
+        const float *x = p->x + (r0 + r) * p->stride;
+        float acc = 0.0f;
+        for (int64_t g = 0; g < p->groups; g++) {
+            float part = 0.0f;
+            for (int64_t i = g * group; i < (g + 1) * group && i < p->stride; i++) {
+                int64_t chunk = i / CHUNK, j = i % CHUNK, word = j % 16, k = j / 16;
+                const uint8_t *b = row + chunk * 32 + 2 * word;
+                uint16_t bits = (uint16_t)(b[0] | (b[1] << 8));
+                part += (float)((int)((bits >> (4 * k)) & 15) - 8) * x[i];
+            }
+            acc += f16_to_f32(scales[o * p->groups + g]) * part;
+        }
+        y[(r0 + r) * out + o] = acc;
+    }
+}
+#endif
+
+int llmkit_int4_matmul(const float *x, int64_t rows, int64_t in, const uint8_t *q, const uint16_t *scales,
+                       const uint16_t *mins, int64_t out, int64_t group, float *y, int threads) {
+    Prepared p;
+    if (prepare(x, rows, in, group, &p)) return -1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t o = 0; o < out; o++)
+        for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+            int n = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
+            int4_row(&p, r0, n, q, scales, o, group, out, y);
+            if (mins) add_offsets(&p, scales, mins, 8.0f, o, r0, n, out, y);
+        }
+    free(p.x);
+    free(p.sums);
+    return 0;
+}
+
+/* ---- int8 ----------------------------------------------------------------------------------- */
+/* q_j as float: int8 for symmetric formats, uint8 for asymmetric ones */
+#if defined(__AVX512F__)
+/* 16 inputs at a time; each group's vector sum scaled into a vector accumulator, reduced once a row */
+#define INT8_ROW(NAME, T, LOAD16, CENTRE)                                                                            \
+    static void NAME(const Prepared *p, int64_t r0, int n, const T *q, const uint16_t *scales, int64_t o,       \
+                     int64_t in, int64_t group, int64_t out, float *y) {                                       \
+        const T *row = q + o * in;                                                                            \
+        __m512 acc[ROW_BLOCK];                                                                                \
+        float tail[ROW_BLOCK] = {0};                                                                          \
+        for (int r = 0; r < n; r++) acc[r] = _mm512_setzero_ps();                                             \
+        for (int64_t g = 0; g < p->groups; g++) {                                                             \
+            int64_t start = g * group, end = start + group < in ? start + group : in, i = start;              \
+            __m512 part[ROW_BLOCK];                                                                           \
+            float rest[ROW_BLOCK] = {0};                                                                      \
+            for (int r = 0; r < n; r++) part[r] = _mm512_setzero_ps();                                        \
+            for (; i + 16 <= end; i += 16) {                                                                  \
+                __m512 w = _mm512_cvtepi32_ps(LOAD16(_mm_loadu_si128((const __m128i *)(row + i))));           \
+                for (int r = 0; r < n; r++)                                                                   \
+                    part[r] = _mm512_fmadd_ps(w, _mm512_loadu_ps(p->x + (r0 + r) * p->stride + i), part[r]);  \
+            }                                                                                                 \
+            for (; i < end; i++)                                                                              \
+                for (int r = 0; r < n; r++) rest[r] += ((float)row[i] - CENTRE) * p->x[(r0 + r) * p->stride + i];\
+            float sg = f16_to_f32(scales[o * p->groups + g]);                                                 \
+            __m512 sv = _mm512_set1_ps(sg);                                                                   \
+            for (int r = 0; r < n; r++) {                                                                     \
+                acc[r] = _mm512_fmadd_ps(part[r], sv, acc[r]);                                                \
+                tail[r] += sg * rest[r];                                                                      \
+            }                                                                                                 \
+        }                                                                                                     \
+        for (int r = 0; r < n; r++) y[(r0 + r) * out + o] = _mm512_reduce_add_ps(acc[r]) + tail[r];           \
+    }
+/* uint8 q - 128 as int8: flip the top bit */
+#define CENTRED_U8(b) _mm512_cvtepi8_epi32(_mm_xor_si128(b, _mm_set1_epi8((char)0x80)))
+INT8_ROW(int8_row_signed, int8_t, _mm512_cvtepi8_epi32, 0.0f)
+INT8_ROW(int8_row_unsigned, uint8_t, CENTRED_U8, 128.0f)
+#else
+#define INT8_ROW(NAME, T, CENTRE)                                                                                  \
+    static void NAME(const Prepared *p, int64_t r0, int n, const T *q, const uint16_t *scales, int64_t o,       \
+                     int64_t in, int64_t group, int64_t out, float *y) {                                       \
+        const T *row = q + o * in;                                                                            \
+        for (int r = 0; r < n; r++) {                                                                         \
+            const float *x = p->x + (r0 + r) * p->stride;                                                     \
+            float acc = 0.0f;                                                                                 \
+            for (int64_t g = 0; g < p->groups; g++) {                                                         \
+                int64_t start = g * group, end = start + group < in ? start + group : in;                     \
+                float part = 0.0f;                                                                            \
+                for (int64_t i = start; i < end; i++) part += ((float)row[i] - CENTRE) * x[i];                \
+                acc += f16_to_f32(scales[o * p->groups + g]) * part;                                          \
+            }                                                                                                 \
+            y[(r0 + r) * out + o] = acc;                                                                      \
+        }                                                                                                     \
+    }
+INT8_ROW(int8_row_signed, int8_t, 0.0f)
+INT8_ROW(int8_row_unsigned, uint8_t, 128.0f)
+#endif
+
+/* `mins` NULL: symmetric int8 q (w = scale * q); else uint8 q (w = scale * q + min) */
+int llmkit_int8_matmul(const float *x, int64_t rows, int64_t in, const void *q, const uint16_t *scales,
+                       const uint16_t *mins, int64_t out, int64_t group, float *y, int threads) {
+    Prepared p;
+    if (prepare(x, rows, in, group, &p)) return -1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t o = 0; o < out; o++)
+        for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+            int n = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
+            if (mins) {
+                int8_row_unsigned(&p, r0, n, (const uint8_t *)q, scales, o, in, group, out, y);
+                add_offsets(&p, scales, mins, 128.0f, o, r0, n, out, y);
+            } else {
+                int8_row_signed(&p, r0, n, (const int8_t *)q, scales, o, in, group, out, y);
+            }
+        }
+    free(p.x);
+    free(p.sums);
+    return 0;
+}
+
+/* ---- bf16 ----------------------------------------------------------------------------------- */
+static inline float bf16_value(uint16_t h) {
+    union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
+    return v.f;
+}
+
+int llmkit_bf16_matmul(const float *x, int64_t rows, int64_t in, const uint16_t *w, int64_t out, float *y,
+                       int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t o = 0; o < out; o++) {
+        const uint16_t *row = w + o * in;
+        for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+            int n = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
+            float acc[ROW_BLOCK] = {0};
+            int64_t i = 0;
+#if defined(__AVX512F__)
+            __m512 va[ROW_BLOCK];
+            for (int r = 0; r < n; r++) va[r] = _mm512_setzero_ps();
+            for (; i + 16 <= in; i += 16) {
+                __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + i)));
+                __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+                for (int r = 0; r < n; r++) va[r] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + (r0 + r) * in + i), va[r]);
+            }
+            for (int r = 0; r < n; r++) acc[r] = _mm512_reduce_add_ps(va[r]);
+#endif
+            for (; i < in; i++)
+                for (int r = 0; r < n; r++) acc[r] += bf16_value(row[i]) * x[(r0 + r) * in + i];
+            for (int r = 0; r < n; r++) y[(r0 + r) * out + o] = acc[r];
+        }
+    }
+    return 0;
+}
