@@ -95,9 +95,10 @@ def llamacpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_llamacpp_gguf(hf, tok, path: Path, arch: str, pre: str) -> None:
+def write_llamacpp_gguf(hf, tok, path: Path, arch: str, pre: str, qtype=None) -> None:
     """A transformers Llama/Qwen2 model as llama.cpp's converter writes it: tensor names, Q/K
-    permutation for llama, metadata keys, and the byte-level BPE vocabulary."""
+    permutation for llama, metadata keys, and the byte-level BPE vocabulary. ``qtype(name)``: the ggml
+    type a matrix is quantized to with gguf's own quantizer (None: as the model holds it)."""
     c = hf.config
     w = gguf.GGUFWriter(path, arch)
     w.add_context_length(c.max_position_embeddings)
@@ -127,7 +128,12 @@ def write_llamacpp_gguf(hf, tok, path: Path, arch: str, pre: str) -> None:
         if arch == "llama" and module in ("self_attn.q_proj", "self_attn.k_proj"):
             heads = c.num_attention_heads if "q_proj" in module else c.num_key_value_heads
             data = llamacpp_permute(data, heads)
-        w.add_tensor(f"{layer}{names[module]}.{parts[-1]}", np.ascontiguousarray(data))
+        name = f"{layer}{names[module]}.{parts[-1]}"
+        kind = qtype(name) if qtype is not None and data.ndim == 2 else None
+        if kind is None:
+            w.add_tensor(name, np.ascontiguousarray(data))
+        else:
+            w.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -284,6 +290,63 @@ def test_not_a_gguf_file(tmp_path, capsys):
     (tmp_path / "x.gguf").write_text("plain text")
     code, err = run_main(capsys, "convert", "--from-gguf", str(tmp_path / "x.gguf"), str(tmp_path / "out"))
     assert code == 2 and "not a GGUF file" in err and err.count("\n") == 1
+
+
+# ---- keeping Q4_0 / Q4_1 / Q8_0 as llmkit int4 / int8 ---------------------------------------------
+def mixed_types(name: str):
+    """Every format the import keeps, and one it does not (an F32 matrix stays float)."""
+    T = gguf.GGMLQuantizationType
+    if name == "token_embd.weight":
+        return T.Q8_0
+    if ".attn_q." in name or ".attn_k." in name:
+        return T.Q4_0
+    if name == "blk.1.ffn_down.weight":
+        return None
+    return T.Q4_1
+
+
+@pytest.mark.parametrize("arch,pre", [("llama", "llama-bpe"), ("qwen2", "qwen2")])
+def test_quantized_blocks_are_kept_bit_for_bit(tokenizer, tmp_path, arch, pre):
+    from llmkit.gguf.layout import names, tensor_from_gguf
+    from llmkit.gguf.reader import open_gguf
+    from llmkit.quantize import QuantizedMatrix, use_kernels
+
+    hf = hf_model(tokenizer, qwen2=arch == "qwen2")
+    path = tmp_path / "q.gguf"
+    write_llamacpp_gguf(hf, tokenizer, path, arch, pre, qtype=mixed_types)
+    kept, _ = read_gguf(path, keep_quantized=True)
+    plain, _ = read_gguf(path)  # every tensor dequantized by gguf's own code
+    spec = kept.quantization
+    assert (spec.method, spec.group_size, spec.scheme) == ("int4", 32, "asymmetric")  # Q4_1, the most common
+    assert spec.overrides["embed.tokens"].method == "int8" and spec.overrides["stack.layers.1.mlp.down"] is None
+    assert spec.overrides["stack.layers.0.attn.q"].scheme == "symmetric"
+    f, theirs = open_gguf(path), names(kept.config)
+    quantized = {n: m for n, m in kept.named_modules() if isinstance(m, QuantizedMatrix)}
+    # 7 matrices a layer, one of them F32, and the table (the writer leaves an untied head F32: float too)
+    assert len(quantized) == 2 * 7 - 1 + 1 and "stack.layers.1.mlp.down" not in quantized
+    for name, module in quantized.items():  # the stored weights are the file's, bit for bit
+        expected = tensor_from_gguf(f"{name}.weight", f.tensor(theirs[f"{name}.weight"]), kept.config, arch)
+        assert torch.equal(module.dequantize(), expected), name
+    ids = kept.tokenizer.encode(TEXTS[0])
+    assert torch.equal(logits(kept, ids), logits(plain, ids))  # reference path: the same weights, the same sums
+    use_kernels(kept)
+    with torch.no_grad():
+        step = kept(torch.tensor([ids[:1]])).logits  # one row: the C kernels where built
+        torch.testing.assert_close(step, plain(torch.tensor([ids[:1]])).logits, atol=1e-4, rtol=1e-4)
+    out = from_gguf(path, tmp_path / "ckpt", dtype="quantized")  # and the checkpoint holds them as they are
+    loaded = checkpoint.load(out)
+    assert loaded.quantization == spec
+    for name, t in kept.state_dict().items():
+        assert torch.equal(t, loaded.state_dict()[name]), name
+
+
+def test_keep_quantized_refuses_a_file_without_those_types(tokenizer, tmp_path, capsys):
+    hf = hf_model(tokenizer, qwen2=False)
+    write_llamacpp_gguf(hf, tokenizer, tmp_path / "f32.gguf", "llama", "llama-bpe")
+    code, err = run_main(capsys, "convert", "--from-gguf", str(tmp_path / "f32.gguf"), str(tmp_path / "o"),
+                         "--dtype", "quantized")  # fmt: skip
+    assert code == 2 and "no Q4_0, Q4_1 or Q8_0 matrices" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
 
 
 def minimal_gguf(path: Path, arch: str, tensor_type=None) -> Path:
@@ -447,6 +510,23 @@ def test_real_smollm2_converts(smollm, tmp_path):
     assert 'license: "apache-2.0"' in (out / "README.md").read_text()  # general.license of the file
     weights = checkpoint.read_weights(out / "model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+
+
+@pytest.mark.slow  # ~10 s: reads 135M weights twice
+def test_real_smollm2_int4_is_the_file_bit_for_bit(smollm):
+    """SmolLM2's Q4_1 blocks (and its Q8_0 embedding) kept as int4/int8: the same weights, so the same
+    logits as the dequantized fp32 model, exactly (and so the same perplexity)."""
+    from llmkit.quantize import QuantizedMatrix
+
+    kept, _ = read_gguf(smollm, keep_quantized=True)
+    plain, _ = read_gguf(smollm)
+    weights = plain.state_dict()
+    matrices = [(n, m) for n, m in kept.named_modules() if isinstance(m, QuantizedMatrix)]
+    assert len(matrices) == 211 and kept.quantization.overrides["embed.tokens"].method == "int8"
+    for name, module in matrices:
+        assert torch.equal(module.dequantize(), weights[f"{name}.weight"]), name
+    ids = kept.tokenizer.encode("\n".join(mixed_lines(20)))[:64]
+    assert torch.equal(logits(kept, ids), logits(plain, ids))
 
 
 def test_models_get_names_the_model_as_installed(smollm, tmp_path, monkeypatch):

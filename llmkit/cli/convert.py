@@ -17,11 +17,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(loaded with weights_only=True), carries tokenizer.json and generation_config.json across, and "
         "writes an llmkit directory. --to-hf writes a directory transformers' from_pretrained loads. "
         "--from-gguf reads a llama or qwen2 GGUF: weights dequantized (the file's quantization error stays in "
-        "them), tokenizer rebuilt from the vocabulary, chat template kept. --to-gguf writes a Llama-style "
+        "them), or with --dtype quantized its Q4_0/Q4_1/Q8_0 matrices kept as int4/int8 bit for bit; tokenizer "
+        "rebuilt from the vocabulary, chat template kept. --to-gguf writes a Llama-style "
         "llmkit decoder (RoPE, RMSNorm, SwiGLU; q/k/v biases as qwen2) as one GGUF file.",
         epilog="examples:\n  llmkit convert --from-hf ~/models/flan-t5-base runs/flan-t5-base\n"
         "  llmkit convert --to-hf runs/my-gpt runs/my-gpt-hf\n"
         "  llmkit convert --from-gguf SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2 --dtype bf16\n"
+        "  llmkit convert --from-gguf SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2-q4 --dtype quantized\n"
         "  llmkit convert --to-gguf models/smollm2 smollm2-q8_0.gguf --type q8_0",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -33,7 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("src", metavar="SRC", help="directory (or GGUF file) to read")
     p.add_argument("out", metavar="OUT", help="directory (or GGUF file) to write, replaced atomically if it exists")
     p.add_argument(
-        "--dtype", choices=("fp32", "bf16"), default=None, help="--from-gguf: weight dtype written (default fp32)"
+        "--dtype",
+        choices=("fp32", "bf16", "quantized"),
+        default=None,
+        help="--from-gguf: weight dtype written (default fp32); quantized: keep Q4_0/Q4_1/Q8_0 matrices as llmkit "
+        "int4/int8, bit for bit (smaller and faster; other types dequantized to fp32)",
     )
     p.add_argument(
         "--type",
@@ -78,6 +84,8 @@ def _gguf(args: argparse.Namespace, start: float) -> None:
     if args.from_gguf:
         out = gguf.from_gguf(args.src, args.out, dtype=args.dtype or "fp32", progress=True)
         cfg, what = checkpoint.load_config(out), f"{args.dtype or 'fp32'} weights"
+        if args.dtype == "quantized":
+            what = checkpoint.load_quantization(out).describe()
     else:
         from llmkit.inference.loading import require_lm_head
 

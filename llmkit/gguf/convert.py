@@ -1,7 +1,8 @@
 """GGUF file <-> llmkit checkpoint directory.
 
 ``from_gguf``: metadata -> ModelConfig, every tensor dequantized to fp32 (the 4-5-bit quantization
-error of the file stays in the weights), Q/K un-permuted for ``llama``, the tokenizer rebuilt from
+error of the file stays in the weights) or, with ``dtype="quantized"``, Q4_0/Q4_1/Q8_0 matrices kept as
+llmkit int4/int8 bit for bit (llmkit.gguf.quantized), Q/K un-permuted for ``llama``, the tokenizer rebuilt from
 the vocabulary, the chat template into tokenizer_config.json; saved atomically by llmkit.checkpoint.
 ``to_gguf``: an llmkit Llama-style decoder -> a GGUF file written with gguf.GGUFWriter into a
 temporary file renamed into place.
@@ -21,13 +22,14 @@ from llmkit import checkpoint
 from llmkit.config import GenerationConfig, ModelConfig
 from llmkit.errors import LlmkitError
 from llmkit.files import atomic_file
-from llmkit.gguf import layout, vocab
+from llmkit.gguf import layout, quantized, vocab
 from llmkit.gguf.layout import gguf_name
 from llmkit.gguf.reader import GGUFFile, open_gguf
 from llmkit.model_card import ModelCard
 from llmkit.models import build_model
+from llmkit.quantize import QuantSpec, quantize_model
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "quantized": torch.float32}
 EXPORT_TYPES = ("f32", "f16", "bf16", "q8_0")
 # eos-like ids llama.cpp stops at besides eos (end of turn, end of message)
 STOP_KEYS = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
@@ -37,10 +39,12 @@ __all__ = ["from_gguf", "to_gguf", "read_gguf", "gguf_name", "EXPORT_TYPES", "DT
 
 # ---- GGUF -> llmkit -----------------------------------------------------------------------------
 def read_gguf(
-    src: str | os.PathLike | GGUFFile, progress: bool = False
+    src: str | os.PathLike | GGUFFile, progress: bool = False, keep_quantized: bool = False
 ) -> tuple[torch.nn.Module, dict[str, Any] | None]:
     """Build the model a GGUF file holds (fp32, eval mode, ``.tokenizer`` and ``.generation_config``
-    attached) and return it with its tokenizer_config.json entries (None without a tokenizer)."""
+    attached) and return it with its tokenizer_config.json entries (None without a tokenizer).
+    ``keep_quantized``: Q4_0/Q4_1/Q8_0 matrices become int4/int8 modules holding the file's bits
+    (``.quantization`` says which), the rest fp32."""
     f = src if isinstance(src, GGUFFile) else open_gguf(src)
     source = str(f.path)
     layout.check_architecture(f.architecture, source)
@@ -50,15 +54,39 @@ def read_gguf(
     built = vocab.tokenizer_from_metadata(f.metadata, source)
     tokenizer, tok_config = built if built is not None else (None, None)
     model = build_model(cfg, init=False)
-    checkpoint.load_state_dict_checked(model, _state_dict(f, cfg, progress), f"{source} (converted)")
+    spec = _quantization(f, cfg) if keep_quantized else None
+    if spec is not None:
+        quantize_model(model, spec, empty=True)
+    checkpoint.load_state_dict_checked(model, _state_dict(f, cfg, progress, spec), f"{source} (converted)")
     model.tokenizer = tokenizer
     model.generation_config = _generation_config(f.metadata, cfg)
-    model.quantization = None
+    model.quantization = spec
     return model.eval(), tok_config
 
 
-def _state_dict(f: GGUFFile, cfg: ModelConfig, progress: bool) -> dict[str, torch.Tensor]:
-    """Every tensor the config needs, dequantized and in llmkit's layout; leftovers are an error."""
+def _matrices(f: GGUFFile, cfg: ModelConfig) -> dict[str, str]:
+    """llmkit module name -> the file's tensor, for every 2-D weight (embedding table and linear layers)."""
+    return {
+        mine.removesuffix(".weight"): theirs
+        for mine, theirs in layout.names(cfg).items()
+        if mine.endswith(".weight") and theirs in f.tensors and len(f.tensors[theirs].shape) == 2
+    }
+
+
+def _quantization(f: GGUFFile, cfg: ModelConfig) -> QuantSpec:
+    try:
+        return quantized.plan(f, _matrices(f, cfg))
+    except ValueError:
+        types = ", ".join(sorted(f.type_counts()))
+        raise LlmkitError(
+            f"{f.path}: no Q4_0, Q4_1 or Q8_0 matrices to keep (tensor types {types})",
+            "convert with --dtype fp32 or bf16, or re-quantize the file to Q4_0/Q4_1/Q8_0 with llama.cpp",
+        ) from None
+
+
+def _state_dict(f: GGUFFile, cfg: ModelConfig, progress: bool, spec: QuantSpec | None) -> dict[str, torch.Tensor]:
+    """Every tensor the config needs in llmkit's layout: dequantized, or (``spec``) as stored where the
+    spec keeps a matrix quantized; leftovers are an error."""
     wanted = layout.names(cfg)
     if "rope_freqs.weight" in f.tensors:  # per-frequency factors: Llama 3.1's scaled RoPE
         raise LlmkitError(
@@ -71,11 +99,20 @@ def _state_dict(f: GGUFFile, cfg: ModelConfig, progress: bool) -> dict[str, torc
             f"{f.path}: unexpected tensor '{leftover[0]}' ({len(leftover)} unexpected)",
             f"llmkit reads {', '.join(layout.ARCHITECTURES)} without extra layers; the metadata and tensors disagree",
         )
+    kept = {module for module in _matrices(f, cfg)} if spec is not None else set()
     out = {}
-    for mine, theirs in tqdm(wanted.items(), desc="dequantizing", unit="tensor", disable=not progress):
+    desc = "reading" if spec is not None else "dequantizing"
+    for mine, theirs in tqdm(wanted.items(), desc=desc, unit="tensor", disable=not progress):
         if theirs not in f.tensors:
             raise LlmkitError(f"{f.path}: missing tensor '{theirs}'", "the file is incomplete or corrupt")
-        out[mine] = layout.tensor_from_gguf(mine, f.tensor(theirs), cfg, f.architecture)
+        module = mine.removesuffix(".weight")
+        if module in kept and spec.for_module(module, table=module == "embed.tokens") is not None:
+            _, q, scales, mins = quantized.stored(f, theirs)  # rows permuted like the float weight's
+            for part, value in (("qweight", q), ("scales", scales), ("mins", mins)):
+                if value is not None:
+                    out[f"{module}.{part}"] = layout.tensor_from_gguf(mine, value, cfg, f.architecture)
+        else:
+            out[mine] = layout.tensor_from_gguf(mine, f.tensor(theirs), cfg, f.architecture)
     return out
 
 
@@ -96,7 +133,7 @@ def from_gguf(
     if dtype not in DTYPES:
         raise LlmkitError(f"dtype '{dtype}' is not valid", f"choose one of: {', '.join(DTYPES)}")
     f = open_gguf(src)
-    model, tok_config = read_gguf(f, progress)
+    model, tok_config = read_gguf(f, progress, keep_quantized=dtype == "quantized")
     model.to(DTYPES[dtype])
     extra = dict(extra_files or {})
     if model.tokenizer is not None:  # roles as Tokenizer.save writes them, plus what the GGUF adds
@@ -113,7 +150,12 @@ def converted_card(f: GGUFFile, dtype: str, base_model: str | None = None, licen
     origin = base_model if base_model and "/" in base_model else None  # a Hugging Face repository id
     return ModelCard(
         how_made=f"Converted by `llmkit convert --from-gguf` from `{f.path.name}` (GGUF, architecture "
-        f"{f.architecture}; tensor types {types}): weights dequantized and stored as {dtype}.",
+        f"{f.architecture}; tensor types {types}): "
+        + (
+            "Q4_0/Q4_1/Q8_0 matrices kept as llmkit int4/int8, bit for bit; the rest stored as fp32."
+            if dtype == "quantized"
+            else f"weights dequantized and stored as {dtype}."
+        ),
         name=name,
         base_model=base_model or str(meta.get("general.basename") or name),
         license=license_ or meta.get("general.license"),
