@@ -48,7 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "or a name from `llmkit models list`",
     )
     get.add_argument("--out", default=None, help="directory to write (default models/NAME, the part after ORG/)")
-    get.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="weight dtype written (default bf16)")
+    get.add_argument(
+        "--dtype",
+        choices=("bf16", "fp32", "quantized"),
+        default="bf16",
+        help="weight dtype written (default bf16); quantized (GGUF sources): keep the file's Q4_0/Q4_1/Q8_0 "
+        "matrices as llmkit int4/int8, bit for bit",
+    )
     get.add_argument(
         "--quant",
         default=None,

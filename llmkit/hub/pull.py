@@ -81,11 +81,16 @@ def get(spec: str | HubName, out: Path | None = None, dtype: str = "bf16", quant
     """Download ``spec`` (ORG/NAME[@REVISION]) through the hub cache, check it, convert it to ``out``."""
     start = time.perf_counter()
     name = parse(spec) if isinstance(spec, str) else spec
-    if dtype not in ("bf16", "fp32"):
-        raise LlmkitError(f"dtype '{dtype}' is not valid", "choose one of: bf16, fp32")
+    if dtype not in ("bf16", "fp32", "quantized"):
+        raise LlmkitError(f"dtype '{dtype}' is not valid", "choose one of: bf16, fp32, quantized")
     out = Path(out) if out is not None else default_dir(name)
     snap = download.resolve(name)
     fmt = weights_format(snap.files, quant, str(name))
+    if dtype == "quantized" and fmt == "safetensors":
+        raise LlmkitError(
+            f"--dtype quantized keeps a GGUF file's blocks; {name} is taken as safetensors",
+            "pass --quant Q4_0, Q4_1 or Q8_0 to take its GGUF file, or quantize later with llmkit quantize",
+        )
     convert = _convert_safetensors if fmt == "safetensors" else _convert_gguf
     source, local = convert(snap, out, dtype, quant)
     sizes = {path: p.stat().st_size for path, p in local.items()}
@@ -126,7 +131,8 @@ def _convert_gguf(snap: Snapshot, out: Path, dtype: str, quant: str | None) -> t
     if f.architecture not in ARCHITECTURES:
         raise LlmkitError(f"{repo}: GGUF architecture '{f.architecture}' is not a family llmkit loads", _families())
     types = ", ".join(f"{t} x{n}" for t, n in sorted(f.type_counts().items(), key=lambda kv: -kv[1]))
-    how = f"converted from `{chosen}` (GGUF, architecture {f.architecture}; tensor types {types}), dequantized"
+    kept = "Q4_0/Q4_1/Q8_0 matrices kept as int4/int8" if dtype == "quantized" else "dequantized"
+    how = f"converted from `{chosen}` (GGUF, architecture {f.architecture}; tensor types {types}), {kept}"
     card = hub_card(snap, local, how, dtype)
     # converted_card's limitations say the weights keep the file's quantization error
     card = dataclasses.replace(card, limitations=converted_card(f, dtype).limitations)
