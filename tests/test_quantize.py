@@ -437,3 +437,27 @@ def test_cli_explain(capsys):
     assert "0     10000     1001001000" in out and "3.140625" in out
     assert main(["quantize", "--explain", "pi"]) == 2
     assert "not a number" in capsys.readouterr().err
+
+
+@needs_kernels
+def test_bf16_linears_take_the_kernel_for_decoding_steps():
+    from llmkit.inference import generate
+    from llmkit.inference.runners import use_decode_layout
+    from llmkit.quantize import Bf16Linear
+
+    model = tiny("tiny-llama-10m").to(torch.bfloat16)
+    reference = [r.token_ids for r in generate(model, [[5, 6, 7], [9, 10, 11]], max_new_tokens=6)]
+    use_decode_layout(model)  # generate does this too: every bf16 linear gets the kernel's forward
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(type(m) is Bf16Linear for m in linears)
+    layer = model.stack.layers[0].mlp.up
+    x = torch.randn(2, layer.in_features).to(torch.bfloat16)
+    expected = (x.double() @ layer.weight.double().T).to(torch.bfloat16)  # fp32 sums, one rounding
+    torch.testing.assert_close(layer(x).float(), expected.float(), atol=1e-2, rtol=1e-2)
+    with torch.enable_grad():
+        xg = x.float().requires_grad_().to(torch.bfloat16)
+        assert torch.equal(layer(xg), F.linear(xg, layer.weight, layer.bias))  # training keeps F.linear
+    fast = [r.token_ids for r in generate(model, [[5, 6, 7], [9, 10, 11]], max_new_tokens=6)]
+    assert fast == reference  # a tiny random model's greedy tokens: no near ties at these sizes
+    use_kernels(model, False)
+    assert not layer.kernel and torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))

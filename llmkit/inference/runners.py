@@ -13,6 +13,7 @@ from torch import nn
 
 from llmkit.inference.compiled import compiled_step, decoder_step, encoder_decoder_step
 from llmkit.models.cache import KVCache
+from llmkit.quantize import use_bf16_kernels
 
 
 @torch.no_grad()
@@ -27,6 +28,9 @@ def use_decode_layout(model: nn.Module, compiled: bool = False) -> None:
     GB/s); narrowing ones (the MLP's down projection) are faster as they are. Compiled: all row-major
     (out, in), the layout the compiled step's multiply-and-sum over ``in`` reads contiguously.
 
+    bf16 weights are kept row-major in both modes and their linears get ``Bf16Linear``'s forward, which
+    sends decoding steps through the C kernel (llmkit.quantize.kernels) where it is built.
+
     So one model switched between eager and compiled generation pays at every switch: a copy of every
     weight (540 MB for SmolLM2-135M in fp32) and, at the first switch back, a recompile of the step for
     the other layout (the strides are guarded). Keep a model per mode when both are needed
@@ -36,10 +40,15 @@ def use_decode_layout(model: nn.Module, compiled: bool = False) -> None:
         w = module.weight if isinstance(module, nn.Linear) else None
         if w is None or w.device.type != "cpu" or w.dim() != 2:
             continue
-        if compiled and not w.is_contiguous():
+        if w.dtype == torch.bfloat16 and not w.is_contiguous():
+            w.data = w.data.contiguous()
+        elif w.dtype == torch.bfloat16:
+            continue
+        elif compiled and not w.is_contiguous():
             w.data = w.data.contiguous()
         elif not compiled and w.is_contiguous() and w.shape[0] >= w.shape[1]:
             w.data = w.data.t().contiguous().t()
+    use_bf16_kernels(model)
 
 
 class DecoderRunner:

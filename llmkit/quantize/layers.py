@@ -256,9 +256,47 @@ def quantized_matrices(model: nn.Module) -> list[QuantizedMatrix]:
     return [m for m in model.modules() if isinstance(m, QuantizedMatrix)]
 
 
+class Bf16Linear(nn.Linear):
+    """``nn.Linear`` whose bf16 weight goes through the C kernel for inputs of few rows (decoding): the
+    same module (parameters, state dict, tied weights) with another forward, set by ``use_bf16_kernels``.
+    Inputs that need a gradient, other dtypes or devices, and many rows take ``F.linear``."""
+
+    kernel = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if (
+            self.kernel
+            and w.dtype == torch.bfloat16
+            and x.device.type == "cpu"
+            and x.dtype in kernels.KERNEL_DTYPES
+            and x.numel() // self.in_features <= KERNEL_MAX_ROWS
+            and w.is_contiguous()
+            and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+        ):
+            out = kernels.bf16_mm(x, w)
+            return out if self.bias is None else out + self.bias
+        return F.linear(x, w, self.bias)
+
+
+def use_bf16_kernels(model: nn.Module) -> nn.Module:
+    """Give every plain ``nn.Linear`` of ``model`` with a bf16 weight on the CPU the kernel forward of
+    ``Bf16Linear`` (where the C kernels are built). Returns ``model``."""
+    if not kernels.available():
+        return model
+    for m in model.modules():
+        if type(m) is nn.Linear and m.weight.dtype == torch.bfloat16 and m.weight.device.type == "cpu":
+            m.__class__ = Bf16Linear  # same object and parameters: only forward changes
+    return model
+
+
 def use_kernels(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Run every quantized matrix of ``model`` through the C kernels where they take it, for inputs of
-    few rows (``enabled=False``: the dequantize-then-``F.linear`` reference path everywhere). Returns ``model``."""
+    few rows (``enabled=False``: the dequantize-then-``F.linear`` reference path everywhere, and
+    ``F.linear`` for bf16 linears given the kernel). Returns ``model``."""
     for m in quantized_matrices(model):
         m.use_kernel(enabled)
+    for m in model.modules():
+        if isinstance(m, Bf16Linear):
+            m.kernel = enabled
     return model
