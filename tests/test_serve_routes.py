@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from fastapi import Request
@@ -73,6 +74,16 @@ def test_the_openapi_bodies_are_those_of_the_registered_routes(tiny_checkpoint):
     # a generation body's model is one of the server's names; the others keep a free string
     assert doc["components"]["schemas"]["ChatRequest"]["properties"]["model"]["enum"] == ["tiny"]
     assert "enum" not in str(doc["components"]["schemas"]["TokenizeRequest"]["properties"]["model"])
+
+
+def test_the_embeddings_body_is_documented_when_the_route_is_registered(tiny_checkpoint):
+    model = checkpoint.load(tiny_checkpoint())
+    embedder = SimpleNamespace(name="all-MiniLM-L6-v2")  # never loaded: the document needs its name alone
+    doc = create_app(model, ServeSettings(name="tiny", embedder=embedder)).openapi()
+    body = doc["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/EmbeddingRequest"}
+    assert "model" in doc["components"]["schemas"]["EmbeddingRequest"]["required"]  # the field's public name
+    assert "/v1/embeddings" not in create_app(model, ServeSettings(name="tiny")).openapi()["paths"]
 
 
 def batcher_request_calls(path: Path) -> list[ast.Call]:

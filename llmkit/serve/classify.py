@@ -32,6 +32,7 @@ from llmkit.inference.loading import head_kind
 from llmkit.predict import predict
 from llmkit.predict.classify import ClassScores
 from llmkit.serve.errors import ApiError
+from llmkit.serve.openapi import reads
 
 MAX_INPUTS = 2048  # as /v1/embeddings
 
@@ -71,6 +72,7 @@ def register_classify(app: FastAPI, server) -> None:
         with lock:
             return predict(model, texts, batch_size=settings.max_batch)
 
+    @reads(ClassifyRequest)
     async def classify(request: Request) -> dict[str, Any]:
         server.authorize(request)
         body = await server.read(request, ClassifyRequest)

@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from llmkit.errors import LlmkitError
 from llmkit.inference.loading import name_slug
 from llmkit.serve.errors import ApiError
+from llmkit.serve.openapi import reads
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
@@ -109,6 +110,7 @@ def register_embeddings(app: FastAPI, server, source) -> None:
             return embedder.embed_ids(rows)
 
     @app.post("/v1/embeddings")
+    @reads(EmbeddingRequest)
     async def embeddings(request: Request):
         server.authorize(request)
         body = await server.read(request, EmbeddingRequest)
