@@ -180,6 +180,58 @@ def test_no_import_cycles_between_packages():
     )
 
 
+def is_module(name: str) -> bool:
+    """Whether ``name`` is a module of llmkit: a .py file, or a folder with an __init__.py."""
+    path = PACKAGE.parent / name.replace(".", "/")
+    return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
+
+
+def modules_imported(path: Path) -> set[str]:
+    """The llmkit modules ``path`` imports, inside functions too. ``from llmkit.pkg import sub`` names the
+    submodule alone: importing it also runs pkg's __init__, but counting that would put every package whose
+    __init__ re-exports a submodule in a cycle with it; ``from llmkit.pkg import name`` names pkg."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name.startswith("llmkit."):
+                while not is_module(name):
+                    name = name.rsplit(".", 1)[0]
+                found.add(name)
+    return found
+
+
+def module_graph() -> dict[str, dict[str, str]]:
+    """module -> {imported module: the importing module}, every import counted (inside functions too)."""
+    graph: dict[str, dict[str, str]] = {}
+    for path in MODULES:
+        me = module_name(path)
+        for target in sorted(modules_imported(path) - {me}):
+            graph.setdefault(me, {})[target] = me
+    return graph
+
+
+def test_modules_imported_names_submodules():
+    # llmkit/quantize/layers.py: `from llmkit.quantize import tensors` is the submodule, not the package
+    # (whose __init__ imports layers); `from llmkit.quantize.spec import QuantSpec` is the module spec
+    found = modules_imported(PACKAGE / "quantize" / "layers.py")
+    assert {"llmkit.quantize.tensors", "llmkit.quantize.spec"} <= found and "llmkit.quantize" not in found
+    # an import inside a function counts: llmkit/cli/serve.py imports the server when it runs
+    assert "llmkit.serve.app" in modules_imported(PACKAGE / "cli" / "serve.py")
+
+
+def test_no_import_cycles_between_modules():
+    # inside one package too (serve/app.py <-> serve/embeddings.py was one, hidden in a function-level
+    # import): a module in a cycle cannot be read, tested or loaded without the others; one direction only
+    cycle = find_cycle(module_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
 def test_l0_modules_import_without_torch():
     code = "import sys, llmkit, llmkit.config, llmkit.errors, llmkit.data.builtin; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

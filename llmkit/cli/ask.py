@@ -33,13 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from llmkit.chat.template import ChatTemplate
     from llmkit.errors import LlmkitError
     from llmkit.inference import generate
     from llmkit.inference.loading import load_model, require_lm_head, resolve_device
     from llmkit.retrieval.ask import build_rag_prompt, cited
     from llmkit.retrieval.documents import embedder_for, search
     from llmkit.retrieval.store import Index
-    from llmkit.serve.chat import ChatTemplate
 
     if args.max_new_tokens < 1:
         raise LlmkitError(f"--max-new-tokens {args.max_new_tokens} must be >= 1", "pass a positive count")

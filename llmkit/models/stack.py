@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -13,6 +15,23 @@ from llmkit.models.layers import MLP, Attention, RelativePositionBias, Rotary, a
 from llmkit.models.packing import Packing
 
 Weights = torch.Tensor | None
+
+
+class _Select(NamedTuple):
+    """The ``outputs`` shortcut: the wanted tokens' rows among those the last block is given, and the
+    keyword arguments of its ``select``."""
+
+    rows: torch.Tensor
+    kwargs: dict[str, Any]
+
+
+class _Pass(NamedTuple):
+    """What one forward pass gives the blocks, prepared by ``Stack._prepare`` before the loop over them."""
+
+    end: int  # positions filled after this pass (cached + new): the cache's next length
+    packing: Packing | None  # the real tokens alone (training on a padded batch), else None
+    block_kwargs: dict[str, Any]  # the same for every block: masks, rotary angles, memory, packing
+    select: _Select | None  # the last block at the ``outputs`` tokens alone, else None
 
 
 class PreNormBlock(nn.Module):
@@ -137,80 +156,117 @@ class Stack(nn.Module):
         projection, MLP and norms at those B tokens alone (its keys and values still at every token):
         about five sixths of the last block's work spared, the same values at those positions.
         """
-        B, T, _ = x.shape
-        past = 0
+        run = self._prepare(x, attention_mask, position_ids, memory, memory_mask, output_attentions, cache, outputs)
+        x = self.drop(run.packing.pack(x) if run.packing is not None else x)  # packed: (N, C)
+        attentions, cross_attentions = [], []
+        for i, layer in enumerate(self.layers[:-1] if run.select is not None else self.layers):
+            kv = cache.layers[i] if cache is not None else None
+            x, w, cw = self._call(layer, x, kv=kv, **run.block_kwargs)
+            attentions.append(w)
+            cross_attentions.append(cw)
+        if run.select is not None:  # the last block at the ``outputs`` tokens alone: (B, C)
+            x = self._last_block_at_outputs(x, run)
+            attentions.append(None)
+            cross_attentions.append(None)
         if cache is not None:
-            cache.check_room(T)
-            past = cache.length
-        S = past + T
-        # Training on padded batches runs the blocks on the real tokens alone (Packing); evaluation
-        # keeps the padded layout, so every position's output (padding too) matches transformers'.
-        packing = None
-        if self.training and attention_mask is not None and cache is None and memory is None and not output_attentions:
-            packing = Packing.of(attention_mask)
+            cache.length = run.end
+        x = self.drop(self.final_norm(x))
+        return self._hidden(x, run, outputs), tuple(attentions), tuple(cross_attentions)
+
+    def _prepare(
+        self, x, attention_mask, position_ids, memory, memory_mask, output_attentions, cache, outputs
+    ) -> _Pass:
+        """What every block is given, prepared once before the loop: the positions (after the cached ones), the
+        packing of a padded training batch, the attention masks and rotary angles (per token when packed), the
+        cross-attention mask, and the rows of the ``outputs`` shortcut."""
+        B, T, _ = x.shape
+        past = self._past(cache, T)
+        packing = self._packing(attention_mask, cache, memory, output_attentions)
+        rope = self._rotary(position_ids, past, past + T, x.device)
         attn_mask = None  # the packed groups carry their own masks
         if packing is None:
-            attn_mask = self._scores_mask(attention_mask, T, S, past, output_attentions, x.dtype, x.device)
-        rope = None
-        if self.rope is not None:
-            if position_ids is None:
-                position_ids = torch.arange(past, S, device=x.device)[None]
-            rope = self.rope(position_ids)
-        cross_attn_mask = None
-        if memory is not None:
-            cross_attn_mask = additive_mask(memory_mask, T, memory.shape[1], False, x.dtype, x.device)
-        attentions, cross_attentions = [], []
-        if packing is not None:
-            x = packing.pack(x)  # (N, C)
-            # a group's rows start at position 0 with no cache: its own padding, causality and bias
-            packing = packing.with_masks(
-                lambda g: self._scores_mask(
-                    g.mask if g.padded else None, g.shape[1], g.shape[1], 0, False, x.dtype, x.device
-                ),
-                self.causal,
-            )
-            if rope is not None:  # per token: (N, 1, D) each
-                rope = tuple(packing.pack(r[:, 0].expand(B, -1, -1))[:, None] for r in rope)
-        x = self.drop(x)
+            attn_mask = self._scores_mask(attention_mask, T, past + T, past, output_attentions, x.dtype, x.device)
+        else:
+            packing, rope = self._pack_attention(packing, rope, B, x.dtype, x.device)
         # one query (a decoding step) sees every key anyway; testing T first keeps is_causal a plain
         # bool when ``past`` is symbolic under torch.compile (SDPA rejects a SymBool)
         is_causal = self.causal and T > 1 and past == 0
-        kwargs = dict(
-            attn_mask=attn_mask, is_causal=is_causal, rope=rope, memory=memory, cross_attn_mask=cross_attn_mask,
-            need_weights=output_attentions, past=past, packing=packing,
+        block_kwargs = dict(
+            attn_mask=attn_mask, is_causal=is_causal, rope=rope, memory=memory, need_weights=output_attentions,
+            cross_attn_mask=self._cross_mask(memory, memory_mask, T, x.dtype, x.device), past=past, packing=packing,
         )  # fmt: skip
         select = None
         if outputs is not None and cache is None and memory is None and not output_attentions and self.layers:
             select = self._selection(outputs, attention_mask, packing, B, T, rope, x.dtype, x.device)
-        full_layers = self.layers[:-1] if select is not None else self.layers
-        for i, layer in enumerate(full_layers):
-            kv = cache.layers[i] if cache is not None else None
-            if self.activation_checkpointing and self.training:
-                x, w, cw = checkpoint(layer, x, use_reentrant=False, kv=kv, **kwargs)
-            else:
-                x, w, cw = layer(x, kv=kv, **kwargs)
-            attentions.append(w)
-            cross_attentions.append(cw)
-        if select is not None:
-            rows, select_kwargs = select
-            flat = x if packing is not None else x.reshape(B * T, -1)
-            if self.activation_checkpointing and self.training:
-                x = checkpoint(self.layers[-1].select, flat, rows, use_reentrant=False, **select_kwargs)
-            else:
-                x = self.layers[-1].select(flat, rows, **select_kwargs)
-            attentions.append(None)
-            cross_attentions.append(None)
-            return self.drop(self.final_norm(x))[:, None], tuple(attentions), tuple(cross_attentions)
-        if cache is not None:
-            cache.length = S
-        x = self.drop(self.final_norm(x))
-        if packing is not None:
-            x = packing.unpack(x)  # (B, T, C), zeros at padding
-        if outputs is not None:
-            x = x[torch.arange(B, device=x.device), outputs][:, None]
-        return x, tuple(attentions), tuple(cross_attentions)
+        return _Pass(past + T, packing, block_kwargs, select)
 
-    def _selection(self, outputs, attention_mask, packing, B: int, T: int, rope, dtype, device):
+    @staticmethod
+    def _past(cache: KVCache | None, T: int) -> int:
+        """How many positions come before these T: the cache's filled length (checked to have room for T
+        more), or 0 without a cache."""
+        if cache is None:
+            return 0
+        cache.check_room(T)
+        return cache.length
+
+    def _packing(self, attention_mask, cache, memory, output_attentions: bool) -> Packing | None:
+        """Where the real tokens are, when the blocks run on them alone; else None. Training on padded
+        batches runs the blocks on the real tokens alone (Packing); evaluation keeps the padded layout,
+        so every position's output (padding too) matches transformers'."""
+        if self.training and attention_mask is not None and cache is None and memory is None and not output_attentions:
+            return Packing.of(attention_mask)
+        return None
+
+    def _rotary(self, position_ids, start, end, device: torch.device):
+        """RoPE's (cos, sin) at ``position_ids`` (default: start..end-1 for every row), or None without RoPE."""
+        if self.rope is None:
+            return None
+        if position_ids is None:
+            position_ids = torch.arange(start, end, device=device)[None]
+        return self.rope(position_ids)
+
+    def _pack_attention(self, packing: Packing, rope, B: int, dtype: torch.dtype, device: torch.device):
+        """``packing`` with each attention group's mask, and the rotary angles per real token: (N, 1, D) each."""
+        # a group's rows start at position 0 with no cache: its own padding, causality and bias
+        packing = packing.with_masks(
+            lambda g: self._scores_mask(g.mask if g.padded else None, g.shape[1], g.shape[1], 0, False, dtype, device),
+            self.causal,
+        )
+        if rope is not None:
+            rope = tuple(packing.pack(r[:, 0].expand(B, -1, -1))[:, None] for r in rope)
+        return packing, rope
+
+    @staticmethod
+    def _cross_mask(memory, memory_mask, T: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+        """The additive mask of cross-attention over ``memory``'s padding (T5's decoder), or None."""
+        if memory is None:
+            return None
+        return additive_mask(memory_mask, T, memory.shape[1], False, dtype, device)
+
+    def _call(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``; when checkpointing a training pass, its activations recomputed in backward."""
+        if self.activation_checkpointing and self.training:
+            return checkpoint(fn, *args, use_reentrant=False, **kwargs)
+        return fn(*args, **kwargs)
+
+    def _last_block_at_outputs(self, x: torch.Tensor, run: _Pass) -> torch.Tensor:
+        """The last block at the ``outputs`` tokens alone, from every token's state: (B, C)."""
+        flat = x if run.packing is not None else x.flatten(0, 1)  # (N or B * T, C)
+        return self._call(self.layers[-1].select, flat, run.select.rows, **run.select.kwargs)
+
+    @staticmethod
+    def _hidden(x: torch.Tensor, run: _Pass, outputs: torch.Tensor | None) -> torch.Tensor:
+        """The final states in the caller's layout: (B, 1, C) at ``outputs`` when given, else (B, T, C) (a
+        packed pass scattered back, zeros at padding)."""
+        if run.select is not None:  # computed at the outputs alone
+            return x[:, None]
+        if run.packing is not None:
+            x = run.packing.unpack(x)  # (B, T, C), zeros at padding
+        if outputs is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), outputs][:, None]
+        return x
+
+    def _selection(self, outputs, attention_mask, packing, B: int, T: int, rope, dtype, device) -> _Select | None:
         """What the last block needs to compute only the ``outputs`` positions: their rows among the
         tokens it is given ((N, C) packed, else (B * T, C)) and its keyword arguments; None when the
         shortcut does not apply (T5's relative bias needs every query's position; a wanted position
@@ -231,7 +287,7 @@ class Stack(nn.Module):
             rows_of = lambda t: t.view(B, T, *t.shape[1:])  # noqa: E731
             if rope is not None:  # per token, as packed rope is: (B * T, 1, D) each
                 rope = tuple(r[:, 0].expand(B, -1, -1).reshape(B * T, 1, -1) for r in rope)
-        return rows, dict(rows_of=rows_of, attn_mask=mask, rope=rope)
+        return _Select(rows, dict(rows_of=rows_of, attn_mask=mask, rope=rope))
 
     def _scores_mask(
         self, attention_mask, T: int, S: int, past: int, explicit: bool, dtype: torch.dtype, device: torch.device

@@ -12,7 +12,8 @@ and ``num_classes``.
 
 The model runs in a worker thread, one request at a time (a lock), in batches of ``--max-batch`` texts.
 On a head model the generation routes (completions, chat, explain, and /tokenize with chat ``messages``, which
-renders a prompt for generation) answer a one-line 400 naming this one.
+renders a prompt for generation) answer a one-line 400 naming this one: ``refusal``, which the server gives them
+(``Server.check_generates``).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from llmkit.errors import LlmkitError
 from llmkit.inference.loading import head_kind
 from llmkit.predict import predict
 from llmkit.predict.classify import ClassScores
-from llmkit.serve.schemas import TokenizeRequest
+from llmkit.serve.errors import ApiError
+from llmkit.serve.openapi import reads
 
 MAX_INPUTS = 2048  # as /v1/embeddings
-GENERATION_ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/explain")
 
 
 class ClassifyRequest(BaseModel):
@@ -51,24 +52,27 @@ def classify_item(index: int, p) -> dict[str, Any]:
     return {"index": index, "entities": [e.to_dict() for e in p.entities], "num_classes": len(p.labels)}
 
 
-def register_classify(app: FastAPI, server) -> None:
-    """Add the classification routes to ``app``, and 400s on the generation routes. Registered before the
-    OpenAI routes, so that these answers win over theirs (Starlette takes the first route that matches)."""
-    from llmkit.serve.app import ApiError
-
-    model, settings = server.model, server.settings
-    kind, labels = head_kind(model.config), model.config.label_names()
-    lock = threading.Lock()
-    refusal = (
-        f"'{settings.name}' has a {kind}-classification head (labels {', '.join(labels[:8])}"
+def refusal(config, name: str) -> str:
+    """What the generation routes answer a model named ``name`` with a classification head (``config``'s)."""
+    kind, labels = head_kind(config), config.label_names()
+    return (
+        f"'{name}' has a {kind}-classification head (labels {', '.join(labels[:8])}"
         f"{', ...' if len(labels) > 8 else ''}); it cannot generate text: POST /classify with "
         '{"input": ...} returns its predictions'
     )
+
+
+def register_classify(app: FastAPI, server) -> None:
+    """Add ``POST /classify`` and ``POST /v1/classify`` to ``app``; ``server`` (llmkit.serve.server.Server)
+    gives the API-key check and body reader."""
+    model, settings = server.model, server.settings
+    lock = threading.Lock()
 
     def run(texts: list[str]):
         with lock:
             return predict(model, texts, batch_size=settings.max_batch)
 
+    @reads(ClassifyRequest)
     async def classify(request: Request) -> dict[str, Any]:
         server.authorize(request)
         body = await server.read(request, ClassifyRequest)
@@ -92,20 +96,5 @@ def register_classify(app: FastAPI, server) -> None:
                       "prompt_tokens_details": None},
         }  # fmt: skip
 
-    async def refuse(request: Request) -> None:
-        server.authorize(request)
-        raise ApiError(400, refusal, code="model_has_classification_head")
-
-    async def tokenize(request: Request) -> dict[str, Any]:
-        """vLLM's /tokenize for a prompt; chat messages render a prompt for generation, which this model has not."""
-        server.authorize(request)
-        body = await server.read(request, TokenizeRequest)
-        if body.messages is not None:
-            raise ApiError(400, refusal, param="messages", code="model_has_classification_head")
-        return await server.tokenize(body)
-
     for path in ("/classify", "/v1/classify"):
         app.add_api_route(path, classify, methods=["POST"])
-    for path in GENERATION_ROUTES:
-        app.add_api_route(path, refuse, methods=["POST"])
-    app.add_api_route("/tokenize", tokenize, methods=["POST"])

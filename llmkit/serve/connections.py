@@ -1,6 +1,6 @@
 """Connection deadlines uvicorn lacks: a client must finish a request's headers in time.
 
-uvicorn times out idle keep-alive connections and (llmkit.serve.app) request bodies, but not
+uvicorn times out idle keep-alive connections and (llmkit.serve.server) request bodies, but not
 headers: a client that opens a connection and sends half a request line holds it forever, and a
 thousand of them hold a thousand sockets. ``header_timeout_protocol(seconds)`` is uvicorn's h11
 protocol with one more timer: armed when a connection opens and after each response, cancelled when

@@ -25,7 +25,10 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from llmkit.errors import LlmkitError
 from llmkit.inference.loading import name_slug
+from llmkit.serve.errors import ApiError
+from llmkit.serve.openapi import reads
 
 MAX_INPUTS = 2048  # OpenAI's limit on inputs per request
 
@@ -69,10 +72,7 @@ def embedder_id(embedder) -> str:
 
 def register_embeddings(app: FastAPI, server, source) -> None:
     """Add ``POST /v1/embeddings`` to ``app`` over ``source`` (an Embedder, or a DeferredEmbedder loaded on the
-    first request); ``server`` gives the app's API-key check and body reader."""
-    from llmkit.errors import LlmkitError
-    from llmkit.serve.app import ApiError
-
+    first request); ``server`` (llmkit.serve.server.Server) gives the app's API-key check and body reader."""
     lock = threading.Lock()
     name = embedder_id(source)
 
@@ -110,6 +110,7 @@ def register_embeddings(app: FastAPI, server, source) -> None:
             return embedder.embed_ids(rows)
 
     @app.post("/v1/embeddings")
+    @reads(EmbeddingRequest)
     async def embeddings(request: Request):
         server.authorize(request)
         body = await server.read(request, EmbeddingRequest)

@@ -3,11 +3,15 @@
 Each app has its own ``CollectorRegistry`` (not the library's global one), so a process can hold
 several apps (the tests do) without their series colliding. Names follow vLLM's where one exists:
 requests by route and status, prompt and generated tokens, waiting and running choices, the batch
-size of every decoding step, time to first token and time per output token.
+size of every decoding step, time to first token and time per output token. ``RequestCounter`` counts
+each answered request under its route, the routes being those the app has registered.
 """
 
 from __future__ import annotations
 
+import re
+
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from llmkit.inference.batcher import Batcher
@@ -48,3 +52,38 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition of every collector."""
         return generate_latest(self.registry)
+
+
+def route_label(route: APIRoute) -> str:
+    """A route's label: its path, each parameter written ``{id}`` (``/v1/models/{id}``)."""
+    return re.sub(r"\{[^}]*\}", "{id}", route.path_format)
+
+
+class RequestCounter:
+    """ASGI middleware counting each answered request by route and status. The routes are ``routes`` (the
+    app's own, as registered; FastAPI's /openapi.json is not one); any other path counts as "other" (one
+    series per path a scanner tries would grow without bound). Plain ASGI, not ``app.middleware``:
+    Starlette's BaseHTTPMiddleware hides a client's disconnect from the handler."""
+
+    def __init__(self, app, metrics: Metrics, routes: list[APIRoute]) -> None:
+        self.app, self.metrics = app, metrics
+        self.paths = {route.path for route in routes if not route.param_convertors}
+        self.templates = [(route.path_regex, route_label(route)) for route in routes if route.param_convertors]
+
+    def label(self, path: str) -> str:
+        """The route ``path`` is counted under."""
+        if path in self.paths:
+            return path
+        return next((label for regex, label in self.templates if regex.match(path)), "other")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = self.label(scope["path"])
+
+        async def counted(message) -> None:
+            if message["type"] == "http.response.start":
+                self.metrics.requests.labels(route=route, status=str(message["status"])).inc()
+            await send(message)
+
+        await self.app(scope, receive, counted)
