@@ -14,8 +14,9 @@ DDP under torchrun, metrics.jsonl and loss.png.
 
 The config is a TOML file with four tables:
   [model]   init_from = DIR (the checkpoint to start from), dropout (optional)
-  [task]    kind = {kinds}, train_file, dev_file (classify: TSV with a header or
-            JSONL, text_field / label_field; tokens: CoNLL with BIO tags), labels (optional list),
+  [task]    kind = {kinds}
+            (docs/finetuning.md), train_file, dev_file (classify: TSV with a header or JSONL,
+            text_field / label_field; tokens: CoNLL with BIO tags), labels (optional list),
             data (continue: a `llmkit data tokenize` directory made with init_from's tokenizer)
   [method]  name = full | freeze (train_layers = N last blocks on top of the head; 0: head only)
             | lora (rank, alpha, dropout, target_modules; the new head trains in full beside it)
