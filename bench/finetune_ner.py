@@ -87,7 +87,7 @@ def run_hf(args, steps: int, warmup: int, work: Path, sampler: str) -> dict:
     from transformers import AutoTokenizer, BertForTokenClassification, DataCollatorForTokenClassification
 
     from llmkit.finetune.data import align_labels, read_conll
-    from llmkit.finetune.tasks import score_tokens
+    from llmkit.finetune.tasks.tokens import score_tokens
 
     src = minilm_dir()
     tokenizer = AutoTokenizer.from_pretrained(src)

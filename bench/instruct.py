@@ -148,7 +148,7 @@ def run_llmkit(model: Path, args, work: Path):
           f"train loss {summary['train_loss']:.4f}, dev loss {summary['init_val_loss']:.4f} -> "
           f"{summary['val_loss']:.4f}, {uptime()}", flush=True)  # fmt: skip
     row = {"examples_per_s": summary["examples_per_s"], **scores(Path(cfg.train.out_dir) / "best", args, "llmkit")}
-    return row, (run.train_examples, cfg)
+    return row, (run.task.train_examples, cfg)
 
 
 # ---- transformers + peft ----------------------------------------------------------------------------
@@ -240,9 +240,10 @@ def llmkit_examples(model: Path, args, work: Path):
     env = distributed.init(cfg.train.device)
     try:
         run = FinetuneRun(cfg, env, resume=False)
+        run.start()  # reads and encodes the task's data, builds the model; no step
     finally:
         distributed.cleanup()
-    return run.train_examples, cfg
+    return run.task.train_examples, cfg
 
 
 # ---- the table --------------------------------------------------------------------------------------

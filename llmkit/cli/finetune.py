@@ -1,4 +1,4 @@
-"""`llmkit finetune`: adapt a checkpoint to a task (classify, tokens, continue) from a TOML config."""
+"""`llmkit finetune`: adapt a checkpoint to a task (one of llmkit.finetune.tasks.KINDS) from a TOML config."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ DDP under torchrun, metrics.jsonl and loss.png.
 
 The config is a TOML file with four tables:
   [model]   init_from = DIR (the checkpoint to start from), dropout (optional)
-  [task]    kind = classify | tokens | continue, train_file, dev_file (classify: TSV with a header or
-            JSONL, text_field / label_field; tokens: CoNLL with BIO tags), labels (optional list),
+  [task]    kind = {kinds}
+            (docs/finetuning.md), train_file, dev_file (classify: TSV with a header or JSONL,
+            text_field / label_field; tokens: CoNLL with BIO tags), labels (optional list),
             data (continue: a `llmkit data tokenize` directory made with init_from's tokenizer)
   [method]  name = full | freeze (train_layers = N last blocks on top of the head; 0: head only)
             | lora (rank, alpha, dropout, target_modules; the new head trains in full beside it)
@@ -44,24 +45,15 @@ _TABLES = {
 }
 
 
-# what each task kind is, for `llmkit --help` (tests/test_cli.py checks every kind has words here)
-TASK_WORDS = {
-    "classify": "sequence classification",
-    "tokens": "token classification, NER",
-    "continue": "continued pretraining",
-    "seq2seq": "text to text",
-    "instruct": "chat/instruction SFT",
-}
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    from llmkit.finetune.config import METHODS, TASK_KINDS, MethodConfig, ModelTable, TaskConfig
+    from llmkit.finetune.config import METHODS, MethodConfig, ModelTable, TaskConfig
+    from llmkit.finetune.tasks import KINDS
 
     p = sub.add_parser(
         "finetune",
-        help=f"fine-tune a checkpoint; tasks: {', '.join(f'{k} ({TASK_WORDS[k]})' for k in TASK_KINDS)}; "
+        help=f"fine-tune a checkpoint; tasks: {', '.join(f'{k} ({kind.words})' for k, kind in KINDS.items())}; "
         f"methods: {', '.join(METHODS)}",
-        description=_DESCRIPTION,
+        description=_DESCRIPTION.format(kinds=" | ".join(KINDS)),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -5,8 +5,9 @@
 - ``data``: readers (TSV/JSONL, CoNLL), encoding with label alignment, deterministic batches.
 - ``text2text``: seq2seq pairs (teacher forcing, greedy dev outputs) and instruct conversations
   (chat template, loss on assistant turns, packing, task-file mixes).
-- ``tasks``: each task's head and metrics.
-- ``run``: ``FinetuneRun`` (the loop's hooks) and ``freeze``.
+- ``tasks``: the registry of task kinds, one module per kind (classify, tokens, continued, seq2seq,
+  instruct), each a ``Task`` owning its data preparation, head, batches, evaluation and best metric.
+- ``run``: ``FinetuneRun`` (the loop's hooks: init_from, the method, OUT/best and OUT/last) and ``freeze``.
 """
 
 from __future__ import annotations

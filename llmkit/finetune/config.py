@@ -14,8 +14,9 @@ from typing import Any
 from llmkit.config import TrainConfig
 from llmkit.errors import LlmkitError
 from llmkit.files import read_toml
+from llmkit.finetune import tasks
 
-TASK_KINDS = ("classify", "tokens", "continue", "seq2seq", "instruct")
+TASK_KINDS = tasks.kinds()  # the built-in kinds (finetune/tasks/__init__.py; TaskConfig checks the live registry)
 SEQ2SEQ_METRICS = ("rougeL", "bleu", "chrf")
 METHODS = ("full", "freeze", "lora", "qlora")
 TABLES = ("model", "task", "method", "train")
@@ -57,7 +58,7 @@ class TaskConfig:
     rows, or ``files``: tasks/*.toml files mixed by ``weights``.
     """
 
-    kind: str = "classify"  # classify | tokens | continue | seq2seq | instruct
+    kind: str = "classify"  # classify | tokens | continue | seq2seq | instruct (llmkit.finetune.tasks.KINDS)
     train_file: str = ""
     dev_file: str = ""
     data: str = ""  # continue: the token directory
@@ -79,8 +80,7 @@ class TaskConfig:
     weights: list[float] = field(default_factory=list)  # instruct: each file's share of the mix; empty: by size
 
     def __post_init__(self) -> None:
-        if self.kind not in TASK_KINDS:
-            raise LlmkitError(f"unknown task kind '{self.kind}'", f"[task] kind is one of: {', '.join(TASK_KINDS)}")
+        tasks.check_kind(self.kind)
         if isinstance(self.labels, str):
             self.labels = [name.strip() for name in self.labels.split(",") if name.strip()]
         for name in ("max_train_examples", "max_dev_examples"):

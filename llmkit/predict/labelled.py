@@ -2,10 +2,10 @@
 
 Sequence classifiers read ``llmkit.finetune.data.read_labelled``'s files (TSV with a header row, or
 JSONL; ``text_field`` and ``label_field`` name the columns) and report accuracy and macro-F1 (the
-fine-tuning dev metrics, ``finetune.tasks.score_classify``), a per-class table (precision, recall,
+fine-tuning dev metrics, ``finetune.tasks.classify.score_classify``), a per-class table (precision, recall,
 F1, support, as scikit-learn's classification_report) and a confusion matrix. Token classifiers read
 CoNLL files (``read_conll``): each word is tagged at its first sub-token, as fine-tuning's dev set is,
-and scored by seqeval (default CoNLL mode; ``finetune.tasks.score_tokens``) overall and per entity type.
+and scored by seqeval (default CoNLL mode; ``finetune.tasks.tokens.score_tokens``) overall and per entity type.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from torch import nn
 
 from llmkit.files import atomic_write
 from llmkit.finetune import data as fdata
-from llmkit.finetune.tasks import score_classify, score_tokens
+from llmkit.finetune.tasks.classify import score_classify
+from llmkit.finetune.tasks.tokens import score_tokens
 from llmkit.objectives import IGNORE_INDEX
 from llmkit.predict.batches import DEFAULT_BATCH, logits_per_text
 from llmkit.predict.classify import classify

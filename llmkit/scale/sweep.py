@@ -104,6 +104,7 @@ def run_point(point: Point, env: Dist) -> Result | None:
     if saved is None or saved < point.train.steps:
         try:
             run = PretrainRun(point.model, point.train, env, resume=saved is not None)
+            run.start()  # the out dir's checks: their errors get the hint below
         except LlmkitError as err:
             raise LlmkitError(err.message, f"{err.hint}; or delete {out} to train the point again") from None
         run.train()

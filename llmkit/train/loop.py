@@ -164,19 +164,29 @@ def pretrain(
 class Run:
     """One training run's state between steps; ``train()`` is the loop that pretraining and
     fine-tuning share (one loop: autocast, accumulation, schedule, logging, evaluation, checkpoints,
-    exact resume, NaN stop, DDP). A subclass supplies what differs, through five hooks:
+    exact resume, NaN stop, DDP).
 
-    - ``setup()``: open the data and its tokenizer (``self.tokenizer``), check sizes;
+    Constructing a run keeps its settings; ``start()`` (the first thing ``train()`` does, if not done
+    yet) builds it: ``setup()`` -> the out dir (checked, or the saved run recovered and checked) ->
+    the model (``initial_model()``, or ``adapt()`` + the saved weights) -> the optimizer. A subclass
+    supplies what differs through these public hooks (and overrides nothing else):
+
+    - ``setup() -> ModelConfig``: open the data and its tokenizer (``self.tokenizer``), check sizes,
+      and return the config of the model to build;
     - ``initial_model()``: the model a new run starts from (seeded);
+    - ``adapt(model)``: ready a built model for training (freezing, adapters) before a resumed run's
+      saved weights are loaded into it (default: as it is);
     - ``batches(step)``: this process's micro-batches of optimizer step ``step``, a function of
       (seed, step, rank) so a resumed run draws the same ones;
+    - ``step_tokens(batches)``: the step's input tokens over all processes (tokens/s, MFU);
     - ``evaluate()``: the dev metrics, a dict with at least ``val_loss``;
-    - ``card()`` and ``check_resumable(saved)``.
+    - ``save_best()``: keep the model of the best evaluation so far (default: a plain checkpoint
+      in ``best_dir`` with ``best.json``);
+    - ``card()``, ``check_resumable(saved)``, ``save_extra()`` and ``report(summary, start)``: the
+      model card, the resume check, what train_state.pt keeps besides the loop's state, the closing line.
 
     ``best_metric`` (a key of ``evaluate()``'s dict; higher is better unless ``best_lower``) makes
-    every evaluation that improves on the best so far save a plain checkpoint to ``best_dir``.
-    ``adapt(model)`` readies a built model for training (freezing, adapters) before any saved
-    weights are loaded into it.
+    every evaluation that improves on the best so far call ``save_best()``.
     """
 
     kind = "train"
@@ -185,11 +195,22 @@ class Run:
     best_dir: Path | None = None
     packed: tuple[int, int] | None = None  # (examples, windows) when the rows are windows packed from examples
 
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, env: Dist, resume: bool, verify: bool = True) -> None:
+    def __init__(
+        self, model_cfg: ModelConfig | None, cfg: TrainConfig, env: Dist, resume: bool, verify: bool = True
+    ) -> None:
+        """``model_cfg``: the model to build, or None where ``setup()`` makes it (fine-tuning: init_from's
+        config with the task's head). ``resume`` continues the run saved in ``cfg.out_dir`` (its
+        manifest checked unless ``verify`` is False)."""
         self.model_cfg, self.cfg, self.env = model_cfg, cfg, env
+        self.resume, self.verify = resume, verify
         self.out = Path(cfg.out_dir)
-        self.setup()
-        saved = self._open_out_dir(resume, verify)
+        self.state: TrainState | None = None  # built by start()
+
+    def start(self) -> None:
+        """Build the run: setup, the out dir, the model (new or saved), the optimizer and the log."""
+        cfg, env = self.cfg, self.env
+        self.model_cfg = self.setup()
+        saved = self._open_out_dir(self.resume, self.verify)
         model = self.initial_model() if saved is None else self._saved_model()
         self.state = make_state(model, cfg, env)
         if saved is not None:
@@ -209,23 +230,36 @@ class Run:
         self.peak = measure_peak_flops(env.device, dtype)
 
     # ---- hooks ----
-    def setup(self) -> None:
+    def setup(self) -> ModelConfig:
         raise NotImplementedError
 
     def initial_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
+    def adapt(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
     def batches(self, step: int) -> list[Batch]:
         raise NotImplementedError
+
+    def step_tokens(self, batches: list[Batch]) -> int | torch.Tensor:
+        """Input tokens of one optimizer step over all processes, for tokens/s and MFU: every row is
+        a full ``block_size`` window in pretraining; fine-tuning counts real tokens, not padding."""
+        return self.rows * self.cfg.block_size
 
     def evaluate(self) -> dict[str, float]:
         raise NotImplementedError
 
+    def save_best(self) -> None:
+        """The model as it is to ``best_dir``, with its scores in best.json (rank 0 writes; all wait)."""
+        if self.env.is_main:
+            card = self.card()
+            checkpoint.save(self.state.raw, self.best_dir, tokenizer=self.tokenizer, card=card,
+                            extra_files={"best.json": {"step": self.state.step, **self.last_eval}})  # fmt: skip
+        distributed.barrier()
+
     def card(self) -> ModelCard | None:
         return None
-
-    def adapt(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model
 
     def check_resumable(self, saved: dict[str, Any]) -> None:
         check_resumable(saved, self.model_cfg, self.cfg, self.env)
@@ -233,11 +267,6 @@ class Run:
     def save_extra(self) -> dict[str, Any]:
         """What train_state.pt keeps besides step, optimizer and settings."""
         return {}
-
-    def step_tokens(self, batches: list[Batch]) -> int | torch.Tensor:
-        """Input tokens of one optimizer step over all processes, for tokens/s and MFU: every row is
-        a full ``block_size`` window in pretraining; fine-tuning counts real tokens, not padding."""
-        return self.rows * self.cfg.block_size
 
     # ---- setup ----
     def _saved_model(self) -> torch.nn.Module:
@@ -278,6 +307,8 @@ class Run:
     def train(self) -> dict[str, Any]:
         from tqdm import tqdm
 
+        if self.state is None:
+            self.start()
         cfg, state = self.cfg, self.state
         start = state.step
         bar = tqdm(total=cfg.steps, initial=start, desc=self.kind, unit="step", disable=not self.env.is_main)
@@ -360,16 +391,9 @@ class Run:
         self.last_val, self.last_eval = loss, scores
         if self.best_metric is not None and _better(scores[self.best_metric], self.best, self.best_lower):
             self.best = scores[self.best_metric]
-            self._save_best()
+            self.save_best()
         self.tick = time.perf_counter()  # evaluation time is not training time
         return loss
-
-    def _save_best(self) -> None:
-        if self.env.is_main:
-            card = self.card()
-            checkpoint.save(self.state.raw, self.best_dir, tokenizer=self.tokenizer, card=card,
-                            extra_files={"best.json": {"step": self.state.step, **self.last_eval}})  # fmt: skip
-        distributed.barrier()
 
     def _save(self) -> None:
         if self.metrics is not None:
@@ -445,7 +469,7 @@ class PretrainRun(Run):
 
     kind = "pretrain"
 
-    def setup(self) -> None:
+    def setup(self) -> ModelConfig:
         model_cfg, cfg = self.model_cfg, self.cfg
         checkpoint.check_sizes(model_cfg, "the model config")  # before anything is built from it
         if not cfg.data:
@@ -454,6 +478,7 @@ class PretrainRun(Run):
         self.tokenizer = self.data.tokenizer()  # the one that made the ids: saved with every checkpoint
         self.objective = make_objective(model_cfg, cfg, self.tokenizer)
         _check_shapes(model_cfg, cfg, self.data)
+        return model_cfg
 
     def initial_model(self) -> torch.nn.Module:
         torch.manual_seed(self.cfg.seed)  # the same initial weights on every process
