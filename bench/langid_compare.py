@@ -9,6 +9,7 @@ English from the MedQuAD corpus (data/domain); German is not in data/, so it com
 translations in Debian's gettext catalogs (/usr/share/locale/de/LC_MESSAGES/*.mo, real translated
 program messages) where the machine has them; without them German is left out and the run says so.
 
+    .venv/bin/pip install lingua-language-detector==2.1.1   # the peer, not a dependency of llmkit (96 MB)
     .venv/bin/python bench/langid_compare.py [--per-language 400] [--seed 0] [--lingua-low-accuracy]
 """
 
