@@ -98,6 +98,14 @@ def near_duplicate_pairs(
     return found
 
 
+def near_duplicate_roots(texts: Sequence[str], threshold: float, ngram: int, num_perm: int, seed: int) -> list[int]:
+    """Each text's near-duplicate cluster, named by its first member (the one dedup keeps): the whole
+    near-dedup step on a list of texts."""
+    hash_sets = [shingle_hashes(text, ngram) for text in texts]
+    sigs = signatures(hash_sets, num_perm, seed)
+    return cluster_roots(len(texts), near_duplicate_pairs(hash_sets, sigs, threshold, seed))
+
+
 def cluster_roots(n: int, pairs: list[tuple[int, int]]) -> list[int]:
     """Union-find over ``pairs``: each index's cluster, named by its smallest member."""
     parent = list(range(n))

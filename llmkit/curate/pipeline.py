@@ -282,7 +282,7 @@ def _copy_shard(folder: Path, dups: dict[int, list], kept, removed, stats: dict)
 
 
 def prepare(options: CurateOptions) -> tuple[list[Shard], Path]:
-    """Plan the shards and check (or write) OUT/work/manifest.json; clear leftovers of killed shard writes."""
+    """Plan the shards and check (or write) OUT/work/manifest.json."""
     shards = plan_shards(options.sources)
     work = Path(options.out) / WORK
     manifest = {
@@ -302,10 +302,14 @@ def prepare(options: CurateOptions) -> tuple[list[Shard], Path]:
     else:
         work.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(manifest, indent=1))
+    return shards, work
+
+
+def clear_leftovers(work: Path, shards: list[Shard]) -> None:
+    """Remove what killed shard writes left (their temporary folders); only while no worker is running."""
     for shard in shards:
         for leftover in leftovers(shard_dir(work, shard)):
             shutil.rmtree(leftover, ignore_errors=True)
-    return shards, work
 
 
 def run_filters(
@@ -338,6 +342,7 @@ def curate(
 
     started = time.perf_counter()
     shards, work = prepare(options)
+    clear_leftovers(work, shards)
     if total is not None:
         total(sum(s.size for s in shards))
     run_filters(shards, options, work, progress)

@@ -17,7 +17,7 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 _PARAGRAPH = re.compile(r"\n{2,}")
 _LINES = re.compile(r"\n+")
 # a sentence ends at . ! ? (and closing quotes or brackets after them) followed by whitespace
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"'”’)\]])\s+")
 _KEY_DROP = re.compile(r"[\W_]+")
 
 
