@@ -77,6 +77,13 @@ def test_gopher_quality_thresholds_are_the_papers():
     assert cfg.stop_words == ["the", "be", "to", "of", "and", "that", "have", "with"]
 
 
+def test_alpha_words_whitespace_or_tokens():
+    listy = " ".join(["apples, pears; plums. cherries, lemons; melons."] * 10)  # half the tokens are , ; .
+    assert gopher_quality(listy + " the and of", GopherQualityConfig(min_words=10)) is None
+    reason = gopher_quality(listy + " the and of", GopherQualityConfig(min_words=10, alpha_words="tokens"))
+    assert reason == "gopher_quality.alpha_words"
+
+
 def test_bullets_below_the_threshold_pass():
     text = "\n".join([f"• {_PROSE} number {i}." for i in range(8)] + [f"{_PROSE}.", f"{_PROSE} again."])
     assert gopher_quality(text, GopherQualityConfig()) is None  # 80% bullet lines <= 90%

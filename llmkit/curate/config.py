@@ -49,7 +49,9 @@ class EncodingConfig:
     in English text (the broken characters are few); ftfy repairs such text where it can."""
 
     enabled: bool = True
-    max_bad_fraction: float = 0.002  # broken sequences per character
+    # broken sequences per character; 0: any one removes the document (in English text mis-decoded once, the
+    # broken characters are the few curly quotes and dashes: a fraction threshold would let most through)
+    max_bad_fraction: float = 0.0
 
 
 @dataclass
@@ -71,6 +73,10 @@ class GopherQualityConfig:
     max_bullet_lines_ratio: float = 0.9
     max_ellipsis_lines_ratio: float = 0.3
     min_alpha_words_ratio: float = 0.8  # words with at least one alphabetic character
+    # what "words" are for that ratio: "whitespace" (the text's space-separated words, punctuation attached) or
+    # "tokens" (words and punctuation runs apart, as datatrove's spaCy tokens: every "." and "," is a word without
+    # a letter, so punctuation-heavy prose falls below 0.8)
+    alpha_words: str = "whitespace"
     min_stop_words: int = 2
     stop_words: list[str] = field(default_factory=lambda: list(GOPHER_STOP_WORDS))
 
@@ -186,6 +192,11 @@ class CurateConfig:
             raise LlmkitError("near_dedup.ngram must be >= 1 and num_perm >= 2", "e.g. ngram = 1, num_perm = 128")
         if self.language.enabled and not self.language.languages:
             raise LlmkitError("language.languages is empty", 'name the languages to keep, e.g. ["en"]')
+        if self.gopher_quality.alpha_words not in ("whitespace", "tokens"):
+            raise LlmkitError(
+                f"gopher_quality.alpha_words must be whitespace or tokens, got {self.gopher_quality.alpha_words!r}",
+                'e.g. alpha_words = "whitespace"',
+            )
         if not 0 <= self.language.min_score <= 1:
             raise LlmkitError(f"language.min_score must be in [0, 1], got {self.language.min_score}", "e.g. 0.65")
         for name in SECTIONS:

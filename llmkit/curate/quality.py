@@ -52,9 +52,9 @@ def gopher_quality(text: str, cfg: GopherQualityConfig) -> str | None:
         return "gopher_quality.bullet_lines"
     if sum(line.rstrip().endswith(_ELLIPSES) for line in all_lines) / len(all_lines) > cfg.max_ellipsis_lines_ratio:
         return "gopher_quality.ellipsis_lines"
-    # "words" here as the text's whitespace-separated words: punctuation is not a word without letters
-    spaced = text.split()
-    if sum(not _NO_ALPHA.fullmatch(w) for w in spaced) / len(spaced) < cfg.min_alpha_words_ratio:
+    # by default "words" here are the text's whitespace-separated words: a comma is not a word without letters
+    counted = text.split() if cfg.alpha_words == "whitespace" else tokens
+    if sum(not _NO_ALPHA.fullmatch(w) for w in counted) / len(counted) < cfg.min_alpha_words_ratio:
         return "gopher_quality.alpha_words"
     if len(set(cfg.stop_words).intersection(w.lower() for w in real)) < cfg.min_stop_words:
         return "gopher_quality.stop_words"

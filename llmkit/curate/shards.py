@@ -39,16 +39,35 @@ class ReadOptions:
 
 
 def plan_shards(specs: list[str]) -> list[Shard]:
-    """The shards of ``specs``, in source order then file order (the corpus order dedup keeps first)."""
-    sources = check_sources([(spec, None) for spec in specs])
+    """The shards of ``specs``, in source order then file order (the corpus order dedup keeps first).
+    A folder's .jsonl files are one shard each (beside its .txt/.md files, in groups)."""
+    jsonl = {spec: _jsonl_files(spec) for spec in specs}
+    plain = [spec for spec in specs if not jsonl[spec] or _has_text_files(spec)]
+    sources = dict(zip(plain, check_sources([(spec, None) for spec in plain]), strict=True)) if plain else {}
+    if not specs:
+        check_sources([])
     shards: list[Shard] = []
-    for s, source in enumerate(sources):
-        groups = [[]] if source.kind == "builtin" else _groups(source)
-        for files in groups:
-            part = Source(source.spec, None, source.kind, [Path(f) for f in files])
-            size = source.size_bytes() if source.kind == "builtin" else part.size_bytes()
-            shards.append(Shard(len(shards), s, source.spec, source.kind, tuple(map(str, files)), size or 0))
+    for s, spec in enumerate(specs):
+        parts = [("jsonl", [f]) for f in jsonl[spec]]
+        if spec in sources:
+            source = sources[spec]
+            parts += [(source.kind, files) for files in ([[]] if source.kind == "builtin" else _groups(source))]
+        for kind, files in parts:
+            part = Source(spec, None, kind, list(files))
+            size = part.size_bytes() if kind != "builtin" else sources[spec].size_bytes()
+            shards.append(Shard(len(shards), s, spec, kind, tuple(map(str, files)), size or 0))
     return shards
+
+
+def _jsonl_files(spec: str) -> list[Path]:
+    path = Path(spec)
+    if not path.is_dir():
+        return []
+    return sorted((p for p in path.rglob("*") if p.name.endswith((".jsonl", ".jsonl.gz"))), key=lambda p: p.parts)
+
+
+def _has_text_files(spec: str) -> bool:
+    return any(p.suffix in (".txt", ".md") for p in Path(spec).rglob("*"))
 
 
 def _groups(source: Source) -> list[list[Path]]:
