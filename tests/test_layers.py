@@ -34,6 +34,7 @@ LAYERS = {
     "llmkit.data.shards": 1,
     "llmkit.data.fast_bpe": 1,
     "llmkit.runconfig": 1,
+    "llmkit.curate": 1,  # numpy, datasketch, py3langid; stats reads data.tokenizer (L1); matplotlib for the funnel
     "llmkit.objectives": 2,
     "llmkit.inference": 2,
     "llmkit.quantize": 2,

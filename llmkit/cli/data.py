@@ -1,4 +1,5 @@
-"""`llmkit data`: tokenize text into train/val token shards; list the shipped data sets and get their upstream."""
+"""`llmkit data`: curate raw text; tokenize text into train/val token shards; corpus statistics under a tokenizer;
+list the shipped data sets and get their upstream."""
 
 from __future__ import annotations
 
@@ -100,7 +101,146 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     tokenize.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default: %(default)s)")
     tokenize.set_defaults(handler=_tokenize)
+    _register_curate(commands)
+    _register_stats(commands)
     _register_catalog(commands)
+
+
+_CURATE_DESCRIPTION = """\
+Clean raw text for pretraining (docs/curation.md). Every document goes through, in order:
+normalization (Unicode NFC, whitespace), mojibake, language identification (py3langid), Gopher's
+repetition and quality rules, C4's line and page rules, a harmful-content word list; the first rule
+that fails removes it. What is kept has e-mail addresses, phone numbers and IP addresses redacted,
+then exact duplicates and near duplicates (MinHash + LSH, checked by exact Jaccard) are removed
+across all sources together, keeping the first in the order given. Every rule can be switched off
+and its thresholds set in --config FILE.toml (defaults: the published ones; --print-config shows them).
+
+Writes into OUT: kept/NN-SOURCE.jsonl per source ({"text", "id", "source"}, for `llmkit data
+tokenize`, which mixes them by weight), removed.jsonl (each removed document with its rule),
+report.json and funnel.png. The work is sharded by input file (a folder's files in groups of 256)
+over --workers processes; OUT/work/ keeps finished shards, so the same command resumes a killed run
+and gives the same output as an uninterrupted one, whatever the worker count.
+"""
+
+_CURATE_EPILOG = """\
+examples:
+  llmkit data curate raw/ --out runs/curated
+  llmkit data curate crawl-*.jsonl --config configs/curate.toml --workers 4 --out runs/curated
+  llmkit data curate data/domain/medical_medquad/medquad.txt.gz --line-docs --out runs/medquad
+  llmkit data tokenize runs/curated/kept/00-crawl.jsonl --tokenizer runs/tok --out runs/data
+  llmkit data curate --print-config > curate.toml
+"""
+
+
+def _register_curate(commands: argparse._SubParsersAction) -> None:
+    curate = commands.add_parser(
+        "curate",
+        help="quality filters, language id, PII redaction, exact and near dedup: raw text -> kept JSONL + report",
+        description=_CURATE_DESCRIPTION,
+        epilog=_CURATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    curate.add_argument(
+        "sources", nargs="*", metavar="SOURCE", help="text files, folders, .jsonl files or builtin:NAME"
+    )
+    curate.add_argument("--out", metavar="DIR", help="output directory (a run there with the same settings resumes)")
+    curate.add_argument(
+        "--config", metavar="FILE.toml", help="rule switches and thresholds (default: the published ones)"
+    )
+    curate.add_argument(
+        "--workers", type=int, metavar="N", help="processes, one shard (input file) each at a time (default: all cores)"
+    )
+    curate.add_argument(
+        "--executor",
+        choices=("local", "datatrove"),
+        default="local",
+        help="local: llmkit's process pool; datatrove: the same stages on datatrove's LocalPipelineExecutor "
+        "(docs/curation.md shows its Slurm launch) (default: %(default)s)",
+    )
+    curate.add_argument("--text-field", default="text", metavar="NAME", help=".jsonl: the text field (default: text)")
+    curate.add_argument("--line-docs", action="store_true", help=".txt/.md: every non-empty line is a document")
+    curate.add_argument("--print-config", action="store_true", help="print the default config as TOML and exit")
+    curate.set_defaults(handler=_curate)
+
+
+def _register_stats(commands: argparse._SubParsersAction) -> None:
+    stats = commands.add_parser(
+        "stats",
+        help="tokens per word and the most-split words of a corpus under a tokenizer",
+        description="How a tokenizer splits a corpus: documents, words, tokens, tokens per word, and the "
+        "frequent words it splits into the most pieces (each word counted as it appears mid-sentence, "
+        "after a space). A general tokenizer spends more tokens per word on domain text; this shows where.",
+        epilog="example:\n  llmkit data stats data/domain/medical_medquad/medquad.txt.gz --line-docs "
+        "--tokenizer runs/tok",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    stats.add_argument("corpus", metavar="CORPUS", help="a text file, folder, .jsonl file or builtin:NAME")
+    stats.add_argument("--tokenizer", required=True, metavar="DIR", type=tokenizer_dir,
+                       help="tokenizer directory (or its tokenizer.json)")  # fmt: skip
+    stats.add_argument("--top", type=int, default=20, metavar="N", help="most-split words to list (default: 20)")
+    stats.add_argument("--min-count", type=int, default=5, metavar="N",
+                       help="only words seen at least N times (default: 5)")  # fmt: skip
+    stats.add_argument("--max-docs", type=int, default=0, metavar="N", help="read at most N documents (default: all)")
+    stats.add_argument("--text-field", default="text", metavar="NAME", help=".jsonl: the text field (default: text)")
+    stats.add_argument("--line-docs", action="store_true", help=".txt/.md: every non-empty line is a document")
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+    stats.set_defaults(handler=_stats)
+
+
+def _curate(args: argparse.Namespace) -> None:
+    import os
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from llmkit.curate.config import CurateConfig, to_toml
+    from llmkit.curate.pipeline import CurateOptions, curate
+    from llmkit.curate.report import render
+    from llmkit.curate.shards import ReadOptions
+    from llmkit.errors import LlmkitError
+
+    config = CurateConfig.from_toml(args.config) if args.config else CurateConfig()
+    if args.print_config:
+        print(to_toml(config), end="")
+        return
+    if not args.sources or not args.out:
+        raise LlmkitError("curate needs SOURCE... and --out DIR", "e.g. llmkit data curate raw/ --out runs/curated")
+    workers = args.workers or len(os.sched_getaffinity(0))
+    if workers < 1:
+        raise LlmkitError(f"--workers must be at least 1, got {workers}", "e.g. --workers 2")
+    read = ReadOptions(text_field=args.text_field, line_documents=args.line_docs)
+    options = CurateOptions(list(args.sources), Path(args.out), config, workers, read)
+    if args.executor == "datatrove":
+        from llmkit.curate.executors import curate_with_datatrove
+
+        report = curate_with_datatrove(options)
+    else:
+        with tqdm(unit="B", unit_scale=True, desc="curating", smoothing=0.1) as bar:
+            report = curate(options, progress=bar.update, total=lambda n: setattr(bar, "total", n))
+    print(render(report, Path(args.out)))
+
+
+def _stats(args: argparse.Namespace) -> None:
+    import json
+
+    from llmkit.curate.stats import corpus_stats
+    from llmkit.data.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_hf_dir(args.tokenizer)
+    stats = corpus_stats(args.corpus, tokenizer, args.text_field, args.line_docs, args.max_docs)
+    if args.json:
+        print(json.dumps(stats.to_dict(args.top, args.min_count), indent=2, ensure_ascii=False))
+        return
+    print(
+        f"{args.corpus}: {stats.documents:,} documents, {stats.words:,} words, {stats.tokens:,} tokens: "
+        f"{stats.tokens_per_word:.3f} tokens per word ({len(stats.counts):,} distinct words)"
+    )
+    rows = stats.most_split(args.top, args.min_count)
+    if rows:
+        print(f"most-split words (seen at least {args.min_count} times):")
+        print(f"  {'word':<32}{'pieces':>7}{'count':>9}")
+        for word, pieces, count in rows:
+            print(f"  {word:<32}{pieces:>7}{count:>9,}")
 
 
 def _register_catalog(commands: argparse._SubParsersAction) -> None:
