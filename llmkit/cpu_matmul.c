@@ -29,6 +29,21 @@
 #define CHUNK 64    /* int4 inputs per 32-byte chunk */
 #define ROW_BLOCK 4 /* rows of x kept in registers against one row of W */
 
+/* The row kernels take the number of x rows n as a compile-time constant (ROWS_CASES inlines one copy
+ * per n): with a variable n their per-row accumulators would live on the stack, not in registers. */
+#if defined(__GNUC__)
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE static inline
+#endif
+#define ROWS_CASES(CALL)                                                                                     \
+    switch (n) {                                                                                             \
+    case 1: CALL(1); break;                                                                                  \
+    case 2: CALL(2); break;                                                                                  \
+    case 3: CALL(3); break;                                                                                  \
+    default: CALL(4); break;                                                                                 \
+    }
+
 static inline float f16_to_f32(uint16_t h) {
 #if defined(__F16C__)
     return _cvtsh_ss(h);
@@ -85,7 +100,7 @@ static void add_offsets(const Prepared *p, const uint16_t *scales, const uint16_
 #define NIBBLES(words, k, table) _mm512_permutexvar_ps(_mm512_srli_epi32(words, 4 * (k)), table)
 
 /* rows [r0, r0 + n) of x against row o of W: sum_g scale_g * sum_j (q_j - 8) x_j, into y */
-static void int4_row(const Prepared *p, int64_t r0, int n, const uint8_t *q, const uint16_t *scales, int64_t o,
+ALWAYS_INLINE void int4_row(const Prepared *p, int64_t r0, const int n, const uint8_t *q, const uint16_t *scales, int64_t o,
                      int64_t group, int64_t out, float *y) {
     const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7); /* q - 8 */
     const int64_t chunks = p->stride / CHUNK, per_group = group / CHUNK; /* chunks per group (0: group 32) */
@@ -131,7 +146,7 @@ static void int4_row(const Prepared *p, int64_t r0, int n, const uint8_t *q, con
     for (int r = 0; r < n; r++) y[(r0 + r) * out + o] = _mm512_reduce_add_ps(acc[r]);
 }
 #else
-static void int4_row(const Prepared *p, int64_t r0, int n, const uint8_t *q, const uint16_t *scales, int64_t o,
+ALWAYS_INLINE void int4_row(const Prepared *p, int64_t r0, const int n, const uint8_t *q, const uint16_t *scales, int64_t o,
                      int64_t group, int64_t out, float *y) {
     const uint8_t *row = q + o * (p->stride / 2);
     for (int r = 0; r < n; r++) {
@@ -160,7 +175,8 @@ int llmkit_int4_matmul(const float *x, int64_t rows, int64_t in, const uint8_t *
     for (int64_t o = 0; o < out; o++)
         for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
             int n = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
-            int4_row(&p, r0, n, q, scales, o, group, out, y);
+#define INT4_ROWS(N) int4_row(&p, r0, N, q, scales, o, group, out, y)
+            ROWS_CASES(INT4_ROWS)
             if (mins) add_offsets(&p, scales, mins, 8.0f, o, r0, n, out, y);
         }
     free(p.x);
@@ -173,7 +189,7 @@ int llmkit_int4_matmul(const float *x, int64_t rows, int64_t in, const uint8_t *
 #if defined(__AVX512F__)
 /* 16 inputs at a time; each group's vector sum scaled into a vector accumulator, reduced once a row */
 #define INT8_ROW(NAME, T, LOAD16, CENTRE)                                                                            \
-    static void NAME(const Prepared *p, int64_t r0, int n, const T *q, const uint16_t *scales, int64_t o,       \
+    ALWAYS_INLINE void NAME(const Prepared *p, int64_t r0, const int n, const T *q, const uint16_t *scales, int64_t o,       \
                      int64_t in, int64_t group, int64_t out, float *y) {                                       \
         const T *row = q + o * in;                                                                            \
         __m512 acc[ROW_BLOCK];                                                                                \
@@ -206,7 +222,7 @@ INT8_ROW(int8_row_signed, int8_t, _mm512_cvtepi8_epi32, 0.0f)
 INT8_ROW(int8_row_unsigned, uint8_t, CENTRED_U8, 128.0f)
 #else
 #define INT8_ROW(NAME, T, CENTRE)                                                                                  \
-    static void NAME(const Prepared *p, int64_t r0, int n, const T *q, const uint16_t *scales, int64_t o,       \
+    ALWAYS_INLINE void NAME(const Prepared *p, int64_t r0, const int n, const T *q, const uint16_t *scales, int64_t o,       \
                      int64_t in, int64_t group, int64_t out, float *y) {                                       \
         const T *row = q + o * in;                                                                            \
         for (int r = 0; r < n; r++) {                                                                         \
@@ -235,10 +251,12 @@ int llmkit_int8_matmul(const float *x, int64_t rows, int64_t in, const void *q, 
         for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
             int n = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
             if (mins) {
-                int8_row_unsigned(&p, r0, n, (const uint8_t *)q, scales, o, in, group, out, y);
+#define INT8_UNSIGNED(N) int8_row_unsigned(&p, r0, N, (const uint8_t *)q, scales, o, in, group, out, y)
+                ROWS_CASES(INT8_UNSIGNED)
                 add_offsets(&p, scales, mins, 128.0f, o, r0, n, out, y);
             } else {
-                int8_row_signed(&p, r0, n, (const int8_t *)q, scales, o, in, group, out, y);
+#define INT8_SIGNED(N) int8_row_signed(&p, r0, N, (const int8_t *)q, scales, o, in, group, out, y)
+                ROWS_CASES(INT8_SIGNED)
             }
         }
     free(p.x);
@@ -252,6 +270,25 @@ static inline float bf16_value(uint16_t h) {
     return v.f;
 }
 
+ALWAYS_INLINE void bf16_row(const float *x, int64_t r0, const int n, int64_t in, const uint16_t *row, int64_t o,
+                            int64_t out, float *y) {
+    float acc[ROW_BLOCK] = {0};
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    __m512 va[ROW_BLOCK];
+    for (int r = 0; r < n; r++) va[r] = _mm512_setzero_ps();
+    for (; i + 16 <= in; i += 16) {
+        __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + i)));
+        __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+        for (int r = 0; r < n; r++) va[r] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + (r0 + r) * in + i), va[r]);
+    }
+    for (int r = 0; r < n; r++) acc[r] = _mm512_reduce_add_ps(va[r]);
+#endif
+    for (; i < in; i++)
+        for (int r = 0; r < n; r++) acc[r] += bf16_value(row[i]) * x[(r0 + r) * in + i];
+    for (int r = 0; r < n; r++) y[(r0 + r) * out + o] = acc[r];
+}
+
 int llmkit_bf16_matmul(const float *x, int64_t rows, int64_t in, const uint16_t *w, int64_t out, float *y,
                        int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -259,21 +296,8 @@ int llmkit_bf16_matmul(const float *x, int64_t rows, int64_t in, const uint16_t 
         const uint16_t *row = w + o * in;
         for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
             int n = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
-            float acc[ROW_BLOCK] = {0};
-            int64_t i = 0;
-#if defined(__AVX512F__)
-            __m512 va[ROW_BLOCK];
-            for (int r = 0; r < n; r++) va[r] = _mm512_setzero_ps();
-            for (; i + 16 <= in; i += 16) {
-                __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(row + i)));
-                __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-                for (int r = 0; r < n; r++) va[r] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + (r0 + r) * in + i), va[r]);
-            }
-            for (int r = 0; r < n; r++) acc[r] = _mm512_reduce_add_ps(va[r]);
-#endif
-            for (; i < in; i++)
-                for (int r = 0; r < n; r++) acc[r] += bf16_value(row[i]) * x[(r0 + r) * in + i];
-            for (int r = 0; r < n; r++) y[(r0 + r) * out + o] = acc[r];
+#define BF16_ROWS(N) bf16_row(x, r0, N, in, row, o, out, y)
+            ROWS_CASES(BF16_ROWS)
         }
     }
     return 0;
