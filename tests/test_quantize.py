@@ -30,6 +30,7 @@ from llmkit.quantize import (
     use_kernels,
 )
 from llmkit.quantize import tensors as qt
+from llmkit.quantize.layers import KERNEL_MAX_ROWS
 from llmkit.quantize.explain import explain, explain_table, float_bits
 from llmkit.quantize_checkpoint import quantize_checkpoint
 
@@ -193,7 +194,7 @@ def test_bf16_kernel_matches_fp64():
 def test_kernels_run_for_few_rows_and_the_reference_for_many():
     q = QuantizedLinear.from_linear(linear(64, 32, bias=False), QuantSpec("int8"))
     use_kernels(q)
-    one, many = torch.randn(1, 1, 64), torch.randn(3, 4, 64)  # 1 row, 12 rows (over KERNEL_MAX_ROWS)
+    one, many = torch.randn(1, 1, 64), torch.randn(3, KERNEL_MAX_ROWS, 64)  # 1 row; 3 x the limit
     assert q.kernel == kernels.available()
     if q.kernel:
         assert torch.equal(q(one), q.kernel_matmul(one))

@@ -29,9 +29,14 @@ from llmkit.quantize import kernels, tensors
 from llmkit.quantize.spec import QuantSpec
 
 # Most input rows that go through the C kernels; more go through the reference path, where BLAS on the
-# dequantized matrix wins. The kernels hold up to 4 rows in registers per pass over the weights, so 8
-# rows cost about two passes (docs/quantization.md has the measurements).
-KERNEL_MAX_ROWS = 8
+# dequantized matrix wins. The kernels hold 4 rows in registers per pass over the weights, and a pass
+# costs far less than dequantizing the matrix in torch: SmolLM2 int4's whole forward, 2 threads,
+# kernel vs reference: 16 rows 334 vs 2230 ms, 64 rows 1135 vs 3943 ms, 128 rows 1999 vs 2082 ms.
+KERNEL_MAX_ROWS = 128
+# bf16 weights need no dequantizing: oneDNN's bf16 GEMM takes over from a few rows on (2 threads, us a
+# call, kernel vs F.linear: 1536 x 576 1 row 78 vs 126, 4 rows 114 vs 134, 8 rows 238 vs 200; the
+# 49152 x 576 head 1 row 3550 vs 8452, 4 rows 15204 vs 5000; measured beside other work, load ~2).
+BF16_KERNEL_MAX_ROWS = 2
 _STORED = ("qweight", "scales", "mins")  # buffers that keep their dtype under .to(dtype)
 
 
@@ -270,7 +275,7 @@ class Bf16Linear(nn.Linear):
             and w.dtype == torch.bfloat16
             and x.device.type == "cpu"
             and x.dtype in kernels.KERNEL_DTYPES
-            and x.numel() // self.in_features <= KERNEL_MAX_ROWS
+            and x.numel() // self.in_features <= BF16_KERNEL_MAX_ROWS
             and w.is_contiguous()
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
         ):
