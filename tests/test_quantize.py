@@ -30,8 +30,8 @@ from llmkit.quantize import (
     use_kernels,
 )
 from llmkit.quantize import tensors as qt
-from llmkit.quantize.layers import KERNEL_MAX_ROWS
 from llmkit.quantize.explain import explain, explain_table, float_bits
+from llmkit.quantize.layers import KERNEL_MAX_ROWS
 from llmkit.quantize_checkpoint import quantize_checkpoint
 
 
