@@ -462,3 +462,24 @@ def test_bf16_linears_take_the_kernel_for_decoding_steps():
     assert fast == reference  # a tiny random model's greedy tokens: no near ties at these sizes
     use_kernels(model, False)
     assert not layer.kernel and torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+@needs_kernels
+@pytest.mark.parametrize("spec", [QuantSpec("int4"), QuantSpec("int8", 32, scheme="asymmetric")], ids=str)
+def test_projections_of_one_input_share_a_kernel_call(spec, monkeypatch):
+    from llmkit.models.layers import project
+
+    layers = [QuantizedLinear.from_linear(linear(96, out), spec) for out in (64, 32, 32)]
+    use_kernels(nn.ModuleList(layers))
+    x = torch.randn(1, 3, 96)
+    calls = []
+    real = kernels._quantized_mm
+    monkeypatch.setattr(kernels, "_quantized_mm", lambda *a: calls.append(len(a[1])) or real(*a))
+    fused = project(x, *layers)
+    assert calls == [3]  # one call for the three matrices
+    for y, layer in zip(fused, layers, strict=True):
+        assert torch.equal(y, layer(x))  # bit for bit the separate calls
+    layers[2].use_kernel(False)  # one layer off the kernel: each runs on its own path
+    calls.clear()
+    assert all(torch.equal(y, m(x)) for y, m in zip(project(x, *layers), layers, strict=True))
+    assert 3 not in calls

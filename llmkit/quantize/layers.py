@@ -93,14 +93,27 @@ class QuantizedMatrix(nn.Module):
         a quantized base) goes through ``FrozenMatmul``."""
         if x.requires_grad and torch.is_grad_enabled():
             return FrozenMatmul.apply(x, self)
-        rows = x.numel() // self.in_features
-        if self.kernel and x.device.type == "cpu" and x.dtype in kernels.KERNEL_DTYPES and rows <= KERNEL_MAX_ROWS:
+        if self.takes_kernel(x):
             return self.kernel_matmul(x)
         return F.linear(x, self.dequantize(x.dtype))
 
     def kernel_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> x @ W.T through the C kernel (fp32 or bf16 ``x`` on the CPU), whatever the rows."""
-        return kernels.int_mm(x, self.qweight, self.scales, self.mins, self.method, self.out_features, self.group_size)
+        (y,) = kernels.quantized_mm(
+            x, [self.qweight], [self.scales], [self.mins], self.method, [self.out_features], self.group_size
+        )
+        return y
+
+    def takes_kernel(self, x: torch.Tensor) -> bool:
+        """Whether ``matmul(x)`` runs the C kernel."""
+        rows = x.numel() // self.in_features
+        return (
+            self.kernel
+            and x.device.type == "cpu"
+            and x.dtype in kernels.KERNEL_DTYPES
+            and rows <= KERNEL_MAX_ROWS
+            and not (x.requires_grad and torch.is_grad_enabled())
+        )
 
     def use_kernel(self, enabled: bool = True) -> None:
         """Switch to the C kernel (where built and on the CPU) or back to the reference path."""
@@ -174,6 +187,25 @@ class QuantizedLinear(QuantizedMatrix):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.matmul(x)
         return out if self.bias is None else out + self.bias
+
+    def matmul_many(self, x: torch.Tensor, linears: tuple[nn.Module, ...]) -> list[torch.Tensor] | None:
+        """``[m(x) for m in linears]`` in one kernel call when every one is a QuantizedLinear of this
+        format taking the kernel for ``x`` (the attention's q/k/v, the MLP's gate/up: llmkit.models.layers'
+        ``project``); None when they cannot share it. Equal to the separate calls, bit for bit."""
+        same = all(
+            type(m) is QuantizedLinear
+            and (m.method, m.symmetric, m.group_size, m.in_features)
+            == (self.method, self.symmetric, self.group_size, self.in_features)
+            and m.takes_kernel(x)
+            for m in linears
+        )
+        if not same:
+            return None
+        ys = kernels.quantized_mm(
+            x, [m.qweight for m in linears], [m.scales for m in linears], [m.mins for m in linears],
+            self.method, [m.out_features for m in linears], self.group_size,
+        )  # fmt: skip
+        return [y if m.bias is None else y + m.bias for y, m in zip(ys, linears, strict=True)]
 
 
 class QuantizedEmbedding(QuantizedMatrix):
