@@ -306,3 +306,32 @@ int llmkit_bf16_matmul(const float *x, int64_t rows, int64_t in, const uint16_t 
     }
     return 0;
 }
+
+/* ---- dequantize ---------------------------------------------------------------------------- */
+/* The whole stored matrix as fp32 (rows, in): w = scale * (q - zero) + min, as llmkit.quantize.tensors
+ * reads it back, for inputs of many rows (a long prompt), where BLAS on the floats beats the row
+ * kernels. scale * (q - zero) is exact in fp32 (an fp16 scale times an integer of at most 8 bits), so
+ * the only rounding is the one addition of min, as in torch: the result is bit for bit tensors'. */
+int llmkit_dequantize(int bits, const void *q, const uint16_t *scales, const uint16_t *mins, int64_t rows,
+                      int64_t in, int64_t group, float *w, int threads) {
+    const int64_t groups = (in + group - 1) / group, width = bits == 4 ? (in + CHUNK - 1) / CHUNK * 32 : in;
+    const float zero = bits == 4 ? (mins ? 0.0f : 8.0f) : 0.0f;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t o = 0; o < rows; o++) {
+        float *out = w + o * in;
+        for (int64_t i = 0; i < in; i++) {
+            float v;
+            if (bits == 4) {
+                const uint8_t *b = (const uint8_t *)q + o * width + (i / CHUNK) * 32 + 2 * (i % 16);
+                uint16_t word = (uint16_t)(b[0] | (b[1] << 8));
+                v = (float)((word >> (4 * ((i % CHUNK) / 16))) & 15);
+            } else {
+                v = mins ? (float)((const uint8_t *)q)[o * in + i] : (float)((const int8_t *)q)[o * in + i];
+            }
+            int64_t g = o * groups + i / group;
+            float scaled = f16_to_f32(scales[g]) * (v - zero);
+            out[i] = mins ? scaled + f16_to_f32(mins[g]) : scaled;
+        }
+    }
+    return 0;
+}

@@ -483,3 +483,13 @@ def test_projections_of_one_input_share_a_kernel_call(spec, monkeypatch):
     calls.clear()
     assert all(torch.equal(y, m(x)) for y, m in zip(project(x, *layers), layers, strict=True))
     assert 3 not in calls
+
+
+@needs_kernels
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+def test_c_dequantize_equals_the_torch_reading_bit_for_bit(spec):
+    q = QuantizedLinear.from_linear(linear(352, 37), spec)
+    reference = q.dequantize()  # not on the kernels: torch's reading
+    use_kernels(q)
+    assert torch.equal(q.dequantize(), reference)
+    assert torch.equal(q.dequantize(torch.bfloat16), reference.to(torch.bfloat16))

@@ -74,6 +74,24 @@ def _bf16_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y.view(*x.shape[:-1], out_features)
 
 
+def dequantize(
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    mins: torch.Tensor | None,
+    method: str,
+    in_features: int,
+    group_size: int,
+) -> torch.Tensor:
+    """The whole stored matrix as fp32 (out, in), bit for bit tensors.dequantize_int4/int8's values, in C
+    (SmolLM2's matrices: tens of ms where torch's unpacking takes about 2 s)."""
+    w = torch.empty(qweight.shape[0], in_features)
+    cpu_kernels.library().llmkit_dequantize(
+        4 if method == "int4" else 8, qweight.data_ptr(), scales.data_ptr(), None if mins is None else mins.data_ptr(),
+        qweight.shape[0], in_features, group_size, w.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    return w
+
+
 # The ops compiled graphs call. Defined with torch.library's low-level API: torch.library.custom_op's
 # wrapper costs about 13 us a call more (33 against 23, a 192 x 576 int4 matrix, 2 threads), and a
 # decoding step of SmolLM2 makes 121 such calls (q/k/v and gate/up fused).

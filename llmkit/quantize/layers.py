@@ -80,7 +80,11 @@ class QuantizedMatrix(nn.Module):
                 buffer.copy_(value)
 
     def dequantize(self, dtype: torch.dtype = torch.float32, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """The weight (or only ``rows`` of it, e.g. looked-up token ids) as ``dtype``: (..., in)."""
+        """The weight (or only ``rows`` of it, e.g. looked-up token ids) as ``dtype``: (..., in). The
+        whole matrix of a module on the kernels comes from the C dequantizer (the same values)."""
+        if rows is None and self.kernel and self.qweight.device.type == "cpu" and not torch.compiler.is_compiling():
+            w = kernels.dequantize(self.qweight, self.scales, self.mins, self.method, self.in_features, self.group_size)
+            return w.to(dtype)
         pick = (lambda t: t) if rows is None else (lambda t: None if t is None else t[rows])
         q, scales, mins = pick(self.qweight), pick(self.scales), pick(self.mins)
         if self.method == "int8":
