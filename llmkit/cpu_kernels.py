@@ -39,6 +39,16 @@ ENV_SWITCH = "LLMKIT_CPU_KERNELS"  # "0": never build or use them
 # -fopenmp links libgomp.so.1, the soname of torch's own libgomp: the dynamic loader reuses the copy
 # torch loaded, so the kernels run on torch's thread pool rather than a second one.
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp"]
+# the target flags in place of -march=native, e.g. "-mavx2 -mfma -mf16c" (the AVX2 path) or "-march=x86-64"
+# (portable C): to build for an older machine, or to test every vector path of cpu_matmul.c on this one
+ARCH_ENV = "LLMKIT_CPU_KERNEL_ARCH"
+
+
+def flags() -> list[str]:
+    arch = os.environ.get(ARCH_ENV, "").split()
+    return FLAGS if not arch else [f for f in FLAGS if f != "-march=native"] + arch
+
+
 _why_not: str | None = None
 
 
@@ -61,7 +71,7 @@ def _build(compiler: str) -> Path:
     Raises OSError or subprocess.SubprocessError when that fails."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     texts = [source.read_text() for source in SOURCES]
-    key = hashlib.sha256("\0".join([*texts, *FLAGS, version, _cpu_flags()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join([*texts, *flags(), version, _cpu_flags()]).encode()).hexdigest()[:16]
     refused = []
     for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"llmkit-kernels-{os.getuid()}"):
         path = folder / f"cpu_kernels-{key}.so"
@@ -79,7 +89,7 @@ def _build(compiler: str) -> Path:
             continue
         try:
             subprocess.run(
-                [compiler, *FLAGS, *map(str, SOURCES), "-o", tmp], check=True, capture_output=True, timeout=120
+                [compiler, *flags(), *map(str, SOURCES), "-o", tmp], check=True, capture_output=True, timeout=120
             )
             os.chmod(tmp, 0o700)  # whatever the umask: ours alone, as _check_private wants it next time
             os.replace(tmp, path)

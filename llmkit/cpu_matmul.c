@@ -22,8 +22,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512F__) || defined(__F16C__)
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
+#endif
+/* The vector path: AVX-512 (16 lanes), else AVX2 with FMA (8 lanes), else portable C. */
+#if defined(__AVX512F__)
+#define LLMKIT_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#define LLMKIT_AVX2 1
 #endif
 
 #define CHUNK 64    /* int4 inputs per 32-byte chunk */
@@ -95,7 +101,7 @@ static void add_offsets(const Prepared *p, const uint16_t *scales, const uint16_
 }
 
 /* ---- int4 ----------------------------------------------------------------------------------- */
-#if defined(__AVX512F__)
+#if defined(LLMKIT_AVX512)
 /* weights 16k + i (i < 16) of a chunk as q - 8 in floats: vpermps reads the low 4 bits of each 32-bit lane */
 #define NIBBLES(words, k, table) _mm512_permutexvar_ps(_mm512_srli_epi32(words, 4 * (k)), table)
 
@@ -145,6 +151,47 @@ ALWAYS_INLINE void int4_row(const Prepared *p, int64_t r0, const int n, const ui
     }
     for (int r = 0; r < n; r++) y[(r0 + r) * out + o] = _mm512_reduce_add_ps(acc[r]);
 }
+#elif defined(LLMKIT_AVX2)
+static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* 8 lanes: words 0-7 and 8-15 of a chunk in turn; weight 16k + i is (word_i >> 4k) & 15, less 8 */
+ALWAYS_INLINE void int4_row(const Prepared *p, int64_t r0, const int n, const uint8_t *q, const uint16_t *scales,
+                            int64_t o, int64_t group, int64_t out, float *y) {
+    const int64_t chunks = p->stride / CHUNK;
+    const uint8_t *row = q + o * (p->stride / 2);
+    const uint16_t *s = scales + o * p->groups;
+    const __m256i low4 = _mm256_set1_epi32(15);
+    const __m256 eight = _mm256_set1_ps(8.0f);
+    __m256 acc[ROW_BLOCK], part[ROW_BLOCK];
+    for (int r = 0; r < n; r++) acc[r] = part[r] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < chunks; c++) {
+        __m256i words[2] = {_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(row + c * 32))),
+                            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(row + c * 32 + 16)))};
+        for (int k = 0; k < 4; k++) { /* weights 16k .. 16k + 15 */
+            for (int h = 0; h < 2; h++) {
+                __m256i nib = _mm256_and_si256(_mm256_srlv_epi32(words[h], _mm256_set1_epi32(4 * k)), low4);
+                __m256 w = _mm256_sub_ps(_mm256_cvtepi32_ps(nib), eight);
+                for (int r = 0; r < n; r++)
+                    part[r] = _mm256_fmadd_ps(w, _mm256_loadu_ps(p->x + (r0 + r) * p->stride + c * CHUNK + 16 * k + 8 * h),
+                                              part[r]);
+            }
+            int64_t at = c * CHUNK + 16 * k + 16; /* weights done in this row */
+            if (at % group == 0 || (c + 1 == chunks && k == 3)) {
+                int64_t g = (at - 1) / group;
+                __m256 sg = _mm256_set1_ps(g < p->groups ? f16_to_f32(s[g]) : 0.0f);
+                for (int r = 0; r < n; r++) {
+                    acc[r] = _mm256_fmadd_ps(part[r], sg, acc[r]);
+                    part[r] = _mm256_setzero_ps();
+                }
+            }
+        }
+    }
+    for (int r = 0; r < n; r++) y[(r0 + r) * out + o] = hsum8(acc[r]);
+}
 #else
 ALWAYS_INLINE void int4_row(const Prepared *p, int64_t r0, const int n, const uint8_t *q, const uint16_t *scales, int64_t o,
                      int64_t group, int64_t out, float *y) {
@@ -169,7 +216,7 @@ ALWAYS_INLINE void int4_row(const Prepared *p, int64_t r0, const int n, const ui
 
 /* ---- int8 ----------------------------------------------------------------------------------- */
 /* q_j as float: int8 for symmetric formats, uint8 for asymmetric ones */
-#if defined(__AVX512F__)
+#if defined(LLMKIT_AVX512)
 /* 16 inputs at a time; each group's vector sum scaled into a vector accumulator, reduced once a row */
 #define INT8_ROW(NAME, T, LOAD16, CENTRE)                                                                            \
     ALWAYS_INLINE void NAME(const Prepared *p, int64_t r0, const int n, const T *q, const uint16_t *scales, int64_t o,       \
@@ -203,6 +250,38 @@ ALWAYS_INLINE void int4_row(const Prepared *p, int64_t r0, const int n, const ui
 #define CENTRED_U8(b) _mm512_cvtepi8_epi32(_mm_xor_si128(b, _mm_set1_epi8((char)0x80)))
 INT8_ROW(int8_row_signed, int8_t, _mm512_cvtepi8_epi32, 0.0f)
 INT8_ROW(int8_row_unsigned, uint8_t, CENTRED_U8, 128.0f)
+#elif defined(LLMKIT_AVX2)
+#define INT8_ROW(NAME, T, LOAD8, CENTRE)                                                                            \
+    ALWAYS_INLINE void NAME(const Prepared *p, int64_t r0, const int n, const T *q, const uint16_t *scales, int64_t o,       \
+                     int64_t in, int64_t group, int64_t out, float *y) {                                       \
+        const T *row = q + o * in;                                                                            \
+        __m256 acc[ROW_BLOCK];                                                                                \
+        float tail[ROW_BLOCK] = {0};                                                                          \
+        for (int r = 0; r < n; r++) acc[r] = _mm256_setzero_ps();                                             \
+        for (int64_t g = 0; g < p->groups; g++) {                                                             \
+            int64_t start = g * group, end = start + group < in ? start + group : in, i = start;              \
+            __m256 part[ROW_BLOCK];                                                                           \
+            float rest[ROW_BLOCK] = {0};                                                                      \
+            for (int r = 0; r < n; r++) part[r] = _mm256_setzero_ps();                                        \
+            for (; i + 8 <= end; i += 8) {                                                                    \
+                __m256 w = _mm256_cvtepi32_ps(LOAD8(_mm_loadl_epi64((const __m128i *)(row + i))));            \
+                for (int r = 0; r < n; r++)                                                                   \
+                    part[r] = _mm256_fmadd_ps(w, _mm256_loadu_ps(p->x + (r0 + r) * p->stride + i), part[r]);  \
+            }                                                                                                 \
+            for (; i < end; i++)                                                                              \
+                for (int r = 0; r < n; r++) rest[r] += ((float)row[i] - CENTRE) * p->x[(r0 + r) * p->stride + i];\
+            float sg = f16_to_f32(scales[o * p->groups + g]);                                                 \
+            __m256 sv = _mm256_set1_ps(sg);                                                                   \
+            for (int r = 0; r < n; r++) {                                                                     \
+                acc[r] = _mm256_fmadd_ps(part[r], sv, acc[r]);                                                \
+                tail[r] += sg * rest[r];                                                                      \
+            }                                                                                                 \
+        }                                                                                                     \
+        for (int r = 0; r < n; r++) y[(r0 + r) * out + o] = hsum8(acc[r]) + tail[r];                          \
+    }
+#define CENTRED_U8_8(b) _mm256_cvtepi8_epi32(_mm_xor_si128(b, _mm_set1_epi8((char)0x80)))
+INT8_ROW(int8_row_signed, int8_t, _mm256_cvtepi8_epi32, 0.0f)
+INT8_ROW(int8_row_unsigned, uint8_t, CENTRED_U8_8, 128.0f)
 #else
 #define INT8_ROW(NAME, T, CENTRE)                                                                                  \
     ALWAYS_INLINE void NAME(const Prepared *p, int64_t r0, const int n, const T *q, const uint16_t *scales, int64_t o,       \
@@ -278,7 +357,7 @@ ALWAYS_INLINE void bf16_row(const float *x, int64_t r0, const int n, int64_t in,
                             int64_t out, float *y) {
     float acc[ROW_BLOCK] = {0};
     int64_t i = 0;
-#if defined(__AVX512F__)
+#if defined(LLMKIT_AVX512)
     __m512 va[ROW_BLOCK];
     for (int r = 0; r < n; r++) va[r] = _mm512_setzero_ps();
     for (; i + 16 <= in; i += 16) {
@@ -287,6 +366,15 @@ ALWAYS_INLINE void bf16_row(const float *x, int64_t r0, const int n, int64_t in,
         for (int r = 0; r < n; r++) va[r] = _mm512_fmadd_ps(v, _mm512_loadu_ps(x + (r0 + r) * in + i), va[r]);
     }
     for (int r = 0; r < n; r++) acc[r] = _mm512_reduce_add_ps(va[r]);
+#elif defined(LLMKIT_AVX2)
+    __m256 va[ROW_BLOCK];
+    for (int r = 0; r < n; r++) va[r] = _mm256_setzero_ps();
+    for (; i + 8 <= in; i += 8) {
+        __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(row + i)));
+        __m256 v = _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+        for (int r = 0; r < n; r++) va[r] = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + (r0 + r) * in + i), va[r]);
+    }
+    for (int r = 0; r < n; r++) acc[r] = hsum8(va[r]);
 #endif
     for (; i < in; i++)
         for (int r = 0; r < n; r++) acc[r] += bf16_value(row[i]) * x[(r0 + r) * in + i];

@@ -493,3 +493,40 @@ def test_c_dequantize_equals_the_torch_reading_bit_for_bit(spec):
     use_kernels(q)
     assert torch.equal(q.dequantize(), reference)
     assert torch.equal(q.dequantize(torch.bfloat16), reference.to(torch.bfloat16))
+
+
+KERNEL_CHECK = """
+import torch
+from torch import nn
+from llmkit.quantize import QuantSpec, QuantizedLinear, kernels, use_kernels
+torch.manual_seed(0)
+worst = 0.0
+for spec in (QuantSpec("int4"), QuantSpec("int4", 64, scheme="symmetric"), QuantSpec("int8"),
+             QuantSpec("int8", 32, scheme="asymmetric")):
+    for shape in ((352, 96), (37, 5), (1000, 7)):
+        q = use_kernels(QuantizedLinear.from_linear(nn.Linear(*shape, bias=False), spec))
+        assert q.kernel
+        for rows in (1, 5):
+            x = torch.randn(rows, shape[0])
+            ref = x.double() @ q.dequantize(torch.float64).T
+            worst = max(worst, float((q.kernel_matmul(x).double() - ref).abs().max() / ref.abs().max()))
+w = torch.randn(33, 130).bfloat16()
+x = torch.randn(3, 130)
+ref = x.double() @ w.double().T
+worst = max(worst, float((kernels.bf16_mm(x, w).double() - ref).abs().max() / ref.abs().max()))
+print(worst)
+"""
+
+
+@pytest.mark.slow  # builds the library twice more (~20 s)
+@pytest.mark.parametrize("arch", ["-mavx2 -mfma -mf16c", "-march=x86-64"], ids=["avx2", "portable"])
+def test_every_vector_path_matches_the_reference(arch, tmp_path):
+    # the AVX2 and the portable C paths of cpu_matmul.c, built for this machine with other target flags
+    import os
+
+    if cpu_kernels.library() is None:
+        pytest.skip(f"C kernels not built: {cpu_kernels.reason()}")
+    env = {**os.environ, cpu_kernels.ARCH_ENV: arch, "XDG_CACHE_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip()) <= 1e-5
