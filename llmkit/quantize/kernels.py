@@ -115,19 +115,11 @@ def _(x, weight):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-def quantized_mm(
-    x: torch.Tensor,
-    qweights: list[torch.Tensor],
-    scales: list[torch.Tensor],
-    mins: list[torch.Tensor | None],
-    method: str,
-    outs: list[int],
-    group_size: int,
-) -> list[torch.Tensor]:
-    """x (..., in) @ W.T for each of several W of one format (llmkit.quantize.tensors'), all reading x, in
-    one call: [(..., out_i)]."""
-    call = torch.ops.llmkit.quantized_mm if torch.compiler.is_compiling() else _quantized_mm
-    return call(x, qweights, scales, mins, method, outs, group_size)
+def quantized_mm(*args) -> list[torch.Tensor]:
+    """``_quantized_mm(x, qweights, scales, mins, method, outs, group_size)``: x (..., in) @ W.T for each
+    of several W of one format (llmkit.quantize.tensors'), all reading x, in one call: [(..., out_i)].
+    Compiled graphs get the registered op."""
+    return (torch.ops.llmkit.quantized_mm if torch.compiler.is_compiling() else _quantized_mm)(*args)
 
 
 def bf16_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
