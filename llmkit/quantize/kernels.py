@@ -17,6 +17,7 @@ decoding step makes hundreds); compiled graphs call the registered op.
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import torch
 
@@ -39,6 +40,17 @@ def _pointers(tensors: list[torch.Tensor | None]) -> ctypes.Array:
     return (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr() for t in tensors))
 
 
+@functools.lru_cache(maxsize=4096)
+def _array(kind: type, values: tuple) -> ctypes.Array:
+    """A C array holding ``values``, made once per distinct content: a model's weight pointers and
+    widths repeat every step (building the array costs more than the call saves)."""
+    return (kind * len(values))(*values)
+
+
+def _weights(tensors: list[torch.Tensor | None]) -> ctypes.Array:
+    return _array(ctypes.c_void_p, tuple(None if t is None else t.data_ptr() for t in tensors))
+
+
 def _quantized_mm(
     x: torch.Tensor,
     qweights: list[torch.Tensor],
@@ -52,8 +64,8 @@ def _quantized_mm(
     rows, in_features = flat.shape
     ys = [torch.empty(rows, out) for out in outs]
     status = cpu_kernels.library().llmkit_quantized_matmul(
-        flat.data_ptr(), rows, in_features, 4 if method == "int4" else 8, len(qweights), _pointers(qweights),
-        _pointers(scales), _pointers(mins), (ctypes.c_int64 * len(outs))(*outs), group_size, _pointers(ys),
+        flat.data_ptr(), rows, in_features, 4 if method == "int4" else 8, len(qweights), _weights(qweights),
+        _weights(scales), _weights(mins), _array(ctypes.c_int64, tuple(outs)), group_size, _pointers(ys),
         torch.get_num_threads(),
     )  # fmt: skip
     if status:
