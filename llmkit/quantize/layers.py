@@ -81,10 +81,12 @@ class QuantizedMatrix(nn.Module):
 
     def dequantize(self, dtype: torch.dtype = torch.float32, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The weight (or only ``rows`` of it, e.g. looked-up token ids) as ``dtype``: (..., in). The
-        whole matrix of a module on the kernels comes from the C dequantizer (the same values)."""
-        if rows is None and self.kernel and self.qweight.device.type == "cpu" and not torch.compiler.is_compiling():
-            w = kernels.dequantize(self.qweight, self.scales, self.mins, self.method, self.in_features, self.group_size)
-            return w.to(dtype)
+        whole matrix in fp32 of a module on the kernels comes from the C dequantizer (the same values)."""
+        on_kernels = self.kernel and self.qweight.device.type == "cpu" and not torch.compiler.is_compiling()
+        if rows is None and dtype == torch.float32 and on_kernels:
+            return kernels.dequantize(
+                self.qweight, self.scales, self.mins, self.method, self.in_features, self.group_size
+            )
         pick = (lambda t: t) if rows is None else (lambda t: None if t is None else t[rows])
         q, scales, mins = pick(self.qweight), pick(self.scales), pick(self.mins)
         if self.method == "int8":
@@ -117,6 +119,7 @@ class QuantizedMatrix(nn.Module):
             and x.dtype in kernels.KERNEL_DTYPES
             and rows <= KERNEL_MAX_ROWS
             and not (x.requires_grad and torch.is_grad_enabled())
+            and not torch.is_autocast_enabled("cpu")  # autocast casts F.linear's inputs; the op is not cast
         )
 
     def use_kernel(self, enabled: bool = True) -> None:
@@ -126,7 +129,7 @@ class QuantizedMatrix(nn.Module):
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
         # .to(dtype)/.half() must not touch the stored format: move those buffers' device only, and
         # remember the dtype asked for (a probe tensor shows what fn does to floats)
-        probe = fn(torch.empty(0, device=self.scales.device))
+        probe = fn(torch.empty(0, dtype=self.compute_dtype, device=self.scales.device))  # a move keeps the dtype
         stored = {name: self._buffers[name] for name in _STORED}
         for name in _STORED:
             self._buffers[name] = None
@@ -314,6 +317,7 @@ class Bf16Linear(nn.Linear):
             and x.numel() // self.in_features <= BF16_KERNEL_MAX_ROWS
             and w.is_contiguous()
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+            and not torch.is_autocast_enabled("cpu")
         ):
             out = kernels.bf16_mm(x, w)
             return out if self.bias is None else out + self.bias

@@ -97,14 +97,25 @@ def asymmetric_grid(w: torch.Tensor, group_size: int, levels: int) -> tuple[torc
 
 
 def read_back(
-    q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, in_features: int, group_size: int, zero: int
+    q: torch.Tensor,
+    scales: torch.Tensor,
+    mins: torch.Tensor | None,
+    in_features: int,
+    group_size: int,
+    zero: int,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """The stored weights in fp32: scale * (q - zero) (symmetric) or scale * q + min (asymmetric)."""
-    step = _per_weight(scales.float(), in_features, group_size)
-    q = q[..., :in_features].float()
+    """The stored weights: scale * (q - zero) (symmetric) or scale * q + min (asymmetric), per group by
+    broadcasting (no per-weight copy of the scales), computed in fp32 (exact but for the one addition of
+    min) and for 16-bit ``dtype`` in ``dtype`` itself, as the layers run: a training step's dequantized
+    head must not cost an fp32 matrix and its temporaries."""
+    work = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+    grouped = _grouped(q[..., :in_features].to(work), group_size)  # (..., G, g), padded with 0
     if mins is None:
-        return step * (q - zero)
-    return step * q + _per_weight(mins.float(), in_features, group_size)
+        w = (grouped - zero) * scales.to(work)[..., None]
+    else:
+        w = grouped * scales.to(work)[..., None] + mins.to(work)[..., None]
+    return w.flatten(-2)[..., :in_features].to(dtype)
 
 
 # ---- int4 packing ---------------------------------------------------------------------------
@@ -147,9 +158,9 @@ def dequantize_int4(
     group_size: int,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """The stored int4 weights (..., in) as ``dtype`` (computed in fp32, then cast once)."""
+    """The stored int4 weights (..., in) as ``dtype`` (``read_back``)."""
     q = unpack_int4(packed, in_features)
-    return read_back(q, scales, mins, in_features, group_size, INT4_ZERO).to(dtype)
+    return read_back(q, scales, mins, in_features, group_size, INT4_ZERO, dtype)
 
 
 def quantize_int8(
@@ -172,6 +183,6 @@ def dequantize_int8(
     group_size: int | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """The stored int8 weights (..., in) as ``dtype`` (computed in fp32, then cast once)."""
+    """The stored int8 weights (..., in) as ``dtype`` (``read_back``)."""
     in_features = q.shape[-1]
-    return read_back(q, scales, mins, in_features, group_size or in_features, 0).to(dtype)
+    return read_back(q, scales, mins, in_features, group_size or in_features, 0, dtype)
