@@ -92,7 +92,7 @@ def run_build(args: argparse.Namespace) -> None:
     from llmkit.retrieval.embed import Embedder, resolve_embedder
 
     chunking = ChunkConfig(args.chunk_tokens, args.overlap)
-    embedder = Embedder.load(resolve_embedder(args.embedder), resolve_device("auto"))
+    embedder = Embedder.load(resolve_embedder(args.embedder), resolve_device("auto"), verify=not args.no_verify)
     with _bar("embedding") as bar:
         report = build_index(args.out, embedder, args.docs, chunking, args.per_line, bar.update)
     print(f"{args.out}: {report.summary()}, embedder {embedder.name}")
@@ -104,7 +104,7 @@ def run_add(args: argparse.Namespace) -> None:
     from llmkit.retrieval.store import Index
 
     with Index.open(args.index) as index:
-        embedder = embedder_for(index, args.embedder, resolve_device(args.device))
+        embedder = embedder_for(index, args.embedder, resolve_device(args.device), verify=not args.no_verify)
         with _bar("embedding") as bar:
             report = add_documents(index, embedder, args.docs, args.per_line, bar.update)
         print(f"{args.index}: added {report.summary()}; {len(index)} chunks in all")
@@ -129,7 +129,11 @@ def run_search(args: argparse.Namespace) -> None:
 
     mode = "hybrid" if args.hybrid else "bm25" if args.bm25 else "dense"
     with Index.open(args.index) as index:
-        embedder = None if mode == "bm25" else embedder_for(index, args.embedder, resolve_device(args.device))
+        embedder = (
+            None
+            if mode == "bm25"
+            else embedder_for(index, args.embedder, resolve_device(args.device), verify=not args.no_verify)
+        )
         hits = search(index, embedder, args.query, args.k, mode)
     for rank, hit in enumerate(hits, start=1):
         if args.json:

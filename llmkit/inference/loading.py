@@ -24,9 +24,14 @@ def resolve_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(directory: str | os.PathLike, device: str = "auto", dtype: str | None = None) -> nn.Module:
-    """``checkpoint.load`` on ``resolve_device(device)``, cast to ``dtype`` (fp32, bf16, fp16; None: as stored)."""
-    return checkpoint.load(directory, device=resolve_device(device), dtype=DTYPES[dtype] if dtype else None)
+def load_model(
+    directory: str | os.PathLike, device: str = "auto", dtype: str | None = None, verify: bool = True
+) -> nn.Module:
+    """``checkpoint.load`` on ``resolve_device(device)``, cast to ``dtype`` (fp32, bf16, fp16; None: as stored),
+    its files checked against the manifest unless ``verify`` is False (the commands' ``--no-verify``)."""
+    return checkpoint.load(
+        directory, device=resolve_device(device), dtype=DTYPES[dtype] if dtype else None, verify=verify
+    )
 
 
 def head_kind(cfg: ModelConfig) -> str | None:
