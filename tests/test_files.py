@@ -77,3 +77,35 @@ def test_no_module_reads_json_lines_by_hand():
     allowed = {LLMKIT / "files.py", LLMKIT / "curate" / "pipeline.py"}
     found = [p for p in LLMKIT.rglob("*.py") if p not in allowed and by_hand.search(p.read_text())]
     assert found == []
+
+
+# ---- the one TOML-table loader (llmkit.config_tables) of pretrain, finetune and sweep configs ----------------
+def _loaders():
+    from llmkit.finetune.config import load_finetune_config
+    from llmkit.runconfig import load_run_config
+    from llmkit.scale.sweep import load_sweep_config
+
+    return {
+        "pretrain": (load_run_config, "[model] and [train]"),
+        "finetune": (load_finetune_config, "[model], [task], [method] and [train]"),
+        "sweep": (load_sweep_config, "[model], [train] and [sweep]"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["pretrain", "finetune", "sweep"])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("[optim]\nlr = 3\n", r"{path}: unknown table or key optim; the file holds {tables}$"),
+        ("train = 3\n", r"{path}: unknown table or key train|{path}: train must be a table \(\[train\]\)"),
+        ("[train]\nstepz = 3\n", r"{path} \[train\]: unknown train config field\(s\) stepz; known fields are: "),
+        ("[train\n", r"{path}: not valid TOML \("),
+    ],
+)
+def test_every_config_reads_its_tables_through_one_loader(kind, text, message, tmp_path):
+    load, tables = _loaders()[kind]
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    pattern = message.format(path=re.escape(str(path)), tables=re.escape(tables))
+    with pytest.raises(LlmkitError, match=pattern):
+        load(path)
