@@ -518,3 +518,34 @@ def test_config_errors_name_their_file_and_a_fix_the_command_has(saved, capsys, 
         assert flag in generate._option_string_actions, flag
     with pytest.raises(LlmkitError, match=re.escape(str(out / file))):
         checkpoint.seal(out)  # nor can it be sealed as it is
+
+
+# ---- one device and dtype resolution (llmkit.devices), for every command ------------------------------------
+def test_device_and_dtype_names_resolve_in_one_place(monkeypatch):
+    from llmkit import devices
+    from llmkit.train import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert devices.resolve_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices.resolve_device("auto") == "cpu" and devices.resolve_device("cuda:1") == "cuda:1"
+    assert distributed.init("auto").device == torch.device("cpu")  # training resolves "auto" the same way
+    assert [devices.resolve_dtype(n) for n in ("fp32", "bf16", "fp16", None)] == [
+        torch.float32, torch.bfloat16, torch.float16, None
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_serve_loads_through_the_shared_loader(saved, monkeypatch, dtype):
+    """`llmkit serve --device/--dtype` (which once repeated the device and dtype tables) loads as load_model does."""
+    from llmkit.cli import main
+    from llmkit.devices import DTYPES
+    from llmkit.serve import app as serve_app
+
+    _, out = saved
+    models = []
+    real = serve_app.create_app
+    monkeypatch.setattr(serve_app, "create_app", lambda model, settings: models.append(model) or real(model, settings))
+    monkeypatch.setattr("llmkit.cli.serve.serve_on", lambda server, sock: None)
+    assert main(["serve", str(out), "--port", "0", "--embedder", "none", "--device", "auto", "--dtype", dtype]) == 0
+    assert next(models[0].parameters()).dtype == DTYPES[dtype] and next(models[0].parameters()).device.type == "cpu"

@@ -29,6 +29,7 @@ LAYERS = {
     "llmkit.data.builtin": 0,
     "llmkit.data.sources": 0,
     "llmkit.models": 1,
+    "llmkit.devices": 1,  # device and dtype names ("auto", "bf16") resolved in one place
     "llmkit.data.tokenizer": 1,
     "llmkit.data.tokenizer_train": 1,
     "llmkit.data.datasets": 1,

@@ -34,9 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from llmkit.chat.template import ChatTemplate
+    from llmkit.devices import resolve_device
     from llmkit.errors import LlmkitError
     from llmkit.inference import generate
-    from llmkit.inference.loading import load_model, require_lm_head, resolve_device
+    from llmkit.inference.loading import load_model, require_lm_head
     from llmkit.retrieval.ask import build_rag_prompt, cited
     from llmkit.retrieval.documents import embedder_for, search
     from llmkit.retrieval.store import Index

@@ -58,9 +58,10 @@ def run(args: argparse.Namespace) -> None:
     from llmkit.chat.template import ChatTemplate, turn_settings
     from llmkit.chat.terminal import line_reader
     from llmkit.chat.terminal import run as chat
+    from llmkit.devices import resolve_device
     from llmkit.errors import LlmkitError
     from llmkit.inference.engine import resolve_config
-    from llmkit.inference.loading import load_model, model_name, require_lm_head, resolve_device
+    from llmkit.inference.loading import load_model, model_name, require_lm_head
     from llmkit.retrieval.documents import embedder_for, search
     from llmkit.retrieval.store import Index
 

@@ -57,9 +57,9 @@ def read_texts(path: Path) -> list[str]:
 def run(args: argparse.Namespace) -> None:
     import numpy as np
 
+    from llmkit.devices import resolve_device
     from llmkit.errors import LlmkitError
     from llmkit.files import atomic_file, atomic_write
-    from llmkit.inference.loading import resolve_device
     from llmkit.retrieval.embed import Embedder, resolve_embedder
 
     texts = read_texts(args.file)

@@ -86,7 +86,7 @@ def _bar(total_hint: str):
 
 
 def run_build(args: argparse.Namespace) -> None:
-    from llmkit.inference.loading import resolve_device
+    from llmkit.devices import resolve_device
     from llmkit.retrieval.chunk import ChunkConfig
     from llmkit.retrieval.documents import build_index
     from llmkit.retrieval.embed import Embedder, resolve_embedder
@@ -99,7 +99,7 @@ def run_build(args: argparse.Namespace) -> None:
 
 
 def run_add(args: argparse.Namespace) -> None:
-    from llmkit.inference.loading import resolve_device
+    from llmkit.devices import resolve_device
     from llmkit.retrieval.documents import add_documents, embedder_for
     from llmkit.retrieval.store import Index
 
@@ -123,7 +123,7 @@ def run_delete(args: argparse.Namespace) -> None:
 
 
 def run_search(args: argparse.Namespace) -> None:
-    from llmkit.inference.loading import resolve_device
+    from llmkit.devices import resolve_device
     from llmkit.retrieval.documents import embedder_for, search
     from llmkit.retrieval.store import Index
 

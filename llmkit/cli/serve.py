@@ -76,8 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from llmkit.devices import resolve_device
     from llmkit.errors import LlmkitError
-    from llmkit.inference.loading import load_model, model_aliases, resolve_device
+    from llmkit.inference.loading import load_model, model_aliases
     from llmkit.serve.app import ServeSettings, create_app
     from llmkit.serve.chat import ChatTemplate
     from llmkit.serve.connections import header_timeout_protocol
