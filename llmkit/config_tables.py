@@ -37,9 +37,8 @@ def read_tables(path: str | os.PathLike, allowed: tuple[str, ...], examples: str
     return tables
 
 
-def from_table(cls: type[T], data: dict[str, Any], source: str, table: str) -> T:
-    """``cls(**data)`` for a config dataclass; an unknown field is an error listing the known ones, a value of
-    the wrong type one naming ``source`` (the file and table, e.g. ``run.toml [train]``)."""
+def check_fields(cls: type, data: dict[str, Any], source: str, table: str) -> dict[str, Any]:
+    """``data`` unchanged when every key is a field of the dataclass ``cls``; else one error listing the known ones."""
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -47,7 +46,13 @@ def from_table(cls: type[T], data: dict[str, Any], source: str, table: str) -> T
             f"{source}: unknown {table} config field(s) {', '.join(unknown)}",
             f"known fields are: {', '.join(sorted(known))}",
         )
+    return data
+
+
+def from_table(cls: type[T], data: dict[str, Any], source: str, table: str) -> T:
+    """``cls(**data)`` for a config dataclass; an unknown field is an error listing the known ones, a value of
+    the wrong type one naming ``source`` (the file and table, e.g. ``run.toml [train]``)."""
     try:
-        return cls(**data)
+        return cls(**check_fields(cls, data, source, table))
     except TypeError as err:
         raise LlmkitError(f"{source}: a value has the wrong type ({err})", "check the values in that table") from None

@@ -34,19 +34,18 @@ STEPS = 4  # checkpoints at steps 2 and 4, evaluations at 0, 2 and 4
 
 
 @pytest.fixture(scope="module")
-def setups(tmp_path_factory) -> dict[str, Path]:
+def setups(tmp_path_factory, docs_corpus) -> dict[str, Path]:
     """A pretraining config (tiny GPT on a Python-docs passage) and a fine-tuning config (a tiny BERT
     classifier on two kinds of sentence), each a TOML file whose out_dir the commands below override."""
     root = tmp_path_factory.mktemp("restart")
-    texts = list(python_docs_texts())
-    docs = root / "docs"
-    docs.mkdir()
-    for i in range(32):  # about a quarter of them go to val
-        (docs / f"doc{i:02d}.txt").write_text(texts[45][:600])
+    tokenizer = train_tokenizer(list(python_docs_texts())[:20], "bpe", 300)
     data = root / "data"
-    tokenize_corpus(
-        [(str(docs), None)], train_tokenizer(texts[:20], "bpe", 300), data, val_fraction=0.25, progress=False
-    )
+    cwd = os.getcwd()
+    os.chdir(docs_corpus.parent)  # the train/val split hashes the source as written: the same every run
+    try:
+        tokenize_corpus([("docs", None)], tokenizer, data, val_fraction=0.25, progress=False)
+    finally:
+        os.chdir(cwd)
     train = f"steps = {STEPS}\nsave_interval = 2\neval_interval = 2\neval_batches = 1\nlog_interval = 1\n"
     train += 'batch_size = 4\nblock_size = 16\nwarmup_steps = 1\ndtype = "fp32"\ndevice = "cpu"\n'
     pretrain = root / "pretrain.toml"
