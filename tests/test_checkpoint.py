@@ -549,3 +549,14 @@ def test_serve_loads_through_the_shared_loader(saved, monkeypatch, dtype):
     monkeypatch.setattr("llmkit.cli.serve.serve_on", lambda server, sock: None)
     assert main(["serve", str(out), "--port", "0", "--embedder", "none", "--device", "auto", "--dtype", dtype]) == 0
     assert next(models[0].parameters()).dtype == DTYPES[dtype] and next(models[0].parameters()).device.type == "cpu"
+
+
+def test_plan_names_the_config_file_of_a_bad_value_and_its_own_override(saved, capsys):
+    from llmkit.cli import main
+
+    _, out = saved
+    _edit_json(out / "config.json", vocab_size=-5)
+    assert main(["plan", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'config.json'}: vocab_size=-5 must be >= 1; change --model.vocab_size" in err  # plan has it
+    assert main(["plan", str(out), "--model.vocab_size", "300"]) == 0
