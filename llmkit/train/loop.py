@@ -325,17 +325,21 @@ class Run:
         written = self.start_files()
         written += _leftovers_of([*written, self.out])  # interrupted saves of those and of the checkpoint
         others = _other_files(self.root, written) if self.root.exists() else []
-        if (self.out / TRAIN_STATE).exists() or others:
-            shown = others[0] if others else self.out / TRAIN_STATE
-            if where == "--resume":
-                raise LlmkitError(
-                    f"cannot resume: {why}, and it holds {shown}, which no llmkit run writes before its first "
-                    "checkpoint", "choose another --train.out_dir, or move those files away",
-                )  # fmt: skip
+        if (self.out / TRAIN_STATE).exists():  # a saved run (only a plain start gets here with one)
             raise LlmkitError(
-                f"out_dir {self.root} already exists and is not empty ({shown})",
+                f"out_dir {self.root} already exists and is not empty",
                 "pass --resume to continue the run in it, or choose another --train.out_dir",
             )
+        if others:
+            if where == "--resume":
+                what = f"cannot resume: {self.root} has no checkpoint to resume"
+            else:
+                what = f"out_dir {self.root} already exists and is not empty"
+            raise LlmkitError(
+                f"{what}: it holds {others[0]}, which no llmkit run writes before its first checkpoint",
+                "choose another --train.out_dir, or move those files away",
+            )
+        distributed.barrier()  # every process has looked before one of them removes anything
         if self.env.is_main:
             for path in written:
                 if path.is_dir():
