@@ -7,10 +7,12 @@ its safetensors file holds ``NAME.qweight`` and ``NAME.scales`` in place of each
 Saves are atomic (a temporary directory beside the target, renamed into place; llmkit.files), so a
 crash never leaves a half-written checkpoint, and ``recover`` puts back the newest complete copy a
 crash between the renames left aside. A save first checks the free disk space, and writes last a
-``manifest.json`` with the SHA-256 of every file. Loads check, before allocating anything, the
-config's sizes and every tensor's shape against the safetensors header (the model is built on the
-meta device), then the manifest's hashes (``verify=False`` skips them) and that no weight is NaN or
-infinite; each problem is a one-line ``LlmkitError`` that names the file.
+``manifest.json`` with the SHA-256 of every file. Loads check, before allocating anything: that the
+config is ours, every file against the manifest's hash (``verify=False`` skips this; a checkpoint
+without a manifest is refused unless it is given), the config's values and sizes, the safetensors
+header's integrity (JSON, offsets inside the file, sizes that fit the shapes) and then every tensor's
+shape against the config (the model is built on the meta device); after loading, that no weight is
+NaN or infinite. Each problem is a one-line ``LlmkitError`` that names the file.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -154,29 +157,41 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(directory: Path) -> None:
-    """``manifest.json``: the SHA-256 of every file under ``directory`` (written last, so it covers all)."""
+def write_manifest(directory: Path) -> int:
+    """``manifest.json``: the SHA-256 of every file under ``directory`` (written last, so it covers all);
+    returns the number of files it lists."""
     hashes = {
         str(p.relative_to(directory)): sha256(p)
         for p in sorted(directory.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
-    (directory / MANIFEST).write_text(json.dumps({"format": "llmkit-manifest", "sha256": hashes}, indent=2))
+    files.atomic_write(directory / MANIFEST, json.dumps({"format": "llmkit-manifest", "sha256": hashes}, indent=2))
+    return len(hashes)
 
 
-NO_VERIFY_ENV = "LLMKIT_NO_VERIFY"  # "1": loads skip the manifest check (the commands' --no-verify)
+def reseal_hint(directory: str | os.PathLike) -> str:
+    """The command that records a checkpoint's present files in a new manifest (`llmkit manifest --write`)."""
+    return f"llmkit manifest {directory} --write"
 
 
-def verify_manifest(directory: str | os.PathLike, skip: tuple[str, ...] = ()) -> bool:
+def verify_manifest(directory: str | os.PathLike, skip: tuple[str, ...] = ()) -> int:
     """Check every file ``manifest.json`` lists against its hash, but those in ``skip`` (a run's own
-    log, appended after the save); False when there is no manifest (checkpoints saved before it, or
-    converted elsewhere). A changed or missing file raises."""
+    log, appended after the save); returns the number checked. A missing manifest (a checkpoint saved
+    before llmkit wrote them, or one whose manifest was deleted), a changed or a missing file raises:
+    a checkpoint never loads unchecked unless the caller says so (``verify=False``, ``--no-verify``)."""
     directory = Path(directory)
     if not (directory / MANIFEST).is_file():
-        return False
+        read_config_json(directory)  # not an llmkit checkpoint at all (a Hugging Face folder): that error first
+        raise LlmkitError(
+            f"{directory}: no {MANIFEST}, so its files cannot be checked (saved before llmkit wrote manifests, "
+            "or the manifest was deleted)",
+            f"check the files, then record them: {reseal_hint(directory)} (or load it unchecked with --no-verify)",
+        )
     hashes = read_json(directory / MANIFEST).get("sha256")
     if not isinstance(hashes, dict):
-        raise LlmkitError(f"{directory / MANIFEST}: no 'sha256' table", "re-save the checkpoint")
+        raise LlmkitError(
+            f"{directory / MANIFEST}: no 'sha256' table", f"re-save the checkpoint, or {reseal_hint(directory)}"
+        )
     for name, want in hashes.items():
         if name in skip:
             continue
@@ -186,17 +201,27 @@ def verify_manifest(directory: str | os.PathLike, skip: tuple[str, ...] = ()) ->
         if sha256(path) != want:
             raise LlmkitError(
                 f"{path}: contents differ from the SHA-256 in {MANIFEST} (corrupted or changed after saving)",
-                "restore the file or re-save the checkpoint; --no-verify loads it anyway",
+                "restore the file or re-save the checkpoint (--no-verify loads it anyway; after an intended edit, "
+                f"{reseal_hint(directory)} records it)",
             )
-    return True
+    return len(hashes)
+
+
+def seal(directory: str | os.PathLike) -> int:
+    """Record a checkpoint's files as they are now in a new ``manifest.json`` (`llmkit manifest --write`:
+    a checkpoint saved before manifests, or edited on purpose); returns the number of files. It is
+    loaded unchecked first, so a config, header or weights that would not load are refused, not sealed."""
+    load(directory, verify=False)
+    return write_manifest(Path(directory))
 
 
 def is_complete(directory: Path) -> bool:
     """A directory whose manifest exists and verifies: a save that finished writing."""
     try:
-        return verify_manifest(directory)
+        verify_manifest(directory)
     except LlmkitError:
         return False
+    return True
 
 
 def recover(directory: str | os.PathLike) -> Path | None:
@@ -229,14 +254,36 @@ def read_config_json(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_config(directory: str | os.PathLike) -> ModelConfig:
-    """Read and validate config.json of an llmkit checkpoint directory."""
+    """Read and validate config.json of an llmkit checkpoint directory; a bad value is an error that
+    names the file (not a --model flag: the commands that load checkpoints have none)."""
     path = Path(directory) / CONFIG
     data = read_config_json(directory)
     data = {k: v for k, v in data.items() if k not in ("format", "format_version", QUANTIZATION)}
+    return _from_file(path, lambda: ModelConfig.from_dict(data, source=str(path)))
+
+
+def load_generation_config(directory: str | os.PathLike, cfg: ModelConfig) -> GenerationConfig:
+    """generation_config.json of a checkpoint, validated (the model's defaults when there is none); a
+    bad value is an error that names the file."""
+    path = Path(directory) / GENERATION
+    if not path.exists():
+        return GenerationConfig.for_model(cfg)
+    data = read_json(path)
+    return _from_file(path, lambda: GenerationConfig.from_dict(data))
+
+
+def _from_file(path: Path, build):
+    """``build()``, its errors naming ``path`` and the fix that exists for a file: edit it, then
+    record the edit in the manifest (or re-save the checkpoint)."""
     try:
-        return ModelConfig.from_dict(data, source=str(path))
-    except TypeError as err:
-        raise LlmkitError(f"{path}: invalid config ({err})", "re-save the checkpoint") from None
+        return build()
+    except (LlmkitError, TypeError, ValueError) as err:
+        what = err.message if isinstance(err, LlmkitError) else f"invalid value ({err})"
+        what = what.removeprefix("generation config: ").removeprefix(f"{path}: ")
+        raise LlmkitError(
+            f"{path}: {what}",
+            f"correct it in {path.name}, then {reseal_hint(path.parent)}; or re-save the checkpoint",
+        ) from None
 
 
 def load_quantization(directory: str | os.PathLike) -> QuantSpec | None:
@@ -248,9 +295,9 @@ def load_quantization(directory: str | os.PathLike) -> QuantSpec | None:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; truncation or corruption becomes an error that names the file."""
-    if not path.is_file():
-        raise LlmkitError(f"{path}: file not found", f"is {path.parent} a complete llmkit checkpoint?")
+    """Load a safetensors file, its header checked first (``read_header``); truncation or corruption
+    becomes an error that names the file."""
+    read_header(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}
@@ -260,26 +307,86 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
+HEADER_LIMIT = 100 << 20  # safetensors' own limit on a header's size
+
+
 def read_header(path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """Name -> (shape, dtype) of every tensor of a safetensors file, from its header: nothing is loaded."""
+    """Name -> (shape, dtype) of every tensor of a safetensors file, from its header: nothing is loaded.
+
+    The header's integrity is checked first, by safetensors' own rules, so a damaged file is never
+    taken for one that does not match its config: the 8-byte length fits the file, the header is a
+    UTF-8 JSON object, every tensor has a known dtype, a shape and data offsets inside the data area
+    whose span is the shape's size in that dtype, and the tensors fill the data area without gaps or
+    overlaps.
+    """
     if not path.is_file():
         raise LlmkitError(f"{path}: file not found", f"is {path.parent} a complete llmkit checkpoint?")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 < length <= min(size - 8, HEADER_LIMIT):
+            _corrupt(path, f"header length {length:,} does not fit the file's {size:,} bytes")
+        raw = f.read(length)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            out = {}
-            for k in f.keys():
-                part = f.get_slice(k)
-                out[k] = (tuple(part.get_shape()), _DTYPES.get(part.get_dtype(), torch.float32))
-            return out
-    except Exception as err:  # safetensors raises several types for bad headers and short files
-        raise LlmkitError(
-            f"{path}: corrupt or truncated safetensors file ({err})", "restore it or re-save the checkpoint"
-        ) from None
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        _corrupt(path, f"the header is not valid JSON: {err}")
+    if not isinstance(header, dict):
+        _corrupt(path, "the header is not a JSON object")
+    data_bytes = size - 8 - length
+    spans, out = [], {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        shape, dtype = _header_entry(path, name, info)
+        start, end = info["data_offsets"]
+        if not 0 <= start <= end <= data_bytes:
+            _corrupt(path, f"tensor '{name}' lies at bytes {start:,}-{end:,}, past the {data_bytes:,} bytes of data")
+        need = math.prod(shape) * _DTYPE_BYTES[dtype]
+        if end - start != need:
+            _corrupt(
+                path, f"tensor '{name}' spans {end - start:,} bytes; its shape {list(shape)} in {dtype} is {need:,}"
+            )
+        spans.append((start, end, name))
+        out[name] = (shape, _DTYPES[dtype])
+    at = 0
+    for start, end, name in sorted(spans):
+        if start != at:
+            _corrupt(path, f"tensor '{name}' starts at byte {start:,} of the data; the tensors before it end at {at:,}")
+        at = end
+    if at != data_bytes:
+        _corrupt(path, f"the tensors end at byte {at:,} of the {data_bytes:,} bytes of data")
+    return out
+
+
+def _header_entry(path: Path, name: str, info: Any) -> tuple[tuple[int, ...], str]:
+    """(shape, dtype name) of one header entry, checked to be well formed."""
+    ok = (
+        isinstance(info, dict)
+        and info.get("dtype") in _DTYPE_BYTES
+        and isinstance(info.get("shape"), list)
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in info["shape"])
+        and isinstance(info.get("data_offsets"), list)
+        and len(info["data_offsets"]) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in info["data_offsets"])
+    )
+    if not ok:
+        _corrupt(path, f"tensor '{name}' has no valid dtype, shape and data_offsets ({json.dumps(info)[:80]})")
+    return tuple(info["shape"]), info["dtype"]
+
+
+def _corrupt(path: Path, what: str) -> None:
+    raise LlmkitError(
+        f"{path}: corrupt or truncated safetensors file ({what})",
+        "the file is damaged (not a config mismatch): restore it or re-save the checkpoint",
+    )
 
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool}  # fmt: skip
+_DTYPE_BYTES = {name: dtype.itemsize for name, dtype in _DTYPES.items()}
 
 # Far beyond any real model: larger values are a corrupt or hostile config.json, refused before building
 # anything (n_layer=100000 grew past 12 GB before the weights were even read).
@@ -361,7 +468,7 @@ def load(
     directory: str | os.PathLike,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
-    verify: bool | None = None,
+    verify: bool = True,
 ) -> nn.Module:
     """Load a checkpoint directory: a ready model in eval mode with ``.tokenizer`` (or None),
     ``.generation_config`` and ``.quantization`` (a QuantSpec, or None) attached.
@@ -370,23 +477,22 @@ def load(
     load as quantized modules (norms and biases in ``dtype``, fp32 by default) that run through
     torch's CPU kernels on CPU (``llmkit.quantize.use_kernels``).
 
-    Before any memory is allocated the config's sizes and the tensors' shapes are checked against
-    the weights file's header; then ``manifest.json``'s hashes unless ``verify`` is False (None: the
-    environment decides, ``LLMKIT_NO_VERIFY=1`` skips them, as every command's ``--no-verify`` sets),
-    and the weights for NaN/inf.
+    Order, before any memory is allocated: config.json is ours -> every file against
+    ``manifest.json``'s hashes unless ``verify`` is False (every command's ``--no-verify``); a
+    checkpoint without a manifest is refused, so a damaged file is named as such and not taken for a
+    config mismatch -> the config's values and sizes -> the safetensors header's integrity, then every
+    tensor's shape against the config. Then the weights, checked for NaN/inf.
     """
     directory = Path(directory)
-    if verify is None:
-        verify = os.environ.get(NO_VERIFY_ENV) != "1"
+    read_config_json(directory)
+    if verify:
+        verify_manifest(directory)
     cfg = load_config(directory)
     quantization = load_quantization(directory)
     check_header(directory, cfg, quantization)
-    if verify:
-        verify_manifest(directory)
     weights = read_weights(directory / WEIGHTS)
     tokenizer = load_tokenizer(directory, cfg)
-    gen_path = directory / GENERATION
-    gen = GenerationConfig.from_dict(read_json(gen_path)) if gen_path.exists() else GenerationConfig.for_model(cfg)
+    gen = load_generation_config(directory, cfg)
     model = build_model(cfg, init=False)
     if quantization is not None:
         quantize_model(model, quantization, empty=True)  # the stored layout, to be filled below

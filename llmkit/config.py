@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from llmkit.config_tables import check_fields
 from llmkit.errors import LlmkitError
 
 FAMILIES = ("decoder", "encoder", "encoder_decoder")
@@ -137,7 +138,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
         """Build from a dict, rejecting unknown keys with the list of known ones."""
-        return cls(**_known_fields(cls, data, source, "model"))
+        return cls(**check_fields(cls, data, source, "model"))
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
@@ -148,18 +149,6 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
-
-
-def _known_fields(cls: type, data: dict[str, Any], source: str, kind: str) -> dict[str, Any]:
-    """``data`` unchanged when every key is a field of ``cls``; else one error listing the known ones."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise LlmkitError(
-            f"{source}: unknown {kind} config field(s) {', '.join(unknown)}",
-            f"known fields are: {', '.join(sorted(known))}",
-        )
-    return data
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -378,7 +367,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "train config") -> TrainConfig:
         """Build from a dict, rejecting unknown keys with the list of known ones."""
-        return cls(**_known_fields(cls, data, source, "train"))
+        return cls(**check_fields(cls, data, source, "train"))
 
 
 # ---- presets ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Files: atomic writes, and reading a text (plain or .gz), JSON or TOML file with a one-line error.
+"""Files: atomic writes, and reading a text (plain or .gz), JSON, JSON Lines or TOML file with a one-line error.
 
 The write helpers write beside the target and rename into place, so a reader (or a crash) never
 sees a half-written file or directory. ``mkstemp``/``mkdtemp`` create owner-only paths; the result
@@ -166,6 +166,57 @@ def open_text(
             yield file
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:  # a cut stream ends in EOFError
         raise LlmkitError(f"{path}: corrupt or truncated gzip file ({err})", hint) from None
+
+
+JSONL_HINT = "write one JSON object per line"
+
+
+def read_jsonl(
+    path: str | os.PathLike,
+    hint: str = JSONL_HINT,
+    *,
+    objects: bool = True,
+    torn_tail: bool = False,
+    errors: str = "strict",
+    missing_hint: str | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of the JSON Lines file ``path`` (plain or ``.gz``):
+    the one reader of every JSONL file llmkit takes or writes.
+
+    Each problem is a one-line ``LlmkitError`` naming the file and, past opening it, the line, with
+    ``hint``: a missing file (``missing_hint`` when given), a damaged gzip stream, bytes that are not
+    UTF-8 (unless ``errors="replace"``), a line that is not JSON (the parser's reason and column), a value
+    that is not a JSON object (when ``objects``). ``torn_tail``: a last line without its newline that does
+    not parse is skipped, as a process killed while appending to its own log leaves it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LlmkitError(f"{path}: file not found", missing_hint or hint)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as file:
+            for number, raw in enumerate(file, 1):
+                try:  # decoded line by line, so an error names its line
+                    line = raw.decode("utf-8", errors)
+                except UnicodeDecodeError as err:
+                    raise LlmkitError(f"{path}:{number}: not UTF-8 text ({err.reason})", hint) from None
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line.rstrip("\r\n"))
+                except json.JSONDecodeError as err:
+                    if torn_tail and not raw.endswith(b"\n"):
+                        return
+                    raise LlmkitError(
+                        f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})", hint
+                    ) from None
+                if objects and not isinstance(value, dict):
+                    raise LlmkitError(f"{path}:{number}: not a JSON object ({type(value).__name__})", hint)
+                yield number, value
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:  # a cut stream ends in EOFError
+        raise LlmkitError(f"{path}: corrupt or truncated gzip file ({err})", hint) from None
+    except OSError as err:
+        raise LlmkitError(f"{path}: cannot read ({err.strerror or err})", hint) from None
 
 
 def read_json(path: str | os.PathLike, hint: str, missing_hint: str | None = None) -> dict[str, Any]:

@@ -47,7 +47,9 @@ class QuantizeReport:
         )
 
 
-def quantize_checkpoint(source: str | os.PathLike, out: str | os.PathLike, spec: QuantSpec) -> QuantizeReport:
+def quantize_checkpoint(
+    source: str | os.PathLike, out: str | os.PathLike, spec: QuantSpec, verify: bool = True
+) -> QuantizeReport:
     """Quantize the checkpoint at ``source`` into the new directory ``out``.
 
     Order: refuse an existing ``out`` -> read and validate ``source`` (refusing one already quantized)
@@ -62,7 +64,7 @@ def quantize_checkpoint(source: str | os.PathLike, out: str | os.PathLike, spec:
         raise LlmkitError(
             f"{source} is already quantized ({before.describe()})", "quantize the original, unquantized checkpoint"
         )
-    model = checkpoint.load(source)
+    model = checkpoint.load(source, verify=verify)
     original = dict(model.state_dict())  # the float tensors; quantize_model replaces, never overwrites them
     quantize_model(model, spec)
     errors = cast_errors(model, original) if spec.is_cast else quantized_errors(model, original)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.config import PRESETS, ModelConfig, TrainConfig
+from llmkit.config_tables import from_table, read_tables
 from llmkit.errors import LlmkitError
-from llmkit.files import read_toml
 
 TABLES = ("model", "train")
 
@@ -38,7 +38,7 @@ def run_config_from_tables(
 ) -> tuple[ModelConfig, TrainConfig]:
     """``load_run_config`` on tables already read (``llmkit scale sweep`` reads a [sweep] table beside them)."""
     model_table, train_table = dict(tables.get("model", {})), dict(tables.get("train", {}))
-    train_cfg = _build(TrainConfig, {**train_table, **(train_flags or {})}, f"{path} [train]")
+    train_cfg = from_table(TrainConfig, {**train_table, **(train_flags or {})}, f"{path} [train]", "train")
     preset = model_table.pop("preset", None)
     overrides = {**model_table, **(model_flags or {})}
     if train_cfg.data and (Path(train_cfg.data) / "tokenizer.json").is_file():
@@ -47,7 +47,7 @@ def run_config_from_tables(
         for key, value in tokenizer_fields(Tokenizer.from_dir(train_cfg.data), preset, overrides).items():
             overrides.setdefault(key, value)
     if preset is None:
-        return _build(ModelConfig, overrides, f"{path} [model]"), train_cfg
+        return from_table(ModelConfig, overrides, f"{path} [model]", "model"), train_cfg
     if not isinstance(preset, str):
         raise LlmkitError(f"{path}: [model] preset must be a string, got {preset!r}", 'e.g. preset = "tiny-gpt-1m"')
     try:
@@ -71,20 +71,4 @@ def tokenizer_fields(tokenizer, preset: str | None, overrides: dict[str, Any]) -
 
 def read_run_tables(path: str | os.PathLike, allowed: tuple[str, ...] = TABLES) -> dict[str, Any]:
     """The tables of a run config; only [model] and [train] are allowed (or the ``allowed`` ones)."""
-    path = Path(path)
-    tables = read_toml(path, "fix the file (see configs/ for examples)", "check the path (examples are in configs/)")
-    unknown = sorted(set(tables) - set(allowed))
-    if unknown:
-        names = " and ".join([", ".join(f"[{name}]" for name in allowed[:-1]), f"[{allowed[-1]}]"])
-        raise LlmkitError(f"{path}: unknown table or key {', '.join(unknown)}", f"the file holds {names}")
-    for name, table in tables.items():
-        if not isinstance(table, dict):
-            raise LlmkitError(f"{path}: {name} must be a table ([{name}])", "see configs/ for examples")
-    return tables
-
-
-def _build(cls: type, data: dict[str, Any], source: str):
-    try:
-        return cls.from_dict(data, source=source)
-    except TypeError as err:
-        raise LlmkitError(f"{source}: a value has the wrong type ({err})", "check the values in that table") from None
+    return read_tables(path, allowed, "configs/")

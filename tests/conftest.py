@@ -118,3 +118,18 @@ def _subnormals_restored():
     fuzz tests use, refuses to run without subnormal floats)."""
     yield
     torch.set_flush_denormal(False)
+
+
+@pytest.fixture(scope="session")
+def docs_corpus(tmp_path_factory) -> Path:
+    """A folder ``docs`` of 32 files (documents), each the same ~700-character passage of the Python docs,
+    for tiny training runs: about a quarter go to val, and train and val hold the same text, so a model
+    that memorizes it drives the loss far below what any context-free predictor can reach."""
+    from llmkit.data.builtin import python_docs_texts
+
+    docs = tmp_path_factory.mktemp("corpus") / "docs"
+    docs.mkdir()
+    passage = list(python_docs_texts())[45][:700]
+    for i in range(32):
+        (docs / f"doc{i:02d}.txt").write_text(passage)
+    return docs

@@ -222,7 +222,7 @@ def test_jsonl_text_field_and_errors(bpe, tmp_path):
     with pytest.raises(LlmkitError, match=r"d.jsonl:1 has no 'text' field \(fields: content, id\)"):
         tokenize([(path, None)], bpe, tmp_path / "out2")
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\nnot json\n')
-    with pytest.raises(LlmkitError, match="bad.jsonl:2 is not valid JSON"):
+    with pytest.raises(LlmkitError, match=r"bad.jsonl:2: not valid JSON \(Expecting value at column 1\)"):
         tokenize([(tmp_path / "bad.jsonl", None)], bpe, tmp_path / "out3")
 
 

@@ -20,6 +20,7 @@ LAYERS = {
     "llmkit.units": 0,
     "llmkit.cpu_kernels": 0,  # the C kernels' build and load (stdlib: llmkit plan asks whether they exist)
     "llmkit.config": 0,
+    "llmkit.config_tables": 0,  # the TOML loader of run, fine-tuning and sweep configs
     "llmkit.plan": 0,
     "llmkit.prompts": 0,
     "llmkit.tools": 0,
@@ -28,6 +29,7 @@ LAYERS = {
     "llmkit.data.builtin": 0,
     "llmkit.data.sources": 0,
     "llmkit.models": 1,
+    "llmkit.devices": 1,  # device and dtype names ("auto", "bf16") resolved in one place
     "llmkit.data.tokenizer": 1,
     "llmkit.data.tokenizer_train": 1,
     "llmkit.data.datasets": 1,

@@ -15,6 +15,7 @@ from llmkit.config import PRESETS, ModelConfig
 from llmkit.plan import (
     PRECISIONS,
     ModelSize,
+    TrainingSetup,
     activation_memory,
     chinchilla_loss,
     compute,
@@ -99,9 +100,9 @@ def test_model_states_bytes_per_parameter_and_zero():
     size, n, gpus = ModelSize.from_count(10**9), 1e9, 8
     expected = {0: 16 * n, 1: (2 + 2 + 12 / gpus) * n, 2: (2 + (2 + 12) / gpus) * n, 3: 16 * n / gpus}
     for zero, total in expected.items():
-        t = training_memory(size, 1, 128, PRECISIONS["mixed"], "adamw", gpus=gpus, zero=zero)
+        t = training_memory(size, TrainingSetup(1, 128, PRECISIONS["mixed"], "adamw", gpus=gpus, zero=zero))
         assert math.isclose(t.weights + t.master_weights + t.gradients + t.optimizer_states, total)
-    states = {opt: training_memory(size, 1, 128, PRECISIONS["fp32"], opt).optimizer_states / n
+    states = {opt: training_memory(size, TrainingSetup(1, 128, PRECISIONS["fp32"], opt)).optimizer_states / n
               for opt in ("adamw", "sgd", "adamw8bit")}  # fmt: skip
     assert states == {"adamw": 8, "sgd": 4, "adamw8bit": 2}
 
@@ -123,7 +124,8 @@ def test_korthikanti_per_layer_formula():
     layer's input). The paper leaves out the norms' fp32 statistics (8 bytes per token per LayerNorm)."""
     cfg, b, s = _gpt(dropout=0.1), 3, 128
     h, a, stats = cfg.d_model, cfg.n_head, 2 * 8 * b * s
-    acts = {r: activation_memory(cfg, b, s, PRECISIONS["bf16"], r, "math") for r in ("none", "selective", "full")}
+    acts = {r: activation_memory(cfg, TrainingSetup(b, s, PRECISIONS["bf16"], recompute=r, attention="math"))
+            for r in ("none", "selective", "full")}  # fmt: skip
     assert sum(acts["none"].per_layer.values()) - stats == s * b * h * (34 + 5 * a * s / h)
     assert acts["selective"].stored["blocks"] / cfg.n_layer - stats == 34 * s * b * h
     assert acts["full"].stored["blocks"] / cfg.n_layer == 2 * s * b * h
@@ -134,7 +136,8 @@ def test_fp32_activations_are_twice_16_bit():
     stats = 2 * 8 * b * s  # fp32 in both
 
     def layer(precision: str) -> float:
-        return sum(activation_memory(cfg, b, s, PRECISIONS[precision], "none", "math").per_layer.values()) - stats
+        setup = TrainingSetup(b, s, PRECISIONS[precision], attention="math")
+        return sum(activation_memory(cfg, setup).per_layer.values()) - stats
 
     assert layer("fp32") == 2 * layer("bf16")
 
@@ -143,7 +146,7 @@ def test_flash_attention_has_no_quadratic_term():
     cfg, b = _gpt(), 2
 
     def layer(s: int, kernel: str) -> float:
-        return sum(activation_memory(cfg, b, s, PRECISIONS["bf16"], "none", kernel).per_layer.values())
+        return sum(activation_memory(cfg, TrainingSetup(b, s, PRECISIONS["bf16"], attention=kernel)).per_layer.values())
 
     assert layer(256, "flash") == 2 * layer(128, "flash")  # linear in s
     assert layer(256, "math") > 2 * layer(128, "math")
@@ -234,8 +237,9 @@ def test_measured_training_memory_matches_prediction(name, overrides, batch, seq
 
     cfg = ModelConfig.from_name(name, **overrides)
     m = measure_training(cfg, batch, seq, precision, optimizer, ckpt, device=torch.device("cpu"))
-    t = training_memory(ModelSize.from_config(cfg, name), batch, seq, PRECISIONS[precision], optimizer,
-                        "full" if ckpt else "none", m.attention, device="cpu")  # fmt: skip
+    setup = TrainingSetup(batch, seq, PRECISIONS[precision], optimizer, "full" if ckpt else "none", m.attention,
+                          device="cpu")  # fmt: skip
+    t = training_memory(ModelSize.from_config(cfg, name), setup)
     assert (m.weights, m.gradients) == (t.weights, t.gradients)
     assert close(m.optimizer_states, t.optimizer_states, rel=1e-3)  # + AdamW's 0-d step counters
     a = t.activations
@@ -390,8 +394,9 @@ def test_measured_finetune_memory_matches_prediction(
     cfg = ModelConfig.from_name(name, **overrides)
     ft = Finetune(method, rank=8, targets=targets, quant=quant, group_size=32)
     m = measure_training(cfg, batch, seq, precision, "adamw", ckpt, 2, device=torch.device("cpu"), finetune=ft)
-    t = training_memory(ModelSize.from_config(cfg, name), batch, seq, PRECISIONS[precision], "adamw",
-                        "full" if ckpt else "none", m.attention, device="cpu", finetune=ft)  # fmt: skip
+    setup = TrainingSetup(batch, seq, PRECISIONS[precision], "adamw", "full" if ckpt else "none", m.attention,
+                          device="cpu", finetune=ft)  # fmt: skip
+    t = training_memory(ModelSize.from_config(cfg, name), setup)
     assert (m.weights, m.gradients) == (t.weights, t.gradients)
     assert t.gradients == 4 * t.trainable  # only the adapter: fp32
     assert close(m.optimizer_states, t.optimizer_states, rel=2e-3)
@@ -405,12 +410,13 @@ def test_finetune_memory_orders_full_lora_qlora():
 
     model = ModelSize.from_config(ModelConfig.from_name("smollm2-135m"), "smollm2-135m")
     peaks = [
-        training_memory(model, 1, 512, PRECISIONS["amp"], finetune=Finetune(method)).tensors_peak
+        training_memory(model, TrainingSetup(1, 512, PRECISIONS["amp"], finetune=Finetune(method))).tensors_peak
         for method in ("full", "lora", "qlora")
     ]
     assert peaks[0] > peaks[1] > peaks[2]
-    full = training_memory(model, 1, 512, PRECISIONS["amp"], finetune=Finetune("full"))
-    assert full.tensors_peak == training_memory(model, 1, 512, PRECISIONS["amp"]).tensors_peak  # full = pretraining
+    full = training_memory(model, TrainingSetup(1, 512, PRECISIONS["amp"], finetune=Finetune("full")))
+    pretraining = training_memory(model, TrainingSetup(1, 512, PRECISIONS["amp"]))
+    assert full.tensors_peak == pretraining.tensors_peak  # full = pretraining
 
 
 def test_plan_lora_cli(capsys):

@@ -144,7 +144,7 @@ def test_report_bootstrap_intervals_contain_the_estimate_and_text_names_both_law
     "content,message",
     [
         ("", "no results in the file"),
-        ("{nope\n", ":1: not JSON"),
+        ("{nope\n", ":1: not valid JSON"),
         ('{"params": 1, "tokens": 2, "flops": 3, "budget": 3, "val_loss": 4}\n[1, 2]\n', ":2: not a JSON object"),
         ('{"params": 1, "tokens": 2, "flops": 3, "val_loss": 4}\n', ":1: missing budget"),
         ('{"params": -1, "tokens": 2, "flops": 3, "budget": 3, "val_loss": 4}\n', "params=-1 must be > 0"),

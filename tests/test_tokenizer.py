@@ -361,13 +361,14 @@ def test_chat_template_survives_load_and_save(tiny_tokenizer, tmp_path, where):
 def test_quantized_checkpoint_keeps_the_chat_template(tiny_checkpoint, tmp_path):
     import shutil
 
+    from llmkit import checkpoint
     from llmkit.quantize.spec import QuantSpec
     from llmkit.quantize_checkpoint import quantize_checkpoint
 
     src = tmp_path / "model"
     shutil.copytree(tiny_checkpoint(), src)
     (src / "chat_template.jinja").write_text("{{ messages[0].content }}", encoding="utf-8")
-    (src / "manifest.json").unlink()  # the copy was edited: verified loading would (rightly) refuse it
+    checkpoint.write_manifest(src)  # the edit recorded, as `llmkit manifest --write` does
     quantize_checkpoint(src, tmp_path / "int8", QuantSpec(method="int8"))
     config = json.loads((tmp_path / "int8" / "tokenizer_config.json").read_text())
     assert config["chat_template"] == "{{ messages[0].content }}"

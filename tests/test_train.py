@@ -49,25 +49,18 @@ def one_thread():
 
 # ---- data -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def data_dirs(tmp_path_factory) -> dict[str, Path]:
-    """One data directory per tokenizer kind, made by the real `llmkit data tokenize` code.
-
-    The corpus is one ~700-character passage of the Python docs in 32 files (documents), so train
-    and val hold the same text: a model that memorizes it drives the loss far below what any
-    context-free predictor can reach (see test_each_family_overfits).
+def data_dirs(tmp_path_factory, docs_corpus) -> dict[str, Path]:
+    """One data directory per tokenizer kind, made by the real `llmkit data tokenize` code from
+    ``docs_corpus`` (conftest.py: one passage of the Python docs in 32 files; see test_each_family_overfits).
     """
     root = tmp_path_factory.mktemp("train-data")
     texts = list(python_docs_texts())
-    docs = root / "docs"
-    docs.mkdir()
-    for i in range(32):  # about a quarter of them go to val
-        (docs / f"doc{i:02d}.txt").write_text(texts[45][:700])
     dirs = {}
     for kind, vocab_size in (("bpe", 320), ("wordpiece", 320), ("unigram", 420)):
         tokenizer = train_tokenizer(texts[:40], kind, vocab_size)
         dirs[kind] = root / kind
         cwd = os.getcwd()
-        os.chdir(root)  # the train/val split hashes the source as written: keep it the same every run
+        os.chdir(docs_corpus.parent)  # the train/val split hashes the source as written: keep it the same every run
         try:
             tokenize_corpus([("docs", None)], tokenizer, dirs[kind], val_fraction=0.25, progress=False)
         finally:

@@ -11,16 +11,12 @@ environment it sets reaches torch's import.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-from collections.abc import Iterator
 
 from llmkit import threads
 from llmkit.cli._parsing import LlmkitParser, subparser_for, unknown_flags_message
 from llmkit.errors import LlmkitError
-
-NO_VERIFY_ENV = "LLMKIT_NO_VERIFY"  # llmkit.checkpoint.NO_VERIFY_ENV (this module imports no torch)
 
 COMMAND_MODULES = (
     "plan",
@@ -31,6 +27,7 @@ COMMAND_MODULES = (
     "models",
     "inspect",
     "init",
+    "manifest",
     "pretrain",
     "finetune",
     "predict",
@@ -89,7 +86,8 @@ def _all_subparsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentPa
     return found
 
 
-# commands that read llmkit checkpoints (pretrain has its own --no-verify, for --resume)
+# commands that read llmkit checkpoints: each handler passes verify=not args.no_verify down to checkpoint.load
+# (pretrain and finetune have their own --no-verify, for --resume)
 LOADS_CHECKPOINTS = {"generate", "predict", "fill-mask", "serve", "eval", "prompt", "quantize", "convert", "tokenize",
                      "embeddings", "attention", "embed", "index", "ask", "chat", "lora"}  # fmt: skip
 
@@ -112,22 +110,6 @@ def apply_threads(args: argparse.Namespace) -> threads.Threads:
     return decision
 
 
-@contextlib.contextmanager
-def _no_verify(on: bool) -> Iterator[None]:
-    """While the handler runs, checkpoint.load skips manifests (``--no-verify``); the environment is restored
-    after, so one in-process call (tests, notebooks) does not change the next."""
-    before = os.environ.get(NO_VERIFY_ENV)
-    if on:
-        os.environ[NO_VERIFY_ENV] = "1"
-    try:
-        yield
-    finally:
-        if on and before is None:
-            os.environ.pop(NO_VERIFY_ENV, None)
-        elif on:
-            os.environ[NO_VERIFY_ENV] = before
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -140,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         apply_threads(args)
-        with _no_verify(getattr(args, "no_verify", False) and args.command != "pretrain"):
-            args.handler(args)
+        args.handler(args)
         sys.stdout.flush()  # here, so a closed pipe is caught below and not at interpreter exit
     except BrokenPipeError:
         # the reader went away (`| head`): stop quietly; stdout goes to devnull so the exit flush cannot fail again

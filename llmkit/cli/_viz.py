@@ -24,11 +24,11 @@ def model_name(path: str) -> str:
     return recorded_name(path)
 
 
-def load_model(path: str, device: str = "cpu") -> Any:
+def load_model(path: str, device: str = "cpu", verify: bool = True) -> Any:
     """An llmkit checkpoint in fp32 with its tokenizer; a checkpoint without one is an error."""
     from llmkit import checkpoint
 
-    model = checkpoint.load(path, device=device)
+    model = checkpoint.load(path, device=device, verify=verify)
     if model.tokenizer is None:
         raise LlmkitError(f"{path} has no tokenizer.json, so text cannot be turned into tokens", NO_TOKENIZER_HINT)
     return model

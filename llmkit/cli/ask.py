@@ -34,9 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from llmkit.chat.template import ChatTemplate
+    from llmkit.devices import resolve_device
     from llmkit.errors import LlmkitError
     from llmkit.inference import generate
-    from llmkit.inference.loading import load_model, require_lm_head, resolve_device
+    from llmkit.inference.loading import load_model, require_lm_head
     from llmkit.retrieval.ask import build_rag_prompt, cited
     from llmkit.retrieval.documents import embedder_for, search
     from llmkit.retrieval.store import Index
@@ -45,9 +46,9 @@ def run(args: argparse.Namespace) -> None:
         raise LlmkitError(f"--max-new-tokens {args.max_new_tokens} must be >= 1", "pass a positive count")
     require_lm_head(args.model, "ask")  # before the index is searched: the answer needs generation
     with Index.open(args.index) as index:
-        embedder = embedder_for(index, args.embedder, resolve_device(args.device))
+        embedder = embedder_for(index, args.embedder, resolve_device(args.device), verify=not args.no_verify)
         hits = search(index, embedder, args.question, args.k, "hybrid" if args.hybrid else "dense")
-    model = load_model(args.model, args.device, args.dtype)
+    model = load_model(args.model, args.device, args.dtype, verify=not args.no_verify)
     if model.config.family != "decoder" or model.tokenizer is None:
         raise LlmkitError(f"{args.model}: ask needs a decoder-only checkpoint with a tokenizer", "pass a chat model")
     tokenizer = model.tokenizer

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> None:
 
     if not args.out and not args.weights:
         raise LlmkitError("nothing to write", "give --out map.png and/or --weights weights.json")
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, verify=not args.no_verify)
     kind = args.kind or att.default_kind(model.config.family)
     if args.target is not None and model.config.family != "encoder_decoder":
         raise LlmkitError("--target is the decoder text of an encoder-decoder (T5) model", "drop --target")

@@ -58,9 +58,10 @@ def run(args: argparse.Namespace) -> None:
     from llmkit.chat.template import ChatTemplate, turn_settings
     from llmkit.chat.terminal import line_reader
     from llmkit.chat.terminal import run as chat
+    from llmkit.devices import resolve_device
     from llmkit.errors import LlmkitError
     from llmkit.inference.engine import resolve_config
-    from llmkit.inference.loading import load_model, model_name, require_lm_head, resolve_device
+    from llmkit.inference.loading import load_model, model_name, require_lm_head
     from llmkit.retrieval.documents import embedder_for, search
     from llmkit.retrieval.store import Index
 
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
         raise LlmkitError(f"-k {args.k} must be >= 1", "retrieve at least one source per message")
     index = Index.open(args.index) if args.index is not None else None  # before the model: a bad index fails fast
     require_lm_head(args.model, "chat")
-    model = load_model(args.model, args.device, args.dtype)
+    model = load_model(args.model, args.device, args.dtype, verify=not args.no_verify)
     if getattr(model, "tokenizer", None) is None or model.config.family != "decoder":
         raise LlmkitError("llmkit chat needs a decoder-only checkpoint with a tokenizer", "pick such a MODEL")
     window = model.config.max_seq_len
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> None:
     kind = "the checkpoint's chat template" if template.source else "the plain template (no chat template)"
     try:
         if index is not None:
-            embedder = embedder_for(index, args.embedder, resolve_device(args.device))
+            embedder = embedder_for(index, args.embedder, resolve_device(args.device), verify=not args.no_verify)
             mode = "hybrid" if args.hybrid else "dense"
             session.retrieve = lambda question: search(index, embedder, question, args.k, mode)
             kind += f", sources from {args.index} ({len(index)} chunks)"

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
     from llmkit.models import build_model
     from llmkit.summary import human_count, summarize
 
-    out = hf.from_hf(args.src, args.out) if args.from_hf else hf.to_hf(args.src, args.out)
+    out = hf.from_hf(args.src, args.out) if args.from_hf else hf.to_hf(args.src, args.out, verify=not args.no_verify)
     cfg = checkpoint.load_config(out if args.from_hf else args.src)
     total = summarize(build_model(cfg, "meta")).total
     print(
@@ -90,7 +90,7 @@ def _gguf(args: argparse.Namespace, start: float) -> None:
         from llmkit.inference.loading import require_lm_head
 
         require_lm_head(args.src, "convert --to-gguf", "convert --to-hf MODEL OUT")  # llama.cpp's decoders are LMs
-        out = gguf.to_gguf(args.src, args.out, qtype=args.gguf_type or "f32", progress=True)
+        out = gguf.to_gguf(args.src, args.out, qtype=args.gguf_type or "f32", progress=True, verify=not args.no_verify)
         cfg, what = (
             checkpoint.load_config(args.src),
             f"{args.gguf_type or 'f32'}, {human_bytes(Path(out).stat().st_size)}",

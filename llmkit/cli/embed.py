@@ -38,20 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def read_texts(path: Path) -> list[str]:
     from llmkit.errors import LlmkitError
-    from llmkit.files import open_text
+    from llmkit.files import open_text, read_jsonl
 
     if not path.is_file():
         raise LlmkitError(f"{path}: no such file", "pass a text file with one text per line, or .jsonl")
-    with open_text(path) as file:
-        lines = [line.rstrip("\r\n") for line in file if line.strip()]
     if path.suffix != ".jsonl":
-        return lines
+        with open_text(path) as file:
+            return [line.rstrip("\r\n") for line in file if line.strip()]
     texts = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise LlmkitError(f"{path}:{number}: not JSON ({err.msg})", "one string or object per line") from None
+    for number, item in read_jsonl(path, "one string or object per line", objects=False):
         text = item.get("text") if isinstance(item, dict) else item
         if not isinstance(text, str):
             raise LlmkitError(f"{path}:{number}: no text", 'write a string or {"text": "..."} per line')
@@ -62,16 +57,17 @@ def read_texts(path: Path) -> list[str]:
 def run(args: argparse.Namespace) -> None:
     import numpy as np
 
+    from llmkit.devices import resolve_device
     from llmkit.errors import LlmkitError
     from llmkit.files import atomic_file, atomic_write
-    from llmkit.inference.loading import resolve_device
     from llmkit.retrieval.embed import Embedder, resolve_embedder
 
     texts = read_texts(args.file)
     if args.out is not None and args.out.suffix not in (".npy", ".jsonl"):
         raise LlmkitError(f"--out {args.out}: unknown format", "name the file .npy or .jsonl")
     normalize = None if args.normalize is None else args.normalize == "true"
-    embedder = Embedder.load(resolve_embedder(args.model), resolve_device(args.device), args.pooling, normalize)
+    device = resolve_device(args.device)
+    embedder = Embedder.load(resolve_embedder(args.model), device, args.pooling, normalize, verify=not args.no_verify)
     vectors = embedder.embed(texts, args.batch_size)
     if args.out is not None and args.out.suffix == ".npy":
         with atomic_file(args.out) as tmp, open(tmp, "wb") as file:

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
         raise LlmkitError("give at least two different words to compare", "e.g. llmkit embeddings MODEL cat dog")
     if args.contextual is not None and (args.as_is or args.single_token):
         raise LlmkitError("--as-is and --single-token choose input-embedding pieces", "drop them with --contextual")
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, verify=not args.no_verify)
     if args.contextual is not None:
         vectors = emb.contextual_vectors(model, model.tokenizer, args.contextual, args.words)
     else:

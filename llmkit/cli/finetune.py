@@ -61,7 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--config", required=True, metavar="FILE.toml", help="run config with [model] [task] [method] [train]"
     )
     p.add_argument("--resume", action="store_true", help="continue the run saved in OUT/last")
-    p.add_argument("--no-verify", action="store_true", help="with --resume: skip the SHA-256 check of the checkpoint")
+    p.add_argument(
+        "--no-verify", action="store_true",
+        help="skip the SHA-256 check of init_from's files (and, with --resume, of the run's checkpoint)",
+    )  # fmt: skip
     for (name, (title, example)), config in zip(_TABLES.items(), (ModelTable, TaskConfig, MethodConfig), strict=True):
         add_config_flags(p, config, name, title, example)
     add_config_flags(p, TrainConfig, "train", "[train] overrides", "--train.steps 200 --train.lr 3e-5")

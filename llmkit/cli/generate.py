@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> None:
     require_lm_head(args.model, "generate")
     if args.raw and (args.system is not None or any(not isinstance(p, str) for p in prompts)):
         raise LlmkitError("--raw continues plain prompts as bare text", "drop --raw to use --system or conversations")
-    model = load_model(args.model, args.device, args.dtype)
+    model = load_model(args.model, args.device, args.dtype, verify=not args.no_verify)
     overrides = _overrides(args)
     prompts = _chat_prompts(args, model, prompts, overrides)
     note = _sampling_note(args)
@@ -307,5 +307,6 @@ def run_fill_mask(args: argparse.Namespace) -> None:
     from llmkit.inference.report import fill_mask_text
 
     require_lm_head(args.model, "fill-mask")
-    fills = fill_mask(load_model(args.model, args.device, args.dtype), args.text, top_k=args.top_k)
+    model = load_model(args.model, args.device, args.dtype, verify=not args.no_verify)
+    fills = fill_mask(model, args.text, top_k=args.top_k)
     print(fill_mask_text(fills, args.json))

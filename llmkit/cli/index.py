@@ -86,25 +86,25 @@ def _bar(total_hint: str):
 
 
 def run_build(args: argparse.Namespace) -> None:
-    from llmkit.inference.loading import resolve_device
+    from llmkit.devices import resolve_device
     from llmkit.retrieval.chunk import ChunkConfig
     from llmkit.retrieval.documents import build_index
     from llmkit.retrieval.embed import Embedder, resolve_embedder
 
     chunking = ChunkConfig(args.chunk_tokens, args.overlap)
-    embedder = Embedder.load(resolve_embedder(args.embedder), resolve_device("auto"))
+    embedder = Embedder.load(resolve_embedder(args.embedder), resolve_device("auto"), verify=not args.no_verify)
     with _bar("embedding") as bar:
         report = build_index(args.out, embedder, args.docs, chunking, args.per_line, bar.update)
     print(f"{args.out}: {report.summary()}, embedder {embedder.name}")
 
 
 def run_add(args: argparse.Namespace) -> None:
-    from llmkit.inference.loading import resolve_device
+    from llmkit.devices import resolve_device
     from llmkit.retrieval.documents import add_documents, embedder_for
     from llmkit.retrieval.store import Index
 
     with Index.open(args.index) as index:
-        embedder = embedder_for(index, args.embedder, resolve_device(args.device))
+        embedder = embedder_for(index, args.embedder, resolve_device(args.device), verify=not args.no_verify)
         with _bar("embedding") as bar:
             report = add_documents(index, embedder, args.docs, args.per_line, bar.update)
         print(f"{args.index}: added {report.summary()}; {len(index)} chunks in all")
@@ -123,13 +123,17 @@ def run_delete(args: argparse.Namespace) -> None:
 
 
 def run_search(args: argparse.Namespace) -> None:
-    from llmkit.inference.loading import resolve_device
+    from llmkit.devices import resolve_device
     from llmkit.retrieval.documents import embedder_for, search
     from llmkit.retrieval.store import Index
 
     mode = "hybrid" if args.hybrid else "bm25" if args.bm25 else "dense"
     with Index.open(args.index) as index:
-        embedder = None if mode == "bm25" else embedder_for(index, args.embedder, resolve_device(args.device))
+        embedder = (
+            None
+            if mode == "bm25"
+            else embedder_for(index, args.embedder, resolve_device(args.device), verify=not args.no_verify)
+        )
         hits = search(index, embedder, args.query, args.k, mode)
     for rank, hit in enumerate(hits, start=1):
         if args.json:

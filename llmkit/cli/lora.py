@@ -40,5 +40,5 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_merge(args: argparse.Namespace) -> None:
     from llmkit.lora.merge import merge_checkpoint
 
-    out = merge_checkpoint(args.base, args.adapter, args.out)
+    out = merge_checkpoint(args.base, args.adapter, args.out, verify=not args.no_verify)
     print(f"merged {args.adapter} into {args.base} -> {out}")

@@ -251,6 +251,10 @@ def _read_config_json(path: Path, overrides: dict[str, Any]):
         return ModelConfig.from_dict({**data, **overrides}, source=str(file))
     except TypeError as err:
         raise LlmkitError(f"{file}: invalid config ({err})", "re-save the checkpoint") from None
+    except LlmkitError as err:  # a bad value: name the file it came from (plan's --model.FIELD can override it)
+        if err.message.startswith(str(file)):
+            raise
+        raise LlmkitError(f"{file}: {err.message}", f"{err.hint} (or correct it in {file.name})") from None
 
 
 def _read_toml(path: Path, overrides: dict[str, Any]):

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
     require_positive("--top-k", args.top_k)
     require_positive("--batch-size", args.batch_size)
     texts = read_texts(args.file) if args.file is not None else args.texts
-    model = load_model(args.model, args.device, args.dtype)
+    model = load_model(args.model, args.device, args.dtype, verify=not args.no_verify)
     require_head(model, args.model)
     progress = args.file is not None and not args.no_progress
     lines = prediction_lines(predict(model, texts, args.batch_size, progress), args.json, args.top_k)

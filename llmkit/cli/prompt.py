@@ -174,7 +174,14 @@ def run_eval(args: argparse.Namespace) -> None:
         return
     if args.perplexity is not None:
         result = ev.checkpoint_perplexity(
-            args.model, args.perplexity, args.stride, args.batch_size, progress, args.device, args.dtype
+            args.model,
+            args.perplexity,
+            args.stride,
+            args.batch_size,
+            progress,
+            args.device,
+            args.dtype,
+            verify=not args.no_verify,
         )
         print(ev.perplexity_line(result, args.perplexity))
         return
@@ -182,7 +189,16 @@ def run_eval(args: argparse.Namespace) -> None:
     task = _task(args, max(shots))
     limit = require_positive("--limit", args.limit) if args.limit is not None else None
     report = ev.evaluate_checkpoint(
-        args.model, task, shots, limit, args.method, args.batch_size, progress, args.device, args.dtype
+        args.model,
+        task,
+        shots,
+        limit,
+        args.method,
+        args.batch_size,
+        progress,
+        args.device,
+        args.dtype,
+        verify=not args.no_verify,
     )
     print(table(report))
     results, picture = ev.save_report(report, args.out or ev.default_out(task, args.model))
@@ -193,7 +209,7 @@ def _eval_labelled(args: argparse.Namespace, progress: bool) -> None:
     from llmkit.inference.loading import load_model, model_name, name_slug
     from llmkit.predict.labelled import evaluate_labelled, save, table
 
-    model = load_model(args.model, args.device, args.dtype)
+    model = load_model(args.model, args.device, args.dtype, verify=not args.no_verify)
     name = model_name(args.model)
     report = evaluate_labelled(
         model, args.labelled, args.text_field, args.label_field, batch_size=args.batch_size, progress=progress,

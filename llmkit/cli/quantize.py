@@ -104,4 +104,4 @@ def run(args: argparse.Namespace) -> None:
     from llmkit.quantize_checkpoint import quantize_checkpoint
 
     spec = QuantSpec(args.to, args.group_size, embeddings=not args.keep_embeddings, scheme=args.scheme)
-    print(quantize_checkpoint(args.model, args.out, spec).summary())
+    print(quantize_checkpoint(args.model, args.out, spec, verify=not args.no_verify).summary())

@@ -74,12 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    import torch
     import uvicorn
 
-    from llmkit import checkpoint
+    from llmkit.devices import resolve_device
     from llmkit.errors import LlmkitError
-    from llmkit.inference.loading import model_aliases
+    from llmkit.inference.loading import load_model, model_aliases
     from llmkit.serve.app import ServeSettings, create_app
     from llmkit.serve.chat import ChatTemplate
     from llmkit.serve.connections import header_timeout_protocol
@@ -98,9 +97,8 @@ def run(args: argparse.Namespace) -> None:
         raise LlmkitError(f"--port {args.port} is not a TCP port", "pass 0-65535")
     sock = bind(args.host, args.port)  # before the model loads: a busy port fails at once, in one line
     directory = Path(args.model)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, None: None}[args.dtype]
-    model = checkpoint.load(directory, device=device, dtype=dtype)
+    device = resolve_device(args.device)
+    model = load_model(directory, device, args.dtype, verify=not args.no_verify)
     roles = model.tokenizer.special_tokens if model.tokenizer is not None else {}
     special = {f"{role}_token": roles[role] for role in ("bos", "eos") if role in roles}  # names chat templates use
     names = args.name or model_aliases(directory)  # the checkpoint's one name first (llmkit inspect's)
@@ -108,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
         name=names[0], aliases=tuple(names[1:]), api_key=args.api_key, max_batch=args.max_batch,
         max_tokens=args.max_tokens, max_body=args.max_body, max_stop=args.max_stop,
         chat=ChatTemplate.from_dir(directory, special), request_log=not args.quiet,
-        embedder=load_embedder(args.embedder, device),
+        embedder=load_embedder(args.embedder, device, verify=not args.no_verify),
     )  # fmt: skip
     app = create_app(model, settings)
     if not _loopback(args.host) and args.api_key is None:
@@ -125,7 +123,7 @@ def run(args: argparse.Namespace) -> None:
     serve_on(uvicorn.Server(config), sock)
 
 
-def load_embedder(name: str, device: str):
+def load_embedder(name: str, device: str, verify: bool = True):
     """The --embedder for /v1/embeddings, loaded on its first request (checked now to be a model folder);
     the default MiniLM only when installed, 'none' for no route."""
     from llmkit.errors import LlmkitError
@@ -137,7 +135,7 @@ def load_embedder(name: str, device: str):
     directory = resolve_embedder(name)
     if not (directory / "config.json").is_file():
         raise LlmkitError(f"--embedder {name}: no model folder there (no config.json)", "pass an encoder directory")
-    return DeferredEmbedder(directory, device)
+    return DeferredEmbedder(directory, device, verify)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -11,7 +11,6 @@ Standard library only (layer L0).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from llmkit.data.builtin import BUILTIN_CORPORA, python_docs_texts, stdlib_source_files
 from llmkit.errors import LlmkitError
-from llmkit.files import open_text
+from llmkit.files import open_text, read_jsonl
 
 PIECE_CHARS = 16_384  # documents are read, encoded and assigned to a split in pieces of about this size
 MAX_PIECE_FACTOR = 4  # a piece with no place to cut is cut hard at this many times the piece size
@@ -185,26 +184,17 @@ def _file_size(path: Path) -> int:
 
 
 def _jsonl_texts(path: Path, text_field: str) -> Iterator[tuple[int, str]]:
-    with _reading(path) as file:
-        for number, line in enumerate(file, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                hint = "write one JSON object per line"
-                raise LlmkitError(f"{path}:{number} is not valid JSON ({err.msg})", hint) from err
-            if not isinstance(record, dict) or text_field not in record:
-                fields = ", ".join(record) if isinstance(record, dict) else "not an object"
-                raise LlmkitError(
-                    f"{path}:{number} has no {text_field!r} field (fields: {fields})",
-                    "pass --text-field with the field that holds the text",
-                )
-            text = record[text_field]
-            if not isinstance(text, str):
-                raise LlmkitError(f"{path}:{number}: {text_field!r} is not a string", "point --text-field at text")
-            # JSON escapes can spell lone surrogates, which no tokenizer accepts.
-            yield number, re.sub("[\ud800-\udfff]", "\ufffd", text)
+    for number, record in read_jsonl(path, errors="replace"):  # stray bytes replaced, as in text files
+        if text_field not in record:
+            raise LlmkitError(
+                f"{path}:{number} has no {text_field!r} field (fields: {', '.join(record)})",
+                "pass --text-field with the field that holds the text",
+            )
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise LlmkitError(f"{path}:{number}: {text_field!r} is not a string", "point --text-field at text")
+        # JSON escapes can spell lone surrogates, which no tokenizer accepts.
+        yield number, re.sub("[\ud800-\udfff]", "\ufffd", text)
 
 
 def check_sources(sources: list[tuple[str, float | None]]) -> list[Source]:

@@ -38,15 +38,16 @@ def evaluate_checkpoint(
     progress: bool = True,
     device: str = "auto",
     dtype: str | None = None,
+    verify: bool = True,
 ) -> EvalReport:
     """``evaluate_task`` of the checkpoint at ``directory`` (named by its folder) on ``task``.
 
     Order: read the task's data (a seeded sample of ``limit`` items) -> load the model on ``device`` in
-    ``dtype`` -> evaluate at each shot count.
+    ``dtype`` (its files checked against the manifest unless ``verify`` is False) -> evaluate at each shot count.
     """
     data = load_data(task, limit=limit)
     require_lm_head(directory, "eval with a task", "eval MODEL --labelled FILE")
-    model = load_model(directory, device, dtype)
+    model = load_model(directory, device, dtype, verify)
     name = model_name(directory)
     template = ChatTemplate.for_model(directory, model.tokenizer) if task.chat else None
     return evaluate_task(model, task, data, shots, method, batch_size, progress, name, template)
@@ -71,13 +72,14 @@ def checkpoint_perplexity(
     progress: bool = True,
     device: str = "auto",
     dtype: str | None = None,
+    verify: bool = True,
 ) -> Perplexity:
     """Sliding-window perplexity of the UTF-8 text file (or .gz) at ``path`` under the checkpoint at ``directory``.
 
     Order: load the model -> check the file and the model's tokenizer -> encode -> score every token once.
     """
     require_lm_head(directory, "eval --perplexity", "eval MODEL --labelled FILE")
-    model = load_model(directory, device, dtype)
+    model = load_model(directory, device, dtype, verify)
     if not path.is_file():
         raise LlmkitError(f"{path}: file not found", "pass a UTF-8 text file")
     if model.tokenizer is None:

@@ -9,7 +9,6 @@ with ``limit``, a seeded random sample of the items.
 from __future__ import annotations
 
 import csv
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 
 from llmkit.errors import LlmkitError
 from llmkit.evaluate.tasks import DataSpec, Task
-from llmkit.files import open_text
+from llmkit.files import open_text, read_jsonl
 from llmkit.prompts import Example
 
 
@@ -115,12 +114,12 @@ def _records(spec: DataSpec) -> Iterator[tuple[str, dict[str, Any]]]:
     if spec.format == "lines":
         yield from _line_records(spec)
         return
+    if spec.format == "jsonl":
+        _require(spec.path)
+        for n, record in read_jsonl(spec.path, "one JSON object per line"):
+            yield f"{spec.path}:{n}", record
+        return
     with _open_text(spec.path) as f:
-        if spec.format == "jsonl":
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    yield f"{spec.path}:{n}", _json_object(line, f"{spec.path}:{n}")
-            return
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         columns = list(spec.columns) or next(reader, [])
         first = 1 if spec.columns else 2
@@ -147,17 +146,11 @@ def _line_records(spec: DataSpec) -> Iterator[tuple[str, dict[str, Any]]]:
                     yield f"{path}:{n}", {spec.input_field: line, field_name: label}
 
 
-def _open_text(path: Path):
+def _require(path: Path) -> None:
     if not path.is_file():
         raise LlmkitError(f"{path}: data file not found", "pass --data PATH, or fix path in the task file")
+
+
+def _open_text(path: Path):
+    _require(path)
     return open_text(path, newline="")
-
-
-def _json_object(line: str, where: str) -> dict[str, Any]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise LlmkitError(f"{where}: not valid JSON ({err.msg})", "one JSON object per line") from None
-    if not isinstance(record, dict):
-        raise LlmkitError(f"{where}: expected a JSON object", "one JSON object per line") from None
-    return record

@@ -7,13 +7,12 @@ Precedence: defaults < FINETUNE_TRAIN_DEFAULTS (for [train]) < the file < ``--TA
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from llmkit.config import TrainConfig
+from llmkit.config_tables import from_table, read_tables
 from llmkit.errors import LlmkitError
-from llmkit.files import read_toml
 from llmkit.finetune import tasks
 
 TASK_KINDS = tasks.kinds()  # the built-in kinds (finetune/tasks/__init__.py; TaskConfig checks the live registry)
@@ -154,39 +153,12 @@ def load_finetune_config(path: str | os.PathLike, flags: dict[str, dict[str, Any
 
     A missing file, bad TOML, an unknown table or field, or a value of the wrong type is one
     LlmkitError."""
-    path = Path(path)
-    tables = read_toml(path, "fix the file (see configs/finetune/ for examples)", "check the path")
-    unknown = sorted(set(tables) - set(TABLES))
-    if unknown:
-        raise LlmkitError(
-            f"{path}: unknown table or key {', '.join(unknown)}", f"the file holds [{'], ['.join(TABLES)}]"
-        )
+    tables = read_tables(path, TABLES, "configs/finetune/")
     flags = flags or {}
-    merged = {}
-    for name in TABLES:
-        table = tables.get(name, {})
-        if not isinstance(table, dict):
-            raise LlmkitError(f"{path}: {name} must be a table ([{name}])", "see configs/finetune/ for examples")
-        merged[name] = {**(FINETUNE_TRAIN_DEFAULTS if name == "train" else {}), **table, **flags.get(name, {})}
-    model = _build(ModelTable, merged["model"], f"{path} [model]")
-    if not model.init_from:
+    built = {}
+    for name, cls in zip(TABLES, (ModelTable, TaskConfig, MethodConfig, TrainConfig), strict=True):
+        merged = {**(FINETUNE_TRAIN_DEFAULTS if name == "train" else {}), **tables.get(name, {}), **flags.get(name, {})}
+        built[name] = from_table(cls, merged, f"{path} [{name}]", name)
+    if not built["model"].init_from:
         raise LlmkitError(f"{path}: [model] init_from is not set", "set init_from to an llmkit checkpoint directory")
-    return FinetuneConfig(
-        model=model,
-        task=_build(TaskConfig, merged["task"], f"{path} [task]"),
-        method=_build(MethodConfig, merged["method"], f"{path} [method]"),
-        train=_build(TrainConfig, merged["train"], f"{path} [train]"),
-    )
-
-
-def _build(cls: type, data: dict[str, Any], source: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise LlmkitError(
-            f"{source}: unknown field(s) {', '.join(unknown)}", f"known fields are: {', '.join(sorted(known))}"
-        )
-    try:
-        return cls(**data)
-    except TypeError as err:
-        raise LlmkitError(f"{source}: a value has the wrong type ({err})", "check the values in that table") from None
+    return FinetuneConfig(**built)

@@ -14,7 +14,6 @@ same rows, and two processes with batch B see exactly the rows one process with 
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import torch
 
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
-from llmkit.files import open_text
+from llmkit.files import open_text, read_jsonl
 from llmkit.objectives import IGNORE_INDEX, Batch
 
 LABEL_SEEDS = 2  # stream of derived seeds for the epoch permutations (train/eval use 0 and 1)
@@ -39,17 +38,11 @@ def read_labelled(
     of a JSONL file (``.jsonl``)."""
     path = _existing(path)
     rows: list[tuple[str, str]] = []
-    with open_text(path, newline="") as f:
-        if ".jsonl" in path.suffixes:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise LlmkitError(f"{path}:{number}: not valid JSON ({err})", "one JSON object per line") from None
-                rows.append(_pick(record, text_field, label_field, f"{path}:{number}"))
-        else:
+    if ".jsonl" in path.suffixes:
+        for number, record in read_jsonl(path, "one JSON object per line"):
+            rows.append(_pick(record, text_field, label_field, f"{path}:{number}"))
+    else:
+        with open_text(path, newline="") as f:
             reader = csv.DictReader(f, fieldnames=list(columns) or None, delimiter="\t", quoting=csv.QUOTE_NONE)
             for number, record in enumerate(reader, 1 if columns else 2):
                 rows.append(_pick(record, text_field, label_field, f"{path}:{number}"))

@@ -39,7 +39,7 @@ from llmkit.train import distributed
 from llmkit.train.distributed import Dist
 from llmkit.train.loop import Run
 
-LAST, BEST, ADAPTER = "last", "best", "adapter"
+LAST, BEST, ADAPTER, BEST_SCORES = "last", "best", "adapter", "best.json"
 HEAD_PREFIXES = ("classifier.", "score.")  # the task heads' parameters: new, so always trained
 
 
@@ -62,20 +62,15 @@ class FinetuneRun(Run):
     def __init__(self, cfg: FinetuneConfig, env: Dist, resume: bool, verify: bool = True) -> None:
         root = Path(cfg.train.out_dir)
         super().__init__(None, dataclasses.replace(cfg.train, out_dir=str(root / LAST)), env, resume, verify)
-        self.fcfg, self.root, self.best_dir = cfg, root, root / BEST
+        self.fcfg, self.root, self.best_dir = cfg, root, root / BEST  # the run's checkpoint is ROOT/last
         self.task = tasks.create(cfg.task)
         self.best_metric, self.best_lower = self.task.best_metric, self.task.best_lower  # the kind's rule
 
     # ---- hooks of the loop ----
     def setup(self) -> ModelConfig:
         """init_from and its tokenizer -> the task's data and the model config with its head."""
-        self.base = _load_base(self.fcfg.model.init_from)
+        self.base = _load_base(self.fcfg.model.init_from, self.verify)
         self.tokenizer = self.base.tokenizer
-        if not self.resume and self.best_dir.exists():
-            raise LlmkitError(
-                f"out_dir {self.root} already holds a run ({self.best_dir} exists)",
-                "pass --resume to continue it, or choose another --train.out_dir",
-            )
         setting = Setting(self.base.config, self.tokenizer, str(self.fcfg.model.init_from), self.fcfg.model.dropout,
                           self.cfg, self.env.world_size)  # fmt: skip
         model_cfg = self.task.prepare(setting)
@@ -109,6 +104,10 @@ class FinetuneRun(Run):
             apply_lora(model, self.lora_cfg)
         return model
 
+    def start_files(self) -> list[Path]:
+        """Before OUT/last holds a checkpoint: its log, and the best model (or adapter, or scores) of step 0."""
+        return [*super().start_files(), self.best_dir, self.root / ADAPTER, self.root / BEST_SCORES]
+
     def batches(self, step: int) -> list[Batch]:
         return self.task.batches(step, self.cfg, self.env)
 
@@ -132,7 +131,7 @@ class FinetuneRun(Run):
                 checkpoint.save(merged, self.best_dir, tokenizer=self.tokenizer, card=self.card(),
                                 extra_files={"best.json": scores})  # fmt: skip
             else:
-                files.atomic_write(self.root / "best.json", json.dumps(scores, indent=2))
+                files.atomic_write(self.root / BEST_SCORES, json.dumps(scores, indent=2))
         distributed.barrier()
 
     def check_resumable(self, saved: dict[str, Any]) -> None:
@@ -210,10 +209,10 @@ def freeze(model: nn.Module, cfg: ModelConfig, train_layers: int) -> None:
         p.requires_grad_(name.startswith(HEAD_PREFIXES) or name.startswith(tuple(trained)))
 
 
-def _load_base(directory: str) -> nn.Module:
+def _load_base(directory: str, verify: bool = True) -> nn.Module:
     if not Path(directory).is_dir():
         raise LlmkitError(f"init_from {directory}: no such directory", "point [model] init_from at a checkpoint")
-    model = checkpoint.load(directory, dtype=torch.float32)  # master weights in fp32; autocast does bf16
+    model = checkpoint.load(directory, dtype=torch.float32, verify=verify)  # fp32 master weights; autocast does bf16
     if model.tokenizer is None:
         raise LlmkitError(
             f"init_from {directory} has no tokenizer", "save the checkpoint with its tokenizer (convert does)"

@@ -19,7 +19,6 @@ stay per example's response.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ import torch
 from llmkit.chat.template import ChatTemplate
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
-from llmkit.files import open_text
+from llmkit.files import read_jsonl
 from llmkit.finetune.data import Encoded, collate, read_labelled, truncating
 from llmkit.objectives import IGNORE_INDEX, Batch
 
@@ -118,19 +117,12 @@ def read_conversations(path: str | os.PathLike, prompt_field: str, response_fiel
     if not path.is_file():
         raise LlmkitError(f"{path}: file not found", "check [task] train_file / dev_file")
     out = []
-    with open_text(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise LlmkitError(f"{where}: not valid JSON ({err})", "one JSON object per line") from None
-            if "messages" in record:
-                out.append(_messages(record["messages"], where))
-            else:
-                out.append(_pair(*_fields(record, prompt_field, response_field, where)))
+    for number, record in read_jsonl(path, "one JSON object per line"):
+        where = f"{path}:{number}"
+        if "messages" in record:
+            out.append(_messages(record["messages"], where))
+        else:
+            out.append(_pair(*_fields(record, prompt_field, response_field, where)))
     if not out:
         raise LlmkitError(f"{path}: no examples", "one conversation (JSON object) per line")
     return out

@@ -170,7 +170,9 @@ def converted_card(f: GGUFFile, dtype: str, base_model: str | None = None, licen
 
 
 # ---- llmkit -> GGUF -----------------------------------------------------------------------------
-def to_gguf(src: str | os.PathLike, out: str | os.PathLike, qtype: str = "f32", progress: bool = False) -> Path:
+def to_gguf(
+    src: str | os.PathLike, out: str | os.PathLike, qtype: str = "f32", progress: bool = False, verify: bool = True
+) -> Path:
     """Write an llmkit Llama-style decoder checkpoint as a GGUF file of type ``qtype``.
 
     Matrices take ``qtype`` (q8_0 where the row length is a multiple of 32, else f16, as llama.cpp
@@ -179,7 +181,7 @@ def to_gguf(src: str | os.PathLike, out: str | os.PathLike, qtype: str = "f32", 
     """
     if qtype not in EXPORT_TYPES:
         raise LlmkitError(f"GGUF type '{qtype}' is not valid", f"choose one of: {', '.join(EXPORT_TYPES)}")
-    model = checkpoint.load(src)
+    model = checkpoint.load(src, verify=verify)  # checked against its manifest unless verify is False
     spec, cfg = model.quantization, model.config
     if spec is not None and not spec.is_cast:
         raise LlmkitError(

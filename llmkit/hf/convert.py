@@ -200,9 +200,10 @@ def _hf_generation_config(gen: GenerationConfig) -> dict[str, Any]:
     return out
 
 
-def to_hf(src: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Convert an llmkit checkpoint into the layout transformers ``from_pretrained`` reads."""
-    model = checkpoint.load(src)
+def to_hf(src: str | os.PathLike, out: str | os.PathLike, verify: bool = True) -> Path:
+    """Convert an llmkit checkpoint (its files checked against its manifest unless ``verify`` is False) into
+    the layout transformers ``from_pretrained`` reads."""
+    model = checkpoint.load(src, verify=verify)
     spec = model.quantization
     if spec is not None and not spec.is_cast:  # fp16/bf16 casts are plain tensors; int8/int4 are not
         raise LlmkitError(

@@ -6,27 +6,21 @@ import os
 import re
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from llmkit import checkpoint
 from llmkit.config import ModelConfig
+from llmkit.devices import resolve_device, resolve_dtype
 from llmkit.errors import LlmkitError
 from llmkit.model_card import aliases, body, read
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` is CUDA when available, else the CPU; any other name is passed on as it is."""
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_model(directory: str | os.PathLike, device: str = "auto", dtype: str | None = None) -> nn.Module:
-    """``checkpoint.load`` on ``resolve_device(device)``, cast to ``dtype`` (fp32, bf16, fp16; None: as stored)."""
-    return checkpoint.load(directory, device=resolve_device(device), dtype=DTYPES[dtype] if dtype else None)
+def load_model(
+    directory: str | os.PathLike, device: str = "auto", dtype: str | None = None, verify: bool = True
+) -> nn.Module:
+    """``checkpoint.load`` on ``resolve_device(device)``, cast to ``dtype`` (fp32, bf16, fp16; None: as stored),
+    its files checked against the manifest unless ``verify`` is False (the commands' ``--no-verify``)."""
+    return checkpoint.load(directory, device=resolve_device(device), dtype=resolve_dtype(dtype), verify=verify)
 
 
 def head_kind(cfg: ModelConfig) -> str | None:

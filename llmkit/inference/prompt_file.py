@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import LlmkitError
+from llmkit.files import read_jsonl
 
 ROLES = ("system", "user", "assistant", "tool")
 Conversation = list[dict[str, str]]
@@ -33,16 +34,8 @@ def choose_prompts(prompt: str | None, file: Path | None, messages: Path | None 
 def read_prompt_file(path: Path) -> list[PromptItem]:
     """One prompt per non-blank line: a JSON string, an object with a ``"prompt"`` string, or an object with a
     ``"messages"`` list (a conversation)."""
-    if not path.is_file():
-        raise LlmkitError(f"{path}: file not found", "pass a JSONL file of prompts")
     prompts: list[PromptItem] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise LlmkitError(f"{path}:{n}: not valid JSON ({err.msg})", RECORD_HINT) from None
+    for n, item in read_jsonl(path, RECORD_HINT, objects=False, missing_hint="pass a JSONL file of prompts"):
         if isinstance(item, dict) and "messages" in item:
             prompts.append(check_messages(item["messages"], f"{path}:{n}"))
             continue

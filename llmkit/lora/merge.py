@@ -12,7 +12,9 @@ from llmkit.lora.peft_format import load_adapter, read_adapter_config
 from llmkit.model_card import ModelCard
 
 
-def merge_checkpoint(base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.PathLike) -> Path:
+def merge_checkpoint(
+    base: str | os.PathLike, adapter: str | os.PathLike, out: str | os.PathLike, verify: bool = True
+) -> Path:
     """Load ``base`` (an llmkit checkpoint), wrap it with the peft-format ``adapter``, fold B A into
     the weights and save a plain checkpoint at ``out`` (atomically, in the base's dtype).
 
@@ -21,7 +23,7 @@ def merge_checkpoint(base: str | os.PathLike, adapter: str | os.PathLike, out: s
     """
     base, adapter = Path(base), Path(adapter)
     read_adapter_config(adapter)  # a bad adapter is reported before the base is loaded
-    model = checkpoint.load(base)
+    model = checkpoint.load(base, verify=verify)
     spec = model.quantization
     if spec is not None and not spec.is_cast:
         raise LlmkitError(

@@ -40,6 +40,7 @@ from llmkit.plan.memory import InferenceMemory, TrainingMemory, inference_memory
 from llmkit.plan.parameters import ModelSize, count_parameters, matmul_weights, parse_count
 from llmkit.plan.precision import ATTENTION, DEVICES, OPTIMIZERS, PRECISIONS, RECOMPUTE, Precision, optimizer_bytes
 from llmkit.plan.report import describe, render, render_measured
+from llmkit.plan.setup import TrainingSetup
 
 __all__ = [
     "ATTENTION",
@@ -60,6 +61,7 @@ __all__ = [
     "PlanOptions",
     "Precision",
     "TrainingMemory",
+    "TrainingSetup",
     "activation_memory",
     "chinchilla_loss",
     "compute",
@@ -134,6 +136,14 @@ class PlanOptions:
                 raise LlmkitError(f"--{name} {value} must be a positive number", f"e.g. --{name} 3e11")
         if self.finetune is not None:
             self.finetune.check()
+
+    def training_setup(self, seq: int) -> TrainingSetup:
+        """The options as the memory formulas take them, for sequences of ``seq`` tokens."""
+        return TrainingSetup(
+            batch=self.batch, seq=seq, precision=PRECISIONS[self.precision], optimizer=self.optimizer,
+            recompute=self.recompute, attention=self.attention, gpus=self.gpus, zero=self.zero,
+            overhead=self.overhead, device=self.device, finetune=self.finetune,
+        )  # fmt: skip
 
 
 @dataclass
@@ -235,10 +245,7 @@ def make_plan(model: ModelSize | None, opts: PlanOptions) -> Plan:
     plan = Plan(model, opts, seq)
     plan.inference = inference_memory(model, opts.batch, seq, precision, opts.overhead)
     if precision.trainable:
-        plan.training = training_memory(
-            model, opts.batch, seq, precision, opts.optimizer, opts.recompute, opts.attention,
-            opts.gpus, opts.zero, opts.overhead, opts.device, opts.finetune,
-        )  # fmt: skip
+        plan.training = training_memory(model, opts.training_setup(seq))
     else:
         plan.notes.append(f"{precision.name} is inference-only: no training memory")
     plan.compute = compute(model, seq, opts.tokens, opts.mfu, opts.gpus)

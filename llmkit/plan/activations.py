@@ -10,6 +10,7 @@ from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
 from llmkit.plan.parameters import block_matmul_weights, head_matmul_weights, matmul_weights, stacks
 from llmkit.plan.precision import ATTENTION, DEVICES, RECOMPUTE, Precision
+from llmkit.plan.setup import TrainingSetup
 
 # What a training step keeps for backward, tensor by tensor, following Korthikanti et al. 2022
 # ("Reducing Activation Recomputation in Large Transformer Models", sec. 4.1). Their count for a GPT
@@ -154,17 +155,9 @@ class Activations:
         return sum(self.stored.values()) + self.working
 
 
-def activation_memory(
-    cfg: ModelConfig,
-    batch: int,
-    seq: int,
-    precision: Precision,
-    recompute: str = "none",
-    attention: str = "flash",
-    device: str = "cuda",
-    frozen: bool = False,
-) -> Activations:
-    """Bytes a training step of ``batch`` x ``seq`` tokens keeps for backward, and its working set.
+def activation_memory(cfg: ModelConfig, setup: TrainingSetup, frozen: bool = False) -> Activations:
+    """Bytes a training step of ``setup.batch`` x ``setup.seq`` tokens keeps for backward, and its working
+    set (the setup's precision, recompute, attention kernel and device decide; its other fields do not).
 
     Order: the blocks (all of their activations; with ``selective`` recomputation all but the attention
     probabilities; with ``full`` recomputation -- llmkit's activation checkpointing -- each block's
@@ -176,12 +169,13 @@ def activation_memory(
     ``frozen``: the base's weights take no gradient (LoRA): linear layers and norm gains keep nothing
     of their inputs for it (an adapter's own copies are counted by ``plan.memory``).
     """
+    recompute, attention, device = setup.recompute, setup.attention, setup.device
     if recompute not in RECOMPUTE or attention not in ATTENTION or device not in DEVICES:
         raise LlmkitError(
             f"recompute={recompute!r}, attention={attention!r}, device={device!r}",
             f"choose from {RECOMPUTE}, {ATTENTION} and {DEVICES}",
         )
-    st = _Step(cfg, precision, batch, seq, attention, recompute, device, frozen)
+    st = _Step(cfg, setup.precision, setup.batch, setup.seq, attention, recompute, device, frozen)
     stored, layer_work = _blocks(st)
     stored.update(_outside_blocks(st))
     lm = cfg.family != "encoder" or cfg.encoder_head == "mlm"

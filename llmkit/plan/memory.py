@@ -4,14 +4,15 @@ activations; ZeRO sharding), per GPU."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
 from llmkit.plan.activations import Activations, activation_memory
-from llmkit.plan.finetune import Finetune, frozen_weight_bytes, lora_parameters, lora_targets
+from llmkit.plan.finetune import frozen_weight_bytes, lora_parameters, lora_targets
 from llmkit.plan.parameters import ModelSize
 from llmkit.plan.precision import PRECISIONS, Precision, optimizer_bytes
+from llmkit.plan.setup import TrainingSetup
 
 
 @dataclass
@@ -83,36 +84,22 @@ class TrainingMemory:
         return self.tensors_peak + self.overhead
 
 
-def training_memory(
-    model: ModelSize,
-    batch: int,
-    seq: int,
-    precision: Precision,
-    optimizer: str = "adamw",
-    recompute: str = "none",
-    attention: str = "flash",
-    gpus: int = 1,
-    zero: int = 0,
-    overhead: float = 0.0,
-    device: str = "cuda",
-    finetune: Finetune | None = None,
-) -> TrainingMemory:
-    """Per-GPU memory of data-parallel training, ``batch`` sequences per GPU.
+def training_memory(model: ModelSize, setup: TrainingSetup) -> TrainingMemory:
+    """Per-GPU memory of data-parallel training, ``setup.batch`` sequences per GPU.
 
     ZeRO (Rajbhandari et al. 2020) over ``gpus``: stage 1 divides the optimizer states (with the
     fp32 master weights, which are part of them) by ``gpus``, stage 2 also the gradients, stage 3
     also the weights. Mixed precision with AdamW is the paper's 2 + 2 + 12 = 16 bytes per parameter.
-    ``finetune`` lora/qlora: see ``adapter_training_memory``; full (or None) is this function's count.
+    ``setup.finetune`` lora/qlora: see ``adapter_training_memory``; full (or None) is this function's count.
     """
+    precision = setup.precision
     if not precision.trainable:
         raise LlmkitError(f"{precision.name} is an inference format", "train in fp32, amp, mixed or bf16")
-    if finetune is not None and finetune.adapted:
-        return adapter_training_memory(
-            model, batch, seq, precision, finetune, optimizer, recompute, attention, gpus, zero, overhead, device
-        )
+    if setup.finetune is not None and setup.finetune.adapted:
+        return adapter_training_memory(model, setup)
     n, cfg = model.parameters, model.cfg
-    shard = [gpus if zero >= stage else 1 for stage in (1, 2, 3)]
-    activations = activation_memory(cfg, batch, seq, precision, recompute, attention, device)
+    shard = [setup.gpus if setup.zero >= stage else 1 for stage in (1, 2, 3)]
+    activations = activation_memory(cfg, setup)
     # The token embedding takes a gradient from each use (the lookup, T5's second lookup, a tied
     # head); autograd sums them pairwise into new tensors, holding three V x d gradients at once.
     tied = cfg.tie_embeddings and (cfg.family != "encoder" or cfg.encoder_head == "mlm")
@@ -122,32 +109,19 @@ def training_memory(
         weights=n * precision.weights / shard[2],
         master_weights=n * precision.master / shard[0],
         gradients=n * precision.grads / shard[1],
-        optimizer_states=n * optimizer_bytes(optimizer, precision) / shard[0],
+        optimizer_states=n * optimizer_bytes(setup.optimizer, precision) / shard[0],
         activations=activations,
         gradient_working=activations.stored.get("logits", 0.0) + summed,
         persistent_grads=precision.persistent_grads,
-        overhead_fraction=overhead,
+        overhead_fraction=setup.overhead,
     )
 
 
 ADAPTER_BYTES = 4  # LoRA's A and B stay fp32 whatever the base (peft's autocast_adapter_dtype, llmkit.lora)
 
 
-def adapter_training_memory(
-    model: ModelSize,
-    batch: int,
-    seq: int,
-    precision: Precision,
-    ft: Finetune,
-    optimizer: str = "adamw",
-    recompute: str = "none",
-    attention: str = "flash",
-    gpus: int = 1,
-    zero: int = 0,
-    overhead: float = 0.0,
-    device: str = "cuda",
-) -> TrainingMemory:
-    """Per-GPU memory of LoRA (or QLoRA) fine-tuning: a frozen base, fp32 adapters that train.
+def adapter_training_memory(model: ModelSize, setup: TrainingSetup) -> TrainingMemory:
+    """Per-GPU memory of LoRA (or QLoRA) fine-tuning (``setup.finetune``): a frozen base, fp32 adapters that train.
 
     Order: the frozen base in its precision (16 bits under autocast, ``precision.weights`` otherwise;
     qlora: quantized matrices + scales, the rest in float) -> the adapter's parameters, gradients and
@@ -156,14 +130,14 @@ def adapter_training_memory(
     A quantized matrix keeps nothing for backward (``quantize.layers.FrozenMatmul`` dequantizes it
     again there). No embedding gradient is summed: the embeddings are frozen.
     """
-    cfg = model.cfg
-    shard = [gpus if zero >= stage else 1 for stage in (1, 2, 3)]
+    cfg, ft, precision, batch, seq = model.cfg, setup.finetune, setup.precision, setup.batch, setup.seq
+    shard = [setup.gpus if setup.zero >= stage else 1 for stage in (1, 2, 3)]
     trainable = lora_parameters(cfg, ft)
     base = PRECISIONS["bf16"] if precision.autocast else precision  # how the frozen base's step keeps tensors
-    acts = activation_memory(cfg, batch, seq, base, recompute, attention, device, frozen=True)
+    acts = activation_memory(cfg, replace(setup, precision=base), frozen=True)
     # each adapted layer keeps its input (A's own 16-bit copy) and A's output, rank wide
     kept = {name: batch * seq * (n_in + ft.rank) * base.matmul for name, (n_in, _) in lora_targets(cfg, ft).items()}
-    if recompute == "full":  # inside a checkpointed block they live only while that one block is recomputed
+    if setup.recompute == "full":  # inside a checkpointed block they live only while that one block is recomputed
         blocks: dict[str, float] = {}
         for name, value in kept.items():
             block = re.match(r"(.*\.layers\.\d+)\.", name)
@@ -181,11 +155,11 @@ def adapter_training_memory(
         weights=(frozen_weight_bytes(cfg, model.parameters, ft, float_bytes) + trainable * ADAPTER_BYTES) / shard[2],
         master_weights=0.0,
         gradients=trainable * ADAPTER_BYTES / shard[1],
-        optimizer_states=trainable * optimizer_bytes(optimizer, fp32) / shard[0],
+        optimizer_states=trainable * optimizer_bytes(setup.optimizer, fp32) / shard[0],
         activations=acts,
         gradient_working=acts.stored.get("logits", 0.0),
         persistent_grads=precision.persistent_grads,
-        overhead_fraction=overhead,
+        overhead_fraction=setup.overhead,
         method=ft.method,
         trainable=trainable,
     )

@@ -8,7 +8,6 @@ little of each batch is padding; results come back in input order.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from llmkit.errors import LlmkitError
-from llmkit.files import open_text
+from llmkit.files import open_text, read_jsonl
 from llmkit.finetune.data import truncating
 from llmkit.inference.inputs import pad
 
@@ -77,20 +76,14 @@ def read_texts(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise LlmkitError(f"{path}: file not found", "pass a text file with one text per line, or JSONL")
     texts: list[str] = []
-    with open_text(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if ".jsonl" not in path.suffixes:
-                texts.append(line.rstrip("\r\n"))
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise LlmkitError(f"{path}:{number}: not valid JSON ({err})", "one JSON object per line") from None
+    if ".jsonl" in path.suffixes:
+        for number, record in read_jsonl(path, 'write {"text": "..."} per line', objects=False):
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise LlmkitError(f"{path}:{number}: no string field 'text'", 'write {"text": "..."} per line')
             texts.append(record["text"])
+    else:
+        with open_text(path) as f:
+            texts = [line.rstrip("\r\n") for line in f if line.strip()]
     if not texts:
         raise LlmkitError(f"{path}: no texts", "one text per line, or JSONL with a 'text' field")
     return texts

@@ -99,7 +99,7 @@ def build_index(
     return report
 
 
-def embedder_for(index: Index, name: str | None = None, device: str = "cpu") -> Embedder:
+def embedder_for(index: Index, name: str | None = None, device: str = "cpu", verify: bool = True) -> Embedder:
     """The embedder ``name`` (a directory or ``minilm``), else the folder the index was built from; refused
     when its fingerprint is not the index's."""
     if name is None:
@@ -109,7 +109,7 @@ def embedder_for(index: Index, name: str | None = None, device: str = "cpu") -> 
                 f"{index.path}: its embedder {index.meta['embedder']!r} is not at {name!r} on this machine",
                 "pass --embedder DIR",
             )
-    embedder = Embedder.load(resolve_embedder(name), device)
+    embedder = Embedder.load(resolve_embedder(name), device, verify=verify)
     index.check_embedder(embedder.fingerprint, embedder.name)
     return embedder
 

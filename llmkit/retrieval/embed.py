@@ -109,8 +109,9 @@ def resolve_embedder(name: str | os.PathLike | None) -> Path:
     return found
 
 
-def load_encoder(directory: str | os.PathLike, device: str = "cpu") -> nn.Module:
-    """An encoder with ``.tokenizer``: an llmkit checkpoint, or a transformers folder converted in memory."""
+def load_encoder(directory: str | os.PathLike, device: str = "cpu", verify: bool = True) -> nn.Module:
+    """An encoder with ``.tokenizer``: an llmkit checkpoint (checked against its manifest unless ``verify``
+    is False), or a transformers folder converted in memory."""
     from llmkit.data.tokenizer import Tokenizer
     from llmkit.hf.convert import converter_for_hf, load_hf_state_dict, read_hf_config
     from llmkit.models import build_model
@@ -122,7 +123,7 @@ def load_encoder(directory: str | os.PathLike, device: str = "cpu") -> nn.Module
         )
     raw = checkpoint.read_json(directory / "config.json")
     if raw.get("format") == checkpoint.FORMAT:
-        model = checkpoint.load(directory, device=device)
+        model = checkpoint.load(directory, device=device, verify=verify)
     else:
         hf = read_hf_config(directory)
         conv = converter_for_hf(hf, str(directory / "config.json"))
@@ -162,9 +163,15 @@ class Embedder:
 
     @classmethod
     def load(
-        cls, directory: str | os.PathLike, device: str = "cpu", mode: str | None = None, normalize: bool | None = None
+        cls,
+        directory: str | os.PathLike,
+        device: str = "cpu",
+        mode: str | None = None,
+        normalize: bool | None = None,
+        verify: bool = True,
     ) -> Embedder:
-        """The encoder in ``directory`` with the folder's pooling, changed by ``mode``/``normalize`` when given."""
+        """The encoder in ``directory`` with the folder's pooling, changed by ``mode``/``normalize`` when given;
+        an llmkit checkpoint's files checked against its manifest unless ``verify`` is False."""
         from llmkit.inference.loading import model_name
 
         directory = Path(directory)
@@ -173,7 +180,7 @@ class Embedder:
             pooling = replace(pooling, mode=mode)
         if normalize is not None:
             pooling = replace(pooling, normalize=normalize)
-        model = load_encoder(directory, device)
+        model = load_encoder(directory, device, verify)
         return cls(model, pooling, model_name(directory), directory.resolve())
 
     @property

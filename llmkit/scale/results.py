@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmkit.errors import LlmkitError
-from llmkit.files import atomic_write
+from llmkit.files import atomic_write, read_jsonl
 
 REQUIRED = ("params", "tokens", "flops", "budget", "val_loss")
 
@@ -65,26 +65,8 @@ def read_results(path: str | os.PathLike, allow_missing: bool = False) -> list[R
         if allow_missing and not path.exists():
             return []
         raise LlmkitError(f"{path}: no such results file", "run `llmkit scale sweep` first, or check the path")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise LlmkitError(
-            f"{path}: unreadable ({err})", "point at a results.jsonl written by llmkit scale sweep"
-        ) from None
-    results = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise LlmkitError(
-                f"{where}: not JSON ({err.msg})", "each line is one JSON object; fix or delete it"
-            ) from None
-        if not isinstance(data, dict):
-            raise LlmkitError(f"{where}: not a JSON object", "each line is one JSON object; fix or delete it")
-        results.append(Result.from_dict(data, where))
+    hint = "each line is one JSON object; fix or delete it"
+    results = [Result.from_dict(data, f"{path}:{number}") for number, data in read_jsonl(path, hint)]
     if not results and not allow_missing:
         raise LlmkitError(f"{path}: no results in the file", "run `llmkit scale sweep` until some points finish")
     return results

@@ -38,6 +38,7 @@ from llmkit.scale.results import Result, append_result, read_results
 from llmkit.train import distributed
 from llmkit.train.distributed import Dist
 from llmkit.train.loop import METRICS, TRAIN_STATE, PretrainRun, load_train_state
+from llmkit.train.metrics import MetricsLog
 from llmkit.units import human_count
 
 SETTINGS, RESULTS, RUNS, LOGS = "sweep.json", "results.jsonl", "runs", "logs"
@@ -127,8 +128,7 @@ def _saved_step(out: Path) -> int | None:
 def collect(point: Point, out: Path) -> Result:
     """The finished run's result: its final validation loss, from metrics.jsonl; seconds of training
     and tokens from train_state.pt; the FLOPs its own log counted (summed over its records)."""
-    lines = (out / METRICS).read_text().splitlines() if (out / METRICS).is_file() else []
-    records = [json.loads(line) for line in lines if line.strip()]
+    records = MetricsLog(out / METRICS).records
     final = [r for r in records if "val_loss" in r and r["step"] == point.train.steps]
     if not final:
         raise LlmkitError(f"{out} has no final validation loss in {METRICS}", f"delete {out} to train the point again")

@@ -37,10 +37,10 @@ class DeferredEmbedder:
     """An embedder loaded on the first request, so `llmkit serve` is up (and answers /v1/models) without
     waiting for the encoder; ``name`` is read from the folder at once, without loading it."""
 
-    def __init__(self, directory, device: str = "cpu") -> None:
+    def __init__(self, directory, device: str = "cpu", verify: bool = True) -> None:
         from llmkit.inference.loading import model_name
 
-        self.directory, self.device = directory, device
+        self.directory, self.device, self.verify = directory, device, verify
         self.name = model_name(directory)
         self._loaded = None
         self._lock = threading.Lock()
@@ -50,7 +50,7 @@ class DeferredEmbedder:
             if self._loaded is None:
                 from llmkit.retrieval.embed import Embedder
 
-                self._loaded = Embedder.load(self.directory, self.device)
+                self._loaded = Embedder.load(self.directory, self.device, verify=self.verify)
             return self._loaded
 
 

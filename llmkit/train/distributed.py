@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from llmkit.devices import resolve_device
 from llmkit.errors import LlmkitError
 
 WRAPPERS = ("none", "ddp")  # "fsdp" arrives with its issue, here and nowhere else
@@ -47,9 +48,7 @@ def init(device: str = "auto") -> Dist:
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = torch.device(resolve_device(device))
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise LlmkitError("device 'cuda' requested but CUDA is not available", "use --train.device cpu")

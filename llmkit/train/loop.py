@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -167,7 +169,8 @@ class Run:
     exact resume, NaN stop, DDP).
 
     Constructing a run keeps its settings; ``start()`` (the first thing ``train()`` does, if not done
-    yet) builds it: ``setup()`` -> the out dir (checked, or the saved run recovered and checked) ->
+    yet) builds it: ``setup()`` -> the out dir (checked, or the saved run recovered and checked; a
+    run stopped before its first checkpoint starts over, with a notice) ->
     the model (``initial_model()``, or ``adapt()`` + the saved weights) -> the optimizer. A subclass
     supplies what differs through these public hooks (and overrides nothing else):
 
@@ -183,7 +186,9 @@ class Run:
     - ``save_best()``: keep the model of the best evaluation so far (default: a plain checkpoint
       in ``best_dir`` with ``best.json``);
     - ``card()``, ``check_resumable(saved)``, ``save_extra()`` and ``report(summary, start)``: the
-      model card, the resume check, what train_state.pt keeps besides the loop's state, the closing line.
+      model card, the resume check, what train_state.pt keeps besides the loop's state, the closing line;
+    - ``start_files()``: what the run writes before its first checkpoint (default: its log and plot),
+      all a run killed at that point leaves: a new start, with or without ``--resume``, clears them.
 
     ``best_metric`` (a key of ``evaluate()``'s dict; higher is better unless ``best_lower``) makes
     every evaluation that improves on the best so far call ``save_best()``.
@@ -203,7 +208,8 @@ class Run:
         manifest checked unless ``verify`` is False)."""
         self.model_cfg, self.cfg, self.env = model_cfg, cfg, env
         self.resume, self.verify = resume, verify
-        self.out = Path(cfg.out_dir)
+        self.out = Path(cfg.out_dir)  # the checkpoint of the run, with train_state.pt
+        self.root = self.out  # the directory the user named (fine-tuning keeps its checkpoint in ROOT/last)
         self.state: TrainState | None = None  # built by start()
 
     def start(self) -> None:
@@ -278,10 +284,16 @@ class Run:
         return model
 
     def _open_out_dir(self, resume: bool, verify: bool) -> dict[str, Any] | None:
+        """The saved run to continue (``resume``), or None for a new one. A run killed before its first
+        checkpoint left only the files of its start (``start_files``): it has nothing to resume, so
+        under ``resume`` it starts over with a notice, and a new start may clear them too."""
         if resume:
             if self.env.is_main:  # one process moves directories; the others wait for it
                 checkpoint.recover(self.out)
             distributed.barrier()
+            if not (self.out / TRAIN_STATE).exists():
+                self._start_over(f"nothing to resume in {self.root} (no checkpoint was saved yet)", "--resume")
+                return None
             if verify:
                 checkpoint.verify_manifest(self.out, skip=(METRICS, LOSS_PLOT))  # the log grows after a save
             saved = load_train_state(self.out)
@@ -296,12 +308,46 @@ class Run:
                 f"a save of the run in {self.out} was interrupted; its copies are beside it",
                 "pass --resume to recover and continue it, or choose another --train.out_dir",
             )
-        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
+        if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):  # empty: a new run
+            self._start_over(f"{self.root} holds a run stopped before its first checkpoint", "out_dir")
+        return None
+
+    def start_files(self) -> list[Path]:
+        """What a run writes before its first checkpoint (its log, a plot; fine-tuning's best model of
+        step 0), under ``self.root``: all a run killed at that point leaves behind."""
+        return [self.out / METRICS, self.out / LOSS_PLOT]
+
+    def _start_over(self, why: str, where: str) -> None:
+        """Clear an unfinished run's start files (and its interrupted saves) and say so in one line; refuse
+        when ``self.root`` holds anything else (a checkpoint, another run, the user's own files)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise LlmkitError(f"out_dir {self.root} is not a directory", "choose another --train.out_dir")
+        written = self.start_files()
+        written += _leftovers_of([*written, self.out])  # interrupted saves of those and of the checkpoint
+        others = _other_files(self.root, written) if self.root.exists() else []
+        if (self.out / TRAIN_STATE).exists():  # a saved run (only a plain start gets here with one)
             raise LlmkitError(
-                f"out_dir {self.out} already exists and is not empty",
+                f"out_dir {self.root} already exists and is not empty",
                 "pass --resume to continue the run in it, or choose another --train.out_dir",
             )
-        return None
+        if others:
+            if where == "--resume":
+                what = f"cannot resume: {self.root} has no checkpoint to resume"
+            else:
+                what = f"out_dir {self.root} already exists and is not empty"
+            raise LlmkitError(
+                f"{what}: it holds {others[0]}, which no llmkit run writes before its first checkpoint",
+                "choose another --train.out_dir, or move those files away",
+            )
+        distributed.barrier()  # every process has looked before one of them removes anything
+        if self.env.is_main:
+            for path in written:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+            print(f"{self.kind}: {why}; starting the run from step 0", file=sys.stderr, flush=True)
+        distributed.barrier()
 
     # ---- the loop ----
     def train(self) -> dict[str, Any]:
@@ -543,6 +589,28 @@ def _saved_step(out: Path) -> int | None:
         return int(load_train_state(out)["step"])
     except LlmkitError:
         return None
+
+
+def _leftovers_of(paths: list[Path]) -> list[Path]:
+    """What interrupted atomic writes of ``paths`` (files or checkpoint directories) left beside them."""
+    found = [p for path in paths for p in files.leftovers(path)]
+    return found + [p for path in paths if path.parent.is_dir() for p in path.parent.glob(f".{path.name}.*.tmp")]
+
+
+def _other_files(root: Path, written: list[Path]) -> list[Path]:
+    """Entries under ``root`` that are neither one of ``written``, nor a folder on the way to one, nor
+    the leftover of an interrupted write of one."""
+    allowed = set(written)
+    folders = {parent for path in written for parent in path.parents}
+    others = []
+    for entry in sorted(root.iterdir()):
+        if entry in allowed:
+            continue
+        if entry in folders and entry.is_dir():
+            others += _other_files(entry, written)
+        else:
+            others.append(entry)
+    return others
 
 
 def _check_shapes(model_cfg: ModelConfig, cfg: TrainConfig, data: TokenDataset) -> None:

@@ -7,25 +7,28 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llmkit.files import atomic_write, read_jsonl
+
 
 class MetricsLog:
     """Append-only JSONL file of records such as ``{"step": 10, "train_loss": 3.2, ...}``.
 
     ``keep_until(step)`` drops records past ``step``: a run resumed from a checkpoint rewrites what
-    it had logged after that checkpoint, so the file reads as one uninterrupted run.
+    it had logged after that checkpoint, so the file reads as one uninterrupted run. A line a kill cut
+    short while it was appended (the last, without its newline) is dropped on reading.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.records: list[dict[str, Any]] = []
         if self.path.exists():
-            lines = self.path.read_text().splitlines()
-            self.records = [json.loads(line) for line in lines if line.strip()]
+            hint = f"the run's log is damaged: fix or delete {self.path.name} (the checkpoint does not need it)"
+            self.records = [record for _, record in read_jsonl(self.path, hint, torn_tail=True)]
 
     def keep_until(self, step: int) -> None:
         self.records = [r for r in self.records if r.get("step", 0) <= step]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in self.records))  # a kill keeps the old log
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
