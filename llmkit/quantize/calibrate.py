@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -73,7 +74,8 @@ def calibrate_model(
         raise LlmkitError(f"{spec.method} is a cast: there is nothing to calibrate", "calibrate int8 or int4")
     if model.config.family == "encoder_decoder":
         raise LlmkitError(
-            "calibrated quantization supports decoder-only and encoder models", "quantize this model without --calibrate"
+            "calibrated quantization supports decoder-only and encoder models",
+            "quantize this model without --calibrate",
         )
     start, stats = time.perf_counter(), CalibrationStats(tokens=windows.numel())
     model.eval()
@@ -84,11 +86,16 @@ def calibrate_model(
     names = {id(m): n for n, m in model.named_modules()}
     for stack, i in tqdm(blocks, desc="GPTQ", unit="block", disable=not progress):
         block, (xs, kwargs) = stack.layers[i], inputs[id(stack)]
-        _quantize_linears(block, spec, names, stats, lambda: [block(x, **kw) for x, kw in zip(xs, kwargs)])
-        xs[:] = [block(x, **kw)[0] for x, kw in zip(xs, kwargs)]  # the next block's inputs, quantized
+        _quantize_linears(block, spec, names, stats, partial(_run_block, block, xs, kwargs))
+        xs[:] = _run_block(block, xs, kwargs)  # the next block's inputs, from the quantized block
     _quantize_outside(model, spec, names, stats, batches)
     stats.seconds = time.perf_counter() - start
     return stats
+
+
+def _run_block(block: nn.Module, xs: list[torch.Tensor], kwargs: list[dict[str, Any]]) -> list[torch.Tensor]:
+    """The block's output states for each batch's input states and keyword arguments."""
+    return [block(x, **kw)[0] for x, kw in zip(xs, kwargs, strict=True)]
 
 
 def _first_block_inputs(
@@ -121,14 +128,14 @@ def _first_block_inputs(
     return captured
 
 
-def _quantize_linears(
-    parent: nn.Module, spec: QuantSpec, names: dict[int, str], stats: CalibrationStats, run
-) -> None:
+def _quantize_linears(parent: nn.Module, spec: QuantSpec, names: dict[int, str], stats: CalibrationStats, run) -> None:
     """Replace every ``nn.Linear`` under ``parent`` that the spec quantizes by GPTQ's QuantizedLinear,
     from the Hessians of its inputs while ``run()`` runs."""
     targets = [(p, attr, child) for p, attr, child in _children(parent) if spec.for_module(names[id(child)])]
     hessians = _hessians([child for _, _, child in targets], run)
     for p, attr, linear in targets:
+        if id(linear) not in hessians:  # never called: quantize_model rounds it to nearest at the end
+            continue
         _replace(p, attr, linear, spec.for_module(names[id(linear)]), hessians[id(linear)], names[id(linear)], stats)
 
 
@@ -144,6 +151,8 @@ def _quantize_outside(
     hessians = _hessians([child for _, _, child in outside], lambda: [model(b.to(_device(model))) for b in batches])
     tied = []
     for p, attr, linear in outside:
+        if id(linear) not in hessians:  # never called: quantize_model rounds it to nearest
+            continue
         if id(linear.weight) in tables:  # quantize_model decides: a TiedQuantizedHead, or float with its table
             tied.append((linear, tables[id(linear.weight)]))
         elif chosen := spec.for_module(names[id(linear)]):
@@ -175,9 +184,20 @@ def _replace(
 
 
 def _hessians(linears: list[nn.Linear], run) -> dict[int, gptq.Hessian]:  # noqa: ANN001 - run: () -> Any
-    """id(linear) -> the Hessian of its inputs while ``run()`` runs the model (or a block)."""
-    hessians = {id(m): gptq.Hessian(m.in_features) for m in linears}
-    handles = [m.register_forward_hook(lambda mod, args, _out: hessians[id(mod)].add(args[0])) for m in linears]
+    """id(linear) -> the Hessian of its inputs while ``run()`` runs the model (or a block). Linears
+    called one after another on the same tensor (q, k and v; up and gate) share one Hessian."""
+    hessians: dict[int, gptq.Hessian] = {}
+    last: list = [None, None]  # the input of the previous call and the Hessian it went into
+
+    def record(module: nn.Module, args: tuple, _out: torch.Tensor) -> None:
+        x = args[0]
+        if x is last[0] and hessians.setdefault(id(module), last[1]) is last[1]:
+            return  # already added for the linear before
+        h = hessians.setdefault(id(module), gptq.Hessian(module.in_features))
+        h.add(x)
+        last[:] = [x, h]
+
+    handles = [m.register_forward_hook(record) for m in linears]
     try:
         run()
     finally:
