@@ -127,9 +127,13 @@ def library() -> ctypes.CDLL | None:
         getattr(lib, name).restype = None
     lib.llmkit_dropout_draws.argtypes = [i64, u64, ptr]
     lib.llmkit_dropout_draws.restype = None
-    for name in ("llmkit_int4_matmul", "llmkit_int8_matmul"):  # x, rows, in, q, scales, mins, out, group, y, threads
-        getattr(lib, name).argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, i64, ptr, ctypes.c_int]
-        getattr(lib, name).restype = ctypes.c_int
+    # x, rows, in, bits, count, q[], scales[], mins[], outs[], group, y[], threads
+    c_int = ctypes.c_int
+    lib.llmkit_quantized_matmul.argtypes = [ptr, i64, i64, c_int, i64, ptr, ptr, ptr, ptr, i64, ptr, c_int]
+    lib.llmkit_quantized_matmul.restype = ctypes.c_int
+    # bits, q, scales, mins, rows, in, group, w, threads
+    lib.llmkit_dequantize.argtypes = [c_int, ptr, ptr, ptr, i64, i64, i64, ptr, c_int]
+    lib.llmkit_dequantize.restype = ctypes.c_int
     lib.llmkit_bf16_matmul.argtypes = [ptr, i64, i64, ptr, i64, ptr, ctypes.c_int]  # x, rows, in, w, out, y, threads
     lib.llmkit_bf16_matmul.restype = ctypes.c_int
     return lib

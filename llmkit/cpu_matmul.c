@@ -1,8 +1,8 @@
 /* Matrix products with weights stored in llmkit's int4, int8 and bf16 formats, for decoding on the CPU:
  * y (rows, out) = x (rows, in) @ W.T, with x and y fp32 and W dequantized on the fly, never in memory.
  * Built with cpu_kernels.c by llmkit/cpu_kernels.py (cc -O3 -march=native -fopenmp); called through
- * ctypes by llmkit/quantize/kernels.py. Output rows are shared out among torch's OpenMP threads; each
- * thread reads its rows of W once and keeps every row of x in registers against them, so a batch of a
+ * ctypes by llmkit/quantize/kernels.py (llmkit_quantized_matmul, llmkit_bf16_matmul). Output rows are
+ * shared out among torch's OpenMP threads; each thread reads its rows of W once and keeps every row of x in registers against them, so a batch of a
  * few rows costs about one pass over the weights.
  *
  * Formats (llmkit/quantize/tensors.py writes them; the docstrings there are the reference):
@@ -167,23 +167,6 @@ ALWAYS_INLINE void int4_row(const Prepared *p, int64_t r0, const int n, const ui
 }
 #endif
 
-int llmkit_int4_matmul(const float *x, int64_t rows, int64_t in, const uint8_t *q, const uint16_t *scales,
-                       const uint16_t *mins, int64_t out, int64_t group, float *y, int threads) {
-    Prepared p;
-    if (prepare(x, rows, in, group, &p)) return -1;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t o = 0; o < out; o++)
-        for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
-            int n = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
-#define INT4_ROWS(N) int4_row(&p, r0, N, q, scales, o, group, out, y)
-            ROWS_CASES(INT4_ROWS)
-            if (mins) add_offsets(&p, scales, mins, 8.0f, o, r0, n, out, y);
-        }
-    free(p.x);
-    free(p.sums);
-    return 0;
-}
-
 /* ---- int8 ----------------------------------------------------------------------------------- */
 /* q_j as float: int8 for symmetric formats, uint8 for asymmetric ones */
 #if defined(__AVX512F__)
@@ -241,24 +224,45 @@ INT8_ROW(int8_row_signed, int8_t, 0.0f)
 INT8_ROW(int8_row_unsigned, uint8_t, 128.0f)
 #endif
 
-/* `mins` NULL: symmetric int8 q (w = scale * q); else uint8 q (w = scale * q + min) */
-int llmkit_int8_matmul(const float *x, int64_t rows, int64_t in, const void *q, const uint16_t *scales,
-                       const uint16_t *mins, int64_t out, int64_t group, float *y, int threads) {
+/* ---- entry points ----------------------------------------------------------------------------- */
+/* Row o of one matrix against rows [r0, r0 + n) of x. */
+static void matrix_row(const Prepared *p, int bits, const void *q, const uint16_t *scales, const uint16_t *mins,
+                       int64_t in, int64_t group, int64_t o, int64_t out, float *y, int64_t r0, int n) {
+    if (bits == 4) {
+#define INT4_ROWS(N) int4_row(p, r0, N, (const uint8_t *)q, scales, o, group, out, y)
+        ROWS_CASES(INT4_ROWS)
+        if (mins) add_offsets(p, scales, mins, 8.0f, o, r0, n, out, y);
+    } else if (mins) {
+#define INT8_UNSIGNED(N) int8_row_unsigned(p, r0, N, (const uint8_t *)q, scales, o, in, group, out, y)
+        ROWS_CASES(INT8_UNSIGNED)
+        add_offsets(p, scales, mins, 128.0f, o, r0, n, out, y);
+    } else {
+#define INT8_SIGNED(N) int8_row_signed(p, r0, N, (const int8_t *)q, scales, o, in, group, out, y)
+        ROWS_CASES(INT8_SIGNED)
+    }
+}
+
+/* `count` matrices of one format (int4 or int8, `bits`) that read the same x, in one call: the
+ * attention's q, k and v, the MLP's gate and up. x is copied and summed once, and one parallel loop
+ * shares out the rows of all of them, where a call per matrix would pay the call, the copy and the
+ * thread hand-off each time. Matrix i has outs[i] rows and writes y[i] (rows, outs[i]); mins[i] NULL:
+ * symmetric (int8 q signed; int4 w = scale * (q - 8)), else asymmetric (int8 q unsigned). */
+int llmkit_quantized_matmul(const float *x, int64_t rows, int64_t in, int bits, int64_t count, const void *const *q,
+                            const uint16_t *const *scales, const uint16_t *const *mins, const int64_t *outs,
+                            int64_t group, float *const *y, int threads) {
     Prepared p;
+    int64_t total = 0;
+    for (int64_t i = 0; i < count; i++) total += outs[i];
     if (prepare(x, rows, in, group, &p)) return -1;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t o = 0; o < out; o++)
+    for (int64_t t = 0; t < total; t++) {
+        int64_t i = 0, o = t;
+        while (o >= outs[i]) o -= outs[i++]; /* which matrix, which of its rows */
         for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
             int n = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
-            if (mins) {
-#define INT8_UNSIGNED(N) int8_row_unsigned(&p, r0, N, (const uint8_t *)q, scales, o, in, group, out, y)
-                ROWS_CASES(INT8_UNSIGNED)
-                add_offsets(&p, scales, mins, 128.0f, o, r0, n, out, y);
-            } else {
-#define INT8_SIGNED(N) int8_row_signed(&p, r0, N, (const int8_t *)q, scales, o, in, group, out, y)
-                ROWS_CASES(INT8_SIGNED)
-            }
+            matrix_row(&p, bits, q[i], scales[i], mins[i], in, group, o, outs[i], y[i], r0, n);
         }
+    }
     free(p.x);
     free(p.sums);
     return 0;
@@ -298,6 +302,35 @@ int llmkit_bf16_matmul(const float *x, int64_t rows, int64_t in, const uint16_t 
             int n = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
 #define BF16_ROWS(N) bf16_row(x, r0, N, in, row, o, out, y)
             ROWS_CASES(BF16_ROWS)
+        }
+    }
+    return 0;
+}
+
+/* ---- dequantize ---------------------------------------------------------------------------- */
+/* The whole stored matrix as fp32 (rows, in): w = scale * (q - zero) + min, as llmkit.quantize.tensors
+ * reads it back, for inputs of many rows (a long prompt), where BLAS on the floats beats the row
+ * kernels. scale * (q - zero) is exact in fp32 (an fp16 scale times an integer of at most 8 bits), so
+ * the only rounding is the one addition of min, as in torch: the result is bit for bit tensors'. */
+int llmkit_dequantize(int bits, const void *q, const uint16_t *scales, const uint16_t *mins, int64_t rows,
+                      int64_t in, int64_t group, float *w, int threads) {
+    const int64_t groups = (in + group - 1) / group, width = bits == 4 ? (in + CHUNK - 1) / CHUNK * 32 : in;
+    const float zero = bits == 4 ? (mins ? 0.0f : 8.0f) : 0.0f;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t o = 0; o < rows; o++) {
+        float *out = w + o * in;
+        for (int64_t i = 0; i < in; i++) {
+            float v;
+            if (bits == 4) {
+                const uint8_t *b = (const uint8_t *)q + o * width + (i / CHUNK) * 32 + 2 * (i % 16);
+                uint16_t word = (uint16_t)(b[0] | (b[1] << 8));
+                v = (float)((word >> (4 * ((i % CHUNK) / 16))) & 15);
+            } else {
+                v = mins ? (float)((const uint8_t *)q)[o * in + i] : (float)((const int8_t *)q)[o * in + i];
+            }
+            int64_t g = o * groups + i / group;
+            float scaled = f16_to_f32(scales[g]) * (v - zero);
+            out[i] = mins ? scaled + f16_to_f32(mins[g]) : scaled;
         }
     }
     return 0;

@@ -31,6 +31,7 @@ from llmkit.quantize import (
 )
 from llmkit.quantize import tensors as qt
 from llmkit.quantize.explain import explain, explain_table, float_bits
+from llmkit.quantize.layers import KERNEL_MAX_ROWS
 from llmkit.quantize_checkpoint import quantize_checkpoint
 
 
@@ -193,7 +194,7 @@ def test_bf16_kernel_matches_fp64():
 def test_kernels_run_for_few_rows_and_the_reference_for_many():
     q = QuantizedLinear.from_linear(linear(64, 32, bias=False), QuantSpec("int8"))
     use_kernels(q)
-    one, many = torch.randn(1, 1, 64), torch.randn(3, 4, 64)  # 1 row, 12 rows (over KERNEL_MAX_ROWS)
+    one, many = torch.randn(1, 1, 64), torch.randn(3, KERNEL_MAX_ROWS, 64)  # 1 row; 3 x the limit
     assert q.kernel == kernels.available()
     if q.kernel:
         assert torch.equal(q(one), q.kernel_matmul(one))
@@ -461,3 +462,34 @@ def test_bf16_linears_take_the_kernel_for_decoding_steps():
     assert fast == reference  # a tiny random model's greedy tokens: no near ties at these sizes
     use_kernels(model, False)
     assert not layer.kernel and torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+@needs_kernels
+@pytest.mark.parametrize("spec", [QuantSpec("int4"), QuantSpec("int8", 32, scheme="asymmetric")], ids=str)
+def test_projections_of_one_input_share_a_kernel_call(spec, monkeypatch):
+    from llmkit.models.layers import project
+
+    layers = [QuantizedLinear.from_linear(linear(96, out), spec) for out in (64, 32, 32)]
+    use_kernels(nn.ModuleList(layers))
+    x = torch.randn(1, 3, 96)
+    calls = []
+    real = kernels._quantized_mm
+    monkeypatch.setattr(kernels, "_quantized_mm", lambda *a: calls.append(len(a[1])) or real(*a))
+    fused = project(x, *layers)
+    assert calls == [3]  # one call for the three matrices
+    for y, layer in zip(fused, layers, strict=True):
+        assert torch.equal(y, layer(x))  # bit for bit the separate calls
+    layers[2].use_kernel(False)  # one layer off the kernel: each runs on its own path
+    calls.clear()
+    assert all(torch.equal(y, m(x)) for y, m in zip(project(x, *layers), layers, strict=True))
+    assert 3 not in calls
+
+
+@needs_kernels
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+def test_c_dequantize_equals_the_torch_reading_bit_for_bit(spec):
+    q = QuantizedLinear.from_linear(linear(352, 37), spec)
+    reference = q.dequantize()  # not on the kernels: torch's reading
+    use_kernels(q)
+    assert torch.equal(q.dequantize(), reference)
+    assert torch.equal(q.dequantize(torch.bfloat16), reference.to(torch.bfloat16))

@@ -47,6 +47,16 @@ ACTIVATIONS = {
 }
 
 
+def project(x: torch.Tensor, *linears: nn.Module) -> list[torch.Tensor]:
+    """``[m(x) for m in linears]``: several projections of the same input (q/k/v, gate/up). A layer type
+    that can run them in one call says so with ``matmul_many(x, linears)`` (llmkit.quantize's
+    QuantizedLinear: one C kernel call instead of three, for decoding steps), returning None when it
+    cannot; plain layers run one by one."""
+    many = getattr(linears[0], "matmul_many", None)
+    out = many(x, linears) if many is not None else None
+    return out if out is not None else [m(x) for m in linears]
+
+
 class MLP(nn.Module):
     """Standard: down(act(up x)); gated (SwiGLU, GEGLU): down(act(gate x) * up x)."""
 
@@ -59,7 +69,11 @@ class MLP(nn.Module):
         self.act = ACTIVATIONS[cfg.activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.act(self.gate(x)) * self.up(x) if self.gated else self.act(self.up(x))
+        if self.gated:
+            gate, up = project(x, self.gate, self.up)
+            h = self.act(gate) * up
+        else:
+            h = self.act(self.up(x))
         return self.down(h)
 
 
@@ -212,11 +226,17 @@ class Attention(nn.Module):
                 raise ValueError("packed attention is self-attention only")  # Stack packs only without memory
             return self._packed(x, rope, packing), None
         B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        if memory is not None and kv is not None and kv.cross_k is not None:
-            k, v = kv.cross_k, kv.cross_v  # (B, K, S, D), from the first step
+        if memory is None:  # self-attention: q, k and v read x (one call where the layers can share it)
+            q, k, v = project(x, self.q, self.k, self.v)
+            k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+            v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         else:
-            k, v = self._project_kv(x if memory is None else memory)  # (B, K, S, D)
+            q = self.q(x)
+            if kv is not None and kv.cross_k is not None:
+                k, v = kv.cross_k, kv.cross_v  # (B, K, S, D), from the first step
+            else:
+                k, v = self._project_kv(memory)  # (B, K, S, D)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if kv is not None and memory is None:

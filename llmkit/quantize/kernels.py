@@ -16,6 +16,8 @@ decoding step makes hundreds); compiled graphs call the registered op.
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 
 from llmkit import cpu_kernels
@@ -33,29 +35,31 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return flat if flat.dtype == torch.float32 and flat.is_contiguous() else flat.float().contiguous()
 
 
-def _int_mm(
+def _pointers(tensors: list[torch.Tensor | None]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(tensors))(*(None if t is None else t.data_ptr() for t in tensors))
+
+
+def _quantized_mm(
     x: torch.Tensor,
-    qweight: torch.Tensor,
-    scales: torch.Tensor,
-    mins: torch.Tensor | None,
+    qweights: list[torch.Tensor],
+    scales: list[torch.Tensor],
+    mins: list[torch.Tensor | None],
     method: str,
-    out_features: int,
+    outs: list[int],
     group_size: int,
-) -> torch.Tensor:
-    lib = cpu_kernels.library()
+) -> list[torch.Tensor]:
     flat = _flat(x)
     rows, in_features = flat.shape
-    y = torch.empty(rows, out_features)
-    kernel = lib.llmkit_int4_matmul if method == "int4" else lib.llmkit_int8_matmul
-    minimums = None if mins is None else mins.data_ptr()
-    status = kernel(
-        flat.data_ptr(), rows, in_features, qweight.data_ptr(), scales.data_ptr(), minimums, out_features,
-        group_size, y.data_ptr(), torch.get_num_threads(),
+    ys = [torch.empty(rows, out) for out in outs]
+    status = cpu_kernels.library().llmkit_quantized_matmul(
+        flat.data_ptr(), rows, in_features, 4 if method == "int4" else 8, len(qweights), _pointers(qweights),
+        _pointers(scales), _pointers(mins), (ctypes.c_int64 * len(outs))(*outs), group_size, _pointers(ys),
+        torch.get_num_threads(),
     )  # fmt: skip
     if status:
         raise MemoryError("the quantized matmul kernel could not allocate its input copy")
-    y = y if x.dtype == torch.float32 else y.to(x.dtype)
-    return y.view(*x.shape[:-1], out_features)
+    lead = x.shape[:-1]
+    return [(y if x.dtype == torch.float32 else y.to(x.dtype)).view(*lead, y.shape[1]) for y in ys]
 
 
 def _bf16_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -70,22 +74,40 @@ def _bf16_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y.view(*x.shape[:-1], out_features)
 
 
+def dequantize(
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    mins: torch.Tensor | None,
+    method: str,
+    in_features: int,
+    group_size: int,
+) -> torch.Tensor:
+    """The whole stored matrix as fp32 (out, in), bit for bit tensors.dequantize_int4/int8's values, in C
+    (SmolLM2's matrices: tens of ms where torch's unpacking takes about 2 s)."""
+    w = torch.empty(qweight.shape[0], in_features)
+    cpu_kernels.library().llmkit_dequantize(
+        4 if method == "int4" else 8, qweight.data_ptr(), scales.data_ptr(), None if mins is None else mins.data_ptr(),
+        qweight.shape[0], in_features, group_size, w.data_ptr(), torch.get_num_threads(),
+    )  # fmt: skip
+    return w
+
+
 # The ops compiled graphs call. Defined with torch.library's low-level API: torch.library.custom_op's
 # wrapper costs about 13 us a call more (33 against 23, a 192 x 576 int4 matrix, 2 threads), and a
-# decoding step of SmolLM2 makes 211 such calls.
+# decoding step of SmolLM2 makes 121 such calls (q/k/v and gate/up fused).
 _LIBRARY = torch.library.Library("llmkit", "DEF")
 _LIBRARY.define(
-    "int_mm(Tensor x, Tensor qweight, Tensor scales, Tensor? mins, str method, int out_features, int group_size) "
-    "-> Tensor"
+    "quantized_mm(Tensor x, Tensor[] qweights, Tensor[] scales, Tensor?[] mins, str method, int[] outs, "
+    "int group_size) -> Tensor[]"
 )
 _LIBRARY.define("bf16_mm(Tensor x, Tensor weight) -> Tensor")
-_LIBRARY.impl("int_mm", _int_mm, "CPU")
+_LIBRARY.impl("quantized_mm", _quantized_mm, "CPU")
 _LIBRARY.impl("bf16_mm", _bf16_mm, "CPU")
 
 
-@torch.library.register_fake("llmkit::int_mm")
-def _(x, qweight, scales, mins, method, out_features, group_size):
-    return x.new_empty((*x.shape[:-1], out_features))
+@torch.library.register_fake("llmkit::quantized_mm")
+def _(x, qweights, scales, mins, method, outs, group_size):
+    return [x.new_empty((*x.shape[:-1], out)) for out in outs]
 
 
 @torch.library.register_fake("llmkit::bf16_mm")
@@ -93,18 +115,19 @@ def _(x, weight):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-def int_mm(
+def quantized_mm(
     x: torch.Tensor,
-    qweight: torch.Tensor,
-    scales: torch.Tensor,
-    mins: torch.Tensor | None,
+    qweights: list[torch.Tensor],
+    scales: list[torch.Tensor],
+    mins: list[torch.Tensor | None],
     method: str,
-    out_features: int,
+    outs: list[int],
     group_size: int,
-) -> torch.Tensor:
-    """x (..., in) @ W.T for W stored as int4/int8 (llmkit.quantize.tensors' formats): (..., out)."""
-    call = torch.ops.llmkit.int_mm if torch.compiler.is_compiling() else _int_mm
-    return call(x, qweight, scales, mins, method, out_features, group_size)
+) -> list[torch.Tensor]:
+    """x (..., in) @ W.T for each of several W of one format (llmkit.quantize.tensors'), all reading x, in
+    one call: [(..., out_i)]."""
+    call = torch.ops.llmkit.quantized_mm if torch.compiler.is_compiling() else _quantized_mm
+    return call(x, qweights, scales, mins, method, outs, group_size)
 
 
 def bf16_mm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

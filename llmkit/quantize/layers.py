@@ -29,9 +29,14 @@ from llmkit.quantize import kernels, tensors
 from llmkit.quantize.spec import QuantSpec
 
 # Most input rows that go through the C kernels; more go through the reference path, where BLAS on the
-# dequantized matrix wins. The kernels hold up to 4 rows in registers per pass over the weights, so 8
-# rows cost about two passes (docs/quantization.md has the measurements).
-KERNEL_MAX_ROWS = 8
+# dequantized matrix wins. The kernels hold 4 rows in registers per pass over the weights, and a pass
+# costs far less than dequantizing the matrix in torch: SmolLM2 int4's whole forward, 2 threads,
+# kernel vs reference: 16 rows 334 vs 2230 ms, 64 rows 1135 vs 3943 ms, 128 rows 1999 vs 2082 ms.
+KERNEL_MAX_ROWS = 128
+# bf16 weights need no dequantizing: oneDNN's bf16 GEMM takes over from a few rows on (2 threads, us a
+# call, kernel vs F.linear: 1536 x 576 1 row 78 vs 126, 4 rows 114 vs 134, 8 rows 238 vs 200; the
+# 49152 x 576 head 1 row 3550 vs 8452, 4 rows 15204 vs 5000; measured beside other work, load ~2).
+BF16_KERNEL_MAX_ROWS = 2
 _STORED = ("qweight", "scales", "mins")  # buffers that keep their dtype under .to(dtype)
 
 
@@ -75,7 +80,11 @@ class QuantizedMatrix(nn.Module):
                 buffer.copy_(value)
 
     def dequantize(self, dtype: torch.dtype = torch.float32, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """The weight (or only ``rows`` of it, e.g. looked-up token ids) as ``dtype``: (..., in)."""
+        """The weight (or only ``rows`` of it, e.g. looked-up token ids) as ``dtype``: (..., in). The
+        whole matrix of a module on the kernels comes from the C dequantizer (the same values)."""
+        if rows is None and self.kernel and self.qweight.device.type == "cpu" and not torch.compiler.is_compiling():
+            w = kernels.dequantize(self.qweight, self.scales, self.mins, self.method, self.in_features, self.group_size)
+            return w.to(dtype)
         pick = (lambda t: t) if rows is None else (lambda t: None if t is None else t[rows])
         q, scales, mins = pick(self.qweight), pick(self.scales), pick(self.mins)
         if self.method == "int8":
@@ -88,14 +97,27 @@ class QuantizedMatrix(nn.Module):
         a quantized base) goes through ``FrozenMatmul``."""
         if x.requires_grad and torch.is_grad_enabled():
             return FrozenMatmul.apply(x, self)
-        rows = x.numel() // self.in_features
-        if self.kernel and x.device.type == "cpu" and x.dtype in kernels.KERNEL_DTYPES and rows <= KERNEL_MAX_ROWS:
+        if self.takes_kernel(x):
             return self.kernel_matmul(x)
         return F.linear(x, self.dequantize(x.dtype))
 
     def kernel_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) -> x @ W.T through the C kernel (fp32 or bf16 ``x`` on the CPU), whatever the rows."""
-        return kernels.int_mm(x, self.qweight, self.scales, self.mins, self.method, self.out_features, self.group_size)
+        (y,) = kernels.quantized_mm(
+            x, [self.qweight], [self.scales], [self.mins], self.method, [self.out_features], self.group_size
+        )
+        return y
+
+    def takes_kernel(self, x: torch.Tensor) -> bool:
+        """Whether ``matmul(x)`` runs the C kernel."""
+        rows = x.numel() // self.in_features
+        return (
+            self.kernel
+            and x.device.type == "cpu"
+            and x.dtype in kernels.KERNEL_DTYPES
+            and rows <= KERNEL_MAX_ROWS
+            and not (x.requires_grad and torch.is_grad_enabled())
+        )
 
     def use_kernel(self, enabled: bool = True) -> None:
         """Switch to the C kernel (where built and on the CPU) or back to the reference path."""
@@ -169,6 +191,25 @@ class QuantizedLinear(QuantizedMatrix):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.matmul(x)
         return out if self.bias is None else out + self.bias
+
+    def matmul_many(self, x: torch.Tensor, linears: tuple[nn.Module, ...]) -> list[torch.Tensor] | None:
+        """``[m(x) for m in linears]`` in one kernel call when every one is a QuantizedLinear of this
+        format taking the kernel for ``x`` (the attention's q/k/v, the MLP's gate/up: llmkit.models.layers'
+        ``project``); None when they cannot share it. Equal to the separate calls, bit for bit."""
+        same = all(
+            type(m) is QuantizedLinear
+            and (m.method, m.symmetric, m.group_size, m.in_features)
+            == (self.method, self.symmetric, self.group_size, self.in_features)
+            and m.takes_kernel(x)
+            for m in linears
+        )
+        if not same:
+            return None
+        ys = kernels.quantized_mm(
+            x, [m.qweight for m in linears], [m.scales for m in linears], [m.mins for m in linears],
+            self.method, [m.out_features for m in linears], self.group_size,
+        )  # fmt: skip
+        return [y if m.bias is None else y + m.bias for y, m in zip(ys, linears, strict=True)]
 
 
 class QuantizedEmbedding(QuantizedMatrix):
@@ -270,7 +311,7 @@ class Bf16Linear(nn.Linear):
             and w.dtype == torch.bfloat16
             and x.device.type == "cpu"
             and x.dtype in kernels.KERNEL_DTYPES
-            and x.numel() // self.in_features <= KERNEL_MAX_ROWS
+            and x.numel() // self.in_features <= BF16_KERNEL_MAX_ROWS
             and w.is_contiguous()
             and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
         ):
