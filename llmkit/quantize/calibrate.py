@@ -117,11 +117,7 @@ def _first_block_inputs(
 
     handles = [s.layers[0].register_forward_pre_hook(hook(s), with_kwargs=True) for s in stacks]
     try:
-        for batch in batches:
-            try:
-                model(batch.to(_device(model)))
-            except _Stop:
-                pass
+        _passes(model, batches)
     finally:
         for h in handles:
             h.remove()
@@ -148,7 +144,7 @@ def _quantize_outside(
     in_blocks = {id(m) for s in model.modules() if isinstance(s, Stack) for m in s.layers.modules()}
     outside = [(p, attr, child) for p, attr, child in _children(model) if id(child) not in in_blocks]
     tables = {id(m.weight): names[id(m)] for m in model.modules() if isinstance(m, nn.Embedding)}
-    hessians = _hessians([child for _, _, child in outside], lambda: [model(b.to(_device(model))) for b in batches])
+    hessians = _hessians([child for _, _, child in outside], partial(_passes, model, batches), stop=True)
     tied = []
     for p, attr, linear in outside:
         if id(linear) not in hessians:  # never called: quantize_model rounds it to nearest
@@ -183,27 +179,42 @@ def _replace(
     setattr(parent, attr, q)
 
 
-def _hessians(linears: list[nn.Linear], run) -> dict[int, gptq.Hessian]:  # noqa: ANN001 - run: () -> Any
+def _hessians(linears: list[nn.Linear], run, stop: bool = False) -> dict[int, gptq.Hessian]:  # noqa: ANN001
     """id(linear) -> the Hessian of its inputs while ``run()`` runs the model (or a block). Linears
-    called one after another on the same tensor (q, k and v; up and gate) share one Hessian."""
+    called one after another on the same tensor (q, k and v; up and gate) share one Hessian. ``stop``:
+    end each pass (``_Stop``, which ``run`` catches) once every linear has had its input, so an LM
+    head's Hessian costs no logits."""
     hessians: dict[int, gptq.Hessian] = {}
     last: list = [None, None]  # the input of the previous call and the Hessian it went into
+    seen: set[int] = set()
 
-    def record(module: nn.Module, args: tuple, _out: torch.Tensor) -> None:
+    def record(module: nn.Module, args: tuple) -> None:
         x = args[0]
-        if x is last[0] and hessians.setdefault(id(module), last[1]) is last[1]:
-            return  # already added for the linear before
-        h = hessians.setdefault(id(module), gptq.Hessian(module.in_features))
-        h.add(x)
-        last[:] = [x, h]
+        if not (x is last[0] and hessians.setdefault(id(module), last[1]) is last[1]):  # not shared
+            h = hessians.setdefault(id(module), gptq.Hessian(module.in_features))
+            h.add(x)
+            last[:] = [x, h]
+        seen.add(id(module))
+        if stop and len(seen) == len(linears):
+            seen.clear()
+            raise _Stop
 
-    handles = [m.register_forward_hook(record) for m in linears]
+    handles = [m.register_forward_pre_hook(record) for m in linears]
     try:
         run()
     finally:
         for h in handles:
             h.remove()
     return hessians
+
+
+def _passes(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """The model on each batch, each pass ended early where a hook raises ``_Stop``."""
+    for batch in batches:
+        try:
+            model(batch.to(_device(model)))
+        except _Stop:
+            pass
 
 
 def _gptq(
