@@ -214,3 +214,16 @@ def test_output_error_is_the_hessian_quadratic_form():
 def test_calibration_set_describes_itself():
     data = CalibrationSet("SRC", torch.zeros(4, 16, dtype=torch.long), [1, 2], 900)
     assert data.describe() == "4 windows of 16 tokens from the first 90% (900 tokens) of SRC"
+
+
+def test_encoder_with_a_tied_mlm_head():
+    # BERT-style: post-norm blocks, the MLM head's dense layer and its decoder tied to the word embeddings
+    cfg = ModelConfig.from_name("tiny-bert-1m", vocab_size=300, d_model=64, n_layer=2, n_head=4, max_seq_len=64)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.manual_seed(0)
+    rounded = quantize_model(build_model(cfg).eval(), QuantSpec("int8"))
+    stats = calibrate_model(model, QuantSpec("int8"), windows(8), progress=False)
+    assert model.state_dict().keys() == rounded.state_dict().keys()
+    assert {"mlm_head.dense", "embed.tokens", "stack.layers.1.mlp.down"} <= stats.gptq_error.keys()
+    assert all(stats.gptq_error[n] <= stats.rtn_error[n] for n in stats.gptq_error)
