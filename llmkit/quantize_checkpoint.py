@@ -16,6 +16,8 @@ from torch import nn
 from llmkit import checkpoint, model_card
 from llmkit.errors import LlmkitError
 from llmkit.model_card import ModelCard
+from llmkit.quantize.calibrate import CalibrationStats, calibrate_model
+from llmkit.quantize.calibration import CalibrationSet
 from llmkit.quantize.layers import QuantizedMatrix, quantize_model
 from llmkit.quantize.spec import QuantSpec
 
@@ -33,6 +35,7 @@ class QuantizeReport:
     weights: int  # numbers in them
     max_error: float  # largest ||W - stored W|| / ||W|| over those tensors
     max_error_at: str
+    calibration: CalibrationStats | None = None  # GPTQ's figures when calibrated
 
     @property
     def ratio(self) -> float:
@@ -43,20 +46,49 @@ class QuantizeReport:
             f"{self.spec.method}: {self.tensors} tensors ({self.weights:,} weights) -> {self.out}; "
             f"model.safetensors {self.source_bytes / 1e6:.2f} MB -> {self.out_bytes / 1e6:.2f} MB "
             f"({self.ratio:.3f}x); weight error ||W - q(W)|| / ||W|| at most {self.max_error:.2%} "
-            f"({self.max_error_at})"
+            f"({self.max_error_at})" + (f"\n{self.calibration.summary()}" if self.calibration else "")
         )
 
 
 def quantize_checkpoint(
-    source: str | os.PathLike, out: str | os.PathLike, spec: QuantSpec, verify: bool = True
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    spec: QuantSpec,
+    calibration: CalibrationSet | None = None,
+    progress: bool = True,
+    verify: bool = True,
 ) -> QuantizeReport:
     """Quantize the checkpoint at ``source`` into the new directory ``out``.
 
     Order: refuse an existing ``out`` -> read and validate ``source`` (refusing one already quantized)
-    -> ``quantize_model`` -> measure each quantized tensor's relative error against the original ->
-    save (config.json gains the ``quantization`` entry; tokenizer and generation config are kept).
+    -> ``quantize_model`` (round to nearest), or with ``calibration`` windows GPTQ's ``calibrate_model``
+    -> measure each quantized tensor's relative error against the original -> save (config.json gains
+    the ``quantization`` entry; tokenizer and generation config are kept).
     """
     source, out = Path(source), Path(out)
+    check_paths(source, out)
+    model = checkpoint.load(source, verify=verify)
+    original = dict(model.state_dict())  # the float tensors; quantize_model replaces, never overwrites them
+    stats = None
+    if calibration is not None and calibration.windows is not None:
+        stats = calibrate_model(model, spec, calibration.windows, progress)
+    else:
+        quantize_model(model, spec)
+    errors = cast_errors(model, original) if spec.is_cast else quantized_errors(model, original)
+    model.quantization = spec
+    worst = max(errors, key=errors.get) if errors else ""
+    how = f"GPTQ on {calibration.describe()}" if stats else None
+    checkpoint.save(model, out, card=quantized_card(source, spec, errors.get(worst, 0.0), worst, how))
+    return QuantizeReport(
+        source=source, out=out, spec=spec,
+        source_bytes=(source / checkpoint.WEIGHTS).stat().st_size, out_bytes=(out / checkpoint.WEIGHTS).stat().st_size,
+        tensors=len(errors), weights=sum(original[name].numel() for name in errors),
+        max_error=errors.get(worst, 0.0), max_error_at=worst, calibration=stats,
+    )  # fmt: skip
+
+
+def check_paths(source: Path, out: Path) -> None:
+    """Refuse an existing ``out`` and a ``source`` already quantized (before any slow work)."""
     if out.exists():
         raise LlmkitError(f"{out} already exists", "choose a new OUT directory (quantize never overwrites)")
     before = checkpoint.load_quantization(source)
@@ -64,26 +96,17 @@ def quantize_checkpoint(
         raise LlmkitError(
             f"{source} is already quantized ({before.describe()})", "quantize the original, unquantized checkpoint"
         )
-    model = checkpoint.load(source, verify=verify)
-    original = dict(model.state_dict())  # the float tensors; quantize_model replaces, never overwrites them
-    quantize_model(model, spec)
-    errors = cast_errors(model, original) if spec.is_cast else quantized_errors(model, original)
-    model.quantization = spec
-    worst = max(errors, key=errors.get) if errors else ""
-    checkpoint.save(model, out, card=quantized_card(source, spec, errors.get(worst, 0.0), worst))
-    return QuantizeReport(
-        source=source, out=out, spec=spec,
-        source_bytes=(source / checkpoint.WEIGHTS).stat().st_size, out_bytes=(out / checkpoint.WEIGHTS).stat().st_size,
-        tensors=len(errors), weights=sum(original[name].numel() for name in errors),
-        max_error=errors.get(worst, 0.0), max_error_at=worst,
-    )  # fmt: skip
 
 
-def quantized_card(source: Path, spec: QuantSpec, max_error: float, max_error_at: str) -> ModelCard:
-    """The card of a quantized copy: how it was made and its weight error, the source's card kept below."""
+def quantized_card(
+    source: Path, spec: QuantSpec, max_error: float, max_error_at: str, calibrated: str | None = None
+) -> ModelCard:
+    """The card of a quantized copy: how it was made (``calibrated``: GPTQ's calibration data) and its
+    weight error, the source's card kept below."""
     base = model_card.read(source)
+    how = f" Integers chosen by {calibrated}." if calibrated else ""
     return ModelCard(
-        how_made=f"Quantized by `llmkit quantize` from `{source}`: {spec.describe()}.",
+        how_made=f"Quantized by `llmkit quantize` from `{source}`: {spec.describe()}.{how}",
         name=f"{source.name} ({spec.method})",
         base_model=str(source),
         license=model_card.front_matter_value(base, "license") if base else None,

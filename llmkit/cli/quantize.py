@@ -40,6 +40,19 @@ embeddings stay in float. The safetensors file holds NAME.qweight, NAME.scales (
 in place of NAME.weight, and config.json a "quantization" entry; llmkit.load, `llmkit generate` and
 `llmkit inspect` read it. A summary line gives the file sizes and the largest relative weight error.
 
+--calibrate SOURCE (int8/int4) chooses the integers by GPTQ (Frantar et al. 2022) instead of
+rounding each weight to nearest: the model runs on --calibration-samples windows of up to 256
+tokens of SOURCE, and block by block each linear layer's integers are chosen, column by column,
+to keep its outputs on those tokens close to the float layer's (same format, same file size).
+SOURCE is 'builtin' (the Python reference documentation every Python carries, PSF License) or a
+UTF-8 text file (.gz too), e.g. data/tinyshakespeare/input.txt.gz for English prose; pick text
+like the model's use. The last 10% of its tokens are held out from calibration.
+
+For a decoder LM with a tokenizer, the command then reports the perplexity of --eval-tokens
+held-out tokens (of SOURCE, or of the built-in text without --calibrate) under the float model
+and the result (and, when calibrated, the same format rounded to nearest), and warns when the
+result's perplexity is more than 10% above the float model's.
+
 With --explain VALUE (and no MODEL or OUT): how VALUE is stored in fp32, fp16 and bf16 (sign,
 exponent and fraction bits) and in int8 and int4 (q for a row or group of absmax --absmax), with
 the value read back and its absolute and relative error.
@@ -49,6 +62,9 @@ _EPILOG = """\
 examples:
   llmkit quantize runs/quickstart/model --to int8 runs/quickstart/model-int8
   llmkit quantize runs/quickstart/model --to int4 --group-size 32 runs/quickstart/model-int4
+  llmkit quantize runs/quickstart/model --to int4 --calibrate builtin runs/quickstart/model-int4-gptq
+  llmkit quantize models/SmolLM2-135M-Instruct --to int4 --scheme symmetric \
+      --calibrate data/tinyshakespeare/input.txt.gz runs/smollm2-int4-gptq
   llmkit quantize --explain 3.141592653589793
 """
 
@@ -74,6 +90,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-embeddings", action="store_true",
                    help="int8/int4: keep the token embedding table (and a head tied to it) in float; by default "
                    "it is quantized per row, which matters where it is a large share of the model")  # fmt: skip
+    p.add_argument("--calibrate", metavar="SOURCE",
+                   help="int8/int4: choose the integers by GPTQ on calibration text: 'builtin' (the Python "
+                   "reference documentation) or a UTF-8 text file (.gz too); its last 10%% is held out")  # fmt: skip
+    p.add_argument("--calibration-samples", type=int, default=128, metavar="N",
+                   help="with --calibrate: windows of up to 256 tokens GPTQ runs on (default 128; more is "
+                   "slower and steadier)")  # fmt: skip
+    p.add_argument("--eval-tokens", type=int, default=4096, metavar="N",
+                   help="held-out tokens the perplexity report scores (default 4096; 0 skips the report)")  # fmt: skip
     p.add_argument("--explain", metavar="VALUE",
                    help="print VALUE's bits and error in fp32, fp16, bf16, int8 and int4, then exit")  # fmt: skip
     p.add_argument("--absmax", type=float, default=4.0, metavar="A",
@@ -100,8 +124,18 @@ def run(args: argparse.Namespace) -> None:
         return
     if not (args.model and args.out and args.to):
         raise LlmkitError("MODEL, --to and OUT are required", "e.g. llmkit quantize MODEL --to int8 OUT")
+    from llmkit.evaluate.quantized import quantize_and_measure
     from llmkit.quantize.spec import QuantSpec
-    from llmkit.quantize_checkpoint import quantize_checkpoint
 
     spec = QuantSpec(args.to, args.group_size, embeddings=not args.keep_embeddings, scheme=args.scheme)
-    print(quantize_checkpoint(args.model, args.out, spec, verify=not args.no_verify).summary())
+    report, change, skipped = quantize_and_measure(
+        args.model, args.out, spec, args.calibrate, args.calibration_samples, args.eval_tokens,
+        verify=not args.no_verify,
+    )  # fmt: skip
+    print(report.summary())
+    if change is None:
+        print(skipped)
+        return
+    print("\n".join(change.lines(spec.method)))
+    if warning := change.warning():
+        print(warning)
