@@ -244,7 +244,7 @@ def test_serve_embedder_flag(tiny_checkpoint, encoder_dir, monkeypatch, embedder
     assert main(["serve", str(tiny_checkpoint()), "--port", "0", "--quiet", "--embedder", flag]) == 0
     from fastapi.testclient import TestClient
 
-    with TestClient(served["app"]) as client:
+    with TestClient(served["app"], base_url="http://127.0.0.1:8000") as client:
         response = client.post("/v1/embeddings", json={"model": "tiny-bert-1m", "input": ["a b", "c"]})
     if embedder == "none":
         assert response.status_code == 404

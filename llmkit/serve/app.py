@@ -49,6 +49,7 @@ from llmkit.serve.classify import register_classify
 from llmkit.serve.completions import register_completions
 from llmkit.serve.embeddings import register_embeddings
 from llmkit.serve.errors import ApiError, add_error_handlers
+from llmkit.serve.guard import Guard
 from llmkit.serve.metrics import CONTENT_TYPE, RequestCounter
 from llmkit.serve.openapi import openapi_document, reads
 from llmkit.serve.schemas import DetokenizeRequest, ExplainRequest, TokenizeRequest
@@ -93,6 +94,9 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
         app.middleware("http")(_log_request)
     # the metrics' routes are the ones registered above
     routes = [route for route in app.routes if isinstance(route, APIRoute)]
+    # the Host/Origin checks run before any route (and inside the counter, so refusals are counted)
+    keyless = settings.api_key is None
+    app.add_middleware(Guard, host=settings.host, keyless=keyless, allowed_origins=settings.allowed_origins)
     app.add_middleware(RequestCounter, metrics=server.metrics, routes=routes)
     return app
 
@@ -111,7 +115,9 @@ def register_openai_routes(app: FastAPI, server: Server) -> None:
         return {"status": "ok", "model": settings.name, "active": len(batcher.slots) if batcher else 0}
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if not settings.public_metrics:  # it follows the API key unless the operator made it public
+            server.authorize(request)
         return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")

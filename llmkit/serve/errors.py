@@ -25,9 +25,8 @@ class ApiError(Exception):
 
 def error_type(status: int) -> str:
     """OpenAI's error ``type`` for an HTTP status."""
-    return {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error", 500: "server_error"}.get(
-        status, "invalid_request_error"
-    )
+    kinds = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+    return kinds.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
 def add_error_handlers(app: FastAPI) -> None:
