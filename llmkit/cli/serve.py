@@ -80,6 +80,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="encoder behind POST /v1/embeddings (default minilm: the installed all-MiniLM-L6-v2, when it is; "
         "'none': no embeddings route)",
     )  # fmt: skip
+    p.add_argument(
+        "--embedding-token-ids", action="store_true",
+        help="let POST /v1/embeddings take token ids, read as the embedder's own tokens (refused by default: "
+        "LangChain's OpenAIEmbeddings sends OpenAI's token ids unless check_embedding_ctx_length=False)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
     p.add_argument(
         "--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="cast the weights (default: as stored)"
@@ -129,7 +134,7 @@ def run(args: argparse.Namespace) -> None:
         max_tokens=args.max_tokens, max_body=args.max_body, max_stop=args.max_stop,
         chat=ChatTemplate.from_dir(directory, special), request_log=not args.quiet,
         embedder=load_embedder(args.embedder, device), host=args.host, allowed_origins=origins,
-        public_metrics=args.public_metrics,
+        public_metrics=args.public_metrics, embedding_token_ids=args.embedding_token_ids,
     )  # fmt: skip
     app = create_app(model, settings)
     if not _loopback(args.host) and args.api_key is None:  # --allow-public-without-key: said, not silent

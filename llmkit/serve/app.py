@@ -47,7 +47,7 @@ from llmkit.inference.explain import explain
 from llmkit.serve.chat import register_chat
 from llmkit.serve.classify import register_classify
 from llmkit.serve.completions import register_completions
-from llmkit.serve.embeddings import register_embeddings
+from llmkit.serve.embeddings import embedder_card, embedder_id, register_embeddings
 from llmkit.serve.errors import ApiError, add_error_handlers
 from llmkit.serve.guard import Guard
 from llmkit.serve.metrics import CONTENT_TYPE, RequestCounter
@@ -89,7 +89,7 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
     if batcher is None:
         register_classify(app, server)
     if settings.embedder is not None:
-        register_embeddings(app, server, settings.embedder)
+        register_embeddings(app, server, settings.embedder, settings.embedding_token_ids)
     if settings.request_log:
         app.middleware("http")(_log_request)
     # the metrics' routes are the ones registered above
@@ -120,15 +120,22 @@ def register_openai_routes(app: FastAPI, server: Server) -> None:
             server.authorize(request)
         return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
+    embedder = settings.embedder
+
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         server.authorize(request)
-        # one entry per name, as vLLM lists its --served-model-name list
-        return {"object": "list", "data": [server.model_card(name) for name in server.names]}
+        # one entry per name, as vLLM lists its --served-model-name list; then the embedder, when there is one
+        cards = [server.model_card(name) for name in server.names]
+        if embedder is not None:
+            cards.append(embedder_card(embedder, server.created))
+        return {"object": "list", "data": cards}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(request: Request, model_id: str) -> dict[str, Any]:
         server.authorize(request)
+        if embedder is not None and model_id == embedder_id(embedder):
+            return embedder_card(embedder, server.created)
         server.check_model(model_id)
         return server.model_card(model_id)
 

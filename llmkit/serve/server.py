@@ -54,6 +54,7 @@ class ServeSettings:
     request_log: bool = False  # one stderr line per request (llmkit serve turns it on; --quiet off)
     max_stop: int = MAX_STOP  # stop strings one request may send
     embedder: Any = None  # a llmkit.retrieval.embed.Embedder: POST /v1/embeddings (llmkit.serve.embeddings)
+    embedding_token_ids: bool = False  # /v1/embeddings takes token ids (the encoder's own) instead of refusing them
     # keeping web pages out (llmkit.serve.guard): the bound address, checked against Host without an API key
     # (None: not checked, for an app another server mounts); the web origins whose pages may call the API
     host: str | None = None
