@@ -78,7 +78,8 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
             batcher.close()
 
     app = FastAPI(title="llmkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
-    app.openapi = lambda: openapi_document(app, [settings.name, *settings.aliases])
+    limits = {"max_tokens": settings.max_tokens, "max_stop": settings.max_stop, "vocab": model.config.vocab_size}
+    app.openapi = lambda: openapi_document(app, [settings.name, *settings.aliases], limits, keyed_paths(app, settings))
     app.state.batcher = batcher  # tests and the load benchmark read batcher.step_sizes
     server = Server(model, settings, batcher)
     add_error_handlers(app)
@@ -99,6 +100,14 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
     app.add_middleware(Guard, host=settings.host, keyless=keyless, allowed_origins=settings.allowed_origins)
     app.add_middleware(RequestCounter, metrics=server.metrics, routes=routes)
     return app
+
+
+def keyed_paths(app: FastAPI, settings: ServeSettings) -> tuple[str, ...]:
+    """The paths that need the API key: all but the playground and /health (and /metrics when public)."""
+    if settings.api_key is None:
+        return ()
+    open_paths = {"/", "/health", "/openapi.json"} | ({"/metrics"} if settings.public_metrics else set())
+    return tuple(r.path for r in app.routes if isinstance(r, APIRoute) and r.path not in open_paths)
 
 
 def register_openai_routes(app: FastAPI, server: Server) -> None:
@@ -198,7 +207,9 @@ async def explain_reply(server: Server, http: Request, body: ExplainRequest) -> 
     ids = await server.encode_async(body.prompt)
     room = server.batcher.capacity - len(ids)
     if body.max_tokens > min(room, server.settings.max_tokens):
-        raise ApiError(400, f"max_tokens={body.max_tokens} exceeds the room of {room}", param="max_tokens")
+        limit = min(room, server.settings.max_tokens)  # the context window's room and the server's own limit
+        raise ApiError(400, f"max_tokens={body.max_tokens} exceeds {limit} (room {room}, server limit "
+                       f"{server.settings.max_tokens})", param="max_tokens")  # fmt: skip
     settings = dict(
         max_new_tokens=body.max_tokens, do_sample=body.do_sample, temperature=body.temperature, top_k=body.top_k,
         top_p=body.top_p, seed=body.seed, stop_strings=body.stop, num_beams=1, num_return_sequences=1,
