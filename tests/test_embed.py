@@ -191,7 +191,7 @@ def server(tiny_checkpoint, minilm):
 
 
 def test_openai_client_embeddings(server, minilm):
-    """The official client (base64 by default, decoded by it), float format, token-id input, usage."""
+    """The official client (base64 by default, decoded by it), float format, usage."""
     openai = pytest.importorskip("openai")
     api = openai.OpenAI(base_url=f"{server.url}/v1", api_key="k")
     texts = SENTENCES[:3]
@@ -202,9 +202,6 @@ def test_openai_client_embeddings(server, minilm):
     assert got.usage.prompt_tokens == got.usage.total_tokens == minilm.count_tokens(texts)
     one = api.embeddings.create(model="all-MiniLM-L6-v2", input=texts[0], encoding_format="float")
     np.testing.assert_allclose(one.data[0].embedding, expected[0], atol=1e-6)
-    ids = minilm.tokenizer.encode(texts[0], add_special_tokens=False)
-    by_ids = api.embeddings.create(model="all-MiniLM-L6-v2", input=[ids], dimensions=384)
-    np.testing.assert_allclose(by_ids.data[0].embedding, expected[0], atol=1e-6)
     with pytest.raises(openai.BadRequestError, match="cannot shorten"):
         api.embeddings.create(model="all-MiniLM-L6-v2", input="x", dimensions=128)
     with pytest.raises(openai.NotFoundError):
@@ -215,12 +212,69 @@ def test_openai_client_embeddings(server, minilm):
         )
 
 
+def test_token_ids_are_refused_unless_the_server_takes_them(server, minilm, tiny_checkpoint):
+    """LangChain's OpenAIEmbeddings sends OpenAI's token ids by default (cl100k ids of "Hello, world!" below, as the
+    openai client sends them): read as MiniLM's ids they embed other words, so they are a 400 saying what to set.
+    A server started with --embedding-token-ids takes the encoder's own ids, [CLS] and [SEP] added."""
+    openai = pytest.importorskip("openai")
+    from fastapi.testclient import TestClient
+
+    from llmkit.serve.app import ServeSettings, create_app
+
+    api = openai.OpenAI(base_url=f"{server.url}/v1", api_key="k")
+    with pytest.raises(openai.BadRequestError) as err:
+        api.embeddings.create(model="all-MiniLM-L6-v2", input=[[9906, 11, 1917, 0]])
+    assert "check_embedding_ctx_length=False" in err.value.body["message"] and err.value.body["param"] == "input"
+    ids = minilm.tokenizer.encode(SENTENCES[0], add_special_tokens=False)
+    settings = ServeSettings(name="tiny", embedder=minilm, embedding_token_ids=True)
+    with TestClient(create_app(checkpoint.load(tiny_checkpoint()), settings)) as client:
+        got = client.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": [ids]}).json()
+        outside = client.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": [[1, 99999999]]})
+    assert outside.status_code == 400 and "outside the vocabulary" in outside.json()["error"]["message"]
+    np.testing.assert_allclose(got["data"][0]["embedding"], minilm.embed(SENTENCES[:1])[0], atol=1e-6)
+
+
+def test_langchain_embeddings_with_check_embedding_ctx_length_off(server, minilm):
+    """docs/serving.md's advice: OpenAIEmbeddings(check_embedding_ctx_length=False) sends text, embedded right."""
+    langchain_openai = pytest.importorskip("langchain_openai")
+    lc = langchain_openai.OpenAIEmbeddings(model="all-MiniLM-L6-v2", base_url=f"{server.url}/v1", api_key="k",
+                                          check_embedding_ctx_length=False)  # fmt: skip
+    np.testing.assert_allclose(lc.embed_documents(SENTENCES[:2]), minilm.embed(SENTENCES[:2]), atol=1e-5)
+    np.testing.assert_allclose(lc.embed_query(SENTENCES[2]), minilm.embed(SENTENCES[2:3])[0], atol=1e-5)
+
+
+def test_the_embedder_is_listed_by_v1_models(server, minilm):
+    """Its id was found only in an error message: GET /v1/models/all-MiniLM-L6-v2 was a 404."""
+    import httpx
+
+    key = {"Authorization": "Bearer k"}
+    listed = httpx.get(f"{server.url}/v1/models", headers=key).json()["data"]
+    assert [m["id"] for m in listed] == ["tiny", "all-MiniLM-L6-v2"]
+    card = httpx.get(f"{server.url}/v1/models/all-MiniLM-L6-v2", headers=key)
+    assert card.status_code == 200 and card.json() == listed[1]
+    assert card.json()["max_model_len"] == minilm.max_length == 256  # sentence-transformers' max_seq_length
+    completion = {"model": "all-MiniLM-L6-v2", "prompt": "x", "max_tokens": 1}
+    assert httpx.post(f"{server.url}/v1/completions", json=completion, headers=key).status_code == 404  # not a LM
+
+
+def test_a_deferred_embedder_is_listed_before_it_loads(tiny_checkpoint):
+    from fastapi.testclient import TestClient
+
+    from llmkit.serve.app import ServeSettings, create_app
+    from llmkit.serve.embeddings import DeferredEmbedder
+
+    deferred = DeferredEmbedder(minilm_dir())
+    with TestClient(create_app(checkpoint.load(tiny_checkpoint()), ServeSettings(name="t", embedder=deferred))) as c:
+        card = c.get("/v1/models/all-MiniLM-L6-v2").json()
+    assert card["max_model_len"] == 256 and deferred._loaded is None  # read from its files, not loaded
+
+
 @pytest.mark.parametrize(
     "body, message",
     [
         ({"input": []}, "must not be empty"),
         ({"input": ["ok", ""]}, "an item is empty"),
-        ({"input": [[1, 99999999]]}, "outside the vocabulary"),
+        ({"input": [[1, 99999999]]}, "token ids are refused"),
         ({"input": "x", "encoding_format": "int8"}, "encoding_format"),
         ({"input": "x", "extra": 1}, "extra"),
     ],
@@ -244,7 +298,7 @@ def test_serve_embedder_flag(tiny_checkpoint, encoder_dir, monkeypatch, embedder
     assert main(["serve", str(tiny_checkpoint()), "--port", "0", "--quiet", "--embedder", flag]) == 0
     from fastapi.testclient import TestClient
 
-    with TestClient(served["app"]) as client:
+    with TestClient(served["app"], base_url="http://127.0.0.1:8000") as client:
         response = client.post("/v1/embeddings", json={"model": "tiny-bert-1m", "input": ["a b", "c"]})
     if embedder == "none":
         assert response.status_code == 404

@@ -24,6 +24,7 @@ LAYERS = {
     "llmkit.plan": 0,
     "llmkit.prompts": 0,
     "llmkit.tools": 0,
+    "llmkit.closed_schema": 0,
     "llmkit.data": 0,
     "llmkit.data.curate": 0,
     "llmkit.data.builtin": 0,

@@ -131,3 +131,32 @@ def test_generate_answers_an_instruction_as_chat_does(smollm_dir, capsys):
     assert main(["generate", str(smollm_dir), message, "--max-new-tokens", "8", "--raw", "--json"]) == 0
     raw = json.loads(capsys.readouterr().out)
     assert raw["prompt"] == message and raw["completion"] != record["completion"][: len(raw["completion"])]
+
+
+def test_langchain_bind_tools_required_gives_one_call_with_the_declared_keys(server):
+    """LangChain's ``bind_tools`` of two tools with ``tool_choice="required"`` (issue 34): one well-formed call
+    within 40 tokens whose arguments are exactly the declared keys. Before the arguments' schemas were closed,
+    SmolLM2 copied schema words into them ({"location": "Paris", "description": ..., "type": "string"})."""
+    langchain_openai = pytest.importorskip("langchain_openai")
+    from pydantic import BaseModel, Field
+
+    class GetWeather(BaseModel):
+        """Get the current weather in a given location"""
+
+        location: str = Field(..., description="The city and state, e.g. San Francisco, CA")
+
+    class GetPopulation(BaseModel):
+        """Get the current population in a given location"""
+
+        location: str = Field(..., description="The city and state, e.g. San Francisco, CA")
+
+    llm = langchain_openai.ChatOpenAI(model="smollm2", base_url=f"{server}/v1", api_key=KEY, max_tokens=40,
+                                      temperature=0)  # fmt: skip
+    bound = llm.bind_tools([GetWeather, GetPopulation], tool_choice="required")
+    for question in ("What's the weather in Paris?", "Which city is bigger: LA or NY?"):
+        reply = bound.invoke(question)
+        assert reply.response_metadata["finish_reason"] == "tool_calls", reply
+        assert len(reply.tool_calls) == 1 and reply.usage_metadata["output_tokens"] <= 40, reply
+        call = reply.tool_calls[0]
+        assert call["name"] in ("GetWeather", "GetPopulation") and set(call["args"]) == {"location"}, call
+        assert isinstance(call["args"]["location"], str) and call["args"]["location"]

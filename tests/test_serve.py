@@ -466,7 +466,7 @@ def test_cli_request_log_one_line_per_request(model_dir, monkeypatch, capsys, qu
     monkeypatch.setattr("llmkit.cli.serve.serve_on", lambda server, sock: served.update(app=server.config.app))
     assert main(["serve", str(model_dir), "--port", "0", *(["--quiet"] if quiet else [])]) == 0
     capsys.readouterr()
-    with TestClient(served["app"]) as c:
+    with TestClient(served["app"], base_url="http://127.0.0.1:8000") as c:
         body = {"model": "tiny-gpt-1m", "prompt": "The cat", "max_tokens": 5, "temperature": 0}
         assert c.post("/v1/completions", json=body).status_code == 200
         assert c.post("/v1/completions", json={**body, "stream": True}).status_code == 200

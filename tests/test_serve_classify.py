@@ -105,7 +105,7 @@ def test_models_health_tokenize_and_metrics(servers):
     tokens = post(url, "/tokenize", {"prompt": "the film"}).json()
     assert tokens["tokens"] == model.tokenizer.encode("the film")
     post(url, "/classify", {"input": "x"})
-    assert 'llmkit_requests_total{route="/classify",status="200"}' in httpx.get(url + "/metrics").text
+    assert 'llmkit_requests_total{route="/classify",status="200"}' in httpx.get(url + "/metrics", headers=AUTH).text
 
 
 @pytest.mark.parametrize(
@@ -133,6 +133,6 @@ def test_cli_serves_an_encoder_classifier(heads, monkeypatch, capsys):
     monkeypatch.setattr("llmkit.cli.serve.serve_on", lambda server, sock: served.update(app=server.config.app))
     assert main(["serve", str(heads["tokens"]), "--port", "0", "--embedder", "none", "--quiet"]) == 0
     assert "(POST /classify)" in capsys.readouterr().err
-    with TestClient(served["app"]) as c:
+    with TestClient(served["app"], base_url="http://127.0.0.1:8000") as c:
         r = c.post("/classify", json={"input": TEXTS[1]})
         assert r.status_code == 200 and "entities" in r.json()["data"][0]

@@ -32,6 +32,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--api-key", default=None, metavar="KEY",
         help="require 'Authorization: Bearer KEY' on /v1/* (default: none; set one before binding beyond loopback)",
     )  # fmt: skip
+    p.add_argument(
+        "--allow-public-without-key", action="store_true",
+        help="allow a --host beyond loopback without --api-key (refused otherwise: anyone who can reach the machine "
+        "could use the model)",
+    )  # fmt: skip
+    p.add_argument(
+        "--allowed-origins", action="append", default=None, metavar="ORIGIN",
+        help="web origins whose pages may call the API (repeatable or comma-separated, e.g. http://localhost:3000; "
+        "'*': any), as Ollama's OLLAMA_ORIGINS. Requests from other pages are refused (403); clients that are not "
+        "browsers send no Origin and are not affected",
+    )  # fmt: skip
+    p.add_argument(
+        "--public-metrics", action="store_true", help="serve /metrics without the API key (by default it needs it)"
+    )
     p.add_argument("--max-batch", type=int, default=8, metavar="N", help="sequences decoded together (default 8)")
     p.add_argument(
         "--max-tokens", type=int, default=1024, metavar="N",
@@ -66,6 +80,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="encoder behind POST /v1/embeddings (default minilm: the installed all-MiniLM-L6-v2, when it is; "
         "'none': no embeddings route)",
     )  # fmt: skip
+    p.add_argument(
+        "--embedding-token-ids", action="store_true",
+        help="let POST /v1/embeddings take token ids, read as the embedder's own tokens (refused by default: "
+        "LangChain's OpenAIEmbeddings sends OpenAI's token ids unless check_embedding_ctx_length=False)",
+    )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
     p.add_argument(
         "--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="cast the weights (default: as stored)"
@@ -95,6 +114,12 @@ def run(args: argparse.Namespace) -> None:
         raise LlmkitError(f"--header-timeout {args.header_timeout} must be > 0", "pass a number of seconds, e.g. 10")
     if not 0 <= args.port <= 65535:
         raise LlmkitError(f"--port {args.port} is not a TCP port", "pass 0-65535")
+    if not _loopback(args.host) and args.api_key is None and not args.allow_public_without_key:
+        raise LlmkitError(
+            f"--host {args.host} without --api-key: anyone who can reach this machine could use the model",
+            "set --api-key KEY, or pass --allow-public-without-key to serve it openly",
+        )
+    origins = tuple(o.strip() for flag in args.allowed_origins or [] for o in flag.split(",") if o.strip())
     sock = bind(args.host, args.port)  # before the model loads: a busy port fails at once, in one line
     directory = Path(args.model)
     device = resolve_device(args.device)
@@ -106,10 +131,11 @@ def run(args: argparse.Namespace) -> None:
         name=names[0], aliases=tuple(names[1:]), api_key=args.api_key, max_batch=args.max_batch,
         max_tokens=args.max_tokens, max_body=args.max_body, max_stop=args.max_stop,
         chat=ChatTemplate.from_dir(directory, special), request_log=not args.quiet,
-        embedder=load_embedder(args.embedder, device, verify=not args.no_verify),
+        embedder=load_embedder(args.embedder, device, verify=not args.no_verify), host=args.host,
+        allowed_origins=origins, public_metrics=args.public_metrics, embedding_token_ids=args.embedding_token_ids,
     )  # fmt: skip
     app = create_app(model, settings)
-    if not _loopback(args.host) and args.api_key is None:
+    if not _loopback(args.host) and args.api_key is None:  # --allow-public-without-key: said, not silent
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
     port = sock.getsockname()[1]  # the real one when --port 0 picked it
     also = f" (also answering as {', '.join(settings.aliases)})" if settings.aliases else ""

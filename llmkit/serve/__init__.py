@@ -5,6 +5,7 @@
 - server.py: ServeSettings and the Server every route shares (API key, body limits, model names, admission,
   generation configs, the batcher's events, SSE streaming);
 - errors.py: ApiError and the handlers that answer every failure in OpenAI's error shape;
+- guard.py: the Host and Origin checks that keep web pages from driving the server;
 - completions.py: POST /v1/completions (echo, logprobs, streaming);
 - chat.py: POST /v1/chat/completions (tools, streaming); re-exports the chat template (llmkit.chat.template);
 - openapi.py: the /openapi.json document, with the request bodies the registered routes read;

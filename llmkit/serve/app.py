@@ -47,8 +47,9 @@ from llmkit.inference.explain import explain
 from llmkit.serve.chat import register_chat
 from llmkit.serve.classify import register_classify
 from llmkit.serve.completions import register_completions
-from llmkit.serve.embeddings import register_embeddings
+from llmkit.serve.embeddings import embedder_card, embedder_id, register_embeddings
 from llmkit.serve.errors import ApiError, add_error_handlers
+from llmkit.serve.guard import Guard
 from llmkit.serve.metrics import CONTENT_TYPE, RequestCounter
 from llmkit.serve.openapi import openapi_document, reads
 from llmkit.serve.schemas import DetokenizeRequest, ExplainRequest, TokenizeRequest
@@ -77,7 +78,8 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
             batcher.close()
 
     app = FastAPI(title="llmkit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
-    app.openapi = lambda: openapi_document(app, [settings.name, *settings.aliases])
+    limits = {"max_tokens": settings.max_tokens, "max_stop": settings.max_stop, "vocab": model.config.vocab_size}
+    app.openapi = lambda: openapi_document(app, [settings.name, *settings.aliases], limits, keyed_paths(app, settings))
     app.state.batcher = batcher  # tests and the load benchmark read batcher.step_sizes
     server = Server(model, settings, batcher)
     add_error_handlers(app)
@@ -88,13 +90,24 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
     if batcher is None:
         register_classify(app, server)
     if settings.embedder is not None:
-        register_embeddings(app, server, settings.embedder)
+        register_embeddings(app, server, settings.embedder, settings.embedding_token_ids)
     if settings.request_log:
         app.middleware("http")(_log_request)
     # the metrics' routes are the ones registered above
     routes = [route for route in app.routes if isinstance(route, APIRoute)]
+    # the Host/Origin checks run before any route (and inside the counter, so refusals are counted)
+    keyless = settings.api_key is None
+    app.add_middleware(Guard, host=settings.host, keyless=keyless, allowed_origins=settings.allowed_origins)
     app.add_middleware(RequestCounter, metrics=server.metrics, routes=routes)
     return app
+
+
+def keyed_paths(app: FastAPI, settings: ServeSettings) -> tuple[str, ...]:
+    """The paths that need the API key: all but the playground and /health (and /metrics when public)."""
+    if settings.api_key is None:
+        return ()
+    open_paths = {"/", "/health", "/openapi.json"} | ({"/metrics"} if settings.public_metrics else set())
+    return tuple(r.path for r in app.routes if isinstance(r, APIRoute) and r.path not in open_paths)
 
 
 def register_openai_routes(app: FastAPI, server: Server) -> None:
@@ -111,18 +124,27 @@ def register_openai_routes(app: FastAPI, server: Server) -> None:
         return {"status": "ok", "model": settings.name, "active": len(batcher.slots) if batcher else 0}
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if not settings.public_metrics:  # it follows the API key unless the operator made it public
+            server.authorize(request)
         return Response(server.metrics.render(), media_type=CONTENT_TYPE)
+
+    embedder = settings.embedder
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         server.authorize(request)
-        # one entry per name, as vLLM lists its --served-model-name list
-        return {"object": "list", "data": [server.model_card(name) for name in server.names]}
+        # one entry per name, as vLLM lists its --served-model-name list; then the embedder, when there is one
+        cards = [server.model_card(name) for name in server.names]
+        if embedder is not None:
+            cards.append(embedder_card(embedder, server.created))
+        return {"object": "list", "data": cards}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(request: Request, model_id: str) -> dict[str, Any]:
         server.authorize(request)
+        if embedder is not None and model_id == embedder_id(embedder):
+            return embedder_card(embedder, server.created)
         server.check_model(model_id)
         return server.model_card(model_id)
 
@@ -185,7 +207,9 @@ async def explain_reply(server: Server, http: Request, body: ExplainRequest) -> 
     ids = await server.encode_async(body.prompt)
     room = server.batcher.capacity - len(ids)
     if body.max_tokens > min(room, server.settings.max_tokens):
-        raise ApiError(400, f"max_tokens={body.max_tokens} exceeds the room of {room}", param="max_tokens")
+        limit = min(room, server.settings.max_tokens)  # the context window's room and the server's own limit
+        raise ApiError(400, f"max_tokens={body.max_tokens} exceeds {limit} (room {room}, server limit "
+                       f"{server.settings.max_tokens})", param="max_tokens")  # fmt: skip
     settings = dict(
         max_new_tokens=body.max_tokens, do_sample=body.do_sample, temperature=body.temperature, top_k=body.top_k,
         top_p=body.top_p, seed=body.seed, stop_strings=body.stop, num_beams=1, num_return_sequences=1,

@@ -51,7 +51,7 @@ async def chat_completion(server: Server, http: Request, body: ChatRequest):
         choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, BaseModel) else body.tool_choice
         setup = check_tool_setup(tools, choice, body.parallel_tool_calls)
     except LlmkitError as err:
-        param = "tool_choice" if "tool_choice" in str(err) else "tools"
+        param = getattr(err, "param", None) or ("tool_choice" if "tool_choice" in str(err) else "tools")
         raise ApiError(400, str(err), param=param, code="invalid_value") from None
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     shown = setup.tools if setup.active else None  # tool_choice "none": the model is not told of them

@@ -7,7 +7,16 @@ little-endian float32 bytes, which the official client asks for by default and d
 would return worse ones, so it is refused, not silently cut), ``user`` (ignored).
 Response: ``{"object": "list", "data": [{"object": "embedding", "index", "embedding"}], "model",
 "usage": {"prompt_tokens", "total_tokens"}}``; the token counts are the tokens the encoder read, [CLS]
-and [SEP] included. Token-id inputs are text tokens: [CLS] and [SEP] are added as for text.
+and [SEP] included.
+
+Token-id inputs are refused unless the server takes them (``ServeSettings.embedding_token_ids``, `llmkit serve
+--embedding-token-ids`): the ids a client sends are its own tokenizer's, and LangChain's ``OpenAIEmbeddings``
+sends OpenAI's (tiktoken) by default, which this encoder would read as other tokens (cosine 0.026 to the right
+vector) without any error. The 400 tells LangChain users to set ``check_embedding_ctx_length=False`` (then it
+sends text). Taken, they are this encoder's own text tokens: [CLS] and [SEP] are added as for text.
+
+The embedder is listed by ``GET /v1/models`` beside the generator, and ``GET /v1/models/{id}`` answers for it
+(``embedder_card``), so a client finds its id without reading an error message.
 
 ``llmkit serve`` passes a ``DeferredEmbedder``: the encoder loads on the first request, so the server
 starts as fast as without it. The encoder runs in a worker thread, one request at a time (a lock): it
@@ -42,6 +51,7 @@ class DeferredEmbedder:
 
         self.directory, self.device, self.verify = directory, device, verify
         self.name = model_name(directory)
+        self.max_length = _window(directory)  # for /v1/models, before the encoder loads
         self._loaded = None
         self._lock = threading.Lock()
 
@@ -70,9 +80,36 @@ def embedder_id(embedder) -> str:
     return name_slug(embedder.name)
 
 
-def register_embeddings(app: FastAPI, server, source) -> None:
+def embedder_card(embedder, created: int) -> dict:
+    """The embedder's entry in ``/v1/models`` (vLLM's fields; ``max_model_len``: tokens per input it reads)."""
+    card = {"id": embedder_id(embedder), "object": "model", "created": created, "owned_by": "llmkit",
+            "root": embedder.name}  # fmt: skip
+    length = getattr(embedder, "max_length", None)
+    return {**card, "max_model_len": length} if length else card
+
+
+def _window(directory) -> int | None:
+    """Tokens per input the encoder in ``directory`` reads (its window, or sentence-transformers' shorter
+    max_seq_length), from its JSON files alone; None when they do not say."""
+    import json
+    from pathlib import Path
+
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        window = config.get("max_seq_len") or config.get("max_position_embeddings")
+        bert = directory / "sentence_bert_config.json"
+        pooled = json.loads(bert.read_text(encoding="utf-8")).get("max_seq_length") if bert.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    lengths = [n for n in (window, pooled) if isinstance(n, int) and n > 0]
+    return min(lengths) if lengths else None
+
+
+def register_embeddings(app: FastAPI, server, source, token_ids: bool = False) -> None:
     """Add ``POST /v1/embeddings`` to ``app`` over ``source`` (an Embedder, or a DeferredEmbedder loaded on the
-    first request); ``server`` (llmkit.serve.server.Server) gives the app's API-key check and body reader."""
+    first request); ``server`` (llmkit.serve.server.Server) gives the app's API-key check and body reader;
+    ``token_ids``: token-id inputs are taken (as this encoder's own tokens) rather than refused."""
     lock = threading.Lock()
     name = embedder_id(source)
 
@@ -90,6 +127,13 @@ def register_embeddings(app: FastAPI, server, source) -> None:
             raise ApiError(400, f"input: at most {MAX_INPUTS} items per request", param="input", code="invalid_value")
         if any(len(item) == 0 for item in items):
             raise ApiError(400, "input: an item is empty", param="input", code="invalid_value")
+        if not token_ids and any(not isinstance(item, str) for item in items):
+            raise ApiError(
+                400, f"input: token ids are refused: they would be read as {name}'s own tokens, and clients send "
+                "other tokenizers' (LangChain's OpenAIEmbeddings sends OpenAI's unless check_embedding_ctx_length="
+                "False); send text, or start the server with --embedding-token-ids",
+                param="input", code="token_ids_refused",
+            )  # fmt: skip
         texts = [i for i in items if isinstance(i, str)]
         encoded = iter(embedder.encode(texts)) if texts else iter(())
         return [next(encoded) if isinstance(item, str) else wrap(item, embedder) for item in items]

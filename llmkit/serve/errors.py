@@ -7,6 +7,7 @@ Its own module so that every route module can raise ApiError without importing t
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from llmkit.serve.schemas import error_body
@@ -25,9 +26,8 @@ class ApiError(Exception):
 
 def error_type(status: int) -> str:
     """OpenAI's error ``type`` for an HTTP status."""
-    return {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error", 500: "server_error"}.get(
-        status, "invalid_request_error"
-    )
+    kinds = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+    return kinds.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -50,4 +50,14 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(405)
     async def _bad_method(request: Request, err: Exception) -> JSONResponse:
         message = f"{request.method} is not allowed on {request.url.path}"
-        return JSONResponse(error_body(message, code="method_not_allowed"), status_code=405)
+        # Allow: the methods the path has (RFC 9110 requires it on a 405; Starlette's exception carries it)
+        headers = {k: v for k, v in (getattr(err, "headers", None) or {}).items() if k.lower() == "allow"}
+        return JSONResponse(error_body(message, code="method_not_allowed"), status_code=405, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        # a parameter FastAPI validates: a 400 in OpenAI's shape, as a body the routes validate (never a 422)
+        first = (err.errors() or [{}])[0]
+        param = ".".join(str(p) for p in first.get("loc", ())) or None
+        message = f"{param or 'request'}: {first.get('msg', 'invalid')}"
+        return JSONResponse(error_body(message, param=param, code="invalid_value"), status_code=400)

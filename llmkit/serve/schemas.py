@@ -26,8 +26,8 @@ from pydantic import (
     PlainValidator,
     StrictBool,
     StrictFloat,
-    StrictInt,
     StrictStr,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -76,7 +76,11 @@ class JsonSchemaFormat(BaseModel):
 class ResponseFormat(BaseModel):
     """OpenAI's ``response_format``: free text, any JSON object, or JSON following a schema."""
 
-    model_config = ConfigDict(extra="forbid")
+    # the document says what _schema_given checks (the OpenAPI document's constraints are the server's)
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"properties": {"type": {"enum": ["text", "json_object"]}}},
+        {"required": ["json_schema"], "properties": {"json_schema": {"type": "object"}}},
+    ]})  # fmt: skip
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
@@ -88,6 +92,11 @@ class ResponseFormat(BaseModel):
         return self
 
 
+Stop = Annotated[StrictStr, Field(min_length=1)]  # a stop string: never empty
+NON_EMPTY = {"type": "string", "minLength": 1}
+STOP_SCHEMA = {"anyOf": [NON_EMPTY, {"type": "array", "items": NON_EMPTY}, {"type": "null"}]}
+
+
 class Sampling(BaseModel):
     """Fields shared by completions and chat; each maps onto GenerationConfig (app.generation_config)."""
 
@@ -96,7 +105,10 @@ class Sampling(BaseModel):
     model: StrictStr | None = None  # optional, as in vLLM: a request without it goes to the one model served
     max_tokens: Int(ge=1) | None = None
     max_completion_tokens: Int(ge=1) | None = None  # OpenAI's newer name for max_tokens (LangChain sends it)
-    temperature: StrictFloat = Field(1.0, ge=0, le=2)  # 0: greedy; strict: "0.5" is a type error
+    # 0: greedy; strict: "0.5" is a type error; (0, MIN_TEMPERATURE) refused (_temperature), as the schema says
+    temperature: StrictFloat = Field(
+        1.0, ge=0, le=2, json_schema_extra={"anyOf": [{"const": 0}, {"minimum": MIN_TEMPERATURE}]}
+    )
     top_p: StrictFloat = Field(1.0, gt=0, le=1)
     top_k: Int(ge=-1) = 0  # vLLM's extension; 0 or -1 (vLLM's old default) = off
     min_p: StrictFloat = Field(0.0, ge=0, le=1)  # vLLM's extension; 0 = off
@@ -104,9 +116,12 @@ class Sampling(BaseModel):
     repetition_penalty: StrictFloat = Field(1.0, ge=0.01, le=10)
     presence_penalty: StrictFloat = Field(0.0, ge=-2, le=2)  # OpenAI's additive penalties; 0 = off
     frequency_penalty: StrictFloat = Field(0.0, ge=-2, le=2)
-    logit_bias: dict[StrictStr, StrictFloat] | None = None  # {"token id": bias in [-100, 100]}
+    logit_bias: Annotated[  # {"token id": bias in [-100, 100]}
+        dict[StrictStr, Annotated[StrictFloat, Field(ge=-100, le=100)]] | None,
+        Field(json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}}),
+    ] = None
     n: Int(ge=1, le=MAX_N) = 1
-    stop: StrictStr | list[StrictStr] | None = None
+    stop: Annotated[StrictStr | list[StrictStr] | None, WithJsonSchema(STOP_SCHEMA)] = None  # _stop checks it
     seed: Int(ge=0, le=MAX_SEED) | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -154,28 +169,42 @@ class Sampling(BaseModel):
 
 
 NonEmpty = Field(min_length=1)
-TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0)]], NonEmpty]
+TokenIds = Annotated[list[Int(ge=0)], NonEmpty]  # 5.0 is 5, as for every integer
 PROMPT_SHAPES = "a string, a list of strings, a list of token ids or a list of lists of token ids"
 
 
-def _token_ids(value: object) -> bool:
-    return isinstance(value, list) and bool(value) and all(type(t) is int and t >= 0 for t in value)
+def _token_ids(value: object) -> list[int] | None:
+    """``value`` as token ids (integral floats such as 5.0 are integers, as the schema's "integer" allows), or None."""
+    if not isinstance(value, list) or not value:
+        return None
+    ids = []
+    for t in value:
+        if isinstance(t, float) and t.is_integer():
+            t = int(t)
+        if type(t) is not int or t < 0:
+            return None
+        ids.append(t)
+    return ids
 
 
 def _prompt(value: object) -> str | list:
     """One check with one message for the four shapes (a union would report each shape's own error)."""
-    if isinstance(value, str) or _token_ids(value):
+    if isinstance(value, str):
         return value
+    ids = _token_ids(value)
+    if ids is not None:
+        return ids
     if isinstance(value, list) and value:
-        if all(isinstance(p, str) for p in value) or all(_token_ids(p) for p in value):
+        if all(isinstance(p, str) for p in value):
             return value
+        lists = [_token_ids(p) for p in value]
+        if all(ids is not None for ids in lists):
+            return lists
     raise ValueError(f"must be {PROMPT_SHAPES}, none of them empty")
 
 
-PromptInput = Annotated[
-    StrictStr | Annotated[list[StrictStr], NonEmpty] | TokenIds | Annotated[list[TokenIds], NonEmpty],
-    PlainValidator(_prompt, json_schema_input_type=StrictStr | list[StrictStr] | TokenIds | list[TokenIds]),
-]
+PromptShapes = StrictStr | Annotated[list[StrictStr], NonEmpty] | TokenIds | Annotated[list[TokenIds], NonEmpty]
+PromptInput = Annotated[PromptShapes, PlainValidator(_prompt, json_schema_input_type=PromptShapes)]
 
 
 class CompletionRequest(Sampling):
@@ -238,6 +267,12 @@ class Message(_Turn):
 
 class AssistantTurn(_Turn):
     """An assistant turn: text, or the ``tool_calls`` the API returned (then content may be null)."""
+
+    # the document says what _something checks
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [
+        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+        {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}},
+    ]})  # fmt: skip
 
     role: Literal["assistant"]
     content: StrictStr | list[TextPart] | None = None
@@ -315,7 +350,7 @@ class ExplainRequest(BaseModel):
     top_k: Int(ge=0) = 0
     top_p: StrictFloat = Field(1.0, gt=0, le=1)
     seed: Int(ge=0, le=MAX_SEED) | None = None
-    stop: list[StrictStr] = Field(default_factory=list, max_length=4)
+    stop: list[Stop] = Field(default_factory=list, max_length=4)
     top: Int(ge=1, le=50) = 10
 
 
@@ -327,7 +362,11 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
 class TokenizeRequest(BaseModel):
     """vLLM's ``POST /tokenize``: a prompt, or chat messages rendered with the model's template."""
 
-    model_config = ConfigDict(extra="forbid")
+    # exactly one of prompt and messages (_one_input), as the document says
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+        {"required": ["messages"], "properties": {"messages": {"type": "array"}}},
+    ]})  # fmt: skip
 
     model: StrictStr | None = None
     prompt: StrictStr | None = None
@@ -349,4 +388,4 @@ class DetokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: StrictStr | None = None
-    tokens: list[Annotated[StrictInt, Field(ge=0)]]
+    tokens: list[Int(ge=0)]

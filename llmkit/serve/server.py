@@ -32,7 +32,7 @@ from llmkit.serve.classify import refusal
 from llmkit.serve.errors import ApiError, error_type
 from llmkit.serve.metrics import Metrics
 from llmkit.serve.schemas import MAX_SEED, MAX_STOP, Sampling, TokenizeRequest, error_body
-from llmkit.serve.structured import ToolSetup, compile_grammar, request_grammar
+from llmkit.serve.structured import RequestGrammar, ToolSetup, compile_grammar, grammar_failure, request_grammar
 
 DISCONNECT_POLL = 0.25  # seconds between checks that a non-streaming client is still there
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}  # ours -> OpenAI's finish_reason
@@ -54,6 +54,12 @@ class ServeSettings:
     request_log: bool = False  # one stderr line per request (llmkit serve turns it on; --quiet off)
     max_stop: int = MAX_STOP  # stop strings one request may send
     embedder: Any = None  # a llmkit.retrieval.embed.Embedder: POST /v1/embeddings (llmkit.serve.embeddings)
+    embedding_token_ids: bool = False  # /v1/embeddings takes token ids (the encoder's own) instead of refusing them
+    # keeping web pages out (llmkit.serve.guard): the bound address, checked against Host without an API key
+    # (None: not checked, for an app another server mounts); the web origins whose pages may call the API
+    host: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    public_metrics: bool = False  # /metrics without the API key (by default it follows --api-key)
 
 
 class Server:
@@ -221,22 +227,24 @@ class Server:
             raise ApiError(400, f"{len(body.stop)} stop strings; this server takes {self.settings.max_stop}", "stop")
         self.check_ids(list(body.logit_bias or {}), param="logit_bias")
 
-    async def grammars(self, body: Sampling, setup: ToolSetup | None = None):
-        """The request's compiled constraint (RowGrammars) or None; one the engine cannot compile is a 400."""
+    async def grammars(self, body: Sampling, setup: ToolSetup | None = None) -> RequestGrammar | None:
+        """The request's compiled constraint or None; one the engine cannot compile, or that matches nothing,
+        is a 400 naming the field (llmkit.serve.structured)."""
         param = "response_format"
         try:
             grammar, param = request_grammar(body, setup)
             if grammar is None:
                 return None
             eos = self.model.generation_config.eos_token_id
-            return await run_in_threadpool(compile_grammar, self.model, grammar, eos)
+            return RequestGrammar(await run_in_threadpool(compile_grammar, self.model, grammar, eos), param)
         except LlmkitError as err:
-            raise ApiError(400, str(err), param=param, code="invalid_value") from None
+            raise ApiError(400, str(err), param=getattr(err, "param", param), code="invalid_value") from None
 
     # ---- decoding -----------------------------------------------------------------------------
     def submit(
-        self, jobs: list[tuple[list[int], GenerationConfig]], logprobs: int, prompt_logprobs: bool, grammars=None
-    ):
+        self, jobs: list[tuple[list[int], GenerationConfig]], logprobs: int, prompt_logprobs: bool,
+        grammars: RequestGrammar | None = None,
+    ):  # fmt: skip
         """One batcher request per choice (a prompt and its config, with fresh matchers of ``grammars`` when the
         output is constrained); their (choice, event) items arrive on the returned queue, an event being a
         TokenEvent, the prompt's PromptScores, or an exception."""
@@ -286,7 +294,8 @@ class Server:
                     next_check = time.monotonic() + DISCONNECT_POLL
                 if event is None:
                     continue
-                if isinstance(event, Exception):  # the request was valid: a failure of ours (e.g. NaN scores)
+                if isinstance(event, Exception):
+                    self._failed(i, requests[i], grammars)
                     raise ApiError(500, f"generation failed: {event}", code="generation_failed")
                 if isinstance(event, PromptScores):
                     left -= jobs[i][1].max_new_tokens == 0
@@ -303,6 +312,18 @@ class Server:
         finally:
             for r in requests:  # finished ones are already gone; the rest leave the batch
                 r.cancel()
+
+    @staticmethod
+    def _failed(i: int, request: BatchRequest, grammars: RequestGrammar | None) -> None:
+        """A choice that failed: a 400 naming the field when its grammar failed while decoding (an engine limit
+        the checks before admission could not see; the batcher has already dropped that row alone), else
+        nothing here (the request was valid: a failure of ours, e.g. NaN scores, answered as a 500)."""
+        why = grammar_failure(request.constraint) if grammars is not None else None
+        if why is not None:
+            raise ApiError(
+                400, f"choice {i}: the {grammars.field} grammar failed while decoding: {why}; simplify the grammar",
+                param=grammars.field, code="grammar_failed",
+            )  # fmt: skip
 
     async def encode_async(self, text: str) -> list[int]:
         """``encode`` in a worker thread: a 1 MB prompt takes a second of CPU the event loop must not spend."""
