@@ -82,7 +82,8 @@ def test_chat_through_the_openai_client(server, smollm_dir):
     from llmkit.serve.chat import ChatTemplate
 
     api = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY)
-    assert [m.id for m in api.models.list()] == ["smollm2"]
+    # the model first, then the embedder `serve` offers by default (--embedder minilm) for /v1/embeddings
+    assert [m.id for m in api.models.list()] == ["smollm2", "all-MiniLM-L6-v2"]
     chat = api.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=32, temperature=0)
     answer = chat.choices[0].message.content
     # the template's <|im_end|> is the checkpoint's EOS: the reply ends there, not at max_tokens
