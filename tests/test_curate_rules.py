@@ -112,6 +112,53 @@ def test_gopher_repetition_passes_a_document_with_one_repeated_line():
     assert gopher_repetition(text, GopherRepetitionConfig()) is None
 
 
+def _reference_ngram_chars(tokens: list[str], n: int) -> tuple[int, int]:
+    """The top n-gram's characters and the repeated n-grams' characters, counted on tuples of words as datatrove's
+    GopherRepetitionFilter does (Counter.most_common; a scan that jumps past each repeat)."""
+    from collections import Counter
+
+    grams = list(zip(*(tokens[i:] for i in range(n))))
+    top = 0
+    if len(set(grams)) < len(grams):
+        gram, count = Counter(grams).most_common(1)[0]
+        top = (sum(map(len, gram)) + n - 1) * count
+    seen, repeated, i = set(), 0, 0
+    while i < len(grams):
+        if grams[i] in seen:
+            repeated += sum(map(len, grams[i]))
+            i += n
+        else:
+            seen.add(grams[i])
+            i += 1
+    return top, repeated
+
+
+def test_gopher_repetition_counts_equal_a_tuple_of_words_count():
+    """The numpy numbering of n-grams (exact, no hashing) gives the reference's figures on random repetitive text,
+    ties among equally frequent n-grams included (the first to appear wins)."""
+    import random
+
+    import numpy as np
+
+    from llmkit.curate.repetition import _ngram_ids, _repeated_ngram_chars, _top_ngram_chars
+
+    rng = random.Random(0)
+    checked = 0
+    for _ in range(200):
+        vocab = [("w" * rng.randint(1, 4)) + str(i) for i in range(rng.randint(1, 12))]
+        tokens = [rng.choice(vocab) for _ in range(rng.randint(2, 120))]
+        numbers: dict[str, int] = {}
+        ids = np.array([numbers.setdefault(t, len(numbers)) for t in tokens], dtype=np.int64)
+        prefix = np.concatenate(([0], np.cumsum([len(t) for t in tokens])))
+        grams = ids
+        for n in range(2, min(10, len(tokens)) + 1):
+            grams, first = _ngram_ids(grams, ids, n, len(numbers))
+            ours = (_top_ngram_chars(grams, first, n, prefix), _repeated_ngram_chars(grams, n, prefix))
+            assert ours == _reference_ngram_chars(tokens, n), (tokens, n)
+            checked += 1
+    assert checked > 1000
+
+
 # --- C4 ----------------------------------------------------------------------------------------------
 
 

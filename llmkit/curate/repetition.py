@@ -3,12 +3,14 @@
 Repeated lines and paragraphs (as a fraction of their count and of the characters), the characters
 of the most frequent 2-, 3- and 4-gram, and the characters covered by repeated 5- to 10-grams, each
 over the document's characters. The n-gram counts follow datatrove's GopherRepetitionFilter (a
-repeated n-gram's words are skipped, so overlapping repeats are not counted twice). Standard library only.
+repeated n-gram's words are skipped, so overlapping repeats are not counted twice). The n-grams are
+numbered exactly with numpy (no hashing) so the counting runs in C; tests check the figures against a
+plain tuple-of-words count.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import numpy as np
 
 from llmkit.curate.config import GopherRepetitionConfig
 from llmkit.curate.text import lines, paragraphs, words
@@ -27,32 +29,45 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
-def _ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
-    return list(zip(*(tokens[i:] for i in range(n)), strict=False))  # the shorter tails end it
+def _ngram_ids(previous: np.ndarray, ids: np.ndarray, n: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense ids of the n-grams from those of the (n-1)-grams, and each id's first position.
+
+    The pair (id of the (n-1)-gram at i, word at i + n - 1) names the n-gram at i exactly; np.unique turns
+    the pairs into dense ids again, so the numbers stay below len * vocab (no overflow, no hashing)."""
+    pairs = previous[: len(ids) - n + 1] * vocab + ids[n - 1 :]
+    _, first, inverse = np.unique(pairs, return_index=True, return_inverse=True)
+    return inverse.reshape(-1), first
 
 
-def _top_ngram_chars(tokens: list[str], n: int) -> int:
-    """Characters of the most frequent n-gram (words joined by spaces) times its count; 0 when none repeats."""
-    grams = _ngrams(tokens, n)
-    if len(set(grams)) == len(grams):
+def _top_ngram_chars(grams: np.ndarray, first: np.ndarray, n: int, prefix: np.ndarray) -> int:
+    """Characters of the most frequent n-gram (words joined by spaces) times its count; 0 when none repeats.
+    Among equally frequent n-grams the first to appear wins (as Counter.most_common over the n-grams in order)."""
+    counts = np.bincount(grams)
+    top = int(counts.max(initial=0))
+    if top < 2:
         return 0
-    gram, count = Counter(grams).most_common(1)[0]
-    return (sum(map(len, gram)) + n - 1) * count
+    i = int(first[counts == top].min())
+    return int(prefix[i + n] - prefix[i] + n - 1) * top
 
 
-def _repeated_ngram_chars(tokens: list[str], n: int, grams: list[tuple[str, ...]], prefix: list[int]) -> int:
+def _repeated_ngram_chars(grams: np.ndarray, n: int, prefix: np.ndarray) -> int:
     """Characters (words joined without spaces) in n-grams that repeat an earlier one; after a repeat the
-    scan jumps past it, so overlapping repeats count once."""
-    seen: set[tuple[str, ...]] = set()
-    chars = i = 0
-    while i < len(grams):
-        gram = grams[i]
+    scan jumps past it, so overlapping repeats count once.
+
+    Only positions whose n-gram occurs more than once can repeat or be repeated, so the scan visits those
+    alone: a once-seen n-gram between them changes nothing (it is never met again)."""
+    counts = np.bincount(grams)
+    multi = np.flatnonzero(counts[grams] > 1)
+    seen: set[int] = set()
+    chars = resume = 0
+    for i, gram in zip(multi.tolist(), grams[multi].tolist(), strict=True):
+        if i < resume:
+            continue  # inside a repeat the scan jumped over
         if gram in seen:
-            chars += prefix[i + n] - prefix[i]
-            i += n
+            chars += int(prefix[i + n] - prefix[i])
+            resume = i + n
         else:
             seen.add(gram)
-            i += 1
     return chars
 
 
@@ -74,17 +89,21 @@ def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> str | None:
     if chars / size > cfg.max_duplicate_line_char_fraction:
         return "gopher_repetition.duplicate_line_chars"
     tokens = words(text)
-    for n in (2, 3, 4):
-        if _top_ngram_chars(tokens, n) / size > getattr(cfg, f"max_top_{n}gram_char_fraction"):
-            return f"gopher_repetition.top_{n}gram"
-    prefix = [0]
-    for token in tokens:
-        prefix.append(prefix[-1] + len(token))
-    for n in range(5, 11):
-        grams = _ngrams(tokens, n)
-        if len(set(grams)) == len(grams):
+    if len(tokens) < 2:
+        return None
+    numbers: dict[str, int] = {}
+    ids = np.array([numbers.setdefault(token, len(numbers)) for token in tokens], dtype=np.int64)
+    prefix = np.concatenate(([0], np.cumsum([len(token) for token in tokens])))
+    grams = ids
+    for n in range(2, min(10, len(tokens)) + 1):
+        grams, first = _ngram_ids(grams, ids, n, len(numbers))
+        if n <= 4:
+            if _top_ngram_chars(grams, first, n, prefix) / size > getattr(cfg, f"max_top_{n}gram_char_fraction"):
+                return f"gopher_repetition.top_{n}gram"
+            continue
+        if len(first) == len(grams):
             return None  # no n-gram repeats, so no longer one does either
         limit = getattr(cfg, f"max_duplicate_{n}gram_char_fraction")
-        if _repeated_ngram_chars(tokens, n, grams, prefix) / size > limit:
+        if _repeated_ngram_chars(grams, n, prefix) / size > limit:
             return f"gopher_repetition.duplicate_{n}grams"
     return None
