@@ -4,8 +4,10 @@ Each case builds a transformers GPT-2 from a config with random weights, convert
 ``llmkit.hf.from_hf`` (so both libraries hold identical weights), and times greedy generation from
 a 16-token prompt with EOS off, so every run makes exactly the number of new tokens asked. llmkit
 runs twice: eager, and with ``compile=True`` (each decoding step one torch.compile'd graph; the
-warm-up run compiles, which is not timed). The runs alternate, and each figure is the best of
-``--repeats`` runs after one warm-up, so other load on the machine hurts all alike.
+warm-up run compiles, which is not timed). After one warm-up, ``--repeats`` rounds run each side
+once, the order reversed every other round (A B C, C B A: interleaved pairs); each figure is the
+median over the rounds, each ratio the median of the per-round ratios with its range, and the
+1-minute load average is printed beside them (figures taken above 2 on a 2-core machine are noise).
 tokens/s = batch * new tokens / wall time (prefill included).
 
     .venv/bin/python bench/generate.py                 # the table in docs/benchmarks.md
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import platform
 import tempfile
 import time
@@ -83,13 +87,14 @@ def run_ours(model, ids: torch.Tensor, new: int, compile: bool = False) -> torch
     return torch.tensor([c.token_ids for c in out])
 
 
-def best_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
 
 
 def measure(case: Case, repeats: int) -> dict:
@@ -107,17 +112,27 @@ def measure(case: Case, repeats: int) -> dict:
     outputs = {name: run() for name, run in runs.items()}  # warm-up (compiles), and a check
     assert all(o.shape == (case.batch, new) for o in outputs.values()), [o.shape for o in outputs.values()]
     same = all(bool((o == outputs["transformers"]).all()) for o in outputs.values())
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(repeats):  # alternate, so load from elsewhere hits all alike
-        for name, run in runs.items():
-            best[name] = min(best[name], best_time(run, 1))
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    load = [os.getloadavg()[0]]
+    # Interleaved rounds, the order reversed every other round (A B C, C B A, ...), so a steady
+    # drift of the machine's speed hits every side alike; each round is one pair per ratio.
+    for round_ in range(repeats):
+        order = list(runs) if round_ % 2 == 0 else list(reversed(runs))
+        for name in order:
+            times[name].append(timed(runs[name]))
+        load.append(os.getloadavg()[0])
     tokens = case.batch * new
+    eager_ratios = [h / o for h, o in zip(times["transformers"], times["llmkit"])]
+    compiled_ratios = [h / o for h, o in zip(times["transformers"], times["compiled"])]
     return {
         "shape": case.name, "dtype": str(case.dtype).replace("torch.", ""), "batch": case.batch,
-        "new_tokens": new, "transformers_tok_s": tokens / best["transformers"],
-        "llmkit_tok_s": tokens / best["llmkit"], "compiled_tok_s": tokens / best["compiled"],
-        "speedup": best["transformers"] / best["llmkit"], "compiled_speedup": best["transformers"] / best["compiled"],
-        "same_tokens": same,
+        "new_tokens": new, "rounds": repeats,
+        "transformers_tok_s": tokens / median(times["transformers"]),
+        "llmkit_tok_s": tokens / median(times["llmkit"]), "compiled_tok_s": tokens / median(times["compiled"]),
+        "speedup": median(eager_ratios), "speedup_range": [min(eager_ratios), max(eager_ratios)],
+        "compiled_speedup": median(compiled_ratios),
+        "compiled_speedup_range": [min(compiled_ratios), max(compiled_ratios)],
+        "load_average": [min(load), max(load)], "seconds": times, "same_tokens": same,
     }  # fmt: skip
 
 
@@ -133,7 +148,7 @@ def cpu_model() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="an eighth of the tokens, for a smoke test")
     parser.add_argument("--only", default=None, help="run only cases whose shape is this name")
@@ -145,7 +160,7 @@ def main() -> None:
     print(f"# {time.strftime('%Y-%m-%d')} | {cpu_model()} | torch {torch.__version__} | transformers "
           f"{transformers.__version__} | {torch.get_num_threads()} threads")  # fmt: skip
     print(f"{'shape':<12}{'dtype':<10}{'batch':>6}{'new':>6}{'transformers':>14}{'llmkit':>10}{'speedup':>9}"
-          f"{'compiled':>10}{'speedup':>9}  same")  # fmt: skip
+          f"{'compiled':>10}{'speedup':>9}  ranges (eager; compiled)   load  same")  # fmt: skip
     rows = []
     for case in cases(args.quick):
         if args.only and case.name != args.only:
@@ -154,7 +169,9 @@ def main() -> None:
         rows.append(r)
         print(f"{r['shape']:<12}{r['dtype']:<10}{r['batch']:>6}{r['new_tokens']:>6}{r['transformers_tok_s']:>14.1f}"
               f"{r['llmkit_tok_s']:>10.1f}{r['speedup']:>8.2f}x{r['compiled_tok_s']:>10.1f}"
-              f"{r['compiled_speedup']:>8.2f}x  {r['same_tokens']}", flush=True)  # fmt: skip
+              f"{r['compiled_speedup']:>8.2f}x  {r['speedup_range'][0]:.2f}-{r['speedup_range'][1]:.2f}; "
+              f"{r['compiled_speedup_range'][0]:.2f}-{r['compiled_speedup_range'][1]:.2f}   "
+              f"{r['load_average'][0]:.1f}-{r['load_average'][1]:.1f}  {r['same_tokens']}", flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
