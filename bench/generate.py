@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import platform
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -122,8 +122,8 @@ def measure(case: Case, repeats: int) -> dict:
             times[name].append(timed(runs[name]))
         load.append(os.getloadavg()[0])
     tokens = case.batch * new
-    eager_ratios = [h / o for h, o in zip(times["transformers"], times["llmkit"])]
-    compiled_ratios = [h / o for h, o in zip(times["transformers"], times["compiled"])]
+    eager_ratios = [h / o for h, o in zip(times["transformers"], times["llmkit"], strict=True)]
+    compiled_ratios = [h / o for h, o in zip(times["transformers"], times["compiled"], strict=True)]
     return {
         "shape": case.name, "dtype": str(case.dtype).replace("torch.", ""), "batch": case.batch,
         "new_tokens": new, "rounds": repeats,

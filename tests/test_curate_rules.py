@@ -117,7 +117,7 @@ def _reference_ngram_chars(tokens: list[str], n: int) -> tuple[int, int]:
     GopherRepetitionFilter does (Counter.most_common; a scan that jumps past each repeat)."""
     from collections import Counter
 
-    grams = list(zip(*(tokens[i:] for i in range(n))))
+    grams = list(zip(*(tokens[i:] for i in range(n)), strict=False))
     top = 0
     if len(set(grams)) < len(grams):
         gram, count = Counter(grams).most_common(1)[0]
