@@ -243,6 +243,32 @@ def test_harmful_word_list_whole_words_and_phrases(tmp_path):
         load_terms(HarmfulConfig(lists=["xx"]))
 
 
+def test_harmful_narrowing_finds_every_match_the_whole_alternation_finds():
+    """Running the alternation over the terms whose words all occur in the text only skips what cannot match:
+    every shipped term (an emoji and a punctuation-only term included) in many contexts gives the matches of
+    one alternation of all terms, longest first, between word boundaries."""
+    import random
+    import re
+
+    terms = [*load_terms(HarmfulConfig()), "@!#", "x y"]
+    ordered = sorted(terms, key=len, reverse=True)
+    reference = re.compile(
+        r"(?<!\w)(?:" + "|".join(r"\s+".join(map(re.escape, t.split())) for t in ordered) + r")(?!\w)"
+    )
+    words = WordList(terms)
+    rng = random.Random(0)
+    contexts = ["{t}", "x {t} y", "a{t}", "{t}b", "({t}).", "word-{t}", "{t}'s", "1{t}2", "Say {T}!", "{t}\n{t}"]
+    fillers = ["the", "class", "grass", "2", "cup", "girls", "x", "y", "-", "!", "@!", "#"]
+    narrowed = 0
+    for term in terms:
+        for context in contexts:
+            text = " ".join(rng.sample(fillers, 4)) + " " + context.format(t=term, T=term.upper())
+            assert words.matches(text) == [m.group() for m in reference.finditer(text.lower())], (term, text)
+            narrowed += words._pattern_for(text.lower()) is not words.pattern
+    assert narrowed > len(terms)  # the narrowing ran, not the whole alternation every time
+    assert words._pattern_for("a plain sentence about the weather.") is None
+
+
 # --- PII ---------------------------------------------------------------------------------------------
 
 
