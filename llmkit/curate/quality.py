@@ -70,9 +70,10 @@ def c4(text: str, cfg: C4Config) -> tuple[str, str | None]:
     for raw in text.splitlines():
         line = raw.strip()
         parts = line.split()
-        if cfg.max_word_length and any(len(w) > cfg.max_word_length for w in parts):
+        if cfg.max_word_length and len(line) > cfg.max_word_length and any(len(w) > cfg.max_word_length for w in parts):
             continue
-        line = _CITATION.sub("", line)
+        if "[" in line:  # every citation mark has one
+            line = _CITATION.sub("", line)
         if cfg.terminal_punctuation and (not line.endswith(_TERMINAL) or line.endswith("...")):
             continue
         if len(parts) < cfg.min_words_per_line:

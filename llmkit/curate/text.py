@@ -7,6 +7,7 @@ punctuation; Gopher's "symbol" words are the punctuation runs. Standard library 
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -29,9 +30,11 @@ def normalize(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", text).strip()
 
 
-def words(text: str) -> list[str]:
-    """Words and punctuation runs, in order."""
-    return _WORD.findall(text)
+@functools.lru_cache(maxsize=2)
+def words(text: str) -> tuple[str, ...]:
+    """Words and punctuation runs, in order. Cached for the last texts: the repetition and quality rules
+    both split the same document (a tuple, so no caller can change the cached copy)."""
+    return tuple(_WORD.findall(text))
 
 
 def is_symbol(word: str) -> bool:
