@@ -59,7 +59,9 @@ class LanguageConfig:
     enabled: bool = True
     languages: list[str] = field(default_factory=lambda: ["en"])  # ISO 639-1 codes to keep
     min_score: float = 0.65  # FineWeb's language-filter threshold
-    sample_chars: int = 2000  # the first characters are classified (0: all); the rest adds time, not accuracy
+    # the first characters are classified (0: all): on the raw corpus of bench/raw_corpus.py 1000 and 2000 gave the
+    # same decision on all 2,280 documents (600 changed 4), and the classifier costs time per character
+    sample_chars: int = 1000
 
 
 @dataclass
