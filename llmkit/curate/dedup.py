@@ -56,8 +56,10 @@ def signatures(hash_sets: Sequence[np.ndarray], num_perm: int, seed: int) -> np.
     from datasketch import MinHash
 
     out = np.empty((len(hash_sets), num_perm), dtype=np.uint32)
+    # the seed's permutations drawn once, not once per document (drawing them was most of the time)
+    permutations = MinHash(num_perm=num_perm, seed=seed, hashfunc=_identity, scheme=SCHEME).permutations
     for i, hashes in enumerate(hash_sets):
-        m = MinHash(num_perm=num_perm, seed=seed, hashfunc=_identity, scheme=SCHEME)
+        m = MinHash(num_perm=num_perm, seed=seed, hashfunc=_identity, scheme=SCHEME, permutations=permutations)
         if len(hashes):
             m.update_batch(hashes.tolist())
         out[i] = m.hashvalues
