@@ -1,5 +1,5 @@
 import sys
 
-from llmkit.cli import main
+from llmkit.cli import program
 
-sys.exit(main())
+sys.exit(program())

@@ -412,3 +412,32 @@ def test_written_out_training_attention_equals_sdpa(family, padded):
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=0)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_a_meta_build_runs_no_initializer_and_leaves_torch_init_as_it_was():
+    """A build on the meta device skips torch.nn.init (there are no values to fill): torch's meta
+    normal_ imports torch._dynamo, which made every checkpoint load's header check cost 1.5-3 s. A
+    fresh process, so nothing earlier has imported it; the CPU build after it is initialized as before."""
+    code = """
+import sys, torch
+from torch import nn
+from llmkit.config import ModelConfig
+from llmkit.models import build_model
+inits = {name: getattr(nn.init, name) for name in ("normal_", "uniform_", "kaiming_uniform_", "ones_")}
+for family in ("tiny-bert-1m", "tiny-gpt-1m", "tiny-t5-1m"):
+    model = build_model(ModelConfig.from_name(family, vocab_size=97, d_model=32, n_layer=2, n_head=4), "meta")
+    assert all(p.is_meta for p in model.parameters())
+print("dynamo" if "torch._dynamo" in sys.modules else "no dynamo")
+assert all(getattr(nn.init, name) is fn for name, fn in inits.items())
+torch.manual_seed(0)
+a = build_model(ModelConfig.from_name("tiny-bert-1m", vocab_size=97, d_model=32, n_layer=2, n_head=4), init=False)
+torch.manual_seed(0)
+b = torch.nn.Embedding(97, 32).weight  # the constructor's own init ran in the CPU build: the same draw
+assert torch.equal(a.embed.tokens.weight, b), "the CPU build skipped torch's initializers"
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "no dynamo"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -32,12 +34,39 @@ __all__ = [
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str | None = None, init: bool = True) -> nn.Module:
-    """Construct the model for ``cfg``; ``device="meta"`` builds the shapes without memory."""
-    with torch.device(device or "cpu"):
+    """Construct the model for ``cfg``; ``device="meta"`` builds the shapes without memory (and without
+    running torch's initializers, which have no values to fill there)."""
+    meta = str(device) == "meta"
+    with torch.device(device or "cpu"), skip_torch_init() if meta else nullcontext():
         model = MODEL_CLASSES[cfg.family](cfg)
     if init and str(device) != "meta":
         init_weights(model, cfg)
     return model
+
+
+# torch.nn.init's functions that module constructors call (nn.Linear, nn.Embedding, norms)
+_TORCH_INITS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "kaiming_uniform_",
+                "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_")  # fmt: skip
+
+
+@contextmanager
+def skip_torch_init() -> Iterator[None]:
+    """torch.nn.init's initializers as no-ops while module constructors run (as transformers'
+    ``no_init_weights``): for a build on the meta device, where they fill nothing. There they cost the
+    most: the first meta ``normal_`` of a process (nn.Embedding's) imports torch._dynamo, 1.5-3 s that
+    every checkpoint load paid in ``check_header``. Not thread-safe (it swaps module attributes)."""
+    saved = {name: getattr(nn.init, name) for name in _TORCH_INITS}
+    for name in _TORCH_INITS:
+        setattr(nn.init, name, _unchanged)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
+
+
+def _unchanged(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return tensor
 
 
 @torch.no_grad()
