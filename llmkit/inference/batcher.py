@@ -30,6 +30,7 @@ the batcher's thread and must be quick (the server posts each token to an asynci
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections import deque
@@ -75,7 +76,7 @@ class Batcher:
         self.model, self.max_batch, self.prefill_tokens = model, max_batch, prefill_tokens
         self.capacity = capacity or model.config.max_seq_len
         self.tokenizer = getattr(model, "tokenizer", None)
-        self.device = next(model.parameters()).device
+        self.device, self.dtype = next(model.parameters()).device, next(model.parameters()).dtype
         use_decode_layout(model)  # once, before the thread: it re-lays weights out
         if kv_cache_mb is None:  # the default holds at least one request of the whole context window
             window = self.capacity * bytes_per_token(model.config, next(model.parameters()).dtype) / 2**20
@@ -262,7 +263,9 @@ class Batcher:
             return
         view = self.cache.view([s.table for s in rows], [s.cached for s in rows], [1] * len(rows))
         tokens = torch.tensor([[slot.last] for slot in rows], device=self.device)  # (n, 1)
-        with OneQueryAttention():  # torch's CPU SDPA is slow for one query per row (decode_attention.py)
+        # torch's CPU SDPA is slow on bf16 for one query per row; the mode's own overhead pays off from 8 rows
+        grouped = self.device.type == "cpu" and self.dtype != torch.float32 and len(rows) >= 8
+        with OneQueryAttention() if grouped else contextlib.nullcontext():
             out = self.model(tokens, attention_mask=view.attention_mask, position_ids=view.position_ids, cache=view)
         for slot in rows:
             slot.cached += 1

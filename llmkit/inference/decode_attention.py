@@ -1,9 +1,12 @@
 """Attention of a decoding step (one query per row) on the CPU as two batched matmuls, for the server's batcher.
 
-torch's CPU ``scaled_dot_product_attention`` (2.13) spends most of a batched decoding step on per-(row, head)
-overhead: one query over 400 keys, 64 rows, SmolLM2's 9 heads over 3 key heads, one thread of an AMD EPYC
-(2026-12-07): 60 ms a layer in bf16 and 7-18 ms in fp32 (strided keys), against 3.5 ms for the same
-arithmetic as grouped matmuls. A batch-64 step of SmolLM2 spent 60% of its time there (bf16, 100 keys).
+torch's CPU ``scaled_dot_product_attention`` (2.13) is slow on bf16 for one query per row: 64 rows, SmolLM2's
+9 heads over 3 key heads, 100 keys, one thread of an AMD EPYC (2026-12-07), 9.5 ms a layer, and a batch-64
+step of SmolLM2 in bf16 spent 60% of its time there (profiled). As grouped matmuls in fp32 the whole step
+took 334 ms of CPU instead of 530 (300 keys: 590 instead of 933); at 16 rows 116 instead of 135. In fp32
+torch's kernel is the faster one (428 against 491 ms at 64 rows), and at one row the mode's own overhead (a
+Python call per torch call, about 12 ms a step) costs more than it saves: the batcher enters it for reduced
+precision models at 8 rows or more.
 
 ``one_query_attention`` is that arithmetic: the query heads of a group share their key head (no copy of the
 keys per head), scores and softmax in fp32 whatever the weights' dtype (as SDPA's kernels accumulate), the

@@ -1,0 +1,246 @@
+"""The server's batcher on its paged KV cache: prompts prefilled together and in chunks, rows joining and
+leaving a bounded pool, rows evicted when it runs out, and one-query attention as grouped matmuls.
+
+References: the model run on each prompt alone (logits within 1e-5 in fp32), ``generate`` of each prompt
+alone (greedy tokens identical), torch's ``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmkit import checkpoint
+from llmkit.errors import LlmkitError
+from llmkit.inference import generate
+from llmkit.inference.batcher import Batcher, Request, TokenEvent
+from llmkit.inference.decode_attention import OneQueryAttention, one_query_attention
+from llmkit.inference.paged import PagedKVCache, bytes_per_token
+
+PROMPTS = ["The cat", "def f(x):\n    return", "A banana is yellow. The dog ate", "The", "x", "class Point:"]
+NEW = [30, 20, 25, 40, 12, 18]
+
+
+@pytest.fixture(scope="module", params=["tiny-gpt-1m", "tiny-llama-10m"])
+def model(request, tiny_checkpoint):
+    """conftest's tiny model (window 64): learned positions, or RoPE with grouped-query attention."""
+    kw = {"n_kv_head": 2} if request.param == "tiny-llama-10m" else {}
+    return checkpoint.load(tiny_checkpoint(request.param, window=64, **kw))
+
+
+def mb(model, positions: int) -> float:
+    """--kv-cache-mb for a pool of ``positions`` positions of ``model``."""
+    return positions * bytes_per_token(model.config, torch.float32) / 2**20
+
+
+def run_all(batcher: Batcher, model, prompts, news, **settings) -> list[list[TokenEvent]]:
+    events: list[list[TokenEvent]] = [[] for _ in prompts]
+    left, done = [len(prompts)], threading.Event()
+
+    def callback(i):
+        def on_token(event: TokenEvent) -> None:
+            events[i].append(event)
+            if event.finish_reason is not None:
+                left[0] -= 1
+                if not left[0]:
+                    done.set()
+
+        return on_token
+
+    batcher.start()
+    try:
+        for i, (p, n) in enumerate(zip(prompts, news, strict=True)):
+            cfg = model.generation_config.replace(max_new_tokens=n, eos_token_id=[], **settings)
+            batcher.submit(Request(model.tokenizer.encode(p), cfg, callback(i)))
+        assert done.wait(60)
+    finally:
+        batcher.close()
+    return events
+
+
+def assert_as_alone(model, events, prompts=PROMPTS, news=NEW, **settings) -> None:
+    for p, n, got in zip(prompts, news, events, strict=True):
+        want = generate(model, p, max_new_tokens=n, eos_token_id=[], **settings)[0]
+        assert [e.token_id for e in got] == want.token_ids
+        assert "".join(e.text for e in got) == want.text
+
+
+# ---- the cache ----------------------------------------------------------------------------------
+def test_blocks_are_taken_as_tokens_need_them_and_given_back(model):
+    cache = PagedKVCache(model.config, tokens=64, block_size=16)
+    assert cache.capacity == 64 and len(cache.free) == 4
+    a, b = [], []
+    assert cache.grow(a, 1) and cache.grow(a, 16) and a == [1]  # one block holds 16 positions
+    assert cache.grow(a, 17) and len(a) == 2
+    assert not cache.grow(b, 48) and b == [] and len(cache.free) == 2  # too few free: nothing taken
+    assert cache.grow(b, 32) and not cache.free
+    cache.release(a)
+    assert a == [] and sorted(cache.free) == [1, 2]
+    assert cache.grow(b, 64) and len(b) == 4
+
+
+def test_the_pool_follows_the_setting_not_rows_times_the_window(model):
+    batcher = Batcher(model, max_batch=64, kv_cache_mb=mb(model, 48))
+    assert batcher.cache.capacity == 48  # 64 rows x the window of 64 positions would be 4096
+    pool = sum(t.numel() * t.element_size() for t in batcher.cache.k + batcher.cache.v)
+    assert pool == (48 + 16) * bytes_per_token(model.config, torch.float32)  # + the scratch block
+    with pytest.raises(LlmkitError, match="KV cache of 48 positions"):
+        batcher.check(30, 30)  # fits the window, not the pool: refused at once
+    batcher.check(30, 18)
+    with pytest.raises(LlmkitError, match="--kv-cache-mb"):
+        Batcher(model, kv_cache_mb=mb(model, 8))  # less than one block
+
+
+@torch.inference_mode()
+def test_batched_chunked_prefill_equals_each_prompt_alone(model):
+    """Three prompts of different lengths in one left-padded pass, in two chunks, then a decoding step:
+    every position's logits equal the model's on that prompt alone (1e-5, fp32)."""
+    ids = [model.tokenizer.encode(p) for p in PROMPTS[:3]]
+    cache = PagedKVCache(model.config, tokens=256, block_size=4)  # small blocks: rows span several
+    tables = [[] for _ in ids]
+    for table, x in zip(tables, ids, strict=True):
+        assert cache.grow(table, len(x) + 1)
+    got = [[] for _ in ids]
+    cut = [min(3, len(x)) for x in ids]
+    for part in (lambda x, c: x[:c], lambda x, c: x[c:]):
+        rows = [r for r in range(len(ids)) if part(ids[r], cut[r])]
+        chunks = [part(ids[r], cut[r]) for r in rows]
+        pasts = [0 if len(got[r]) == 0 else cut[r] for r in rows]
+        view = cache.view([tables[r] for r in rows], pasts, [len(c) for c in chunks])
+        width = max(len(c) for c in chunks)
+        tokens = torch.tensor([[0] * (width - len(c)) + c for c in chunks])
+        logits = model(tokens, attention_mask=view.attention_mask, position_ids=view.position_ids, cache=view).logits
+        for j, (r, c) in enumerate(zip(rows, chunks, strict=True)):
+            got[r].append(logits[j, width - len(c) :])
+    nxt = [5, 6, 7]
+    view = cache.view(tables, [len(x) for x in ids], [1, 1, 1])
+    with OneQueryAttention():
+        step = model(torch.tensor(nxt)[:, None], attention_mask=view.attention_mask,
+                     position_ids=view.position_ids, cache=view).logits[:, -1]  # fmt: skip
+    for r, x in enumerate(ids):
+        alone = model(torch.tensor([x + [nxt[r]]])).logits[0]
+        torch.testing.assert_close(torch.cat(got[r]), alone[:-1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(step[r], alone[-1], atol=1e-5, rtol=0)
+
+
+# ---- the batcher --------------------------------------------------------------------------------
+def test_arrivals_are_prefilled_together_in_chunks_and_decode_as_alone(model):
+    """A budget of 24 positions a pass: the six prompts take a few passes of several rows each, the
+    longest in chunks, and every request's tokens equal generate's of its prompt alone."""
+    batcher = Batcher(model, max_batch=6, prefill_tokens=24)
+    events = run_all(batcher, model, PROMPTS, NEW)
+    assert_as_alone(model, events)
+    assert max(batcher.prefill_sizes) > 1  # prompts shared a pass
+    longest = max(len(model.tokenizer.encode(p)) for p in PROMPTS)
+    assert len(batcher.prefill_sizes) < len(PROMPTS) + longest // 24  # not one pass per prompt
+    assert max(batcher.step_sizes) == 6
+
+
+def test_rows_wait_for_room_and_are_evicted_when_it_runs_out(model):
+    """A pool of 64 positions for six requests of up to 52 tokens each: requests wait for blocks, decoding
+    rows that need a block take those of the row that joined last, which later re-runs its tokens; every
+    request still ends with generate's tokens."""
+    batcher = Batcher(model, max_batch=6, kv_cache_mb=mb(model, 64))
+    events = run_all(batcher, model, PROMPTS, NEW)
+    assert_as_alone(model, events)
+    assert batcher.evictions > 0
+    assert len(batcher.cache.free) == batcher.cache.capacity // batcher.cache.block_size  # all given back
+
+
+def test_plain_and_processed_rows_share_a_batch(model):
+    """Plain greedy rows (one argmax for the batch) beside rows with a repetition penalty, a logit bias,
+    EOS held back by min_new_tokens and a seeded draw: each equals generate with its own settings."""
+    settings = [{}, {"repetition_penalty": 1.3}, {"logit_bias": {5: 3.0}}, {},
+                {"do_sample": True, "temperature": 0.8, "top_k": 10, "seed": 3}, {"min_new_tokens": 10}]  # fmt: skip
+    batcher = Batcher(model, max_batch=6).start()
+    events: list[list[TokenEvent]] = [[] for _ in PROMPTS]
+    done = [threading.Event() for _ in PROMPTS]
+    try:
+        for i, (p, extra) in enumerate(zip(PROMPTS, settings, strict=True)):
+            cfg = model.generation_config.replace(max_new_tokens=15, **extra)
+
+            def on_token(event, i=i):
+                events[i].append(event)
+                if event.finish_reason is not None:
+                    done[i].set()
+
+            batcher.submit(Request(model.tokenizer.encode(p), cfg, on_token, logprobs=2))
+        assert all(d.wait(30) for d in done)
+    finally:
+        batcher.close()
+    for p, extra, got in zip(PROMPTS, settings, events, strict=True):
+        want = generate(model, p, max_new_tokens=15, **extra)[0]
+        assert [e.token_id for e in got] == want.token_ids
+        for e in got:  # alternatives are the model's own most likely tokens, best first
+            (_, best), (_, second) = e.top_logprobs
+            assert best >= second and best >= e.logprob - 1e-6
+            if not extra:
+                assert e.top_logprobs[0] == (e.token_id, pytest.approx(e.logprob))
+    assert max(batcher.step_sizes) > 1
+
+
+def test_prompt_scores_of_a_chunked_prefill(model):
+    """echo + logprobs with a prompt read in chunks of 4: log p(token i | before) equals log_softmax of the
+    model's logits on the whole prompt."""
+    ids = model.tokenizer.encode(PROMPTS[2])
+    got, done = [], threading.Event()
+    batcher = Batcher(model, max_batch=2, prefill_tokens=4).start()
+    try:
+        cfg = model.generation_config.replace(max_new_tokens=0)
+        batcher.submit(Request(ids, cfg, lambda e: None, logprobs=3, prompt_logprobs=True,
+                               on_prompt=lambda s: (got.append(s), done.set())))  # fmt: skip
+        assert done.wait(30)
+    finally:
+        batcher.close()
+    with torch.inference_mode():
+        logp = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    scores = got[0]
+    assert scores.logprobs[0] is None and len(scores.logprobs) == len(ids) > 8
+    want = logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    torch.testing.assert_close(torch.tensor(scores.logprobs[1:]), want, atol=1e-5, rtol=0)
+    assert [t for t, _ in scores.top_logprobs[1]] == logp[0].topk(3).indices.tolist()
+    assert len(batcher.prefill_sizes) >= len(ids) // 4 and not batcher.slots
+
+
+# ---- one-query attention ------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads, kv_heads", [(9, 3), (4, 4)])
+def test_one_query_attention_equals_sdpa(dtype, heads, kv_heads):
+    torch.manual_seed(0)
+    B, S, D = 5, 23, 16
+    q = torch.randn(B, 1, heads, D, dtype=dtype).transpose(1, 2)  # strided, as the model's views are
+    k = torch.randn(B, S, kv_heads, D, dtype=dtype).transpose(1, 2)
+    v = torch.randn(B, S, kv_heads, D, dtype=dtype).transpose(1, 2)
+    valid = torch.rand(B, S) > 0.3
+    valid[:, -1] = True
+    mask = torch.where(valid, 0.0, torch.finfo(dtype).min).to(dtype)[:, None, None, :]
+    per_head = mask.expand(B, heads, 1, S) + torch.randn(B, heads, 1, S, dtype=dtype)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    for m in (None, mask, per_head):
+        m32 = None if m is None else m.float()
+        want = F.scaled_dot_product_attention(
+            q.float(), k.float(), v.float(), attn_mask=m32, scale=0.3, enable_gqa=True
+        )
+        got = one_query_attention(q, k, v, m, 0.3)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float(), want, **tol)
+        with OneQueryAttention():
+            routed = F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=0.3, enable_gqa=True)
+        torch.testing.assert_close(routed.float(), want, **tol)
+
+
+def test_the_mode_leaves_other_attention_to_torch(monkeypatch):
+    import llmkit.inference.decode_attention as module
+
+    calls = []
+    monkeypatch.setattr(module, "one_query_attention", lambda *a: calls.append(a) or a[0])
+    q, k = torch.randn(2, 4, 3, 8), torch.randn(2, 4, 3, 8)
+    with OneQueryAttention():
+        F.scaled_dot_product_attention(q, k, k, is_causal=True)  # a prompt: three queries
+        F.scaled_dot_product_attention(q[:, :, :1], k, k, dropout_p=0.5)  # training
+        assert not calls
+        F.scaled_dot_product_attention(q[:, :, :1], k, k)
+    assert len(calls) == 1
