@@ -244,3 +244,24 @@ def test_the_mode_leaves_other_attention_to_torch(monkeypatch):
         assert not calls
         F.scaled_dot_product_attention(q[:, :, :1], k, k)
     assert len(calls) == 1
+
+
+def test_a_row_with_nan_scores_fails_alone_in_a_batched_choice(model):
+    """The batched choice (one max over the batch) finds the rows whose scores are NaN or +inf: each gets
+    its own error and leaves, the others take their argmax."""
+    from llmkit.inference.batch_row import _Slot
+
+    batcher = Batcher(model, max_batch=4)
+    cfg = model.generation_config.replace(max_new_tokens=5)
+    events, errors = [[] for _ in range(4)], [[] for _ in range(4)]
+    rows = [_Slot(Request([1, 2], cfg, events[i].append, errors[i].append), model.tokenizer, batcher.device)
+            for i in range(4)]  # fmt: skip
+    batcher.slots = list(rows)
+    scores = torch.randn(4, model.config.vocab_size)
+    scores[1, 7], scores[3, 2] = float("nan"), float("inf")
+    batcher._emit(rows, scores)
+    assert [len(e) for e in events] == [1, 0, 1, 0] and [len(e) for e in errors] == [0, 1, 0, 1]
+    assert "NaN or infinite" in str(errors[1][0]) and batcher.slots == [rows[0], rows[2]]
+    for r in (0, 2):
+        assert events[r][0].token_id == int(scores[r].argmax())
+        assert events[r][0].logprob == pytest.approx(float(scores[r].log_softmax(-1).max()), abs=1e-5)
