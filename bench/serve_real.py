@@ -59,6 +59,8 @@ def start_server(model: Path, extra: list[str], port: int, args, log) -> subproc
            "--max-batch", str(args.max_batch or args.clients), *extra]  # fmt: skip
     if args.prefill_tokens:
         cmd += ["--prefill-tokens", str(args.prefill_tokens)]
+    if args.no_prefix_cache:
+        cmd += ["--no-prefix-cache"]
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
     proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
     deadline = time.monotonic() + 300
@@ -165,6 +167,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="the server's OMP_NUM_THREADS (default: inherited)")
     ap.add_argument("--max-batch", type=int, default=None, help="the server's --max-batch (default: --clients)")
     ap.add_argument("--prefill-tokens", type=int, default=None, help="the server's --prefill-tokens (its default)")
+    ap.add_argument("--no-prefix-cache", action="store_true", help="the server computes every prompt in full")
     ap.add_argument("--min-speedup", type=float, default=10.0)
     ap.add_argument("--max-ttft", type=float, default=5.0, help="seconds allowed for the concurrent TTFT p99")
     args = ap.parse_args()

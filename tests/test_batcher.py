@@ -56,7 +56,7 @@ def model(request, tiny_checkpoint):
 
 def run_all(model, prompts, news, max_batch: int, **settings) -> tuple[list[list[TokenEvent]], list[int]]:
     batcher = Batcher(model, max_batch=max_batch).start()
-    free = len(batcher.cache.free)
+    free = batcher.cache.available
     got = Collector(len(prompts))
     try:
         for i, (p, n) in enumerate(zip(prompts, news, strict=True)):
@@ -65,7 +65,7 @@ def run_all(model, prompts, news, max_batch: int, **settings) -> tuple[list[list
         assert got.done.wait(30)
     finally:
         batcher.close()
-    assert len(batcher.cache.free) == free  # every row gave its blocks back
+    assert batcher.cache.available == free  # every row gave its blocks back
     return got.events, batcher.step_sizes
 
 

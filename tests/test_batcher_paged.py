@@ -82,16 +82,43 @@ def test_blocks_are_taken_as_tokens_need_them_and_given_back(model):
     assert cache.grow(b, 64) and len(b) == 4
 
 
+def test_prefix_blocks_are_found_shared_and_forgotten_last(model):
+    cache = PagedKVCache(model.config, tokens=48, block_size=4)  # 12 blocks
+    tokens = list(range(10, 30))
+    a = []
+    assert cache.grow(a, 10)
+    digests = [b""]
+    for j in range(2):  # its two full blocks, registered as a prefill would
+        digests.append(cache.digest(digests[-1], tokens[4 * j : 4 * j + 4]))
+        cache.register(a[j], digests[-1])
+    found, last = cache.match(tokens[:7] + [99] * 5, limit=11)  # the same 7 first tokens: one full block
+    assert found == a[:1] and last == digests[1] and cache.refs[a[0]] == 2
+    found2, _ = cache.match(tokens, limit=20)
+    assert found2 == a[:2] and cache.match([1] + tokens[1:], limit=20) == ([], b"")  # a prefix, not a bag
+    first, second, third = a
+    cache.release(a)
+    assert cache.refs[first] == 2 and cache.refs[third] == 0 and not cache.idle  # still held by the matches
+    cache.release(found)
+    cache.release(found2)
+    assert list(cache.idle) == [second, first] and cache.available == 12
+    assert cache.match(tokens, limit=8)[0] == [first, second] and not cache.idle  # found again after release
+    cache.release([first, second])
+    big = []
+    assert cache.grow(big, 44) and second in big and first not in big  # no free block left: the oldest idle
+    assert cache.match(tokens, limit=20)[0] == [first] and len(cache.blocks) == 1  # the second's prefix is gone
+
+
 def test_the_pool_follows_the_setting_not_rows_times_the_window(model):
     batcher = Batcher(model, max_batch=64, kv_cache_mb=mb(model, 48))
     assert batcher.cache.capacity == 48  # 64 rows x the window of 64 positions would be 4096
     pool = sum(t.numel() * t.element_size() for t in batcher.cache.k + batcher.cache.v)
-    assert pool == (48 + 16) * bytes_per_token(model.config, torch.float32)  # + the scratch block
+    scratch = batcher.cache.block_size
+    assert pool == (48 + scratch) * bytes_per_token(model.config, torch.float32)
     with pytest.raises(LlmkitError, match="KV cache of 48 positions"):
         batcher.check(30, 30)  # fits the window, not the pool: refused at once
     batcher.check(30, 18)
     with pytest.raises(LlmkitError, match="--kv-cache-mb"):
-        Batcher(model, kv_cache_mb=mb(model, 8))  # less than one block
+        Batcher(model, kv_cache_mb=mb(model, 4))  # less than one block
 
 
 @torch.inference_mode()
@@ -147,7 +174,25 @@ def test_rows_wait_for_room_and_are_evicted_when_it_runs_out(model):
     events = run_all(batcher, model, PROMPTS, NEW)
     assert_as_alone(model, events)
     assert batcher.evictions > 0
-    assert len(batcher.cache.free) == batcher.cache.capacity // batcher.cache.block_size  # all given back
+    assert batcher.cache.available == batcher.cache.capacity // batcher.cache.block_size  # all given back
+
+
+def test_prompts_that_share_a_prefix_read_it_once(model):
+    """Six prompts after one long shared system text: the first computes it, the others take its blocks
+    (at most 8 tokens of each left to run besides their own), and every request's tokens equal generate's."""
+    system = "You are a careful assistant. Answer briefly. "
+    prompts = [system + p for p in PROMPTS]
+    shared = len(model.tokenizer.encode(system)) // 8 * 8 - 8  # full blocks surely inside the shared tokens
+    batcher = Batcher(model, max_batch=6, prefill_tokens=512)
+    news = [8] * 6
+    events = run_all(batcher, model, prompts[:1], news[:1])
+    batcher._closed, batcher._thread = False, None  # the same batcher again, its cache kept
+    events += run_all(batcher, model, prompts[1:], news[1:])
+    assert_as_alone(model, events, prompts, news)
+    assert batcher.prefix_hits >= 5 * shared > 0
+    off = Batcher(model, max_batch=6, prefix_cache=False)
+    assert_as_alone(model, run_all(off, model, prompts, news), prompts, news)
+    assert off.prefix_hits == 0
 
 
 def test_plain_and_processed_rows_share_a_batch(model):

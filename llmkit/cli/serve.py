@@ -62,6 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "in chunks, so a burst of arrivals delays the requests already decoding by one pass per token at most",
     )  # fmt: skip
     p.add_argument(
+        "--no-prefix-cache", action="store_true",
+        help="compute every prompt in full (by default prompts that start with the same tokens, such as a chat "
+        "template's system prompt, share those positions' keys and values)",
+    )  # fmt: skip
+    p.add_argument(
         "--max-tokens", type=int, default=1024, metavar="N",
         help="the most new tokens one request may ask for (default 1024; the context window also caps it)",
     )  # fmt: skip
@@ -144,7 +149,7 @@ def run(args: argparse.Namespace) -> None:
     names = args.name or model_aliases(directory)  # the checkpoint's one name first (llmkit inspect's)
     settings = ServeSettings(
         name=names[0], aliases=tuple(names[1:]), api_key=args.api_key, max_batch=args.max_batch,
-        kv_cache_mb=args.kv_cache_mb, prefill_tokens=args.prefill_tokens,
+        kv_cache_mb=args.kv_cache_mb, prefill_tokens=args.prefill_tokens, prefix_cache=not args.no_prefix_cache,
         max_tokens=args.max_tokens, max_body=args.max_body, max_stop=args.max_stop,
         chat=ChatTemplate.from_dir(directory, special), request_log=not args.quiet,
         embedder=load_embedder(args.embedder, device, verify=not args.no_verify), host=args.host,

@@ -98,6 +98,7 @@ class _Slot:
         self.table: list[int] = []
         self.cached = 0
         self.todo = list(request.prompt_ids)
+        self.hashed, self.digest = 0, b""  # its leading blocks registered for prefix caching, the last one's digest
         self.prompt_logprobs: list[float] = []  # the prompt's scores so far, chunk by chunk (Request.scores_prompt)
         self.prompt_top: list[list[tuple[int, float]]] = []
         greedy = not cfg.do_sample or cfg.temperature < MIN_TEMPERATURE
@@ -120,7 +121,7 @@ class _Slot:
 
     def evicted(self) -> None:
         """Its cache blocks were taken back (Batcher._evict): it re-runs the prompt and its tokens but the last."""
-        self.cached = 0
+        self.cached, self.hashed, self.digest = 0, 0, b""
         self.todo = list(self.request.prompt_ids) + self.generated[:-1]
         self.prompt_logprobs, self.prompt_top = [], []
 

@@ -50,7 +50,7 @@ __all__ = ["Batcher", "PromptScores", "Request", "TokenEvent"]
 DEFAULT_MAX_BATCH = 64  # rows decoded together (docs/serving.md: what a batch-64 step costs)
 DEFAULT_KV_CACHE_MB = 1024  # the KV pool, at least one full context window
 DEFAULT_PREFILL_TOKENS = 512  # positions (rows x longest chunk) one prefill pass may run
-BLOCK_SIZE = 16  # positions per KV block
+BLOCK_SIZE = 8  # positions per KV block: the unit of prefix caching (SmolLM2's chat prompts share 24 tokens)
 
 
 class Batcher:
@@ -62,7 +62,7 @@ class Batcher:
 
     def __init__(
         self, model: nn.Module, max_batch: int = DEFAULT_MAX_BATCH, capacity: int | None = None,
-        kv_cache_mb: float | None = None, prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
+        kv_cache_mb: float | None = None, prefill_tokens: int = DEFAULT_PREFILL_TOKENS, prefix_cache: bool = True,
     ) -> None:  # fmt: skip
         if model.config.family != "decoder":
             raise LlmkitError(
@@ -74,6 +74,7 @@ class Batcher:
         if prefill_tokens < 1:
             raise LlmkitError(f"prefill_tokens={prefill_tokens} must be >= 1", "pass --prefill-tokens 1 or more")
         self.model, self.max_batch, self.prefill_tokens = model, max_batch, prefill_tokens
+        self.prefix_cache = prefix_cache
         self.capacity = capacity or model.config.max_seq_len
         self.tokenizer = getattr(model, "tokenizer", None)
         self.device, self.dtype = next(model.parameters()).device, next(model.parameters()).dtype
@@ -88,6 +89,7 @@ class Batcher:
         self.step_sizes: list[int] = []
         self.prefill_sizes: list[int] = []
         self.evictions = 0
+        self.prefix_hits = 0  # prompt positions taken from the prefix cache instead of computed
         self.on_step: Callable[[int], None] | None = None  # told each step's batch size (the server's metrics)
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -171,14 +173,33 @@ class Batcher:
     def _admit(self) -> None:
         """Waiting rows join, in order, while a row is free and the pool holds their tokens plus a block of
         headroom for each row already decoding."""
+        bs = self.cache.block_size
         while self.waiting and len(self.slots) < self.max_batch:
             slot = self.waiting[0]
-            spare = len(self.cache.free) - len(self.slots)
+            spare = self.cache.available - len(self.slots)
             if self.cache.blocks_for(len(slot.todo) + 1) > spare and self.slots:
                 return
-            if not self.cache.grow(slot.table, len(slot.todo)):
+            if self.prefix_cache and not (slot.request.scores_prompt and not slot.started):
+                # the blocks other prompts registered for the same first tokens; the last token is always run
+                slot.table, slot.digest = self.cache.match(slot.todo, len(slot.todo) - 1)
+                slot.hashed = len(slot.table)
+                slot.cached = slot.hashed * bs
+                del slot.todo[: slot.cached]
+            if not self.cache.grow(slot.table, slot.cached + len(slot.todo)):
+                self.cache.release(slot.table)
+                slot.evicted()  # as it was: all its tokens to run
                 return  # alone in the batch it always fits (check); the rest frees up as rows finish
+            self.prefix_hits += slot.cached
             self.slots.append(self.waiting.popleft())
+
+    def _register(self, slot: _Slot) -> None:
+        """Make the row's full blocks findable by later prompts (prefix caching)."""
+        bs, tokens = self.cache.block_size, None
+        while (slot.hashed + 1) * bs <= slot.cached:
+            tokens = tokens or slot.request.prompt_ids + slot.generated  # the cache holds these, in order
+            slot.digest = self.cache.digest(slot.digest, tokens[slot.hashed * bs : (slot.hashed + 1) * bs])
+            self.cache.register(slot.table[slot.hashed], slot.digest)
+            slot.hashed += 1
 
     @torch.inference_mode()
     def _prefill(self) -> None:
@@ -216,6 +237,8 @@ class Batcher:
         for slot, n, part in zip(rows, chunks, logits.split(counts), strict=True):
             start, slot.cached = slot.cached, slot.cached + n
             del slot.todo[:n]
+            if self.prefix_cache:
+                self._register(slot)
             if slot.started:
                 continue  # re-run after an eviction: its next token is known
             request = slot.request

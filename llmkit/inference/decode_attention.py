@@ -5,8 +5,8 @@ torch's CPU ``scaled_dot_product_attention`` (2.13) is slow on bf16 for one quer
 step of SmolLM2 in bf16 spent 60% of its time there (profiled). As grouped matmuls in fp32 the whole step
 took 334 ms of CPU instead of 530 (300 keys: 590 instead of 933); at 16 rows 116 instead of 135. In fp32
 torch's kernel is the faster one (428 against 491 ms at 64 rows), and at one row the mode's own overhead (a
-Python call per torch call: 2346 calls, 6.5 ms a step of SmolLM2) costs more than it saves: the batcher enters it for reduced
-precision models at 8 rows or more.
+Python call per torch call: 2346 calls, 6.5 ms a step of SmolLM2) costs more than it saves: the batcher
+enters it for reduced precision models at 8 rows or more.
 
 ``one_query_attention`` is that arithmetic: the query heads of a group share their key head (no copy of the
 keys per head), scores and softmax in fp32 whatever the weights' dtype (as SDPA's kernels accumulate), the

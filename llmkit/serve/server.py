@@ -48,6 +48,7 @@ class ServeSettings:
     max_batch: int = DEFAULT_MAX_BATCH
     kv_cache_mb: float | None = None  # the batcher's KV cache (None: 1 GiB, at least one context window)
     prefill_tokens: int = DEFAULT_PREFILL_TOKENS  # positions one prefill pass runs (chunked prefill)
+    prefix_cache: bool = True  # prompts that start alike share their first KV blocks (llmkit.inference.paged)
     max_tokens: int = 1024  # the most new tokens one request may ask for
     max_body: int = 1 << 20  # bytes
     chat: ChatTemplate = field(default_factory=ChatTemplate)
