@@ -190,6 +190,9 @@ def test_prompts_that_share_a_prefix_read_it_once(model):
     events += run_all(batcher, model, prompts[1:], news[1:])
     assert_as_alone(model, events, prompts, news)
     assert batcher.prefix_hits >= 5 * shared > 0
+    burst = Batcher(model, max_batch=6, prefill_tokens=24)  # all at once: the first pass registers for the rest
+    assert_as_alone(model, run_all(burst, model, prompts, news), prompts, news)
+    assert burst.prefix_hits >= 4 * shared
     off = Batcher(model, max_batch=6, prefix_cache=False)
     assert_as_alone(model, run_all(off, model, prompts, news), prompts, news)
     assert off.prefix_hits == 0

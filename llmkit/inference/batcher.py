@@ -173,24 +173,33 @@ class Batcher:
     def _admit(self) -> None:
         """Waiting rows join, in order, while a row is free and the pool holds their tokens plus a block of
         headroom for each row already decoding."""
-        bs = self.cache.block_size
         while self.waiting and len(self.slots) < self.max_batch:
             slot = self.waiting[0]
             spare = self.cache.available - len(self.slots)
             if self.cache.blocks_for(len(slot.todo) + 1) > spare and self.slots:
                 return
-            if self.prefix_cache and not (slot.request.scores_prompt and not slot.started):
-                # the blocks other prompts registered for the same first tokens; the last token is always run
-                slot.table, slot.digest = self.cache.match(slot.todo, len(slot.todo) - 1)
-                slot.hashed = len(slot.table)
-                slot.cached = slot.hashed * bs
-                del slot.todo[: slot.cached]
+            self._match(slot)
             if not self.cache.grow(slot.table, slot.cached + len(slot.todo)):
                 self.cache.release(slot.table)
                 slot.evicted()  # as it was: all its tokens to run
                 return  # alone in the batch it always fits (check); the rest frees up as rows finish
-            self.prefix_hits += slot.cached
             self.slots.append(self.waiting.popleft())
+
+    def _match(self, slot: _Slot) -> None:
+        """Give a row that has not started reading its prompt the registered blocks of its first tokens (prefix
+        caching; its last token is always run). Called at admission and again before its first prefill pass:
+        rows that arrive together are admitted before the first of them has registered anything."""
+        if not self.prefix_cache or slot.cached or (slot.request.scores_prompt and not slot.started):
+            return
+        found, digest = self.cache.match(slot.todo, len(slot.todo) - 1)
+        if not found:
+            return
+        unused = slot.table[: len(found)]  # taken at admission, never written
+        slot.table[: len(found)] = found
+        self.cache.release(unused)
+        slot.hashed, slot.digest, slot.cached = len(found), digest, len(found) * self.cache.block_size
+        del slot.todo[: slot.cached]
+        self.prefix_hits += slot.cached
 
     def _register(self, slot: _Slot) -> None:
         """Make the row's full blocks findable by later prompts (prefix caching)."""
@@ -205,6 +214,8 @@ class Batcher:
     def _prefill(self) -> None:
         """Run the next chunk of waiting prompts in one pass, rows x longest chunk <= ``prefill_tokens``."""
         rows = [slot for slot in self.slots if slot.todo]
+        for slot in rows:
+            self._match(slot)  # what the passes before this one registered
         chunks, width, budget = [], 0, self.prefill_tokens
         for slot in rows:  # oldest first; a row that would widen the pass past the budget gets a narrower chunk
             chunk = min(len(slot.todo), budget)
