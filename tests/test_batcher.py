@@ -2,8 +2,9 @@
 
 The reference is ``generate`` of each prompt alone (greedy). Prompts differ in length and in
 max_new_tokens, more requests arrive than there are rows (so some join while others are mid-way),
-and the total passes the context window (so the shared cache shifts its columns), for a learned-
-position GPT and a RoPE Llama with grouped-query attention.
+and the total passes the context window (rows of different ages share no columns in the paged cache),
+for a learned-position GPT and a RoPE Llama with grouped-query attention. tests/test_batcher_paged.py
+tests the cache, the batched prefill and running out of room.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def model(request, tiny_checkpoint):
 
 def run_all(model, prompts, news, max_batch: int, **settings) -> tuple[list[list[TokenEvent]], list[int]]:
     batcher = Batcher(model, max_batch=max_batch).start()
+    free = batcher.cache.available
     got = Collector(len(prompts))
     try:
         for i, (p, n) in enumerate(zip(prompts, news, strict=True)):
@@ -63,6 +65,7 @@ def run_all(model, prompts, news, max_batch: int, **settings) -> tuple[list[list
         assert got.done.wait(30)
     finally:
         batcher.close()
+    assert batcher.cache.available == free  # every row gave its blocks back
     return got.events, batcher.step_sizes
 
 
@@ -77,7 +80,7 @@ def test_batched_greedy_equals_each_prompt_alone(model):
     # the shortest of the first three ends after 19 steps; later full steps mean a waiting request joined
     assert sizes.count(3) > min(NEW[:3])
     assert len(sizes) < sum(NEW)  # far fewer steps than one request at a time
-    assert sum(NEW) + 64 > len(sizes) > 64  # the columns went past the window: the shift ran
+    assert len(sizes) >= max(NEW) - 1  # the longest request's steps (its first token comes from the prefill)
 
 
 def test_seeded_sampling_does_not_depend_on_the_batch(model):

@@ -145,14 +145,14 @@ def test_too_much_queued_work_gets_429_with_retry_after(server, client, slow_ste
 @pytest.fixture
 def breaks_on_top_k_7(monkeypatch):
     """Requests with top_k=7 fail at their second token (a stand-in for NaN scores or a bug)."""
-    choose = batcher_module._Slot.choose
+    accept = batcher_module._Slot.accept  # every row's token goes through it, whether chosen alone or batched
 
-    def failing(slot, scores):
+    def failing(slot, *args):
         if slot.request.config.top_k == 7 and slot.sequence.count >= 1:
             raise RuntimeError("row exploded")
-        return choose(slot, scores)
+        return accept(slot, *args)
 
-    monkeypatch.setattr(batcher_module._Slot, "choose", failing)
+    monkeypatch.setattr(batcher_module._Slot, "accept", failing)
 
 
 def test_an_error_inside_a_stream_is_an_sse_error_event_of_the_right_type(client, breaks_on_top_k_7):

@@ -67,7 +67,10 @@ def create_app(model: nn.Module, settings: ServeSettings) -> FastAPI:
     if settings.api_key is not None and not settings.api_key.strip():
         raise LlmkitError("the API key is empty: that would turn authentication off", "give a non-empty --api-key")
     # a classifier has no LM head to decode with: it answers /classify (llmkit.serve.classify), no batcher
-    batcher = None if model.config.has_classifier else Batcher(model, settings.max_batch)
+    room = dict(
+        kv_cache_mb=settings.kv_cache_mb, prefill_tokens=settings.prefill_tokens, prefix_cache=settings.prefix_cache
+    )
+    batcher = None if model.config.has_classifier else Batcher(model, settings.max_batch, **room)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

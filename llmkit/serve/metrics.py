@@ -33,7 +33,7 @@ class Metrics:
         waiting = Gauge("llmkit_requests_waiting", "Choices queued for a row in the batch", registry=r)
         running = Gauge("llmkit_requests_running", "Choices decoding in the batch", registry=r)
         if batcher is not None:
-            waiting.set_function(batcher.pending.qsize)
+            waiting.set_function(batcher.queued)
             running.set_function(lambda: len(batcher.slots))
         self.batch_size = Histogram(
             "llmkit_batch_size", "Rows decoded together per decoding step", buckets=BATCH_BUCKETS, registry=r

@@ -129,6 +129,7 @@ class Sampling(BaseModel):
     response_format: ResponseFormat | None = None  # constrained decoding (llmkit.inference.constrained)
     guided_regex: StrictStr | None = None  # vLLM's extension: the output matches this regular expression
     guided_json: dict[str, Any] | None = None  # vLLM's extension: the output follows this JSON schema
+    ignore_eos: StrictBool = False  # vLLM's extension: EOS does not end the output (load tests: max_tokens each)
 
     @field_validator("stop")
     @classmethod

@@ -26,7 +26,7 @@ from torch import nn
 from llmkit.chat.template import ChatTemplate
 from llmkit.config import GenerationConfig
 from llmkit.errors import LlmkitError
-from llmkit.inference.batcher import Batcher, PromptScores
+from llmkit.inference.batcher import DEFAULT_MAX_BATCH, DEFAULT_PREFILL_TOKENS, Batcher, PromptScores
 from llmkit.inference.batcher import Request as BatchRequest
 from llmkit.serve.classify import refusal
 from llmkit.serve.errors import ApiError, error_type
@@ -45,7 +45,10 @@ class ServeSettings:
     name: str  # the model id responses carry (the first of vLLM's --served-model-name)
     aliases: tuple[str, ...] = ()  # other names a request may send for the same model, listed by /v1/models
     api_key: str | None = None
-    max_batch: int = 8
+    max_batch: int = DEFAULT_MAX_BATCH
+    kv_cache_mb: float | None = None  # the batcher's KV cache (None: 1 GiB, at least one context window)
+    prefill_tokens: int = DEFAULT_PREFILL_TOKENS  # positions one prefill pass runs (chunked prefill)
+    prefix_cache: bool = True  # prompts that start alike share their first KV blocks (llmkit.inference.paged)
     max_tokens: int = 1024  # the most new tokens one request may ask for
     max_body: int = 1 << 20  # bytes
     chat: ChatTemplate = field(default_factory=ChatTemplate)
@@ -147,7 +150,7 @@ class Server:
     def admit(self, choices: int) -> None:
         """429 with Retry-After when ``choices`` more would pass ``max_queue``: a bounded wait for everyone.
         Counted from the batcher itself (rows decoding + requests waiting), so nothing can leak a count."""
-        busy = len(self.batcher.slots) + self.batcher.pending.qsize() + self.explaining
+        busy = len(self.batcher.slots) + self.batcher.queued() + self.explaining
         limit = self.settings.max_queue or 8 * self.settings.max_batch
         if choices > limit:  # would never fit: a retry cannot help, so not a 429
             raise ApiError(
@@ -202,6 +205,7 @@ class Server:
             min_p=body.min_p, repetition_penalty=body.repetition_penalty, presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty, logit_bias=dict(body.logit_bias or {}),
             stop_strings=list(body.stop or []) + list(extra_stop), num_beams=1, num_return_sequences=1,
+            **({"eos_token_id": []} if body.ignore_eos else {}),  # vLLM's ignore_eos
         )  # fmt: skip
         try:
             # choice i draws with seed + i: reproducible, and the n choices differ
@@ -261,8 +265,13 @@ class Server:
                 on_token=post, on_prompt=post, on_error=post,  # every event goes to the one queue
             )  # fmt: skip
             requests.append(request)
-        for r in requests:
-            self.batcher.submit(r)
+        try:
+            for r in requests:
+                self.batcher.submit(r)
+        except LlmkitError as err:  # longer than the KV cache holds (--kv-cache-mb): no retry can help
+            for r in requests:
+                r.cancel()
+            raise ApiError(400, str(err), param="max_tokens", code="context_length_exceeded") from None
         return requests, items
 
     async def events(
