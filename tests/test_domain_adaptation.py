@@ -297,3 +297,33 @@ def test_quick_bench_end_to_end(da, dc, tmp_path):
     assert all(math.isfinite(p) for r in results["results"] for p in r["perplexity"].values())
     assert (tmp_path / "quick" / "domain_adaptation.png").is_file()
     assert "general, then medical" in (tmp_path / "quick" / "table.md").read_text()
+
+
+def test_real_part_on_a_tiny_checkpoint(da, dc, tiny_data, tmp_path):
+    """--real's whole path (tokenize with the checkpoint's tokenizer, continue in full and with LoRA,
+    score the base and both) on a tiny decoder standing in for SmolLM2."""
+    import llmkit
+    from llmkit.config import ModelConfig
+    from llmkit.data.tokenizer_train import train_tokenizer
+
+    dr = sys.modules["domain_real"]
+    rng = random.Random(1)
+    tokenizer = train_tokenizer([_text(rng, kind, 50) for kind in WORDS for _ in range(40)], "bpe", 300)
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("tiny-llama-10m", n_layer=1, d_model=32, n_head=2, n_kv_head=1, d_ff=64,
+                                vocab_size=tokenizer.vocab_size, max_seq_len=64)  # fmt: skip
+    model = llmkit.build_model(cfg)
+    model.tokenizer = tokenizer
+    base = tmp_path / "base"
+    llmkit.save(model, base)
+    real = dr.RealSettings(**dr.REAL_QUICK, threads=1)
+    report = dr.run_real(tmp_path / "out", base, real, _tiny_settings(da))
+    assert list(report["runs"]) == ["as it is", "full", "lora"]
+    for name, run in report["runs"].items():
+        for text in ("medical", "general"):
+            assert math.isfinite(run["scores"][text]["perplexity"]), (name, text)
+            assert run["scores"][text]["tokens"] == report["runs"]["as it is"]["scores"][text]["tokens"]
+    # the continued models differ from the base (LoRA merged into OUT/best), and the table shows the change
+    assert report["runs"]["full"]["scores"]["medical"] != report["runs"]["as it is"]["scores"]["medical"]
+    assert report["runs"]["lora"]["scores"]["medical"] != report["runs"]["as it is"]["scores"]["medical"]
+    assert "| continued, lora (lr 0.001) |" in dr.render_real(report)
