@@ -91,6 +91,9 @@ def test_parallel_settings_are_checked(data_dirs, tmp_path):
         TrainConfig(parallel="zero")
     with pytest.raises(LlmkitError, match="fsdp_offload applies to sharded training only"):
         TrainConfig(fsdp_offload=True)
+    model_cfg, train_cfg = configs("decoder", data_dirs, tmp_path, parallel="fsdp", fsdp_offload=True)
+    with pytest.raises(LlmkitError, match="trains on the CPU already"):
+        make_state(build_model(model_cfg), train_cfg)
     assert TrainConfig().parallel == "ddp"  # today's behaviour stays the default
 
 
@@ -122,6 +125,35 @@ def test_convert_from_dcp_is_a_plain_checkpoint(data_dirs, tmp_path, capsys):
     assert abs(val - losses(tmp_path / "run", "val_loss")[2]) < 1e-6
     assert main(["convert", "--from-dcp", str(tmp_path / "plain"), str(tmp_path / "again")]) == 2
     assert "holds no distributed checkpoint" in capsys.readouterr().err
+
+
+# ---- the data each process draws ------------------------------------------------------------
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_every_world_size_splits_the_data_without_overlap_or_gap(world, data_dirs, tmp_path):
+    """For 1-4 processes: fine-tuning examples, one epoch of global batches, are each drawn once over all
+    ranks; pretraining windows of a batch over the ranks are exactly one process's batch of world x B rows,
+    and a random objective (masking) gives every row the same masks whatever the split (``draw_batch``)."""
+    from llmkit.finetune.data import Encoded, Examples
+    from llmkit.objectives import make_objective
+    from llmkit.train.distributed import Dist
+    from llmkit.train.step import derive_seed, draw_batch
+
+    B, n = 2, 48  # 48 examples: an epoch is 48 / (2 * world) global batches for world 1-4
+    examples = Examples([Encoded([i + 1], 0) for i in range(n)], pad_id=0)
+    drawn = [int(examples.batch(index, B, seed=7, rank=r, world_size=world).inputs["input_ids"][row, 0]) - 1
+             for index in range(n // (B * world)) for r in range(world) for row in range(B)]  # fmt: skip
+    assert sorted(drawn) == list(range(n))
+
+    model_cfg, cfg = configs("encoder", data_dirs, tmp_path, batch_size=B)
+    data = loop.TokenDataset(cfg.data)
+    objective = make_objective(model_cfg, cfg, data.tokenizer())
+    seed = derive_seed(cfg.seed, 0, 5, 0, 0)
+    one = draw_batch(data, objective, "train", 5, TrainConfig(**{**cfg.to_dict(), "batch_size": B * world}),
+                     Dist(0, 1, 0, torch.device("cpu")), seed)  # fmt: skip
+    parts = [draw_batch(data, objective, "train", 5, cfg, Dist(r, world, r, torch.device("cpu")), seed)
+             for r in range(world)]  # fmt: skip
+    assert torch.equal(torch.cat([p.inputs["input_ids"] for p in parts]), one.inputs["input_ids"])
+    assert torch.equal(torch.cat([p.labels for p in parts]), one.labels)
 
 
 # ---- two processes under torchrun -----------------------------------------------------------
@@ -266,3 +298,33 @@ def _check_adapter_in_peft(hf_dir: Path, run: Path) -> None:
         assert (mine - peft_logits).abs().max() <= ATOL, (mine, peft_logits)
         with theirs.disable_adapter():  # the adapter matters: not base against base
             assert (theirs(input_ids=ids).logits - mine).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "setting,tolerance",
+    [({"activation_checkpointing": True}, 1e-6), ({"dtype": "bf16"}, 2e-2)],
+    ids=["checkpointing", "bf16"],
+)
+def test_fsdp_composes_with_checkpointing_and_bf16(setting, tolerance, data_dirs, tmp_path):
+    """Each switch under FSDP (one process) trains the losses of the plain model with the same switch:
+    activation checkpointing exactly (1e-6); bf16 (FSDP's mixed-precision policy: bf16 weights gathered,
+    fp32 gradient reduction, fp32 shards) within bf16's rounding of the plain run's autocast. (CPU offload
+    needs a GPU: tests/test_cuda.py.)"""
+    plain = tmp_path / "plain"
+    pretrain(*configs("decoder", data_dirs, plain, steps=3, eval_interval=3, save_interval=3, **setting))
+    sharded = tmp_path / "fsdp"
+    pretrain(*configs("decoder", data_dirs, sharded, steps=3, eval_interval=3, save_interval=3, parallel="fsdp",
+                      **setting))  # fmt: skip
+    a, b = losses(plain), losses(sharded)
+    assert a.keys() == b.keys() and all(abs(a[s] - b[s]) < tolerance for s in a), (a, b)
+
+
+@pytest.mark.slow
+def test_fsdp_composes_with_compile(data_dirs, tmp_path):
+    """torch.compile of each block under FSDP (one process): the eager sharded run's losses within 1e-5."""
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    pretrain(*configs("decoder", data_dirs, eager, steps=2, eval_interval=2, save_interval=2, parallel="fsdp"))
+    pretrain(*configs("decoder", data_dirs, compiled, steps=2, eval_interval=2, save_interval=2, parallel="fsdp",
+                      compile=True))  # fmt: skip
+    a, b = losses(eager), losses(compiled)
+    assert a.keys() == b.keys() and all(abs(a[s] - b[s]) < ATOL for s in a), (a, b)

@@ -112,6 +112,11 @@ def shard(model: nn.Module, env: Dist, *, bf16: bool = False, offload: bool = Fa
     """
     from llmkit.models.stack import Stack
 
+    if offload and env.device.type != "cuda":
+        raise LlmkitError(
+            "fsdp_offload moves the shards off the GPU, and this run trains on the CPU already",
+            "drop --train.fsdp_offload (or train on CUDA)",
+        )
     ensure_group(env)
     mp = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
