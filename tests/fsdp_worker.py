@@ -1,7 +1,7 @@
 """What tests/test_fsdp.py runs under torchrun besides `llmkit pretrain` itself (not a test module).
 
 ``measure SPEC OUT``: build the model of SPEC (a JSON {"model": ..., "train": ...}), shard it, train one
-step, write each process's ``dcp.local_bytes`` to OUT/bytes-RANK.json, save a distributed checkpoint to
+step, write each process's ``dcp.step_bytes`` to OUT/bytes-RANK.json, save a distributed checkpoint to
 OUT/run and the weights gathered whole to OUT/gathered.pt.
 
 ``kill-mid-save ARGS...``: run ``llmkit ARGS`` with rank 1 SIGKILLing itself as it starts writing its
@@ -23,7 +23,7 @@ def measure(spec_path: str, out: str) -> None:
     from llmkit.config import ModelConfig, TrainConfig
     from llmkit.models import build_model
     from llmkit.train import dcp, distributed, loop
-    from llmkit.train.step import make_state, train_step
+    from llmkit.train.step import make_state
 
     spec = json.loads(Path(spec_path).read_text())
     model_cfg, train_cfg = ModelConfig.from_dict(spec["model"]), TrainConfig.from_dict(spec["train"])
@@ -33,10 +33,10 @@ def measure(spec_path: str, out: str) -> None:
     state = make_state(build_model(model_cfg), train_cfg, env)
     run = loop.PretrainRun(model_cfg, train_cfg, env, False)
     run.setup()
-    train_step(state, run.batches(0))
+    measured = dcp.step_bytes(state, run.batches(0))
     out = Path(out)
     out.mkdir(exist_ok=True)
-    (out / f"bytes-{env.rank}.json").write_text(json.dumps(dcp.local_bytes(state.raw, state.optimizer)))
+    (out / f"bytes-{env.rank}.json").write_text(json.dumps(measured))
     dcp.save(state, out / "run", train_state={"step": state.step}, tokenizer=run.tokenizer)
     gathered = dcp.full_state_dict(state.raw)
     if env.is_main:

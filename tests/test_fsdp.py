@@ -26,7 +26,7 @@ from llmkit.config import TrainConfig
 from llmkit.errors import LlmkitError
 from llmkit.models import build_model
 from llmkit.train import dcp, distributed, loop, pretrain
-from llmkit.train.step import make_state, train_step
+from llmkit.train.step import make_state
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "fsdp_worker.py"
@@ -76,14 +76,14 @@ def test_fsdp_on_one_process_trains_as_the_plain_model(data_dirs, tmp_path):
 
 
 def test_local_bytes_count_shards_and_optimizer_states(data_dirs, tmp_path):
-    """``local_bytes`` of a plain model after a step: 4 bytes per weight, per gradient, 8 of AdamW's two moments."""
+    """``step_bytes`` of a plain model's step: 4 bytes per weight, per gradient, 8 of AdamW's two moments."""
     model_cfg, train_cfg = configs("decoder", data_dirs, tmp_path)
     state = make_state(build_model(model_cfg), train_cfg)
     n = sum(p.numel() for p in state.raw.parameters())
-    batch = loop.PretrainRun(model_cfg, train_cfg, state.env, False)
-    batch.setup()
-    train_step(state, batch.batches(0))
-    assert dcp.local_bytes(state.raw, state.optimizer) == {"weights": 4 * n, "gradients": 4 * n, "optimizer": 8 * n}
+    run = loop.PretrainRun(model_cfg, train_cfg, state.env, False)
+    run.setup()
+    assert dcp.step_bytes(state, run.batches(0)) == {"weights": 4 * n, "gradients": 4 * n, "optimizer": 8 * n}
+    assert dcp.local_bytes(state.raw, state.optimizer)["gradients"] == 0  # freed after the step
 
 
 def test_parallel_settings_are_checked(data_dirs, tmp_path):
@@ -188,8 +188,7 @@ def test_each_process_holds_about_half_of_the_weights_and_optimizer(data_dirs, t
     state = make_state(build_model(model_cfg), train_cfg)
     run = loop.PretrainRun(model_cfg, train_cfg, state.env, False)
     run.setup()
-    train_step(state, run.batches(0))
-    single = dcp.local_bytes(state.raw, state.optimizer)
+    single = dcp.step_bytes(state, run.batches(0))
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"model": model_cfg.to_dict(), "train": {**train_cfg.to_dict(), "batch_size": 2}}))
     result = torchrun([str(WORKER), "measure", str(spec), str(tmp_path / "ckpt")], tmp_path)

@@ -137,22 +137,34 @@ def convert(src: str | Path, out: str | Path, *, verify: bool = True) -> Path:
 
 
 def local_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
-    """Bytes this process holds of the weights, their gradients and the optimizer's states: each
-    tensor's local shard under FSDP, the whole tensor otherwise (tied weights once). Gradients are
-    counted as the step holds them before the optimizer runs: one per trained weight, in its dtype
-    (the step frees them after, so they are not read from ``.grad``)."""
-
-    def size(t: torch.Tensor) -> int:
-        local = t.to_local() if hasattr(t, "to_local") else t
-        return local.numel() * local.element_size()
-
-    params = {id(p): p for p in model.parameters()}.values()
+    """Bytes this process holds of the weights, their gradients (those present now) and the optimizer's
+    states: each tensor's local shard under FSDP, the whole tensor otherwise (tied weights once)."""
+    params = list({id(p): p for p in model.parameters()}.values())
     states = [v for s in (optimizer.state.values() if optimizer else ()) for v in s.values()]
     return {
-        "weights": sum(size(p) for p in params),
-        "gradients": sum(size(p) for p in params if p.requires_grad),
-        "optimizer": sum(size(t) for t in states if isinstance(t, torch.Tensor) and t.dim() > 0),
+        "weights": sum(_size(p) for p in params),
+        "gradients": sum(_size(p.grad) for p in params if p.grad is not None),
+        "optimizer": sum(_size(t) for t in states if isinstance(t, torch.Tensor) and t.dim() > 0),
     }
+
+
+def step_bytes(state: TrainState, batches: list) -> dict[str, int]:
+    """One ``train_step`` over ``batches``, and ``local_bytes`` with the gradients read as the optimizer
+    starts (the step frees them after it): what the step holds of each at its end."""
+    from llmkit.train.step import train_step
+
+    seen: dict[str, int] = {}
+    hook = state.optimizer.register_step_pre_hook(lambda *_: seen.update(local_bytes(state.raw)))
+    try:
+        train_step(state, batches)
+    finally:
+        hook.remove()
+    return {**local_bytes(state.raw, state.optimizer), "gradients": seen["gradients"]}
+
+
+def _size(t: torch.Tensor) -> int:
+    local = t.to_local() if hasattr(t, "to_local") else t
+    return local.numel() * local.element_size()
 
 
 def _from_rank0(value: Any) -> Any:
