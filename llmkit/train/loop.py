@@ -201,6 +201,9 @@ class Run:
     - ``start_files()``: what the run writes before its first checkpoint (default: its log and plot),
       all a run killed at that point leaves: a new start, with or without ``--resume``, clears them.
 
+    A hook that writes the model as single files (``save_best``) takes it from ``whole_model()``: the
+    bare model, or a sharded (FSDP) run's weights gathered whole on rank 0.
+
     ``best_metric`` (a key of ``evaluate()``'s dict; higher is better unless ``best_lower``) makes
     every evaluation that improves on the best so far call ``save_best()``.
     """
