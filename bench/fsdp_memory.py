@@ -54,7 +54,8 @@ def measured(model_name: str, procs: int) -> list[dict]:
     """Each rank's local bytes after one sharded step under torchrun with ``procs`` processes."""
     with tempfile.TemporaryDirectory() as out:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), __file__,
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
+                   __file__,
                    "--worker", "--model", model_name, "--out", out]  # fmt: skip
         subprocess.run(command, env=env, check=True, capture_output=True, text=True, timeout=600)
         return [json.loads(Path(out, f"bytes-{r}.json").read_text()) for r in range(procs)]

@@ -4,6 +4,8 @@
 step, write each process's ``dcp.step_bytes`` to OUT/bytes-RANK.json, save a distributed checkpoint to
 OUT/run and the weights gathered whole to OUT/gathered.pt.
 
+``slow-rank-1 ARGS...``: run ``llmkit ARGS`` with rank 1 opening the run 5 s after rank 0.
+
 ``kill-mid-save ARGS...``: run ``llmkit ARGS`` with rank 1 SIGKILLing itself as it starts writing its
 shard of the second save (rank 0 may be writing its own): a process killed in the middle of a save.
 """
@@ -44,6 +46,24 @@ def measure(spec_path: str, out: str) -> None:
     distributed.cleanup()
 
 
+def slow_rank_1(args: list[str]) -> int:
+    """``llmkit ARGS`` with rank 1 five seconds late to open the run (a slow file system, a busy machine)."""
+    import time
+
+    from llmkit.cli import main
+    from llmkit.train import loop
+
+    real = loop.Run._open_out_dir
+
+    def late(self, *a, **kw):
+        if self.env.rank == 1:
+            time.sleep(5)
+        return real(self, *a, **kw)
+
+    loop.Run._open_out_dir = late
+    return main(args)
+
+
 def kill_mid_save(args: list[str]) -> int:
     from torch.distributed.checkpoint import FileSystemWriter
 
@@ -65,5 +85,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     if sys.argv[1] == "measure":
         measure(*sys.argv[2:])
+    elif sys.argv[1] == "slow-rank-1":
+        sys.exit(slow_rank_1(sys.argv[2:]))
     else:
         sys.exit(kill_mid_save(sys.argv[2:]))

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,10 +37,25 @@ one_thread = test_train.one_thread
 
 
 def torchrun(args: list[str], cwd: Path, nproc: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run --nproc-per-node N ARGS`` on the CPU (gloo), one thread each."""
+    """``python -m torch.distributed.run --standalone --nproc-per-node N ARGS`` on the CPU (gloo), one thread
+    each (--standalone: a free port for the rendezvous). The output goes to files, not pipes: torchrun's
+    workers run in sessions of their own, and one left behind would hold a pipe open. On a timeout torchrun
+    is sent SIGTERM, on which it stops its workers, and the test fails with their output."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), *args]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *args]
+    out, err = (Path(tempfile.mkstemp(dir=cwd, prefix=f".torchrun-{stream}-")[1]) for stream in ("out", "err"))
+    with out.open("w") as stdout, err.open("w") as stderr:
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=stdout, stderr=stderr, text=True)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            pytest.fail(f"torchrun timed out after {timeout} s: {err.read_text()[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, out.read_text(), err.read_text())
 
 
 def run_config(tmp_path: Path, family: str, data_dirs, name: str = "run.toml", **train) -> Path:
@@ -177,6 +193,18 @@ def test_two_sharded_processes_match_one_with_the_same_global_batch(family, data
     assert sorted(p.name for p in (tmp_path / "two" / dcp.DCP_DIR).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     wa, wb = weights_of(tmp_path / "one"), weights_of(tmp_path / "two")
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=ATOL) for k in wa)
+
+
+@pytest.mark.slow
+def test_a_late_process_does_not_take_the_fresh_run_for_an_old_one(data_dirs, tmp_path):
+    """Rank 1 opens out_dir 5 s after rank 0. FSDP's sharding does not synchronize the processes (DDP's
+    construction did), so rank 0 used to write the run's log first, and rank 1, finding it, took the run for
+    one stopped before its first checkpoint and waited in a barrier forever (a hang seen under load)."""
+    config = run_config(tmp_path, "decoder", data_dirs, steps=2, eval_interval=2, save_interval=2, parallel="fsdp")
+    args = [str(WORKER), "slow-rank-1", "pretrain", "--config", str(config), "--train.batch_size", "4"]
+    result = torchrun([*args, "--train.out_dir", str(tmp_path / "two")], tmp_path, timeout=150)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "starting the run from step 0" not in result.stderr and set(losses(tmp_path / "two")) == {1, 2}
 
 
 @pytest.mark.slow

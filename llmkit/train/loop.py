@@ -231,6 +231,10 @@ class Run:
         cfg, env = self.cfg, self.env
         self.model_cfg = self.setup()
         saved = self._open_out_dir(self.resume, self.verify)
+        # every process has looked at out_dir before rank 0 writes into it (its log, below): DDP's
+        # construction synchronized them here, FSDP's sharding does not, and a process that found rank 0's
+        # fresh log would take the run for an unfinished one and wait in _start_over's barrier forever
+        distributed.barrier()
         sharded = saved is not None and dcp.is_dcp(self.out)
         model = self.initial_model() if saved is None else self._saved_model(weights=not sharded)
         self.state = make_state(model, cfg, env)
