@@ -82,6 +82,45 @@ def save(
     model card: ``card`` as the workflow filled it (training, data, metrics), completed here with
     the architecture; without one, a card that says no training was recorded.
     """
+    state = unique_state_dict(model)
+    extra = _encode(extra_files)
+    _check_free_space(
+        Path(directory),
+        sum(t.numel() * t.element_size() for t in state.values()) + sum(len(data) for data in extra.values()),
+    )
+    try:
+        with atomic_directory(directory) as tmp:
+            write_contents(tmp, model, state, tokenizer=tokenizer, generation_config=generation_config,
+                           extra_files=extra, card=card)  # fmt: skip
+    except OSError as err:
+        raise LlmkitError(f"cannot save {directory}: {err.strerror or err}", _SPACE_HINT) from None
+    except Exception as err:  # safetensors reports a full disk as its own SafetensorError
+        if "SafetensorError" not in type(err).__name__:
+            raise
+        raise LlmkitError(f"cannot save {directory}: {err}", _SPACE_HINT) from None
+    return Path(directory)
+
+
+def _encode(extra_files: dict[str, Any] | None) -> dict[str, bytes]:
+    return {
+        name: content if isinstance(content, bytes) else json.dumps(content, indent=2).encode()
+        for name, content in (extra_files or {}).items()
+    }
+
+
+def write_contents(
+    directory: Path,
+    model: nn.Module,
+    state: dict[str, torch.Tensor] | None,
+    *,
+    tokenizer: Tokenizer | None = None,
+    generation_config: GenerationConfig | None = None,
+    extra_files: dict[str, Any] | None = None,
+    card: ModelCard | None = None,
+) -> None:
+    """Fill the (new, temporary) ``directory`` as ``save`` does: config.json, the weights ``state`` (None:
+    none, for a distributed checkpoint whose processes write their own shards beside), the generation
+    config, the tokenizer, the model card, ``extra_files``, and last the manifest of everything in it."""
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     gen = generation_config or getattr(model, "generation_config", None) or GenerationConfig.for_model(model.config)
     quantization = getattr(model, "quantization", None)
@@ -94,33 +133,16 @@ def save(
         name=card.name or model.config.name,
         architecture=architecture(model.config.to_dict(), sum(count_parameters(model.config).values())),
     )
-    state = unique_state_dict(model)
-    extra = {
-        name: content if isinstance(content, bytes) else json.dumps(content, indent=2).encode()
-        for name, content in (extra_files or {}).items()
-    }
-    _check_free_space(
-        Path(directory),
-        sum(t.numel() * t.element_size() for t in state.values()) + sum(len(data) for data in extra.values()),
-    )
-    try:
-        with atomic_directory(directory) as tmp:
-            (tmp / CONFIG).write_text(json.dumps(config, indent=2))
-            save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
-            (tmp / GENERATION).write_text(json.dumps(gen.to_dict(), indent=2))
-            if tokenizer is not None:
-                tokenizer.save(tmp)
-            (tmp / CARD).write_text(render(card), encoding="utf-8")
-            for name, data in extra.items():
-                (tmp / name).write_bytes(data)
-            write_manifest(tmp)
-    except OSError as err:
-        raise LlmkitError(f"cannot save {directory}: {err.strerror or err}", _SPACE_HINT) from None
-    except Exception as err:  # safetensors reports a full disk as its own SafetensorError
-        if "SafetensorError" not in type(err).__name__:
-            raise
-        raise LlmkitError(f"cannot save {directory}: {err}", _SPACE_HINT) from None
-    return Path(directory)
+    (directory / CONFIG).write_text(json.dumps(config, indent=2))
+    if state is not None:
+        save_file(state, str(directory / WEIGHTS), metadata={"format": "pt"})
+    (directory / GENERATION).write_text(json.dumps(gen.to_dict(), indent=2))
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    (directory / CARD).write_text(render(card), encoding="utf-8")
+    for name, data in _encode(extra_files).items():
+        (directory / name).write_bytes(data)
+    write_manifest(directory)
 
 
 _SPACE_HINT = "free disk space or save elsewhere; the previous checkpoint, if any, is unchanged"

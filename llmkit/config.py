@@ -297,6 +297,7 @@ def _holds(check: Any) -> bool:
 
 OBJECTIVES = ("auto", "causal_lm", "masked_lm", "span_corruption")
 TRAIN_DTYPES = ("fp32", "bf16")
+PARALLEL = ("ddp", "fsdp")  # how several processes train one model (docs/distributed.md)
 
 
 @dataclass
@@ -321,6 +322,10 @@ class TrainConfig:
     dtype: str = "bf16"  # autocast dtype; master weights stay fp32
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute each block's activations in backward
+    # under torchrun: ddp replicates the model on every process; fsdp shards weights, gradients and optimizer
+    # states over them (FSDP2, ZeRO stage 3) and saves distributed checkpoints (docs/distributed.md)
+    parallel: str = "ddp"
+    fsdp_offload: bool = False  # fsdp: keep the shards and the optimizer step on the CPU (less GPU memory)
     eval_interval: int = 250  # steps between validation runs (and at the start and end)
     eval_batches: int = 20
     save_interval: int = 500  # steps between checkpoints (and at the end)
@@ -335,6 +340,9 @@ class TrainConfig:
         _check_types(self, "train")
         _check_choice("objective", self.objective, OBJECTIVES)
         _check_choice("dtype", self.dtype, TRAIN_DTYPES)
+        _check_choice("parallel", self.parallel, PARALLEL)
+        if self.fsdp_offload and self.parallel != "fsdp":
+            raise LlmkitError("fsdp_offload applies to sharded training only", "add --train.parallel fsdp")
         for name in (
             "steps",
             "batch_size",

@@ -73,3 +73,40 @@ def test_an_xfail_fails_under_ci_and_an_xpass_fails_everywhere(tmp_path):
     ci = run_pytest(tmp_path, ci=True)
     assert ci.returncode == 1 and "2 failed" in ci.stdout and "xfailed" not in ci.stdout, ci.stdout
     assert "xfail under CI (LLMKIT_CI=1), where a known failure fails the run: known bug 12" in ci.stdout
+
+
+MARKED = """
+import pytest
+
+@pytest.mark.cuda
+def test_on_the_gpu():
+    assert False, "a CUDA test ran on CI's CPU machine"
+
+@pytest.mark.slow
+def test_slow():
+    pass
+
+def test_plain():
+    pass
+"""
+
+
+def test_ci_deselects_cuda_tests_by_name_and_counts_them(tmp_path):
+    """.ci/run's PYTEST_ADDOPTS runs the slow tests and deselects the cuda-marked ones (counted, not skipped,
+    so the no-skip rule stays whole), and its count line finds them."""
+    script = (TESTS.parent / ".ci" / "run").read_text()
+    addopts = next(line for line in script.splitlines() if line.startswith("export PYTEST_ADDOPTS="))
+    addopts = addopts.split("=", 1)[1].strip('"')
+    assert addopts == "-m 'not cuda'"
+    shutil.copy(TESTS / "conftest.py", tmp_path / "conftest.py")
+    shutil.copy(TESTS.parent / "pyproject.toml", tmp_path / "pyproject.toml")  # the markers, default -m
+    (tmp_path / "test_marked.py").write_text(MARKED)
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"} | {"LLMKIT_CI": "1", "PYTEST_ADDOPTS": addopts}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(tmp_path)]
+    ci = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert ci.returncode == 0 and "2 passed, 1 deselected" in ci.stdout, ci.stdout
+    count = subprocess.run([*cmd[:3], "--collect-only", "-q", "-m", "cuda", *cmd[4:]], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert "--collect-only -q -m cuda" in script and count.stdout.count("::") == 1
+    local = run_pytest(tmp_path, ci=False)  # the default run (pyproject's addopts): neither slow nor cuda
+    assert local.returncode == 0 and "1 passed, 2 deselected" in local.stdout, local.stdout

@@ -19,12 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--from-gguf reads a llama or qwen2 GGUF: weights dequantized (the file's quantization error stays in "
         "them), or with --dtype quantized its Q4_0/Q4_1/Q8_0 matrices kept as int4/int8 bit for bit; tokenizer "
         "rebuilt from the vocabulary, chat template kept. --to-gguf writes a Llama-style "
-        "llmkit decoder (RoPE, RMSNorm, SwiGLU; q/k/v biases as qwen2) as one GGUF file.",
+        "llmkit decoder (RoPE, RMSNorm, SwiGLU; q/k/v biases as qwen2) as one GGUF file. "
+        "--from-dcp reads the distributed checkpoint of a sharded run (--train.parallel fsdp: every process's "
+        "shards, written by any number of processes) in one process and writes the ordinary single-file "
+        "llmkit directory (no train_state.pt: resume the run itself with --resume).",
         epilog="examples:\n  llmkit convert --from-hf ~/models/flan-t5-base runs/flan-t5-base\n"
         "  llmkit convert --to-hf runs/my-gpt runs/my-gpt-hf\n"
         "  llmkit convert --from-gguf SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2 --dtype bf16\n"
         "  llmkit convert --from-gguf SmolLM2-135M-Instruct.Q4_1.gguf models/smollm2-q4 --dtype quantized\n"
-        "  llmkit convert --to-gguf models/smollm2 smollm2-q8_0.gguf --type q8_0",
+        "  llmkit convert --to-gguf models/smollm2 smollm2-q8_0.gguf --type q8_0\n"
+        "  llmkit convert --from-dcp runs/pretrain runs/pretrain-plain",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     direction = p.add_mutually_exclusive_group(required=True)
@@ -32,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     direction.add_argument("--to-hf", action="store_true", help="SRC is an llmkit checkpoint directory")
     direction.add_argument("--from-gguf", action="store_true", help="SRC is a GGUF file (architectures llama, qwen2)")
     direction.add_argument("--to-gguf", action="store_true", help="SRC is an llmkit directory, OUT a .gguf file")
+    direction.add_argument("--from-dcp", action="store_true",
+                           help="SRC is a sharded run's out_dir (a distributed checkpoint, dcp/)")  # fmt: skip
     p.add_argument("src", metavar="SRC", help="directory (or GGUF file) to read")
     p.add_argument("out", metavar="OUT", help="directory (or GGUF file) to write, replaced atomically if it exists")
     p.add_argument(
@@ -61,6 +67,9 @@ def run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     if args.from_gguf or args.to_gguf:
         _gguf(args, start)
+        return
+    if args.from_dcp:
+        _dcp(args, start)
         return
     from llmkit import checkpoint, hf
     from llmkit.models import build_model
@@ -99,4 +108,19 @@ def _gguf(args: argparse.Namespace, start: float) -> None:
     print(
         f"converted {args.src} -> {out}: {architecture_for(cfg)} decoder, {human_count(total)} parameters, "
         f"{what}, {time.perf_counter() - start:.1f} s"
+    )
+
+
+def _dcp(args: argparse.Namespace, start: float) -> None:
+    from llmkit import checkpoint
+    from llmkit.models import build_model
+    from llmkit.summary import human_count, summarize
+    from llmkit.train import dcp
+
+    out = dcp.convert(args.src, args.out, verify=not args.no_verify)
+    cfg = checkpoint.load_config(out)
+    total = summarize(build_model(cfg, "meta")).total
+    print(
+        f"converted {args.src} -> {out}: {cfg.family} model, {human_count(total)} parameters, "
+        f"{time.perf_counter() - start:.1f} s"
     )

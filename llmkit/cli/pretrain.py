@@ -28,7 +28,10 @@ saved atomically every save_interval steps and at the end; --resume continues fr
 Several processes: the same command under torchrun, e.g.
   torchrun --nproc-per-node 2 -m llmkit pretrain --config configs/tiny-decoder.toml
 Each process trains batch_size rows of every micro-batch (DistributedDataParallel; gloo on CPU,
-nccl on CUDA), so the global batch is batch_size * grad_accum * processes.
+nccl on CUDA), so the global batch is batch_size * grad_accum * processes. --train.parallel fsdp
+shards the weights, gradients and AdamW states over the processes instead (FSDP2) and saves a
+distributed checkpoint (dcp/: each process its shards), which resumes on any number of processes
+and converts to a single file with `llmkit convert --from-dcp` (docs/distributed.md).
 """
 
 _EPILOG = """\
@@ -36,6 +39,7 @@ examples:
   llmkit pretrain --config configs/tiny-decoder.toml
   llmkit pretrain --config configs/tiny-decoder.toml --train.steps 50 --train.out_dir runs/quick
   llmkit pretrain --config configs/tiny-decoder.toml --resume --train.steps 400
+  torchrun --nproc-per-node 4 -m llmkit pretrain --config configs/tiny-decoder.toml --train.parallel fsdp
 """
 
 

@@ -123,11 +123,12 @@ class FinetuneRun(Run):
         the update (it would be quantized again), so its best scores go to OUT/best.json beside the adapter."""
         if self.fcfg.method.name not in ("lora", "qlora"):
             return super().save_best()
+        model = self.whole_model()  # a sharded run's weights gathered on rank 0
         if self.env.is_main:
-            save_adapter(self.state.raw, self.lora_cfg, self.root / ADAPTER, str(self.fcfg.model.init_from))
+            save_adapter(model, self.lora_cfg, self.root / ADAPTER, str(self.fcfg.model.init_from))
             scores = {"step": self.state.step, **self.last_eval}
             if self.fcfg.method.name == "lora":
-                merged = merge_lora(copy.deepcopy(self.state.raw))
+                merged = merge_lora(model if model is not self.state.raw else copy.deepcopy(model))
                 checkpoint.save(merged, self.best_dir, tokenizer=self.tokenizer, card=self.card(),
                                 extra_files={"best.json": scores})  # fmt: skip
             else:

@@ -43,8 +43,8 @@ UNSUPPORTED = {
 def task_type(model: nn.Module) -> str | None:
     """peft's task type for the class ``--to-hf`` writes: it picks the PeftModel subclass on load."""
     cfg = model.config
-    if cfg.family == "decoder":
-        return "CAUSAL_LM"
+    if cfg.family == "decoder":  # a classifier's is *ForSequenceClassification: peft's SEQ_CLS wraps it
+        return "SEQ_CLS" if cfg.has_classifier else "CAUSAL_LM"
     if cfg.family == "encoder_decoder":
         return "SEQ_2_SEQ_LM"
     return "SEQ_CLS" if cfg.encoder_head == "classifier" else None

@@ -23,9 +23,15 @@ class Batch:
     labels: torch.Tensor
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        """A copy with every tensor on ``device``."""
-        inputs = {name: t.to(device, non_blocking=non_blocking) for name, t in self.inputs.items()}
-        return Batch(inputs, self.labels.to(device, non_blocking=non_blocking))
+        """A copy with every tensor on ``device``. ``non_blocking`` to a GPU copies from pinned (page-locked)
+        host memory: only such a copy runs asynchronously, so the host goes on preparing the next batch."""
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            if non_blocking and torch.device(device).type == "cuda" and t.device.type == "cpu":
+                t = t.pin_memory()
+            return t.to(device, non_blocking=non_blocking)
+
+        return Batch({name: move(t) for name, t in self.inputs.items()}, move(self.labels))
 
     @property
     def n_target_tokens(self) -> int:

@@ -28,7 +28,7 @@ from llmkit.errors import LlmkitError
 from llmkit.model_card import ModelCard
 from llmkit.models import build_model
 from llmkit.objectives import IGNORE_INDEX, Batch, Objective, lm_loss, make_objective
-from llmkit.train import distributed, host_memory
+from llmkit.train import dcp, distributed, host_memory
 from llmkit.train.card import pretrain_card
 from llmkit.train.distributed import Dist
 from llmkit.train.flops import StepFlops
@@ -39,6 +39,7 @@ from llmkit.train.step import (
     TRAIN_SEEDS,
     TrainState,
     derive_seed,
+    draw_batch,
     make_state,
     measure_peak_flops,
     train_batches,
@@ -58,15 +59,11 @@ def evaluate(state: TrainState, data: TokenDataset, objective: Objective) -> flo
     """Mean validation loss per target token over ``eval_batches`` fixed batches (the same rows and
     draws at every evaluation), summed over processes; the bare model runs in eval mode."""
     cfg, env = state.cfg, state.env
-    window = objective.window_length(cfg.block_size)
     totals = torch.zeros(2, device=env.device)  # summed loss, target tokens
     state.raw.eval()
     for index in range(cfg.eval_batches):
-        tokens = data.batch(
-            "val", index, cfg.batch_size, window, seed=cfg.seed, rank=env.rank, world_size=env.world_size
-        )
-        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, EVAL_SEEDS, index, env.rank))
-        batch = objective(tokens, generator).to(env.device)
+        seed = derive_seed(cfg.seed, EVAL_SEEDS, index, 0)
+        batch = draw_batch(data, objective, "val", index, cfg, env, seed).to(env.device, non_blocking=True)
         with state.autocast:
             logits = state.raw(**batch.inputs).logits
         n = (batch.labels != IGNORE_INDEX).sum()
@@ -86,7 +83,14 @@ def save_checkpoint(
     state: TrainState, out_dir: Path, tokenizer: Tokenizer, extra: dict[str, Any], card: ModelCard | None = None
 ) -> None:
     """Atomically replace ``out_dir`` with the model (llmkit checkpoint with the data's tokenizer and
-    model card), its ``train_state.pt`` and the run's metrics and plot so far. Rank 0 writes; everyone waits."""
+    model card), its ``train_state.pt`` and the run's metrics and plot so far. Rank 0 writes; everyone waits.
+    A sharded (FSDP) run writes a distributed checkpoint instead (``dcp.save``): every process its shards
+    of the weights and of the optimizer, rank 0 the rest."""
+    if distributed.is_sharded(state.raw):
+        payload = {"step": state.step, "train_config": state.cfg.to_dict(), "world_size": state.env.world_size, **extra}
+        carried = {name: (out_dir / name).read_bytes() for name in (METRICS, LOSS_PLOT) if (out_dir / name).is_file()}
+        dcp.save(state, out_dir, train_state=payload, tokenizer=tokenizer, extra_files=carried, card=card)
+        return
     if state.env.is_main:
         payload = {
             "step": state.step,
@@ -126,6 +130,13 @@ def check_resumable(saved: dict[str, Any], model_cfg: ModelConfig, cfg: TrainCon
             f"resume with --model.{diff} {old.get(diff)}, or start a new run in another out_dir",
         )
     old_cfg = saved["train_config"]
+    was = old_cfg.get("parallel", "ddp")
+    if (was == "fsdp") != (cfg.parallel == "fsdp"):  # the checkpoint's format: shards (DCP) or one file
+        raise LlmkitError(
+            f"cannot resume: the run was saved with parallel={was!r}, this one asks for {cfg.parallel!r}",
+            f"resume with --train.parallel {was}"
+            + (" (or `llmkit convert --from-dcp` it into a plain checkpoint)" if was == "fsdp" else ""),
+        )
     for name in _DATA_FIELDS:
         if old_cfg[name] != getattr(cfg, name):
             raise LlmkitError(
@@ -190,6 +201,9 @@ class Run:
     - ``start_files()``: what the run writes before its first checkpoint (default: its log and plot),
       all a run killed at that point leaves: a new start, with or without ``--resume``, clears them.
 
+    A hook that writes the model as single files (``save_best``) takes it from ``whole_model()``: the
+    bare model, or a sharded (FSDP) run's weights gathered whole on rank 0.
+
     ``best_metric`` (a key of ``evaluate()``'s dict; higher is better unless ``best_lower``) makes
     every evaluation that improves on the best so far call ``save_best()``.
     """
@@ -217,10 +231,18 @@ class Run:
         cfg, env = self.cfg, self.env
         self.model_cfg = self.setup()
         saved = self._open_out_dir(self.resume, self.verify)
-        model = self.initial_model() if saved is None else self._saved_model()
+        # every process has looked at out_dir before rank 0 writes into it (its log, below): DDP's
+        # construction synchronized them here, FSDP's sharding does not, and a process that found rank 0's
+        # fresh log would take the run for an unfinished one and wait in _start_over's barrier forever
+        distributed.barrier()
+        sharded = saved is not None and dcp.is_dcp(self.out)
+        model = self.initial_model() if saved is None else self._saved_model(weights=not sharded)
         self.state = make_state(model, cfg, env)
         if saved is not None:
-            self.state.optimizer.load_state_dict(saved["optimizer"])
+            if sharded:  # weights and optimizer from every process's slices of the distributed checkpoint
+                dcp.load(self.state, self.out)
+            else:
+                self.state.optimizer.load_state_dict(saved["optimizer"])
             self.state.step = saved["step"]
         self.saved = saved or {}
         self.best = self.saved.get("best")  # the best dev score so far (None: none yet)
@@ -258,11 +280,26 @@ class Run:
 
     def save_best(self) -> None:
         """The model as it is to ``best_dir``, with its scores in best.json (rank 0 writes; all wait)."""
+        model = self.whole_model()
         if self.env.is_main:
             card = self.card()
-            checkpoint.save(self.state.raw, self.best_dir, tokenizer=self.tokenizer, card=card,
+            checkpoint.save(model, self.best_dir, tokenizer=self.tokenizer, card=card,
                             extra_files={"best.json": {"step": self.state.step, **self.last_eval}})  # fmt: skip
         distributed.barrier()
+
+    def whole_model(self) -> torch.nn.Module | None:
+        """The model with whole weights, for single-file saves (the best model, an adapter): the bare model,
+        or for a sharded run a copy that rank 0 builds (``adapt`` included) from the gathered shards (None
+        on the other processes). Every process calls it."""
+        raw = self.state.raw
+        if not distributed.is_sharded(raw):
+            return raw
+        weights = dcp.full_state_dict(raw)
+        if not self.env.is_main:
+            return None
+        model = self.adapt(build_model(self.model_cfg, init=False))
+        model.load_state_dict(weights)
+        return model.train(raw.training)
 
     def card(self) -> ModelCard | None:
         return None
@@ -275,9 +312,13 @@ class Run:
         return {}
 
     # ---- setup ----
-    def _saved_model(self) -> torch.nn.Module:
+    def _saved_model(self, weights: bool = True) -> torch.nn.Module:
+        """The saved run's model: built and adapted, then its weights loaded (``weights``; a distributed
+        checkpoint's are loaded into the sharded model later)."""
         torch.manual_seed(self.cfg.seed)
         model = self.adapt(build_model(self.model_cfg, init=False))
+        if not weights:
+            return model
         weights = checkpoint.read_weights(self.out / checkpoint.WEIGHTS)
         checkpoint.load_state_dict_checked(model, weights, str(self.out / checkpoint.WEIGHTS))
         checkpoint.check_finite(model, str(self.out / checkpoint.WEIGHTS))

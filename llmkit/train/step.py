@@ -85,20 +85,26 @@ class TrainState:
 
 def make_state(model: nn.Module, cfg: TrainConfig, env: Dist | None = None) -> TrainState:
     """Ready ``model`` for ``train_step``. Order: flush denormals (CPU) -> move to the device -> activation
-    checkpointing and torch.compile of the stacks if asked -> AdamW -> ``distributed.wrap`` (DDP under
-    torchrun) -> the attention kernels its steps may use (``attention_kernels``)."""
+    checkpointing and torch.compile (of the stacks; of each block under FSDP) if asked -> ``distributed.wrap``
+    -> AdamW -> the attention kernels its steps may use (``attention_kernels``).
+
+    ``cfg.parallel`` "ddp": DDP under torchrun (the model as it is in one process). "fsdp": the model
+    sharded in place before AdamW is built over its shards (so ``raw`` is the sharded model too)."""
     env = env or distributed.init(cfg.device)
     if env.device.type == "cpu":
         # x86 runs arithmetic on denormal floats (< 1.2e-38, e.g. far softmax tails) ~100x slower: a
         # 200-step T5 run took 72 s instead of 15 s. Flushing them to zero changes nothing measurable.
         torch.set_flush_denormal(True)
+    fsdp = cfg.parallel == "fsdp"
     model = model.to(env.device).train()
     set_activation_checkpointing(model, cfg.activation_checkpointing)
     if cfg.compile:
-        compile_stacks(model)
+        compile_blocks(model) if fsdp else compile_stacks(model)
+    if fsdp:
+        model = distributed.wrap(model, "fsdp", env, bf16=cfg.dtype == "bf16", offload=cfg.fsdp_offload)
     optimizer = make_optimizer(model, cfg)
-    kept = sparse_lookups(model) if env.device.type == "cpu" and not env.is_distributed else []
-    run = distributed.wrap(model, "ddp", env)
+    kept = sparse_lookups(model) if env.device.type == "cpu" and not env.is_distributed and not fsdp else []
+    run = model if fsdp else distributed.wrap(model, "ddp", env)
     kernels = attention_kernels(env.device, cfg.block_size)
     return TrainState(model=run, raw=model, optimizer=optimizer, cfg=cfg, env=env, kernels=kernels, kept_grads=kept)
 
@@ -135,6 +141,16 @@ def sparse_lookups(model: nn.Module) -> list[KeptGradient]:
     return kept
 
 
+def compile_blocks(model: nn.Module) -> None:
+    """torch.compile every block's forward in place, for sharded training: FSDP gathers a block's
+    weights in hooks around its call, which stay outside the graph (eager), while the block's own
+    work is compiled (torchtitan's per-block compile). Parameter names stay as they are."""
+    for module in model.modules():
+        if isinstance(module, Stack):
+            for block in module.layers:
+                block.forward = torch.compile(block.forward)
+
+
 def compile_stacks(model: nn.Module) -> None:
     """torch.compile every Stack of ``model`` in place: the blocks do nearly all the work, parameter
     names stay as they are, and the embeddings stay outside the graphs. (Compiling the whole model
@@ -166,7 +182,8 @@ def train_step(state: TrainState, batches: list[Batch]) -> torch.Tensor:
 
     Order: lr <- lr_at(step) -> per micro-batch: forward under autocast, fp32 loss weighted by the
     micro-batch's share of the step's target tokens over all processes, backward (DDP averages
-    gradients on the last one only) -> clip the global gradient norm -> AdamW -> gradients to None.
+    gradients on the last one only; FSDP keeps unsharded gradients until the last one, then
+    reduce-scatters their average) -> clip the global gradient norm -> AdamW -> gradients to None.
     The weighting makes the gradient that of the mean loss over every target token of the global
     batch, however the rows are split into micro-batches and processes. The returned loss is this
     process's part of that mean, a 0-d tensor left on the device (no host sync): summed over
@@ -183,7 +200,7 @@ def train_step(state: TrainState, batches: list[Batch]) -> torch.Tensor:
             with state.autocast:
                 logits = state.model(**batch.inputs).logits
             loss = lm_loss(logits, batch.labels) * (counts[i] / total)
-            (loss * world).backward()  # DDP divides the summed gradients by world
+            (loss * world).backward()  # DDP and FSDP divide the summed gradients by world
         step_loss += loss.detach()
     rows = [k.touched() for k in state.kept_grads]
     if cfg.grad_clip > 0:
@@ -208,6 +225,10 @@ def clip_grad_norm(state: TrainState, rows: list[torch.Tensor], max_norm: float)
     divided in place. MiniLM, 11M dense gradient values on this 2-core CPU: the in-place multiply
     costs 2.5-3.8 ms, the divide inside fused AdamW nothing measurable. Returns the norm before
     clipping."""
+    if distributed.is_sharded(state.raw):
+        # gradient shards (DTensors): torch's clip sums the shards' squared norms over the processes
+        total = torch.nn.utils.clip_grad_norm_(state.raw.parameters(), max_norm, foreach=True)
+        return total.full_tensor()
     kept = {id(k.param) for k in state.kept_grads}
     dense = [p.grad for p in state.raw.parameters() if p.grad is not None and id(p) not in kept]
     picked = [k.param.grad.index_select(0, r) for k, r in zip(state.kept_grads, rows, strict=True)]
@@ -240,8 +261,22 @@ def global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _no_sync(model: nn.Module) -> contextlib.AbstractContextManager:
-    """DDP's no_sync (skip the gradient all-reduce); nothing for a model that is not wrapped."""
-    return model.no_sync() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
+    """DDP's no_sync (skip the gradient all-reduce), FSDP's gradient sync off for the block (gradients
+    accumulate unsharded, reduce-scattered after the last micro-batch); nothing for a bare model."""
+    if isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    if distributed.is_sharded(model):
+        return _fsdp_no_sync(model)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model: nn.Module):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def derive_seed(*parts: int) -> int:
@@ -252,16 +287,34 @@ def derive_seed(*parts: int) -> int:
 
 def train_batches(data: TokenDataset, objective: Objective, cfg: TrainConfig, env: Dist, step: int) -> list[Batch]:
     """This process's micro-batches of optimizer step ``step``: a function of (seed, step, rank) only."""
-    window = objective.window_length(cfg.block_size)
     batches = []
     for micro in range(cfg.grad_accum):
-        tokens = data.batch(
-            "train", step * cfg.grad_accum + micro, cfg.batch_size, window,
-            seed=cfg.seed, rank=env.rank, world_size=env.world_size,
-        )  # fmt: skip
-        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, TRAIN_SEEDS, step, micro, env.rank))
-        batches.append(objective(tokens, generator).to(env.device, non_blocking=True))
+        seed = derive_seed(cfg.seed, TRAIN_SEEDS, step, micro, 0)
+        batch = draw_batch(data, objective, "train", step * cfg.grad_accum + micro, cfg, env, seed)
+        batches.append(batch.to(env.device, non_blocking=True))
     return batches
+
+
+def draw_batch(
+    data: TokenDataset, objective: Objective, split: str, index: int, cfg: TrainConfig, env: Dist, seed: int
+) -> Batch:
+    """This process's rows of batch ``index`` of ``split`` with the objective applied (on the CPU): the
+    same rows, masks and spans, whatever the number of processes, as one process with their batch.
+
+    The windows are ``TokenDataset.batch``'s (rank r takes rows [r * B, (r + 1) * B) of the global
+    draw). An objective that draws randoms (masking, span noise) is applied to the whole global batch
+    with one generator seeded by ``seed`` and this process keeps its rows: drawn per process, the masks
+    would depend on how the rows are split, and 2 processes would not train what one does. It costs
+    every process the masking of world_size x batch_size rows, integer work of a few ms."""
+    window = objective.window_length(cfg.block_size)
+    if objective.name == "causal_lm" or env.world_size == 1:  # nothing drawn, or nothing to split
+        tokens = data.batch(split, index, cfg.batch_size, window, seed=cfg.seed, rank=env.rank,
+                            world_size=env.world_size)  # fmt: skip
+        return objective(tokens, torch.Generator().manual_seed(seed))
+    rows = cfg.batch_size * env.world_size
+    whole = objective(data.batch(split, index, rows, window, seed=cfg.seed), torch.Generator().manual_seed(seed))
+    mine = slice(env.rank * cfg.batch_size, (env.rank + 1) * cfg.batch_size)
+    return Batch({name: t[mine] for name, t in whole.inputs.items()}, whole.labels[mine])
 
 
 # ---- throughput -----------------------------------------------------------------------------

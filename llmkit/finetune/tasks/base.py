@@ -121,7 +121,7 @@ class ExampleTask(Task):
     def batches(self, step: int, cfg: TrainConfig, env: Dist) -> list[Batch]:
         return [
             self.train_examples.batch(step * cfg.grad_accum + micro, cfg.batch_size, seed=cfg.seed,
-                                      rank=env.rank, world_size=env.world_size).to(env.device)
+                                      rank=env.rank, world_size=env.world_size).to(env.device, non_blocking=True)
             for micro in range(cfg.grad_accum)
         ]  # fmt: skip
 
