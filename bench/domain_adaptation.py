@@ -39,7 +39,6 @@ A rerun with the same --out reuses what is finished (corpora, tokenizers, token 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -47,7 +46,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +70,7 @@ from domain_real import REAL_QUICK, RealSettings, render_real, run_real  # noqa:
 
 from llmkit.errors import LlmkitError  # noqa: E402
 from llmkit.files import atomic_write  # noqa: E402
+from llmkit.scale.sweep import output_to  # noqa: E402
 
 KINDS = ("general", "domain", "mix", "continue")  # the four ways of spending the budget
 KIND_LABELS = {
@@ -283,7 +282,7 @@ def _worker(out: str, job: Job, settings: Settings, ids: dict[str, list[int]]) -
     torch.set_num_threads(settings.threads)
     root = Path(out)
     (root / "logs").mkdir(parents=True, exist_ok=True)
-    with _output_to(root / "logs" / f"{job.name}.log"):
+    with output_to(root / "logs" / f"{job.name}.log"):
         try:
             started = time.perf_counter()
             train_job(root, job, settings)
@@ -302,26 +301,6 @@ def _worker(out: str, job: Job, settings: Settings, ids: dict[str, list[int]]) -
     }
     atomic_write(run_dir(root, job) / "result.json", json.dumps(result, indent=2) + "\n")
     return result
-
-
-@contextlib.contextmanager
-def _output_to(path: Path) -> Iterator[None]:
-    """File descriptors 1 and 2 (and Python's streams) into ``path``, appended; restored after."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with open(path, "a") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def run_jobs(out: Path, jobs: list[Job], settings: Settings, ids: dict[str, list[int]]) -> list[dict[str, Any]]:

@@ -321,7 +321,7 @@ def _worker(point: Point, log: str, threads: int) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
-    with _output_to(log):
+    with output_to(log):
         env = distributed.init(point.train.device)
         try:
             result = run_point(point, env)
@@ -331,7 +331,7 @@ def _worker(point: Point, log: str, threads: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _output_to(path: str) -> Iterator[None]:
+def output_to(path: str | os.PathLike) -> Iterator[None]:
     """File descriptors 1 and 2 (and Python's streams) into ``path``, appended; restored after."""
     sys.stdout.flush()
     sys.stderr.flush()
