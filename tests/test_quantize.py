@@ -489,8 +489,10 @@ def test_projections_of_one_input_share_a_kernel_call(spec, monkeypatch):
 
 @needs_kernels
 @pytest.mark.parametrize("spec", SPECS, ids=str)
-def test_c_dequantize_equals_the_torch_reading_bit_for_bit(spec):
-    q = QuantizedLinear.from_linear(linear(352, 37), spec)
+@pytest.mark.parametrize("shape", [(352, 37), (37, 5), (1000, 7), (40, 6)])
+def test_c_dequantize_equals_the_torch_reading_bit_for_bit(spec, shape):
+    # 37, 40 and 1000 inputs end inside a 16-weight vector and a group: the vector path's masked tail
+    q = QuantizedLinear.from_linear(linear(*shape), spec)
     reference = q.dequantize()  # not on the kernels: torch's reading
     use_kernels(q)
     assert torch.equal(q.dequantize(), reference)
