@@ -2,7 +2,8 @@
 
 ``llmkit serve MODEL`` runs in its own process as a user would start it (loopback, a free port,
 ``--quiet``, no embedder), for SmolLM2-135M-Instruct in bf16 (the checkpoint ``make models`` converts,
-served with ``--dtype bf16``) and in int4 (its Q4_1 blocks as stored). Each client streams
+served with ``--dtype bf16``) and in int4 (its Q4_1 blocks as stored; ``int4-bf16``: the same served with
+``--dtype bf16``, so activations and batched products are bf16). Each client streams
 /v1/chat/completions for its own question, greedy, ``max_tokens`` new tokens with vLLM's ``ignore_eos``
 (so every request makes all of them); tokens are counted as the chunks arrive (one per token) and
 checked against the final usage chunk. Time to first token is from sending the request to the first
@@ -35,7 +36,11 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {"bf16": ("models/smollm2-135m-instruct", ["--dtype", "bf16"]), "int4": ("models/smollm2-q4", [])}
+MODELS = {
+    "bf16": ("models/smollm2-135m-instruct", ["--dtype", "bf16"]),
+    "int4": ("models/smollm2-q4", []),  # int4 weights, fp32 activations
+    "int4-bf16": ("models/smollm2-q4", ["--dtype", "bf16"]),  # int4 weights, bf16 activations
+}
 QUESTIONS = [
     "What is the capital of France?", "Write a haiku about the sea.", "Explain gravity to a child.",
     "List three fruits and their colours.", "How do I sort a list in Python?", "Why is the sky blue?",
@@ -160,7 +165,7 @@ def bench_model(name: str, args) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", choices=sorted(MODELS), action="append", help="bf16, int4 (default: both)")
+    ap.add_argument("--model", choices=sorted(MODELS), action="append", help="bf16, int4, int4-bf16 (default: bf16 and int4)")
     ap.add_argument("--models-dir", default=None, help="where the checkpoints are (default: models/ of the repo)")
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per request")

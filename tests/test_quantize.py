@@ -498,6 +498,22 @@ def test_c_dequantize_equals_the_torch_reading_bit_for_bit(spec, shape):
     assert torch.equal(q.dequantize(), reference)
 
 
+@needs_kernels
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+def test_many_bf16_rows_use_the_c_values_rounded_once(spec):
+    """A bf16 input of more rows than the kernels take (a server's batch) multiplies the C dequantizer's
+    fp32 values rounded once to bf16: within half a bf16 step of the exact weights, where torch's own bf16
+    reading rounds the scales too."""
+    q = QuantizedLinear.from_linear(linear(352, 37, bias=False), spec)
+    exact = q.dequantize(torch.float64)
+    use_kernels(q)
+    w = q.dequantize(torch.bfloat16)
+    assert w.dtype == torch.bfloat16 and torch.equal(w, exact.float().to(torch.bfloat16))
+    x = torch.randn(KERNEL_MAX_ROWS + 1, 352, dtype=torch.bfloat16)
+    assert not q.takes_kernel(x)
+    assert torch.equal(q(x), F.linear(x, w))
+
+
 KERNEL_CHECK = """
 import torch
 from torch import nn

@@ -84,12 +84,13 @@ class QuantizedMatrix(nn.Module):
 
     def dequantize(self, dtype: torch.dtype = torch.float32, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The weight (or only ``rows`` of it, e.g. looked-up token ids) as ``dtype``: (..., in). The
-        whole matrix in fp32 of a module on the kernels comes from the C dequantizer (the same values)."""
+        whole matrix of a module on the kernels comes from the C dequantizer: in fp32 the same values as
+        torch's reading; in 16 bits those values rounded once (torch's reading computes in 16 bits, a
+        rounding more, and takes seconds for SmolLM2: a server's bf16 batches dequantize every step)."""
         on_kernels = self.kernel and self.qweight.device.type == "cpu" and not torch.compiler.is_compiling()
-        if rows is None and dtype == torch.float32 and on_kernels:
-            return kernels.dequantize(
-                self.qweight, self.scales, self.mins, self.method, self.in_features, self.group_size
-            )
+        if rows is None and dtype in (torch.float32, torch.bfloat16, torch.float16) and on_kernels:
+            w = kernels.dequantize(self.qweight, self.scales, self.mins, self.method, self.in_features, self.group_size)
+            return w if dtype == torch.float32 else w.to(dtype)
         pick = (lambda t: t) if rows is None else (lambda t: None if t is None else t[rows])
         q, scales, mins = pick(self.qweight), pick(self.scales), pick(self.mins)
         if self.method == "int8":
