@@ -165,7 +165,9 @@ def bench_model(name: str, args) -> bool:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", choices=sorted(MODELS), action="append", help="bf16, int4, int4-bf16 (default: bf16 and int4)")
+    ap.add_argument(
+        "--model", choices=sorted(MODELS), action="append", help="bf16, int4, int4-bf16 (default: bf16 and int4)"
+    )
     ap.add_argument("--models-dir", default=None, help="where the checkpoints are (default: models/ of the repo)")
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=64, help="new tokens per request")
