@@ -73,6 +73,16 @@ static inline float f16_to_f32(uint16_t h) {
  * input sums of each (row, group), both owned by the caller of prepare() and freed after. */
 typedef struct { float *x, *sums; int64_t stride, groups; } Prepared;
 
+/* sums[g] += the sum of x's inputs in group g, group by group (a division per input cost ~25 cycles) */
+static void group_sums(const float *x, int64_t in, int64_t group, float *sums) {
+    for (int64_t g = 0, start = 0; start < in; g++, start += group) {
+        const int64_t end = start + group < in ? start + group : in;
+        float t = 0.0f;
+        for (int64_t i = start; i < end; i++) t += x[i];
+        sums[g] += t;
+    }
+}
+
 static int prepare(const float *x, int64_t rows, int64_t in, int64_t group, Prepared *p) {
     p->stride = (in + CHUNK - 1) / CHUNK * CHUNK;
     p->groups = (in + group - 1) / group;
@@ -81,7 +91,7 @@ static int prepare(const float *x, int64_t rows, int64_t in, int64_t group, Prep
     if (!p->x || !p->sums) { free(p->x); free(p->sums); return -1; }
     for (int64_t r = 0; r < rows; r++) {
         memcpy(p->x + r * p->stride, x + r * in, (size_t)in * sizeof(float));
-        for (int64_t i = 0; i < in; i++) p->sums[r * p->groups + i / group] += x[r * in + i];
+        group_sums(x + r * in, in, group, p->sums + r * p->groups);
     }
     return 0;
 }
