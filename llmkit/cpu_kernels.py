@@ -141,8 +141,8 @@ def library() -> ctypes.CDLL | None:
     c_int = ctypes.c_int
     lib.llmkit_quantized_matmul.argtypes = [ptr, i64, i64, c_int, i64, ptr, ptr, ptr, ptr, i64, ptr, c_int]
     lib.llmkit_quantized_matmul.restype = ctypes.c_int
-    # bits, q, scales, mins, rows, in, group, w, threads
-    lib.llmkit_dequantize.argtypes = [c_int, ptr, ptr, ptr, i64, i64, i64, ptr, c_int]
+    # bits, q, scales, mins, rows, in, group, w, threads, bf16 (w's dtype: 0 fp32, 1 bf16)
+    lib.llmkit_dequantize.argtypes = [c_int, ptr, ptr, ptr, i64, i64, i64, ptr, c_int, c_int]
     lib.llmkit_dequantize.restype = ctypes.c_int
     lib.llmkit_bf16_matmul.argtypes = [ptr, i64, i64, ptr, i64, ptr, ctypes.c_int]  # x, rows, in, w, out, y, threads
     lib.llmkit_bf16_matmul.restype = ctypes.c_int

@@ -406,15 +406,23 @@ int llmkit_bf16_matmul(const float *x, int64_t rows, int64_t in, const uint16_t 
 }
 
 /* ---- dequantize ---------------------------------------------------------------------------- */
-/* The whole stored matrix as fp32 (rows, in): w = scale * (q - zero) + min, as llmkit.quantize.tensors
+/* The whole stored matrix as fp32 (rows, in), or those values rounded once to bf16 (``bf16`` 1: a server's
+ * bf16 batches, without an fp32 copy written and read again): w = scale * (q - zero) + min, as llmkit.quantize.tensors
  * reads it back, for inputs of many rows (a long prompt, a batch of the server), where BLAS on the floats
  * beats the row kernels. scale * (q - zero) is exact in fp32 (an fp16 scale times an integer of at most
  * 8 bits), so the only rounding is the one addition of min, as in torch: the result is bit for bit
  * tensors'. The AVX-512 path does 16 weights an instruction (groups a multiple of 16, as every GGUF
  * block and llmkit default is); other groups and machines take the scalar loop. Why it matters: a batch
  * of 64 rows dequantizes every matrix each step, and the scalar loop took about 2.5 ns a weight. */
+/* fp32 -> bf16 rounding to nearest even, as torch's .to(torch.bfloat16) rounds finite values (weights are) */
+static inline uint16_t bf16_rounded(float f) {
+    union { float f; uint32_t u; } v = {.f = f};
+    return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
+}
+
 static void dequantize_row_scalar(int bits, const void *q, const uint16_t *scales, const uint16_t *mins, int64_t o,
-                                  int64_t in, int64_t group, int64_t groups, int64_t width, float zero, float *out) {
+                                  int64_t in, int64_t group, int64_t groups, int64_t width, float zero, void *out,
+                                  int bf16) {
     for (int64_t i = 0; i < in; i++) {
         float v;
         if (bits == 4) {
@@ -426,22 +434,40 @@ static void dequantize_row_scalar(int bits, const void *q, const uint16_t *scale
         }
         int64_t g = o * groups + i / group;
         float scaled = f16_to_f32(scales[g]) * (v - zero);
-        out[i] = mins ? scaled + f16_to_f32(mins[g]) : scaled;
+        float value = mins ? scaled + f16_to_f32(mins[g]) : scaled;
+        if (bf16) ((uint16_t *)out)[i] = bf16_rounded(value);
+        else ((float *)out)[i] = value;
     }
 }
 
 #if defined(LLMKIT_AVX512)
 /* 16 weights (inputs i .. i + 15 of row o, all in group g) from their values as floats, into out + i */
 static inline void dequantize_store(__m512 v, const uint16_t *scales, const uint16_t *mins, int64_t g, float zero,
-                                    int64_t i, int64_t in, float *out) {
+                                    int64_t i, int64_t in, void *out, int bf16) {
     __m512 w = _mm512_mul_ps(_mm512_set1_ps(f16_to_f32(scales[g])), _mm512_sub_ps(v, _mm512_set1_ps(zero)));
     if (mins) w = _mm512_add_ps(w, _mm512_set1_ps(f16_to_f32(mins[g])));
-    if (i + 16 <= in) _mm512_storeu_ps(out + i, w);
-    else if (i < in) _mm512_mask_storeu_ps(out + i, (__mmask16)((1u << (in - i)) - 1), w);
+    if (bf16) { /* bf16_rounded on 16 lanes, then the top halves packed */
+        __m512i u = _mm512_castps_si512(w);
+        __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+        u = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+        __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16));
+        uint16_t *o16 = (uint16_t *)out + i;
+        if (i + 16 <= in) _mm256_storeu_si256((__m256i *)o16, h);
+        else if (i < in) {
+            uint16_t lanes[16];
+            _mm256_storeu_si256((__m256i *)lanes, h);
+            memcpy(o16, lanes, (size_t)(in - i) * sizeof(uint16_t));
+        }
+        return;
+    }
+    float *o32 = (float *)out;
+    if (i + 16 <= in) _mm512_storeu_ps(o32 + i, w);
+    else if (i < in) _mm512_mask_storeu_ps(o32 + i, (__mmask16)((1u << (in - i)) - 1), w);
 }
 
 static void dequantize_row_avx512(int bits, const void *q, const uint16_t *scales, const uint16_t *mins, int64_t o,
-                                  int64_t in, int64_t group, int64_t groups, int64_t width, float zero, float *out) {
+                                  int64_t in, int64_t group, int64_t groups, int64_t width, float zero, void *out,
+                                  int bf16) {
     const uint16_t *s = scales + o * groups, *m = mins ? mins + o * groups : NULL;
     if (bits == 4) {
         const uint8_t *row = (const uint8_t *)q + o * width;
@@ -452,7 +478,7 @@ static void dequantize_row_avx512(int bits, const void *q, const uint16_t *scale
                 int64_t i = c * CHUNK + 16 * k;
                 if (i >= in) break;
                 __m512 v = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(words, 4 * k), low4));
-                dequantize_store(v, s, m, i / group, zero, i, in, out);
+                dequantize_store(v, s, m, i / group, zero, i, in, out, bf16);
             }
         }
     } else {
@@ -460,14 +486,14 @@ static void dequantize_row_avx512(int bits, const void *q, const uint16_t *scale
             __mmask16 lanes = i + 16 <= in ? (__mmask16)0xFFFF : (__mmask16)((1u << (in - i)) - 1);
             __m128i b = _mm_maskz_loadu_epi8(lanes, (const uint8_t *)q + o * in + i);
             __m512i v = mins ? _mm512_cvtepu8_epi32(b) : _mm512_cvtepi8_epi32(b);
-            dequantize_store(_mm512_cvtepi32_ps(v), s, m, i / group, zero, i, in, out);
+            dequantize_store(_mm512_cvtepi32_ps(v), s, m, i / group, zero, i, in, out, bf16);
         }
     }
 }
 #endif
 
 int llmkit_dequantize(int bits, const void *q, const uint16_t *scales, const uint16_t *mins, int64_t rows,
-                      int64_t in, int64_t group, float *w, int threads) {
+                      int64_t in, int64_t group, void *w, int threads, int bf16) {
     const int64_t groups = (in + group - 1) / group, width = bits == 4 ? (in + CHUNK - 1) / CHUNK * 32 : in;
     const float zero = bits == 4 ? (mins ? 0.0f : 8.0f) : 0.0f;
 #if defined(LLMKIT_AVX512)
@@ -477,14 +503,15 @@ int llmkit_dequantize(int bits, const void *q, const uint16_t *scales, const uin
 #endif
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t o = 0; o < rows; o++) {
+        void *row_out = bf16 ? (void *)((uint16_t *)w + o * in) : (void *)((float *)w + o * in);
 #if defined(LLMKIT_AVX512)
         if (vector) {
-            dequantize_row_avx512(bits, q, scales, mins, o, in, group, groups, width, zero, w + o * in);
+            dequantize_row_avx512(bits, q, scales, mins, o, in, group, groups, width, zero, row_out, bf16);
             continue;
         }
 #endif
         (void)vector;
-        dequantize_row_scalar(bits, q, scales, mins, o, in, group, groups, width, zero, w + o * in);
+        dequantize_row_scalar(bits, q, scales, mins, o, in, group, groups, width, zero, row_out, bf16);
     }
     return 0;
 }

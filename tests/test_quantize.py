@@ -529,6 +529,9 @@ for spec in (QuantSpec("int4"), QuantSpec("int4", 64, scheme="symmetric"), Quant
             x = torch.randn(rows, shape[0])
             ref = x.double() @ q.dequantize(torch.float64).T
             worst = max(worst, float((q.kernel_matmul(x).double() - ref).abs().max() / ref.abs().max()))
+        exact = q.dequantize(torch.float64).float()  # the C dequantizer of this build, fp32 and bf16
+        assert torch.equal(q.dequantize(torch.float32), exact), (spec, shape)
+        assert torch.equal(q.dequantize(torch.bfloat16), exact.bfloat16()), (spec, shape)
 w = torch.randn(33, 130).bfloat16()
 x = torch.randn(3, 130)
 ref = x.double() @ w.double().T

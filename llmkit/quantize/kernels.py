@@ -93,13 +93,17 @@ def dequantize(
     method: str,
     in_features: int,
     group_size: int,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """The whole stored matrix as fp32 (out, in), bit for bit tensors.dequantize_int4/int8's values, in C
-    (SmolLM2's matrices: tens of ms where torch's unpacking takes about 2 s)."""
-    w = torch.empty(qweight.shape[0], in_features)
+    """The whole stored matrix (out, in) in C: fp32, bit for bit tensors.dequantize_int4/int8's values
+    (SmolLM2's matrices: tens of ms where torch's unpacking takes about 2 s), or bf16, those values rounded
+    once to nearest even (as ``.to(torch.bfloat16)`` rounds them, without the fp32 copy)."""
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"the C dequantizer writes fp32 or bf16, not {dtype}")
+    w = torch.empty(qweight.shape[0], in_features, dtype=dtype)
     cpu_kernels.library().llmkit_dequantize(
         4 if method == "int4" else 8, qweight.data_ptr(), scales.data_ptr(), None if mins is None else mins.data_ptr(),
-        qweight.shape[0], in_features, group_size, w.data_ptr(), torch.get_num_threads(),
+        qweight.shape[0], in_features, group_size, w.data_ptr(), torch.get_num_threads(), dtype == torch.bfloat16,
     )  # fmt: skip
     return w
 

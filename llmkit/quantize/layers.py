@@ -89,8 +89,11 @@ class QuantizedMatrix(nn.Module):
         rounding more, and takes seconds for SmolLM2: a server's bf16 batches dequantize every step)."""
         on_kernels = self.kernel and self.qweight.device.type == "cpu" and not torch.compiler.is_compiling()
         if rows is None and dtype in (torch.float32, torch.bfloat16, torch.float16) and on_kernels:
-            w = kernels.dequantize(self.qweight, self.scales, self.mins, self.method, self.in_features, self.group_size)
-            return w if dtype == torch.float32 else w.to(dtype)
+            direct = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+            w = kernels.dequantize(
+                self.qweight, self.scales, self.mins, self.method, self.in_features, self.group_size, direct
+            )
+            return w.to(dtype)  # fp16: the fp32 values rounded once; fp32 and bf16: as written
         pick = (lambda t: t) if rows is None else (lambda t: None if t is None else t[rows])
         q, scales, mins = pick(self.qweight), pick(self.scales), pick(self.mins)
         if self.method == "int8":
