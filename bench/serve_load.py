@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,9 @@ from llmkit import checkpoint
 from llmkit.config import GenerationConfig, ModelConfig
 from llmkit.data.tokenizer_train import train_tokenizer
 from llmkit.models import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/'s shared helpers
+from serve_common import free_port, run_phase  # noqa: E402
 
 TEXT = [
     "The cat ate the cake. The dog ate the donut. A banana is yellow and the sky is blue.",
@@ -52,12 +54,6 @@ def tiny_model(directory: Path) -> Path:
     gen = GenerationConfig.for_model(cfg).replace(eos_token_id=[])  # every request makes all its tokens
     checkpoint.save(build_model(cfg), directory, tokenizer=bpe, generation_config=gen)
     return directory
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(model: Path, port: int, max_batch: int, log) -> subprocess.Popen:
@@ -98,23 +94,10 @@ async def one_client(client: httpx.AsyncClient, prompt: str, tokens: int) -> int
 
 async def phase(url: str, prompts: list[str], tokens: int, concurrent: bool) -> tuple[int, int, float]:
     """(tokens, errors, seconds) for all prompts at once or one at a time."""
-    limits = httpx.Limits(max_connections=len(prompts) + 1)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
-        start = time.perf_counter()
-        if concurrent:
-            results = await asyncio.gather(*(one_client(client, p, tokens) for p in prompts), return_exceptions=True)
-        else:
-            results = []
-            for p in prompts:
-                try:
-                    results.append(await one_client(client, p, tokens))
-                except Exception as err:  # counted, as in the concurrent phase
-                    results.append(err)
-        seconds = time.perf_counter() - start
-    errors = [r for r in results if isinstance(r, BaseException)]
-    for err in errors[:3]:
-        print(f"  error: {err!r}", file=sys.stderr)
-    return sum(r for r in results if isinstance(r, int)), len(errors), seconds
+    done, errors, seconds = await run_phase(
+        url, prompts, lambda client, p: one_client(client, p, tokens), concurrent, timeout=300
+    )
+    return sum(done), errors, seconds
 
 
 def main() -> int:

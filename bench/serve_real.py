@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,9 @@ import time
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/'s shared helpers
+from serve_common import free_port, run_phase  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
@@ -49,12 +51,6 @@ QUESTIONS = [
     "How many legs does a spider have?", "Suggest a name for a bakery.", "What is photosynthesis?",
     "Translate 'good morning' into Spanish.",
 ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(model: Path, extra: list[str], port: int, args, log) -> subprocess.Popen:
@@ -108,24 +104,10 @@ async def one_client(client: httpx.AsyncClient, question: str, tokens: int) -> t
 
 async def phase(url: str, questions: list[str], tokens: int, concurrent: bool):
     """(tokens, errors, seconds, time-to-first-token list) for all questions at once or one at a time."""
-    limits = httpx.Limits(max_connections=len(questions) + 1)
-    async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as client:
-        start = time.perf_counter()
-        if concurrent:
-            results = await asyncio.gather(*(one_client(client, q, tokens) for q in questions), return_exceptions=True)
-        else:
-            results = []
-            for q in questions:
-                try:
-                    results.append(await one_client(client, q, tokens))
-                except Exception as err:  # counted, as in the concurrent phase
-                    results.append(err)
-        seconds = time.perf_counter() - start
-    errors = [r for r in results if isinstance(r, BaseException)]
-    for err in errors[:3]:
-        print(f"  error: {err!r}", file=sys.stderr)
-    done = [r for r in results if not isinstance(r, BaseException)]
-    return sum(n for n, _ in done), len(errors), seconds, sorted(t for _, t in done)
+    done, errors, seconds = await run_phase(
+        url, questions, lambda client, q: one_client(client, q, tokens), concurrent, timeout=900
+    )
+    return sum(n for n, _ in done), errors, seconds, sorted(t for _, t in done)
 
 
 def pct(values: list[float], q: float) -> float:
