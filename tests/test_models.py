@@ -417,18 +417,21 @@ def test_written_out_training_attention_equals_sdpa(family, padded):
 def test_a_meta_build_runs_no_initializer_and_leaves_torch_init_as_it_was():
     """A build on the meta device skips torch.nn.init (there are no values to fill): torch's meta
     normal_ imports torch._dynamo, which made every checkpoint load's header check cost 1.5-3 s. A
-    fresh process, so nothing earlier has imported it; the CPU build after it is initialized as before."""
+    fresh process, so nothing earlier has imported it; the CPU build after it is initialized as before,
+    and torch's initializers are wrapped (to be skippable per thread) once, not once per build."""
     code = """
 import sys, torch
 from torch import nn
 from llmkit.config import ModelConfig
 from llmkit.models import build_model
-inits = {name: getattr(nn.init, name) for name in ("normal_", "uniform_", "kaiming_uniform_", "ones_")}
+inits = None
 for family in ("tiny-bert-1m", "tiny-gpt-1m", "tiny-t5-1m"):
     model = build_model(ModelConfig.from_name(family, vocab_size=97, d_model=32, n_layer=2, n_head=4), "meta")
     assert all(p.is_meta for p in model.parameters())
+    now = {name: getattr(nn.init, name) for name in ("normal_", "uniform_", "kaiming_uniform_", "ones_")}
+    assert inits is None or now == inits, "torch's initializers wrapped again"  # wrapped once per process
+    inits = now
 print("dynamo" if "torch._dynamo" in sys.modules else "no dynamo")
-assert all(getattr(nn.init, name) is fn for name, fn in inits.items())
 torch.manual_seed(0)
 a = build_model(ModelConfig.from_name("tiny-bert-1m", vocab_size=97, d_model=32, n_layer=2, n_head=4), init=False)
 torch.manual_seed(0)
@@ -441,3 +444,33 @@ assert torch.equal(a.embed.tokens.weight, b), "the CPU build skipped torch's ini
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "no dynamo"
+
+
+def test_skipping_torch_init_for_a_meta_build_leaves_other_threads_alone():
+    """A meta build skips torch's initializers in its own thread only: a model built in another thread
+    meanwhile is initialized, and so is everything after both (the old process-wide swap left them no-ops)."""
+    import threading
+
+    from llmkit.models import skip_torch_init
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def meta_build() -> None:
+        with skip_torch_init():
+            inside.set()
+            leave.wait(10)
+
+    worker = threading.Thread(target=meta_build)
+    worker.start()
+    assert inside.wait(10)
+    try:
+        during = nn.init.normal_(torch.zeros(64))  # this thread, while the other skips
+        with skip_torch_init():
+            skipped = nn.init.normal_(torch.zeros(64))
+        inner_done = nn.init.ones_(torch.zeros(3))  # this thread's own block is over, the other's is not
+    finally:
+        leave.set()
+        worker.join()
+    assert during.abs().sum() > 0 and torch.equal(inner_done, torch.ones(3))
+    assert torch.equal(skipped, torch.zeros(64))
+    assert nn.Linear(8, 8).weight.abs().sum() > 0  # after both blocks

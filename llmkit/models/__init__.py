@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -49,24 +51,42 @@ _TORCH_INITS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "z
                 "kaiming_normal_", "xavier_uniform_", "xavier_normal_", "orthogonal_")  # fmt: skip
 
 
+_SKIPPING = threading.local()  # .depth > 0: this thread is inside skip_torch_init
+_INSTALL_LOCK = threading.Lock()
+
+
+def _skippable(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def init(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return tensor if getattr(_SKIPPING, "depth", 0) else original(tensor, *args, **kwargs)
+
+    init.llmkit_skippable = True
+    return init
+
+
+def _install_skippable_inits() -> None:
+    """Wrap torch.nn.init's functions once per process so that each can be skipped per thread."""
+    with _INSTALL_LOCK:
+        for name in _TORCH_INITS:
+            function = getattr(nn.init, name)
+            if not getattr(function, "llmkit_skippable", False):
+                setattr(nn.init, name, _skippable(function))
+
+
 @contextmanager
 def skip_torch_init() -> Iterator[None]:
-    """torch.nn.init's initializers as no-ops while module constructors run (as transformers'
-    ``no_init_weights``): for a build on the meta device, where they fill nothing. There they cost the
-    most: the first meta ``normal_`` of a process (nn.Embedding's) imports torch._dynamo, 1.5-3 s that
-    every checkpoint load paid in ``check_header``. Not thread-safe (it swaps module attributes)."""
-    saved = {name: getattr(nn.init, name) for name in _TORCH_INITS}
-    for name in _TORCH_INITS:
-        setattr(nn.init, name, _unchanged)
+    """torch.nn.init's initializers as no-ops, in this thread only, while module constructors run (as
+    transformers' ``no_init_weights``): for a build on the meta device, where they fill nothing. There
+    they cost the most: the first meta ``normal_`` of a process (nn.Embedding's) imports torch._dynamo,
+    1.5-3 s that every checkpoint load paid in ``check_header``. Why per thread: swapping the functions
+    for the process (as this did) left them as no-ops for a model built in another thread meanwhile, and,
+    when two such blocks overlapped, for good."""
+    _install_skippable_inits()
+    _SKIPPING.depth = getattr(_SKIPPING, "depth", 0) + 1
     try:
         yield
     finally:
-        for name, function in saved.items():
-            setattr(nn.init, name, function)
-
-
-def _unchanged(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    return tensor
+        _SKIPPING.depth -= 1
 
 
 @torch.no_grad()
