@@ -655,3 +655,55 @@ def test_cli_headers_say_which_prompt_and_why_it_stopped(gpt_dir, tmp_path, caps
     assert main([*base, "--do-sample", "--seed", "0", "--num-return-sequences", "2"]) == 0
     headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("---")]
     assert headers[1] == "--- prompt 1 of 3, sequence 2 of 2, stopped at the length limit ---" and len(headers) == 6
+
+
+# ---- the compiled step's guard ------------------------------------------------------------------
+def tiny_llama(seed: int = 0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    sizes = dict(vocab_size=97, d_model=32, n_layer=2, n_head=4, n_kv_head=2, d_ff=64) | overrides
+    return build_model(ModelConfig.from_name("tiny-llama-10m", **sizes)).eval()
+
+
+def test_step_signature_follows_what_a_graph_reads():
+    from llmkit.inference.compiled import step_signature
+
+    a, b = tiny_llama(0), tiny_llama(1)
+    assert step_signature(a) == step_signature(b)  # other values, same graph
+    a.stack.final_norm.eps = 0.5
+    assert step_signature(a) != step_signature(b)  # a scalar attribute the forward reads
+    c = tiny_llama(0)
+    w = c.stack.layers[0].attn.q.weight
+    w.data = w.data.t().contiguous().t()
+    assert step_signature(c) != step_signature(b)  # a weight's layout
+    assert step_signature(tiny_llama(0).to(torch.bfloat16)) != step_signature(b)  # dtypes
+    assert step_signature(tiny_llama(0, d_model=64)) != step_signature(b)  # shapes
+    d = tiny_llama(0)
+    d.stack.layers[1].mlp.up.register_forward_hook(lambda *args: None)
+    assert step_signature(d) != step_signature(b)  # hooks
+
+
+def compiled_and_eager_steps(model, steps: int = 6) -> None:
+    ids, mask = torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 4, dtype=torch.long)
+    with torch.inference_mode():  # as the engine runs them
+        runners = [DecoderRunner(model, ids, mask, steps, compile=compile) for compile in (False, True)]
+        eager, compiled = (r.prefill() for r in runners)
+        for _ in range(steps):
+            tokens = eager.argmax(-1)
+            eager, compiled = runners[0].step(tokens), runners[1].step(tokens)
+            torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+
+
+def test_compiled_step_is_traced_again_when_the_model_changes():
+    """The compiled step is guarded on the model's signature instead of one guard per attribute and tensor
+    it read (8,692 for SmolLM2): whatever changes in the model between generations must give a new graph,
+    never a stale one, so the compiled step's logits equal the eager step's after each change."""
+    model = tiny_llama(0)
+    compiled_and_eager_steps(model)
+    model.stack.final_norm.eps = 0.5  # a float the traced code reads (dynamo passes floats in as inputs)
+    compiled_and_eager_steps(model)
+    model.stack.layers[1].mlp.gated = False  # a flag the traced code branches on: a stale graph keeps the branch
+    compiled_and_eager_steps(model)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.stack.layers[0].mlp.up.weight, std=0.5)  # values only: the same graph
+    compiled_and_eager_steps(model)
+    compiled_and_eager_steps(tiny_llama(2, d_model=48))  # another model, other shapes, the same function

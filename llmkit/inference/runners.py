@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from llmkit.inference.compiled import compiled_step, decoder_step, encoder_decoder_step
+from llmkit.inference.compiled import compiled_step, decoder_step, encoder_decoder_step, sign
 from llmkit.models.cache import KVCache
 from llmkit.quantize import use_bf16_kernels
 
@@ -62,6 +62,8 @@ class DecoderRunner:
         device = next(model.parameters()).device
         self.model, self.ids = model, ids.to(device)
         self.forward_step = compiled_step("decoder") if compile else decoder_step
+        if compile:
+            sign(model)  # what the compiled step is guarded on (llmkit.inference.compiled)
         self.rows, prompt_len = ids.shape
         self.cache = KVCache.for_model(model, self.rows, prompt_len + max_new)
         self.padded = not bool(mask.all())
@@ -102,6 +104,8 @@ class EncoderDecoderRunner:
         device = next(model.parameters()).device
         self.model = model
         self.forward_step = compiled_step("encoder_decoder") if compile else encoder_decoder_step
+        if compile:
+            sign(model)
         memory, _ = model.encode(ids.to(device), mask.to(device))  # (B, S, C), once per prompt
         self.memory = memory.repeat_interleave(expand, dim=0)  # (R, S, C)
         self.memory_mask = mask.to(device).repeat_interleave(expand, dim=0)
