@@ -191,13 +191,16 @@ def test_bf16_kernel_matches_fp64():
         assert error <= 1e-5
 
 
-def test_kernels_run_for_few_rows_and_the_reference_for_many():
-    q = QuantizedLinear.from_linear(linear(64, 32, bias=False), QuantSpec("int8"))
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_kernels_run_for_few_rows_and_the_reference_for_many(method):
+    q = QuantizedLinear.from_linear(linear(64, 32, bias=False), QuantSpec(method))
     use_kernels(q)
-    one, many = torch.randn(1, 1, 64), torch.randn(3, KERNEL_MAX_ROWS, 64)  # 1 row; 3 x the limit
+    limit = KERNEL_MAX_ROWS[method]  # int4's kernel re-decodes the weights per 4 rows: a lower limit
+    one, many = torch.randn(1, 1, 64), torch.randn(3, limit, 64)  # 1 row; 3 x the limit
     assert q.kernel == kernels.available()
     if q.kernel:
         assert torch.equal(q(one), q.kernel_matmul(one))
+        assert q.takes_kernel(torch.randn(limit, 64)) and not q.takes_kernel(torch.randn(limit + 1, 64))
     assert torch.equal(q(many), F.linear(many, q.dequantize()))
     use_kernels(q, False)
     assert torch.equal(q(one), F.linear(one, q.dequantize()))
@@ -509,7 +512,7 @@ def test_many_bf16_rows_use_the_c_values_rounded_once(spec):
     use_kernels(q)
     w = q.dequantize(torch.bfloat16)
     assert w.dtype == torch.bfloat16 and torch.equal(w, exact.float().to(torch.bfloat16))
-    x = torch.randn(KERNEL_MAX_ROWS + 1, 352, dtype=torch.bfloat16)
+    x = torch.randn(KERNEL_MAX_ROWS[spec.method] + 1, 352, dtype=torch.bfloat16)
     assert not q.takes_kernel(x)
     assert torch.equal(q(x), F.linear(x, w))
 

@@ -28,14 +28,16 @@ from llmkit.models.embeddings import Embeddings
 from llmkit.quantize import kernels, tensors
 from llmkit.quantize.spec import QuantSpec
 
-# Most input rows that go through the C kernels; more go through the reference path: the whole matrix
-# dequantized in C (AVX-512: 16 weights an instruction), then BLAS. The kernels hold 4 rows in registers
-# per pass over the weights and decode the weights again on every pass, so their cost grows with the rows;
-# the dequantizing costs the same for any rows. SmolLM2's Q4_1 matrices, 2 threads, us a call, kernel vs
-# reference (2026-12-07, load ~1): 1536 x 576 at 8 rows 394 vs 485, at 16 rows 773 vs 543, at 64 rows
-# 2739 vs 1163; 576 x 1536 at 8 rows 433 vs 501, at 16 757 vs 549. A batch of the server's 64 streams
-# takes the reference path (the scalar C dequantizer, 2.5 ns a weight, made the kernels win up to 128).
-KERNEL_MAX_ROWS = 8
+# Most input rows that go through the C kernels, per format; more go through the reference path: the whole
+# matrix dequantized in C (AVX-512: 16 weights an instruction), then BLAS. The kernels hold 4 rows in
+# registers per pass over the weights and decode the weights again on every pass, so their cost grows with
+# the rows; the dequantizing costs the same for any rows, 4 bytes written per weight. SmolLM2's matrices, 2
+# threads, us a call, kernel vs reference (2026-12-07/08, load ~1): int4 (Q4_1) 1536 x 576 at 8 rows 394 vs
+# 485, at 16 rows 773 vs 543, at 64 rows 2739 vs 1163; int8 (Q8_0), whose kernel decodes nothing, 1536 x 576
+# at 32 rows 1089 vs 2005, at 64 rows 2004 vs 2393, the 49152 x 576 head at 16 rows 17.4 vs 32.5 ms and at
+# 64 rows 58.5 vs 54.2 ms. A batch of the server's 64 streams takes the reference path for int4. (With the
+# scalar C dequantizer, 2.5 ns a weight, the kernels won up to 128 rows.)
+KERNEL_MAX_ROWS = {"int4": 8, "int8": 48}
 # bf16 weights need no dequantizing: oneDNN's bf16 GEMM takes over from a few rows on (2 threads, us a
 # call, kernel vs F.linear: 1536 x 576 1 row 78 vs 126, 4 rows 114 vs 134, 8 rows 238 vs 200; the
 # 49152 x 576 head 1 row 3550 vs 8452, 4 rows 15204 vs 5000; measured beside other work, load ~2).
@@ -124,7 +126,7 @@ class QuantizedMatrix(nn.Module):
             self.kernel
             and x.device.type == "cpu"
             and x.dtype in kernels.KERNEL_DTYPES
-            and rows <= KERNEL_MAX_ROWS
+            and rows <= KERNEL_MAX_ROWS[self.method]
             and not (x.requires_grad and torch.is_grad_enabled())
             and not torch.is_autocast_enabled("cpu")  # autocast casts F.linear's inputs; the op is not cast
         )
