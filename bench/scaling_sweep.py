@@ -37,13 +37,16 @@ from llmkit.plan.report import sci  # noqa: E402
 
 # The base model is the quickstart's shape (configs/quickstart.toml: 4 layers, 128 wide, d_ff 352, 2
 # query heads per key/value head) with 16-wide heads and a 1024-token vocabulary, so that the tied
-# output head does not dwarf the smallest models. The widths give N = 44K-868K; at these budgets
-# D/N runs from about 0.4 to 200, around Chinchilla's 20. The budgets are capped by the data: the
-# corpus is 4.3M training tokens, and the held-out run at 4x the largest budget, near the optimum,
-# should see it about once (the smallest model of the largest budget sees it about twice). Measured
-# here (one thread, bf16, batch 16 x 128, load ~2): 14 GFLOP/s at width 32 to 47 at 96, so the sweep
-# (2.35e13 FLOPs, two workers) takes ~10 minutes and the held-out run (1.2e13, two threads) ~5 on a
-# quiet machine, ~3x that on a busy one.
+# output head does not dwarf the smallest models. The widths are a ladder (N = 20K-868K); each budget
+# trains the 5 whose D/N lies nearest Chinchilla's 20 (sizes_per_budget), so width 16 gives the
+# smallest budget a left arm and width 128 trains only at the largest. The lr scales with width as
+# (128 / width)^0.5 (a check at one budget: docs/scaling.md), and a point short of 200 steps trains a
+# smaller batch (target_steps): the old bench's one lr and 41-step schedules left its largest points
+# far above their frontier, and its held-out prediction missed by +7.6%. The budgets are the old
+# bench's, capped by the data: the corpus is 4.3M training tokens. Measured here (one thread, bf16,
+# batch 16 x 128, load ~2): 14 GFLOP/s at width 32 to 47 at 96, so the sweep (2.35e13 FLOPs, two
+# workers) takes ~10 minutes and the held-out run (1.2e13, two threads) ~5 on a quiet machine, ~3x
+# that on a busy one.
 FULL = {
     "sources": ["python-docs", "python-stdlib"],
     "vocab": 1024,
@@ -56,21 +59,27 @@ FULL = {
         "d_ff": 352,
         "max_seq_len": 128,
     },  # fmt: skip
-    "widths": [32, 48, 64, 96, 128],
+    "widths": [16, 32, 48, 64, 96, 128],  # the ladder each budget takes its 5 sizes from
     "budgets": [5e11, 1.2e12, 3e12],
     "train": {
         "batch_size": 16,
         "block_size": 128,
-        "lr": 3e-3,
+        "lr": 3e-3,  # at the base's width 128; lr_width_exponent scales it per size
         "min_lr": 3e-4,
         "weight_decay": 0.1,
         "beta2": 0.99,
-        "eval_batches": 20,
+        "eval_batches": 40,
         "save_interval": 200,
         "log_interval": 10,
         "dtype": "bf16",
     },  # fmt: skip
-    "min_steps": 20,
+    "rules": {
+        "sizes_per_budget": 5,
+        "tokens_per_param": 20,
+        "lr_width_exponent": 0.5,
+        "target_steps": 200,
+        "min_steps": 20,
+    },  # fmt: skip
     "bootstrap": 100,
 }
 QUICK = {
@@ -99,7 +108,7 @@ QUICK = {
         "log_interval": 10,
         "dtype": "bf16",
     },  # fmt: skip
-    "min_steps": 10,
+    "rules": {"lr_width_exponent": 0.5, "target_steps": 50, "min_steps": 10},
     "bootstrap": 20,
 }
 HELD_OUT_FACTOR = 4
@@ -115,11 +124,15 @@ def toml(value) -> str:
     return json.dumps(value)  # JSON scalars and lists are TOML's too
 
 
-def sweep_config(spec: dict, data: Path, out: Path, budgets: list[float], widths: list[int]) -> str:
+def sweep_config(
+    spec: dict, data: Path, out: Path, budgets: list[float], widths: list[int], held_out: bool = False
+) -> str:
+    """The sweep's TOML; ``held_out``: one point trained by the same rules (its one width, not a window)."""
+    rules = {k: v for k, v in spec["rules"].items() if not (held_out and k == "sizes_per_budget")}
     lines = ["[model]"] + [f"{k} = {toml(v)}" for k, v in spec["base"].items()]
     lines += ["", "[train]", f"data = {toml(str(data))}"] + [f"{k} = {toml(v)}" for k, v in spec["train"].items()]
-    lines += ["", "[sweep]", f"budgets = {toml(budgets)}", f"widths = {toml(widths)}",
-              f"min_steps = {spec['min_steps']}", f"out_dir = {toml(str(out))}"]  # fmt: skip
+    lines += ["", "[sweep]", f"budgets = {toml(budgets)}", f"widths = {toml(widths)}"]
+    lines += [f"{k} = {toml(v)}" for k, v in rules.items()] + [f"out_dir = {toml(str(out))}"]
     return "\n".join(lines) + "\n"
 
 
@@ -206,7 +219,7 @@ def main_bench() -> None:
         target, source = max(r.params for r in results), "the largest swept size (neither fit has an optimum)"
     width, _ = held_out_width(spec, target, config)
     held = out / "heldout.toml"
-    held.write_text(sweep_config(spec, data, out / "heldout", [held_budget], [width]))
+    held.write_text(sweep_config(spec, data, out / "heldout", [held_budget], [width], held_out=True))
     run(["scale", "sweep", "--config", str(held), "--threads", str(args.workers)])
     done = time.perf_counter()
     measured = read_results(out / "heldout" / "results.jsonl")[0]

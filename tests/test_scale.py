@@ -204,6 +204,98 @@ def test_shapes_keep_head_dim_group_depth_ratio_and_mlp_ratio():
     assert fpt == flops_per_token(built, shape, 32) == 6 * matmul + 12 * shape.n_layer * shape.d_model * 32
 
 
+def _plan(rules: dict, batch_size: int = 8):
+    """The points of BASE (32 wide, head_dim 16, vocabulary 320) under a [sweep] table, block 16."""
+    from llmkit.config import TrainConfig
+
+    train = TrainConfig(batch_size=batch_size, block_size=16, lr=3e-3, min_lr=3e-4)
+    return grid.plan_points(BASE, train, grid.SweepConfig(**rules))
+
+
+def test_lr_width_exponent_scales_each_points_lr_and_min_lr_with_its_width():
+    """lr and min_lr x (32 / width)^p, 32 the base's width: p = 1 is muP's 1/width; the default 0 keeps one lr."""
+    widths = [16, 32, 64]
+    for p, factors in ((1.0, [2.0, 1.0, 0.5]), (0.5, [2**0.5, 1.0, 0.5**0.5]), (0.0, [1.0, 1.0, 1.0])):
+        rules = {"budgets": [1e10], "widths": widths} | ({"lr_width_exponent": p} if p else {})
+        points, _ = _plan(rules)
+        assert [pt.model.d_model for pt in points] == widths
+        assert [pt.train.lr for pt in points] == pytest.approx([3e-3 * f for f in factors], rel=1e-12)
+        assert [pt.train.min_lr for pt in points] == pytest.approx([3e-4 * f for f in factors], rel=1e-12)
+
+
+def test_sizes_per_budget_keeps_each_budgets_sizes_around_tokens_per_param():
+    """sizes_per_budget 3: per budget, the 3 widths whose D/N is nearest tokens_per_param in log; they
+    move to larger models as the budget grows, so each budget's minimum can sit among its sizes."""
+    widths = [16, 32, 48, 64, 80, 96]
+    budgets = [3e9, 3e11]
+    every, _ = _plan({"budgets": budgets, "widths": widths, "min_steps": 1})
+    chosen, _ = _plan({"budgets": budgets, "widths": widths, "min_steps": 1, "sizes_per_budget": 3,
+                       "tokens_per_param": 20})  # fmt: skip
+    picked = {}
+    for budget in budgets:
+        mine = [pt for pt in every if pt.budget == budget]
+        assert len(mine) == len(widths)
+        distance = {pt.name: abs(math.log(budget / (pt.flops_per_token * pt.params) / 20)) for pt in mine}
+        want = sorted(distance, key=distance.get)[:3]
+        got = [pt for pt in chosen if pt.budget == budget]
+        assert sorted(pt.name for pt in got) == sorted(want)
+        assert [pt.params for pt in got] == sorted(pt.params for pt in got)  # smallest model first
+        picked[budget] = [pt.model.d_model for pt in got]
+    assert picked[3e9] != picked[3e11] and max(picked[3e11]) > max(picked[3e9])
+    for key, value in (("sizes_per_budget", -1), ("tokens_per_param", 0), ("lr_width_exponent", "1"),
+                       ("target_steps", 1.5)):  # fmt: skip
+        with pytest.raises(LlmkitError, match=f"\\[sweep\\] {key}="):
+            grid.SweepConfig(budgets=[1e9], widths=[32], **{key: value})
+
+
+def test_target_steps_halves_the_batch_of_short_points_and_keeps_the_budget():
+    """target_steps 100 at batch 8: a point short of 100 steps trains batch 4, 2 or 1, the largest that
+    gives it 100 steps (1 if none does); D = steps x batch x block and C within half a step of the budget."""
+    widths, budget = [16, 32, 64], 4e9
+    base, _ = _plan({"budgets": [budget], "widths": widths, "min_steps": 1})
+    assert {pt.train.batch_size for pt in base} == {8}
+    points, _ = _plan({"budgets": [budget], "widths": widths, "min_steps": 1, "target_steps": 100})
+    batches = []
+    for pt in points:
+        rows_steps = budget / (pt.flops_per_token * 16)  # steps x batch the budget buys
+        batch = next((b for b in (8, 4, 2) if rows_steps / b >= 100), 1)
+        assert pt.train.batch_size == batch and pt.train.steps == round(rows_steps / batch)
+        assert pt.tokens == pt.train.steps * batch * 16 and abs(pt.flops / budget - 1) <= 0.5 / pt.train.steps
+        assert pt.train.lr == 3e-3  # the lr is kept
+        batches.append(batch)
+    assert batches[0] == 8 and batches[-1] < 8  # the cheapest model kept its batch, the largest did not
+
+
+def test_sweep_rules_reach_the_runs_and_old_sweep_settings_read_as_rules_off(data_dir, tmp_path, capsys):
+    """A sweep with the three rules trains each point with its planned lr and batch (the run's own
+    train_state.pt says so); a sweep.json written before the rules existed reads as the rules off."""
+    config = tmp_path / "sweep.toml"
+    rules = "sizes_per_budget = 2\ntokens_per_param = 2\nlr_width_exponent = 1.0\ntarget_steps = 40"
+    config.write_text(sweep_toml(data_dir, tmp_path / "out", budgets="[2.5e8]", extra=rules))
+    assert main(["scale", "sweep", "--config", str(config)]) == 0
+    model, train, spec = sweep.load_sweep_config(config)
+    planned = {pt.name: pt for pt in grid.plan_points(model, train, spec)[0]}
+    results = read_results(tmp_path / "out" / sweep.RESULTS)
+    assert [r.name for r in results] == list(planned) and len(results) == 2
+    for r in results:
+        cfg = torch.load(tmp_path / "out" / r.extra["run_dir"] / loop.TRAIN_STATE, weights_only=True)["train_config"]
+        pt = planned[r.name]
+        assert cfg["lr"] == pytest.approx(3e-3 * 32 / pt.model.d_model) == r.extra["lr"]
+        assert cfg["batch_size"] == pt.train.batch_size == r.extra["batch_size"]
+        assert r.tokens == cfg["steps"] * cfg["batch_size"] * 16 and cfg["steps"] >= 40 or cfg["batch_size"] == 1
+    assert any(r.extra["batch_size"] < 4 for r in results)
+    # a sweep.json of before the rules: no keys for them, so they read as off (the defaults)
+    old = tmp_path / "old"
+    old.mkdir()
+    settings = json.loads((tmp_path / "out" / sweep.SETTINGS).read_text())
+    settings["sweep"] = {"warmup_fraction": 0.1, "min_steps": 5}
+    (old / sweep.SETTINGS).write_text(json.dumps(settings))
+    off = grid.SweepConfig(budgets=[2.5e8], widths=[16, 32, 48], warmup_fraction=0.1, min_steps=5, out_dir=str(old))
+    sweep.check_settings(old, model, train, off, write=False)
+    with pytest.raises(LlmkitError, match="run with sweep lr_width_exponent=0.0, this config has 1.0"):
+        sweep.check_settings(old, model, train, spec, write=False)
+
+
 def sweep_toml(data: Path, out: Path, budgets: str = "[2.5e8, 5e8]", extra: str = "", train: str = "") -> str:
     return f"""
 [model]
@@ -309,7 +401,10 @@ def test_sweep_points_are_pretraining_runs_whose_flops_are_the_trainers_count(ti
         assert last["step"] == cfg["steps"] and last["lr"] == pytest.approx(lr_at(cfg["steps"] - 1, _train(cfg)))
         assert lr_at(cfg["steps"], _train(cfg)) == cfg["min_lr"]
         assert r.val_loss == [x["val_loss"] for x in records if "val_loss" in x][-1]
-    assert json.loads((out / sweep.SETTINGS).read_text())["sweep"] == {"warmup_fraction": 0.1, "min_steps": 5}
+    assert json.loads((out / sweep.SETTINGS).read_text())["sweep"] == {
+        "warmup_fraction": 0.1, "min_steps": 5, "sizes_per_budget": 0, "tokens_per_param": 20.0,
+        "lr_width_exponent": 0.0, "target_steps": 0,
+    }  # fmt: skip
 
 
 def _train(cfg: dict):

@@ -28,6 +28,11 @@ The config is a TOML file:
                                             width (or layers = [...]), heads keep its head_dim, d_ff
                                             its ratio to d_model
            warmup_fraction = 0.05, min_steps = 20, out_dir = "runs/scale"
+           optional rules that keep points on their frontier (docs/scaling.md):
+           sizes_per_budget = 5, tokens_per_param = 20  per budget, the 5 widths whose D/N is
+                                            nearest 20 (default 0: every width at every budget)
+           lr_width_exponent = 1.0          lr and min_lr x (base d_model / width)^1 (muP; default 0)
+           target_steps = 200               a shorter point halves its batch until it has 200 steps
 
 Run the same command again after a kill: finished points are skipped, an unfinished one resumes
 from its last checkpoint. --workers N trains N points at once in separate processes (the threads

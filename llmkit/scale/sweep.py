@@ -17,6 +17,7 @@ the same loop `llmkit pretrain` runs under torchrun, so no second way of sharing
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ from llmkit.units import human_count
 
 SETTINGS, RESULTS, RUNS, LOGS = "sweep.json", "results.jsonl", "runs", "logs"
 TABLES = ("model", "train", "sweep")
+GROWABLE = ("budgets", "widths", "layers", "out_dir")  # [sweep] keys a rerun may change (new points only)
 
 
 # ---- the config -----------------------------------------------------------------------------
@@ -70,6 +72,8 @@ def check_settings(root: Path, model: ModelConfig, train: TrainConfig, sweep: Sw
     path = root / SETTINGS
     if path.is_file():
         before = json.loads(path.read_text())
+        # a sweep.json from before a [sweep] rule existed ran with that rule's default (off)
+        before["sweep"] = {**_sweep_defaults(), **before.get("sweep", {})}
         for table in ("model", "train", "sweep"):
             old, new = before.get(table, {}), now[table]
             diff = next((k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)), None)
@@ -84,8 +88,13 @@ def check_settings(root: Path, model: ModelConfig, train: TrainConfig, sweep: Sw
         atomic_write(path, json.dumps(now, indent=2) + "\n")
 
 
+def _sweep_defaults() -> dict[str, Any]:
+    fields = dataclasses.fields(SweepConfig)
+    return {f.name: f.default for f in fields if f.name not in GROWABLE and f.default is not dataclasses.MISSING}
+
+
 def _settings(model: ModelConfig, train: TrainConfig, sweep: SweepConfig) -> dict[str, Any]:
-    keep = {k: v for k, v in sweep.to_dict().items() if k not in ("budgets", "widths", "layers", "out_dir")}
+    keep = {k: v for k, v in sweep.to_dict().items() if k not in GROWABLE}
     return {
         "model": {k: v for k, v in model.to_dict().items() if k != "name"},
         "train": {k: v for k, v in train.to_dict().items() if k not in SWEEP_OWNED and k != "device"},
@@ -139,7 +148,8 @@ def collect(point: Point, out: Path) -> Result:
         "n_layer": m.n_layer, "d_model": m.d_model, "n_head": m.n_head, "n_kv_head": m.n_kv_head, "d_ff": m.d_ff,
         "params_total": point.params_total, "flops_per_token": point.flops_per_token,
         "flops_logged": sum(r.get("flops", 0) for r in trained), "tokens_seen": saved.get("tokens_seen"),
-        "steps": point.train.steps, "warmup_steps": point.train.warmup_steps,
+        "steps": point.train.steps, "warmup_steps": point.train.warmup_steps, "batch_size": point.train.batch_size,
+        "lr": point.train.lr,
         "tokens_per_param": point.tokens / point.params, "train_loss": trained[-1]["train_loss"] if trained else None,
         "seconds": saved.get("train_seconds"), "run_dir": str(Path(RUNS) / out.name),
     }  # fmt: skip
@@ -258,7 +268,8 @@ def run_sweep(
 def describe(
     points: list[Point], done: set[str], notes: list[str], workers: int, threads: int | None, world: int
 ) -> list[str]:
-    """The plan: one line per point (budget, shape, N, D, steps, tokens per parameter, state) and a total."""
+    """The plan: one line per point (budget, shape, N, D, steps, batch, lr, tokens per parameter, state)
+    and a total."""
     budgets = sorted({p.budget for p in points})
     left = [p for p in points if p.name not in done]
     how = f"{world} processes (torchrun)" if world > 1 else f"{workers} worker{'s' * (workers > 1)}"
@@ -267,13 +278,13 @@ def describe(
     lines = [
         f"sweep: {len(points)} points ({len(budgets)} budgets), {len(points) - len(left)} done, {len(left)} to run "
         f"({sci(sum(p.flops for p in left))} of {sci(sum(p.flops for p in points))} FLOPs); {how}",
-        f"  {'point':<24}{'N':>9}{'D':>9}{'steps':>8}{'D/N':>8}  state",
+        f"  {'point':<24}{'N':>9}{'D':>9}{'steps':>8}{'batch':>6}{'lr':>9}{'D/N':>8}  state",
     ]
     for p in points:
         state = "done" if p.name in done else ("resume" if (Path(p.train.out_dir) / TRAIN_STATE).is_file() else "new")
         lines.append(
             f"  {p.name:<24}{human_count(p.params):>9}{human_count(p.tokens):>9}{p.train.steps:>8}"
-            f"{p.tokens / p.params:>8.3g}  {state}"
+            f"{p.train.batch_size:>6}{p.train.lr:>9.2e}{p.tokens / p.params:>8.3g}  {state}"
         )
     return lines + [f"  {note}" for note in notes]
 
