@@ -406,14 +406,6 @@ int llmkit_bf16_matmul(const float *x, int64_t rows, int64_t in, const uint16_t 
 }
 
 /* ---- dequantize ---------------------------------------------------------------------------- */
-/* The whole stored matrix as fp32 (rows, in), or those values rounded once to bf16 (``bf16`` 1: a server's
- * bf16 batches, without an fp32 copy written and read again): w = scale * (q - zero) + min, as llmkit.quantize.tensors
- * reads it back, for inputs of many rows (a long prompt, a batch of the server), where BLAS on the floats
- * beats the row kernels. scale * (q - zero) is exact in fp32 (an fp16 scale times an integer of at most
- * 8 bits), so the only rounding is the one addition of min, as in torch: the result is bit for bit
- * tensors'. The AVX-512 path does 16 weights an instruction (groups a multiple of 16, as every GGUF
- * block and llmkit default is); other groups and machines take the scalar loop. Why it matters: a batch
- * of 64 rows dequantizes every matrix each step, and the scalar loop took about 2.5 ns a weight. */
 /* fp32 -> bf16 rounding to nearest even, as torch's .to(torch.bfloat16) rounds finite values (weights are) */
 static inline uint16_t bf16_rounded(float f) {
     union { float f; uint32_t u; } v = {.f = f};
@@ -453,7 +445,7 @@ static inline void dequantize_store(__m512 v, const uint16_t *scales, const uint
         __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16));
         uint16_t *o16 = (uint16_t *)out + i;
         if (i + 16 <= in) _mm256_storeu_si256((__m256i *)o16, h);
-        else if (i < in) {
+        else { /* the row's last, partial vector */
             uint16_t lanes[16];
             _mm256_storeu_si256((__m256i *)lanes, h);
             memcpy(o16, lanes, (size_t)(in - i) * sizeof(uint16_t));
@@ -462,7 +454,7 @@ static inline void dequantize_store(__m512 v, const uint16_t *scales, const uint
     }
     float *o32 = (float *)out;
     if (i + 16 <= in) _mm512_storeu_ps(o32 + i, w);
-    else if (i < in) _mm512_mask_storeu_ps(o32 + i, (__mmask16)((1u << (in - i)) - 1), w);
+    else _mm512_mask_storeu_ps(o32 + i, (__mmask16)((1u << (in - i)) - 1), w);
 }
 
 static void dequantize_row_avx512(int bits, const void *q, const uint16_t *scales, const uint16_t *mins, int64_t o,
@@ -492,25 +484,27 @@ static void dequantize_row_avx512(int bits, const void *q, const uint16_t *scale
 }
 #endif
 
+/* The whole stored matrix as fp32 (rows, in), or those values rounded once to bf16 (``bf16`` 1: a server's
+ * bf16 batches, without an fp32 copy written and read again): w = scale * (q - zero) + min, as llmkit.quantize.tensors
+ * reads it back, for inputs of many rows (a long prompt, a batch of the server), where BLAS on the floats
+ * beats the row kernels. scale * (q - zero) is exact in fp32 (an fp16 scale times an integer of at most
+ * 8 bits), so the only rounding is the one addition of min, as in torch: the result is bit for bit
+ * tensors'. The AVX-512 path does 16 weights an instruction (groups a multiple of 16, as every GGUF
+ * block and llmkit default is); other groups and machines take the scalar loop. Why it matters: a batch
+ * of 64 rows dequantizes every matrix each step, and the scalar loop took about 2.5 ns a weight. */
 int llmkit_dequantize(int bits, const void *q, const uint16_t *scales, const uint16_t *mins, int64_t rows,
                       int64_t in, int64_t group, void *w, int threads, int bf16) {
     const int64_t groups = (in + group - 1) / group, width = bits == 4 ? (in + CHUNK - 1) / CHUNK * 32 : in;
     const float zero = bits == 4 ? (mins ? 0.0f : 8.0f) : 0.0f;
-#if defined(LLMKIT_AVX512)
-    const int vector = group % 16 == 0;
-#else
-    const int vector = 0;
-#endif
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t o = 0; o < rows; o++) {
         void *row_out = bf16 ? (void *)((uint16_t *)w + o * in) : (void *)((float *)w + o * in);
 #if defined(LLMKIT_AVX512)
-        if (vector) {
+        if (group % 16 == 0) { /* every 16-weight vector lies in one group */
             dequantize_row_avx512(bits, q, scales, mins, o, in, group, groups, width, zero, row_out, bf16);
             continue;
         }
 #endif
-        (void)vector;
         dequantize_row_scalar(bits, q, scales, mins, o, in, group, groups, width, zero, row_out, bf16);
     }
     return 0;
