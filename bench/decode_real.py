@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import statistics
 import sys
 import time
@@ -42,7 +43,7 @@ import torch
 
 from llmkit import checkpoint
 from llmkit.gguf import from_gguf, registry, to_gguf
-from llmkit.inference import generate
+from llmkit.inference import generate, native
 
 PROMPT_LEN = 16
 MODELS = {"smollm2": "smollm2-135m-instruct", "qwen-coder": "qwen2.5-coder-0.5b-instruct"}
@@ -86,11 +87,22 @@ def prepare(key: str, work: Path) -> dict[str, Path]:
 
 
 # ---- runners --------------------------------------------------------------------------------
-def llmkit_runner(directory: Path, dtype: torch.dtype | None, compile: bool, prompt: list[int], new: int) -> Callable:
+def llmkit_runner(directory: Path, dtype: torch.dtype | None, step: str, prompt: list[int], new: int) -> Callable:
+    """``step``: "native" (generate's default for one prompt: llmkit.inference.native), "compiled" (the
+    torch.compile'd step, the native one switched off) or "eager" (the torch step)."""
     model = checkpoint.load(directory, dtype=dtype) if dtype else checkpoint.load(directory)
 
     def run() -> list[int]:
-        out = generate(model, prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, compile=compile)
+        switch = os.environ.get(native.ENV_SWITCH)
+        os.environ[native.ENV_SWITCH] = "1" if step == "native" else "0"
+        try:
+            out = generate(model, prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                           compile=step == "compiled")  # fmt: skip
+        finally:
+            if switch is None:
+                del os.environ[native.ENV_SWITCH]
+            else:
+                os.environ[native.ENV_SWITCH] = switch
         return out[0].token_ids
 
     run.model = model
@@ -163,15 +175,15 @@ def bytes_per_token(model: torch.nn.Module) -> int:
 
 
 # ---- the run --------------------------------------------------------------------------------
-def cases(files: dict[str, Path], prompt: list[int], new: int, with_hf: bool) -> dict[str, Callable]:
+def cases(files: dict[str, Path], prompt: list[int], new: int, with_hf: bool, steps: list[str]) -> dict[str, Callable]:
     c = {}
     for precision, directory, dtype in (
         ("bf16", files["fp32"], torch.bfloat16),
         ("int8", files["int8"], None),
         ("int4", files["int4"], None),
     ):
-        c[f"llmkit {precision} eager"] = llmkit_runner(directory, dtype, False, prompt, new)
-        c[f"llmkit {precision} compiled"] = llmkit_runner(directory, dtype, True, prompt, new)
+        for step in steps:
+            c[f"llmkit {precision} {step}"] = llmkit_runner(directory, dtype, step, prompt, new)
     for name, gguf_file in (("f16", "f16.gguf"), ("Q8_0", "q8_0.gguf"), ("Q4_1", "q4_1.gguf")):
         c[f"llama.cpp {name}"] = llamacpp_runner(files[gguf_file], prompt, new)
     if with_hf:
@@ -204,6 +216,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("runs/decode_real"), help="converted weights, reused")
     parser.add_argument("--no-transformers", action="store_true", help="leave transformers out (faster)")
+    parser.add_argument("--steps", default="native,compiled",
+                        help="llmkit's decoding steps to run, comma-separated: native (C), compiled (torch.compile), eager")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -223,7 +237,7 @@ def main() -> None:
             "int4": bytes_per_token(checkpoint.load(files["int4"])),
         }
         del fp32
-        runs = cases(files, prompt, args.new, not args.no_transformers)
+        runs = cases(files, prompt, args.new, not args.no_transformers, args.steps.split(","))
         rates = measure(runs, args.repeats, args.new)
         print(
             f"\n## {MODELS[key]}: batch 1, {PROMPT_LEN}-token prompt + {args.new} new tokens, tokens/s median [range]"

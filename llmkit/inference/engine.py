@@ -33,6 +33,7 @@ from llmkit.inference.beam import beam_search
 from llmkit.inference.constrained import Grammar, RowGrammars, choose_grammar
 from llmkit.inference.inputs import PromptInput, Prompts, pad, prepare_prompts
 from llmkit.inference.loading import require_lm_head
+from llmkit.inference.native import unsupported as native_unsupported
 from llmkit.inference.runners import DecoderRunner, EncoderDecoderRunner, use_decode_layout
 from llmkit.inference.sampling import apply_processors, bias_tensor, next_tokens
 from llmkit.inference.text import CompletionText
@@ -178,13 +179,17 @@ class Stream:
     def _runner(self):
         """Padded prompts, each repeated per_prompt times, in a runner with a cache of the right size."""
         family, n, compile = self.model.config.family, self.per_prompt, self.config.compile
-        use_decode_layout(self.model, compiled=compile)
         if family == "encoder_decoder":
+            use_decode_layout(self.model, compiled=compile)
             ids, mask = pad(self.prompts.ids, self.pad_id, left=False)
             return EncoderDecoderRunner(self.model, ids, mask, self.config.max_new_tokens, n, self.start_id, compile)
         ids, mask = pad(self.prompts.ids, self.pad_id, left=True)
         ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
-        return DecoderRunner(self.model, ids, mask, self.config.max_new_tokens, compile)
+        # batch-1 steps of a Llama-family model run in C where they can (llmkit.inference.native), which reads
+        # row-major weights, the compiled step's layout
+        native = native_unsupported(self.model, ids.shape[0], not bool(mask.all())) is None
+        use_decode_layout(self.model, compiled=compile or native)
+        return DecoderRunner(self.model, ids, mask, self.config.max_new_tokens, compile, native=native)
 
     def _seen(self, rows: int, vocab: int, device: torch.device) -> torch.Tensor | None:
         """Tokens the repetition penalty applies to at the first step (bool (R, V)): the real prompt

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from llmkit.inference.compiled import compiled_step, decoder_step, encoder_decoder_step, sign
+from llmkit.inference.native import NativeStep
 from llmkit.models.cache import KVCache
 from llmkit.quantize import use_bf16_kernels
 
@@ -57,15 +58,24 @@ class DecoderRunner:
     transformers' generate does; a batch without padding passes neither (cheaper steps)."""
 
     def __init__(
-        self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, max_new: int, compile: bool = False
+        self,
+        model: nn.Module,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        max_new: int,
+        compile: bool = False,
+        native: bool = False,
     ) -> None:
         device = next(model.parameters()).device
         self.model, self.ids = model, ids.to(device)
+        self.rows, prompt_len = ids.shape
+        self.cache = KVCache.for_model(model, self.rows, prompt_len + max_new)
+        # native (llmkit.inference.native, checked by the caller): the steps after the prompt in one C call each
+        self.native = NativeStep(model, self.cache) if native else None
+        compile = compile and self.native is None
         self.forward_step = compiled_step("decoder") if compile else decoder_step
         if compile:
             sign(model)  # what the compiled step is guarded on (llmkit.inference.compiled)
-        self.rows, prompt_len = ids.shape
-        self.cache = KVCache.for_model(model, self.rows, prompt_len + max_new)
         self.padded = not bool(mask.all())
         if self.padded:
             full = torch.cat([mask, mask.new_ones(self.rows, max_new)], dim=1).to(device)  # (R, T + new)
@@ -78,6 +88,8 @@ class DecoderRunner:
         return out.logits[:, -1].float()  # (R, V)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.native is not None:
+            return self.native.step(int(tokens[0]))
         past = self.cache.length
         mask, pos = (self.mask[:, : past + 1], self.positions[:, past : past + 1]) if self.padded else (None, None)
         return self.forward_step(self.model, tokens, mask, pos, self.cache)  # (R, V)

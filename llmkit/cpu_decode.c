@@ -1,0 +1,253 @@
+/* One decoding step of a Llama-family model (RoPE, RMSNorm, SwiGLU, grouped-query attention; Qwen2's
+ * q/k/v biases) for one sequence, all in C: the token's embedding -> every block -> the logits, reading
+ * and extending the model's own KV cache. Called once a token through ctypes by
+ * llmkit/inference/native.py, which describes the model's tensors (Model below) and checks that the
+ * model is one this code computes exactly (else the torch step runs).
+ *
+ * Why: with the matrix products already in C (cpu_matmul.c), what is left of a torch decoding step of a
+ * small model is Python: SmolLM2-135M int4, compiled, 19 ms a token of which the kernels were 10.8
+ * (their own Python and ctypes ~1.5), dynamo's guards 0.3-2.4, the compiled graph's Python wrapper 2.8,
+ * attention 1.0. Here a step is one call; the matrix products are cpu_matmul.c's entry points (q/k/v and
+ * gate/up of one format in one call), each an OpenMP loop over output rows on torch's threads, and the
+ * little between them (norms, RoPE, attention over the cache, SiLU) is plain C on the calling thread but
+ * for attention, split by heads.
+ *
+ * Arithmetic is fp32 throughout, with weights of any of llmkit's decode formats (fp32, bf16, int4, int8)
+ * and a cache of fp32 or bf16 (rounded to nearest even on write, as torch's copy into a bf16 buffer does):
+ * the values of the torch forward in fp32 up to summation order (tests/test_native_step.py).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* cpu_matmul.c's entry points (the same library) */
+int llmkit_quantized_matmul(const float *x, int64_t rows, int64_t in, int bits, int64_t count, const void *const *q,
+                            const uint16_t *const *scales, const uint16_t *const *mins, const int64_t *outs,
+                            int64_t group, float *const *y, int threads);
+int llmkit_bf16_matmul(const float *x, int64_t rows, int64_t in, const uint16_t *w, int64_t out, float *y,
+                       int threads);
+int llmkit_dequantize(int bits, const void *q, const uint16_t *scales, const uint16_t *mins, int64_t rows,
+                      int64_t in, int64_t group, void *w, int threads, int bf16);
+
+/* A weight (out, in), row-major: kind 32 fp32, 16 bf16, 4 int4 and 8 int8 in llmkit.quantize.tensors'
+ * layout (scales fp16 per (row, group), mins NULL for symmetric formats); bias fp32 or NULL. */
+typedef struct {
+    int64_t kind, out, in, group;
+    const void *w;
+    const uint16_t *scales, *mins;
+    const float *bias;
+} Matrix;
+
+typedef struct {
+    const float *attn_norm, *mlp_norm; /* fp32 (d_model) */
+    Matrix q, k, v, o, gate, up, down;
+    void *k_cache, *v_cache; /* (n_kv_head, max_len, head_dim), fp32 or bf16 (cache_bf16) */
+} Layer;
+
+typedef struct {
+    int64_t n_layer, d_model, n_head, n_kv_head, head_dim, max_len, cache_bf16;
+    float norm_eps, attn_scale;
+    const float *inv_freq; /* RoPE (head_dim / 2) */
+    Matrix embed;          /* the token table: a row per token id */
+    const float *final_norm;
+    Matrix head;
+    const Layer *layers;
+} Model;
+
+static inline float bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
+    return v.f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* nearest even, as torch rounds finite values */
+    union { float f; uint32_t u; } v = {.f = f};
+    return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
+}
+
+static int64_t row_bytes(const Matrix *m) { /* bytes of one stored row of w */
+    switch (m->kind) {
+    case 32: return m->in * 4;
+    case 16: return m->in * 2;
+    case 4: return (m->in + 63) / 64 * 32;
+    default: return m->in;
+    }
+}
+
+/* row `id` of the table as fp32 */
+static void embedding_row(const Matrix *m, int64_t id, float *x) {
+    const uint8_t *row = (const uint8_t *)m->w + id * row_bytes(m);
+    if (m->kind == 32) {
+        memcpy(x, row, (size_t)m->in * sizeof(float));
+    } else if (m->kind == 16) {
+        for (int64_t i = 0; i < m->in; i++) x[i] = bf16_to_f32(((const uint16_t *)row)[i]);
+    } else {
+        const int64_t groups = (m->in + m->group - 1) / m->group;
+        llmkit_dequantize((int)m->kind, row, m->scales + id * groups, m->mins ? m->mins + id * groups : NULL, 1, m->in,
+                          m->group, x, 1, 0);
+    }
+}
+
+static void f32_matmul(const float *x, const Matrix *m, float *y, int threads) {
+    const float *w = (const float *)m->w;
+    const int64_t in = m->in;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t o = 0; o < m->out; o++) {
+        const float *row = w + o * in;
+        float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t i = 0; i < in; i++) acc += row[i] * x[i];
+        y[o] = acc;
+    }
+}
+
+/* y_i = x @ W_i.T (+ bias_i) for `count` matrices reading the same x (one row): quantized ones of one
+ * format share one kernel call. Returns nonzero when the kernel could not allocate. */
+static int matmul_many(const float *x, const Matrix *const *ms, int count, float *const *ys, int threads) {
+    const Matrix *m0 = ms[0];
+    int same = m0->kind == 4 || m0->kind == 8;
+    for (int i = 1; i < count && same; i++)
+        same = ms[i]->kind == m0->kind && ms[i]->group == m0->group && (ms[i]->mins == NULL) == (m0->mins == NULL);
+    if (same) {
+        const void *q[4];
+        const uint16_t *s[4], *mn[4];
+        int64_t outs[4];
+        for (int i = 0; i < count; i++) {
+            q[i] = ms[i]->w;
+            s[i] = ms[i]->scales;
+            mn[i] = ms[i]->mins;
+            outs[i] = ms[i]->out;
+        }
+        if (llmkit_quantized_matmul(x, 1, m0->in, (int)m0->kind, count, q, s, mn, outs, m0->group, ys, threads))
+            return -1;
+    } else {
+        for (int i = 0; i < count; i++) {
+            const Matrix *m = ms[i];
+            if (m->kind == 32) f32_matmul(x, m, ys[i], threads);
+            else if (m->kind == 16) llmkit_bf16_matmul(x, 1, m->in, (const uint16_t *)m->w, m->out, ys[i], threads);
+            else if (matmul_many(x, &ms[i], 1, &ys[i], threads)) return -1;
+        }
+    }
+    for (int i = 0; i < count; i++)
+        if (ms[i]->bias)
+            for (int64_t o = 0; o < ms[i]->out; o++) ys[i][o] += ms[i]->bias[o];
+    return 0;
+}
+
+static int matmul(const float *x, const Matrix *m, float *y, int threads) { return matmul_many(x, &m, 1, &y, threads); }
+
+/* out = weight * x / sqrt(mean(x^2) + eps) (llmkit.models.layers.RMSNorm in fp32) */
+static void rms_norm(const float *x, const float *weight, int64_t n, float eps, float *out) {
+    float ss = 0.0f;
+    for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
+    const float r = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int64_t i = 0; i < n; i++) out[i] = weight[i] * (x[i] * r);
+}
+
+/* rotate-half RoPE (Hugging Face Llama's layout) of `heads` vectors of head_dim at position pos */
+static void rope(float *x, int64_t heads, int64_t head_dim, const float *cos_, const float *sin_) {
+    const int64_t half = head_dim / 2;
+    for (int64_t h = 0; h < heads; h++) {
+        float *v = x + h * head_dim;
+        for (int64_t d = 0; d < half; d++) {
+            const float a = v[d], b = v[d + half];
+            v[d] = a * cos_[d] - b * sin_[d];
+            v[d + half] = b * cos_[d + half] + a * sin_[d + half];
+        }
+    }
+}
+
+static void cache_store(void *cache, int64_t cache_bf16, int64_t offset, const float *v, int64_t n) {
+    if (cache_bf16)
+        for (int64_t i = 0; i < n; i++) ((uint16_t *)cache)[offset + i] = f32_to_bf16(v[i]);
+    else memcpy((float *)cache + offset, v, (size_t)n * sizeof(float));
+}
+
+static inline float cache_at(const void *cache, int64_t cache_bf16, int64_t i) {
+    return cache_bf16 ? bf16_to_f32(((const uint16_t *)cache)[i]) : ((const float *)cache)[i];
+}
+
+/* softmax(scale * q . k_j) . v_j over the positions j <= pos of each head's kv head (query head h reads
+ * kv head h / (n_head / n_kv_head), as SDPA's enable_gqa does); scores: (n_head, pos + 1) scratch */
+static void attend(const Model *m, const Layer *l, const float *q, int64_t pos, float *scores, float *out,
+                   int threads) {
+    const int64_t D = m->head_dim, S = pos + 1, per_kv = m->n_head / m->n_kv_head, bf = m->cache_bf16;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t h = 0; h < m->n_head; h++) {
+        const int64_t base = (h / per_kv) * m->max_len * D;
+        const float *qh = q + h * D;
+        float *s = scores + h * S, *o = out + h * D, best = -INFINITY, total = 0.0f;
+        for (int64_t j = 0; j < S; j++) {
+            float dot = 0.0f;
+            if (bf) {
+                const uint16_t *k = (const uint16_t *)l->k_cache + base + j * D;
+                for (int64_t d = 0; d < D; d++) dot += qh[d] * bf16_to_f32(k[d]);
+            } else {
+                const float *k = (const float *)l->k_cache + base + j * D;
+#pragma omp simd reduction(+ : dot)
+                for (int64_t d = 0; d < D; d++) dot += qh[d] * k[d];
+            }
+            s[j] = dot * m->attn_scale;
+            best = s[j] > best ? s[j] : best;
+        }
+        for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
+        for (int64_t j = 0; j < S; j++) {
+            const float p = expf(s[j] - best);
+            total += p;
+            for (int64_t d = 0; d < D; d++) o[d] += p * cache_at(l->v_cache, bf, base + j * D + d);
+        }
+        for (int64_t d = 0; d < D; d++) o[d] /= total;
+    }
+}
+
+static inline float silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* The next-token logits (vocab) after `token` at position `pos` (0-based; positions < pos are in the
+ * cache, and this token's keys and values are written at pos). Returns 0, or -1 when out of memory. */
+int llmkit_decode_step(const Model *m, int64_t token, int64_t pos, float *logits, int threads) {
+    const int64_t C = m->d_model, D = m->head_dim, H = m->n_head, K = m->n_kv_head;
+    const int64_t F = m->layers[0].gate.out, half = D / 2;
+    const int64_t sizes[] = {C, C, H * D, K * D, K * D, H * D, C, F, F, H * (pos + 1), D, D};
+    int64_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) total += sizes[i];
+    float *work = malloc((size_t)total * sizeof(float));
+    if (!work) return -1;
+    float *x = work, *h = x + C, *q = h + C, *k = q + H * D, *v = k + K * D, *att = v + K * D, *proj = att + H * D;
+    float *gate = proj + C, *up = gate + F, *scores = up + F, *cos_ = scores + H * (pos + 1), *sin_ = cos_ + D;
+    int status = 0;
+    for (int64_t d = 0; d < half; d++) { /* angles as llmkit.models.layers.Rotary: fp32 pos * inv_freq */
+        const float angle = (float)pos * m->inv_freq[d];
+        cos_[d] = cos_[d + half] = cosf(angle);
+        sin_[d] = sin_[d + half] = sinf(angle);
+    }
+    embedding_row(&m->embed, token, x);
+    for (int64_t i = 0; i < m->n_layer && !status; i++) {
+        const Layer *l = &m->layers[i];
+        rms_norm(x, l->attn_norm, C, m->norm_eps, h);
+        const Matrix *qkv[3] = {&l->q, &l->k, &l->v};
+        float *qkv_out[3] = {q, k, v};
+        status |= matmul_many(h, qkv, 3, qkv_out, threads);
+        rope(q, H, D, cos_, sin_);
+        rope(k, K, D, cos_, sin_);
+        for (int64_t j = 0; j < K; j++) {
+            cache_store(l->k_cache, m->cache_bf16, (j * m->max_len + pos) * D, k + j * D, D);
+            cache_store(l->v_cache, m->cache_bf16, (j * m->max_len + pos) * D, v + j * D, D);
+        }
+        attend(m, l, q, pos, scores, att, threads);
+        status |= matmul(att, &l->o, proj, threads);
+        for (int64_t c = 0; c < C; c++) x[c] += proj[c];
+        rms_norm(x, l->mlp_norm, C, m->norm_eps, h);
+        const Matrix *gu[2] = {&l->gate, &l->up};
+        float *gu_out[2] = {gate, up};
+        status |= matmul_many(h, gu, 2, gu_out, threads);
+        for (int64_t f = 0; f < F; f++) gate[f] = silu(gate[f]) * up[f];
+        status |= matmul(gate, &l->down, proj, threads);
+        for (int64_t c = 0; c < C; c++) x[c] += proj[c];
+    }
+    if (!status) {
+        rms_norm(x, m->final_norm, C, m->norm_eps, h);
+        status = matmul(h, &m->head, logits, threads);
+    }
+    free(work);
+    return status;
+}
