@@ -149,11 +149,12 @@ needs_kernels = pytest.mark.skipif(not kernels.available(), reason=f"C kernels n
 
 @needs_kernels
 @pytest.mark.parametrize("spec", SPECS, ids=str)
-@pytest.mark.parametrize("shape", [(352, 96), (37, 5), (576, 33), (1000, 7)])
+@pytest.mark.parametrize("shape", [(352, 96), (37, 5), (576, 33), (1000, 7), (48, 9)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_kernels_match_dequantize_then_matmul_in_fp64(spec, shape, threads):
     # odd shapes: 37 and 1000 inputs end in a partial chunk and a partial group, 5/7/33 outputs split
-    # unevenly between threads; 1 to 8 rows covers one and two register blocks of 4
+    # unevenly between threads; 1 to 8 rows covers one and two register blocks of 4. int8 rows of whole
+    # groups of 16k inputs (352, 576, 48) take the pre-scaled path, 48 per channel with a last 16 alone
     in_features, out_features = shape
     q = use_kernels(QuantizedLinear.from_linear(linear(in_features, out_features, bias=False), spec))
     assert q.kernel

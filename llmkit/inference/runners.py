@@ -84,8 +84,11 @@ class DecoderRunner:
     def prefill(self) -> torch.Tensor:
         T = self.ids.shape[1]
         mask, pos = (self.mask[:, :T], self.positions[:, :T]) if self.padded else (None, None)
-        out = self.model(self.ids, attention_mask=mask, position_ids=pos, cache=self.cache)
-        return out.logits[:, -1].float()  # (R, V)
+        # the head at each row's last position alone (left padding keeps it real): the rest are never read
+        last = torch.zeros_like(self.ids, dtype=torch.bool)
+        last[:, -1] = True
+        out = self.model(self.ids, attention_mask=mask, position_ids=pos, cache=self.cache, logits_at=last)
+        return out.logits.float()  # (R, V)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.native is not None:
