@@ -216,8 +216,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("runs/decode_real"), help="converted weights, reused")
     parser.add_argument("--no-transformers", action="store_true", help="leave transformers out (faster)")
-    parser.add_argument("--steps", default="native,compiled",
-                        help="llmkit's decoding steps to run, comma-separated: native (C), compiled (torch.compile), eager")
+    parser.add_argument(
+        "--steps",
+        default="native,compiled",
+        help="llmkit's decoding steps to run, comma-separated: native (C), compiled (torch.compile), eager",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

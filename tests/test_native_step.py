@@ -79,7 +79,12 @@ def test_fp32_step_equals_the_torch_step(build):
 
 @pytest.mark.parametrize(
     "spec",
-    [QuantSpec("int4", 32, scheme="asymmetric"), QuantSpec("int4", 64, scheme="symmetric"), QuantSpec("int8"), QuantSpec("int8", 32, scheme="asymmetric")],
+    [
+        QuantSpec("int4", 32, scheme="asymmetric"),
+        QuantSpec("int4", 64, scheme="symmetric"),
+        QuantSpec("int8"),
+        QuantSpec("int8", 32, scheme="asymmetric"),
+    ],
     ids=str,
 )
 def test_quantized_step_equals_the_torch_step(spec):

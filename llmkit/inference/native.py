@@ -74,7 +74,13 @@ class _Model(ctypes.Structure):
 def _library() -> ctypes.CDLL | None:
     lib = cpu_kernels.library()
     if lib is not None and lib.llmkit_decode_step.argtypes is None:
-        lib.llmkit_decode_step.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+        lib.llmkit_decode_step.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int64,
+            ctypes.c_int64,
+            ctypes.c_void_p,
+            ctypes.c_int,
+        ]
         lib.llmkit_decode_step.restype = ctypes.c_int
     return lib
 
@@ -125,7 +131,10 @@ class NativeStep:
         cfg, stack = model.config, model.stack
         layers = (_Layer * len(stack.layers))()
         for layer_struct, block, kv in zip(layers, stack.layers, cache.layers, strict=True):
-            layer_struct.attn_norm, layer_struct.mlp_norm = self._f32(block.attn_norm.weight), self._f32(block.mlp_norm.weight)
+            layer_struct.attn_norm, layer_struct.mlp_norm = (
+                self._f32(block.attn_norm.weight),
+                self._f32(block.mlp_norm.weight),
+            )
             attn, mlp = block.attn, block.mlp
             for name, module in (("q", attn.q), ("k", attn.k), ("v", attn.v), ("o", attn.o),
                                  ("gate", mlp.gate), ("up", mlp.up), ("down", mlp.down)):  # fmt: skip
@@ -166,7 +175,9 @@ class NativeStep:
         if not w.is_contiguous():  # eager decoding lays some fp32 weights out column-major
             w = w.contiguous()
             self._keep.append(w)
-        return _Matrix(kind=_KINDS[w.dtype], out=w.shape[0], in_=w.shape[1], group=0, w=w.data_ptr(), bias=self._f32(bias))
+        return _Matrix(
+            kind=_KINDS[w.dtype], out=w.shape[0], in_=w.shape[1], group=0, w=w.data_ptr(), bias=self._f32(bias)
+        )
 
     def step(self, token: int) -> torch.Tensor:
         """The logits (1, V) after ``token`` at the cache's next position; the cache grows by one."""
