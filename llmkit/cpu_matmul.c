@@ -83,16 +83,23 @@ static void group_sums(const float *x, int64_t in, int64_t group, float *sums) {
     }
 }
 
-static int prepare(const float *x, int64_t rows, int64_t in, int64_t group, Prepared *p) {
-    p->stride = (in + CHUNK - 1) / CHUNK * CHUNK;
-    p->groups = (in + group - 1) / group;
-    p->x = calloc((size_t)(rows * p->stride), sizeof(float));
-    p->sums = calloc((size_t)(rows * p->groups), sizeof(float));
-    if (!p->x || !p->sums) { free(p->x); free(p->sums); return -1; }
+/* x and its group sums into p's buffers (rows * stride and rows * groups floats) */
+static void fill(const float *x, int64_t rows, int64_t in, int64_t group, Prepared *p) {
+    memset(p->x, 0, (size_t)(rows * p->stride) * sizeof(float));
+    memset(p->sums, 0, (size_t)(rows * p->groups) * sizeof(float));
     for (int64_t r = 0; r < rows; r++) {
         memcpy(p->x + r * p->stride, x + r * in, (size_t)in * sizeof(float));
         group_sums(x + r * in, in, group, p->sums + r * p->groups);
     }
+}
+
+static int prepare(const float *x, int64_t rows, int64_t in, int64_t group, Prepared *p) {
+    p->stride = (in + CHUNK - 1) / CHUNK * CHUNK;
+    p->groups = (in + group - 1) / group;
+    p->x = malloc((size_t)(rows * p->stride) * sizeof(float));
+    p->sums = malloc((size_t)(rows * p->groups) * sizeof(float));
+    if (!p->x || !p->sums) { free(p->x); free(p->sums); return -1; }
+    fill(x, rows, in, group, p);
     return 0;
 }
 
@@ -401,25 +408,47 @@ static void matrix_row(const Prepared *p, int bits, const void *q, const uint16_
  * shares out the rows of all of them, where a call per matrix would pay the call, the copy and the
  * thread hand-off each time. Matrix i has outs[i] rows and writes y[i] (rows, outs[i]); mins[i] NULL:
  * symmetric (int8 q signed; int4 w = scale * (q - 8)), else asymmetric (int8 q unsigned). */
-int llmkit_quantized_matmul(const float *x, int64_t rows, int64_t in, int bits, int64_t count, const void *const *q,
-                            const uint16_t *const *scales, const uint16_t *const *mins, const int64_t *outs,
-                            int64_t group, float *const *y, int threads) {
-    Prepared p;
+/* The output rows of all matrices shared out among the threads of the enclosing parallel region (an
+ * orphaned worksharing loop: alone, outside any region, the calling thread does them all). */
+static void quantized_rows(const Prepared *p, int64_t rows, int64_t in, int bits, int64_t count, const void *const *q,
+                           const uint16_t *const *scales, const uint16_t *const *mins, const int64_t *outs,
+                           int64_t group, float *const *y) {
     int64_t total = 0;
     for (int64_t i = 0; i < count; i++) total += outs[i];
-    if (prepare(x, rows, in, group, &p)) return -1;
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp for schedule(static)
     for (int64_t t = 0; t < total; t++) {
         int64_t i = 0, o = t;
         while (o >= outs[i]) o -= outs[i++]; /* which matrix, which of its rows */
         for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
             int n = rows - r0 < ROW_BLOCK ? (int)(rows - r0) : ROW_BLOCK;
-            matrix_row(&p, bits, q[i], scales[i], mins[i], in, group, o, outs[i], y[i], r0, n);
+            matrix_row(p, bits, q[i], scales[i], mins[i], in, group, o, outs[i], y[i], r0, n);
         }
     }
+}
+
+int llmkit_quantized_matmul(const float *x, int64_t rows, int64_t in, int bits, int64_t count, const void *const *q,
+                            const uint16_t *const *scales, const uint16_t *const *mins, const int64_t *outs,
+                            int64_t group, float *const *y, int threads) {
+    Prepared p;
+    if (prepare(x, rows, in, group, &p)) return -1;
+#pragma omp parallel num_threads(threads)
+    quantized_rows(&p, rows, in, bits, count, q, scales, mins, outs, group, y);
     free(p.x);
     free(p.sums);
     return 0;
+}
+
+/* llmkit_quantized_matmul for one row of x, called by every thread of an enclosing parallel region
+ * (cpu_decode.c's step, which keeps one region for a whole token: starting a region a matrix woke the
+ * other threads from sleep each time, ~2 ms of a 9 ms SmolLM2 step). xbuf and sums are scratch the caller
+ * shares, of at least in rounded up to 64 and in / group (rounded up) floats. Ends with a barrier. */
+void llmkit_quantized_matvec_team(const float *x, int64_t in, int bits, int64_t count, const void *const *q,
+                                  const uint16_t *const *scales, const uint16_t *const *mins, const int64_t *outs,
+                                  int64_t group, float *const *y, float *xbuf, float *sums) {
+    Prepared p = {xbuf, sums, (in + CHUNK - 1) / CHUNK * CHUNK, (in + group - 1) / group};
+#pragma omp single
+    fill(x, 1, in, group, &p);
+    quantized_rows(&p, 1, in, bits, count, q, scales, mins, outs, group, y);
 }
 
 /* ---- bf16 ----------------------------------------------------------------------------------- */
@@ -467,9 +496,9 @@ ALWAYS_INLINE void bf16_row(const float *x, int64_t r0, const int n, int64_t in,
     for (int r = 0; r < n; r++) y[(r0 + r) * out + o] = acc[r];
 }
 
-int llmkit_bf16_matmul(const float *x, int64_t rows, int64_t in, const uint16_t *w, int64_t out, float *y,
-                       int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
+/* its rows shared out among the threads of the enclosing parallel region (ends with a barrier) */
+void llmkit_bf16_matmul_team(const float *x, int64_t rows, int64_t in, const uint16_t *w, int64_t out, float *y) {
+#pragma omp for schedule(static)
     for (int64_t o = 0; o < out; o++) {
         const uint16_t *row = w + o * in;
         for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
@@ -478,6 +507,12 @@ int llmkit_bf16_matmul(const float *x, int64_t rows, int64_t in, const uint16_t 
             ROWS_CASES(BF16_ROWS)
         }
     }
+}
+
+int llmkit_bf16_matmul(const float *x, int64_t rows, int64_t in, const uint16_t *w, int64_t out, float *y,
+                       int threads) {
+#pragma omp parallel num_threads(threads)
+    llmkit_bf16_matmul_team(x, rows, in, w, out, y);
     return 0;
 }
 
