@@ -33,7 +33,8 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-# every C file of the library: dropout (cpu_kernels.c) and the quantized matrix products (cpu_matmul.c)
+# every C file of the library: dropout (cpu_kernels.c), the quantized matrix products (cpu_matmul.c) and the
+# native decoding step (cpu_decode.c)
 SOURCES = (SOURCE, Path(__file__).with_name("cpu_matmul.c"), Path(__file__).with_name("cpu_decode.c"))
 ENV_SWITCH = "LLMKIT_CPU_KERNELS"  # "0": never build or use them
 # -fopenmp links libgomp.so.1, the soname of torch's own libgomp: the dynamic loader reuses the copy
