@@ -184,3 +184,12 @@ def test_without_kernels_the_torch_step_runs(monkeypatch):
     assert unsupported(llama(7), 1, False) == "no C kernels (no C compiler on PATH (cc, or $CC))"
     monkeypatch.setenv(native_module.ENV_SWITCH, "0")
     assert unsupported(llama(7), 1, False) == "LLMKIT_NATIVE_STEP=0"
+
+
+def test_generate_compile_says_when_the_native_step_makes_it_moot():
+    from llmkit.cli.generate import _compile_notice
+
+    model = llama(8)
+    assert "run in C" in _compile_notice(model, 1, {})
+    assert "compiling the decoding step" in _compile_notice(model, 2, {})
+    assert "compiling the decoding step" in _compile_notice(model, 1, {"num_return_sequences": 2})

@@ -228,7 +228,7 @@ def run(args: argparse.Namespace) -> None:
         resolve_config(model, None, overrides)  # a bad value is the one line printed, not the note and then it
         print(note, file=sys.stderr)
     if overrides.get("compile"):
-        print(_compile_notice(model), file=sys.stderr, flush=True)
+        print(_compile_notice(model, len(prompts), overrides), file=sys.stderr, flush=True)
     if args.explain:
         if constraint:
             raise LlmkitError("--explain shows the model's own choices", "drop --json-schema/--regex/--grammar")
@@ -270,9 +270,15 @@ def _chat_prompts(args: argparse.Namespace, model, prompts: list, overrides: dic
     return chat_prompts(template, prompts, args.system)
 
 
-def _compile_notice(model) -> str:
+def _compile_notice(model, n_prompts: int, overrides: dict[str, Any]) -> str:
     """What --compile is doing during its silent first step, and for about how long (llmkit.inference.compiled
-    measured seconds for the tiny presets and about a minute for GPT-2 small on a 2-core CPU)."""
+    measured seconds for the tiny presets and about a minute for GPT-2 small on a 2-core CPU); or, where the
+    steps run in C anyway (llmkit.inference.native: one sequence of a Llama-family model), that nothing compiles."""
+    from llmkit.inference.native import unsupported
+
+    one_row = n_prompts == 1 and overrides.get("num_return_sequences", 1) == 1 and overrides.get("num_beams", 1) == 1
+    if one_row and unsupported(model, 1, False) is None:
+        return "llmkit generate: --compile has nothing to do: this model's decoding steps run in C (the native step)"
     params = sum(p.numel() for p in model.parameters())
     usual = "a few seconds for a model this small" if params < 20e6 else "up to a minute or two at this size"
     return (
