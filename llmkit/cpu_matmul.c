@@ -316,7 +316,6 @@ INT8_ROW(int8_row_signed, int8_t, _mm512_cvtepi8_epi32, 0.0f)
 INT8_ROW(int8_row_unsigned, uint8_t, CENTRED_U8, 128.0f)
 INT8_ROW_WHOLE(int8_row_signed_whole, int8_t, _mm512_cvtepi8_epi32)
 INT8_ROW_WHOLE(int8_row_unsigned_whole, uint8_t, CENTRED_U8)
-#define LLMKIT_INT8_WHOLE 1
 #elif defined(LLMKIT_AVX2)
 #define INT8_ROW(NAME, T, LOAD8, CENTRE)                                                                            \
     ALWAYS_INLINE void NAME(const Prepared *p, int64_t r0, const int n, const T *q, const uint16_t *scales, int64_t o,       \
@@ -369,6 +368,10 @@ INT8_ROW(int8_row_unsigned, uint8_t, CENTRED_U8_8, 128.0f)
 INT8_ROW(int8_row_signed, int8_t, 0.0f)
 INT8_ROW(int8_row_unsigned, uint8_t, 128.0f)
 #endif
+#if !defined(LLMKIT_AVX512) /* the other paths have one loop for every group size */
+#define int8_row_signed_whole int8_row_signed
+#define int8_row_unsigned_whole int8_row_unsigned
+#endif
 
 /* ---- entry points ----------------------------------------------------------------------------- */
 /* Row o of one matrix against rows [r0, r0 + n) of x. */
@@ -380,25 +383,18 @@ static void matrix_row(const Prepared *p, int bits, const void *q, const uint16_
         if (mins) add_offsets(p, scales, mins, 8.0f, o, r0, n, out, y);
         return;
     }
-#if defined(LLMKIT_INT8_WHOLE)
-    if (group % 16 == 0 && in % group == 0) {
-        if (mins) {
-#define INT8_UNSIGNED_WHOLE(N) int8_row_unsigned_whole(p, r0, N, (const uint8_t *)q, scales, o, in, group, out, y)
-            ROWS_CASES(INT8_UNSIGNED_WHOLE)
-            add_offsets(p, scales, mins, 128.0f, o, r0, n, out, y);
-        } else {
-#define INT8_SIGNED_WHOLE(N) int8_row_signed_whole(p, r0, N, (const int8_t *)q, scales, o, in, group, out, y)
-            ROWS_CASES(INT8_SIGNED_WHOLE)
-        }
-        return;
-    }
-#endif
-    if (mins) {
+    const int whole = group % 16 == 0 && in % group == 0; /* every group a whole number of 16-input vectors */
 #define INT8_UNSIGNED(N) int8_row_unsigned(p, r0, N, (const uint8_t *)q, scales, o, in, group, out, y)
-        ROWS_CASES(INT8_UNSIGNED)
-        add_offsets(p, scales, mins, 128.0f, o, r0, n, out, y);
-    } else {
+#define INT8_UNSIGNED_WHOLE(N) int8_row_unsigned_whole(p, r0, N, (const uint8_t *)q, scales, o, in, group, out, y)
 #define INT8_SIGNED(N) int8_row_signed(p, r0, N, (const int8_t *)q, scales, o, in, group, out, y)
+#define INT8_SIGNED_WHOLE(N) int8_row_signed_whole(p, r0, N, (const int8_t *)q, scales, o, in, group, out, y)
+    if (mins) {
+        if (whole) { ROWS_CASES(INT8_UNSIGNED_WHOLE) }
+        else { ROWS_CASES(INT8_UNSIGNED) }
+        add_offsets(p, scales, mins, 128.0f, o, r0, n, out, y);
+    } else if (whole) {
+        ROWS_CASES(INT8_SIGNED_WHOLE)
+    } else {
         ROWS_CASES(INT8_SIGNED)
     }
 }
