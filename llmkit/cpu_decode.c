@@ -7,10 +7,10 @@
  * Why: with the matrix products already in C (cpu_matmul.c), what is left of a torch decoding step of a
  * small model is Python: SmolLM2-135M int4, compiled, 19 ms a token of which the kernels were 10.8
  * (their own Python and ctypes ~1.5), dynamo's guards 0.3-2.4, the compiled graph's Python wrapper 2.8,
- * attention 1.0. Here a step is one call; the matrix products are cpu_matmul.c's entry points (q/k/v and
- * gate/up of one format in one call), each an OpenMP loop over output rows on torch's threads, and the
- * little between them (norms, RoPE, attention over the cache, SiLU) is plain C on the calling thread but
- * for attention, split by heads.
+ * attention 1.0. Here a step is one call and one OpenMP region on torch's threads: the matrix products are
+ * cpu_matmul.c's kernels (q/k/v and gate/up of one format in one pass each) with their output rows shared
+ * out among the threads, attention is split by heads and SwiGLU by blocks, and the rest (norms, RoPE, the
+ * residual adds) runs on one thread between barriers. SmolLM2 int4 at 2 threads: 19 -> 6-8 ms a step.
  *
  * Arithmetic is fp32 throughout, with weights of any of llmkit's decode formats (fp32, bf16, int4, int8)
  * and a cache of fp32 or bf16 (rounded to nearest even on write, as torch's copy into a bf16 buffer does):
