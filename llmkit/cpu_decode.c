@@ -13,13 +13,15 @@
  * residual adds) runs on one thread between barriers. SmolLM2 int4 at 2 threads: 19 -> 6-8 ms a step.
  *
  * Arithmetic is fp32 throughout, with weights of any of llmkit's decode formats (fp32, bf16, int4, int8)
- * and a cache of fp32 or bf16 (rounded to nearest even on write, as torch's copy into a bf16 buffer does):
+ * and a cache of fp32 or bf16 (rounded on write as torch's copy into a bf16 buffer rounds, cpu_bf16.h):
  * the values of the torch forward in fp32 up to summation order (tests/test_native_step.py).
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "cpu_bf16.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -57,16 +59,6 @@ typedef struct {
     Matrix head;
     const Layer *layers;
 } Model;
-
-static inline float bf16_to_f32(uint16_t h) {
-    union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
-    return v.f;
-}
-
-static inline uint16_t f32_to_bf16(float f) { /* nearest even, as torch rounds finite values */
-    union { float f; uint32_t u; } v = {.f = f};
-    return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
-}
 
 static int64_t row_bytes(const Matrix *m) { /* bytes of one stored row of w */
     switch (m->kind) {

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "cpu_bf16.h"
+
 #define GAMMA 0x9E3779B97F4A7C15ULL
 #define BLOCK 4096 /* elements per task: a multiple of 4, so a block starts on a word */
 
@@ -40,19 +42,6 @@ void llmkit_dropout_draws(int64_t n, uint64_t seed, uint16_t *out) {
         int64_t end = start + BLOCK < n ? start + BLOCK : n;
         for (int64_t i = start; i < end; i++) out[i] = bits[i - start];
     }
-}
-
-/* bfloat16 <-> float as torch converts them: widening is exact, narrowing rounds to nearest even and
- * turns every NaN into 0x7FC0 (c10::BFloat16's round_to_nearest_even). */
-static inline float bf16_to_f32(uint16_t h) {
-    union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
-    return v.f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {
-    union { float f; uint32_t u; } v = {.f = f};
-    if (f != f) return 0x7FC0;
-    return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
 }
 
 /* x times the element's mask value (scale or 0), in the element type's own arithmetic */

@@ -36,6 +36,7 @@ SOURCE = Path(__file__).with_name("cpu_kernels.c")
 # every C file of the library: dropout (cpu_kernels.c), the quantized matrix products (cpu_matmul.c) and the
 # native decoding step (cpu_decode.c)
 SOURCES = (SOURCE, Path(__file__).with_name("cpu_matmul.c"), Path(__file__).with_name("cpu_decode.c"))
+HEADERS = (Path(__file__).with_name("cpu_bf16.h"),)  # included by SOURCES: part of the build's key, not compiled
 ENV_SWITCH = "LLMKIT_CPU_KERNELS"  # "0": never build or use them
 # -fopenmp links libgomp.so.1, the soname of torch's own libgomp: the dynamic loader reuses the copy
 # torch loaded, so the kernels run on torch's thread pool rather than a second one.
@@ -71,7 +72,7 @@ def _build(compiler: str) -> Path:
     """Compile SOURCES into the cache (or a temporary folder) unless there already; the library's path.
     Raises OSError or subprocess.SubprocessError when that fails."""
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    texts = [source.read_text() for source in SOURCES]
+    texts = [source.read_text() for source in (*SOURCES, *HEADERS)]
     key = hashlib.sha256("\0".join([*texts, *flags(), version, _cpu_flags()]).encode()).hexdigest()[:16]
     refused = []
     for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"llmkit-kernels-{os.getuid()}"):

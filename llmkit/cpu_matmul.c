@@ -22,6 +22,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "cpu_bf16.h"
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -153,25 +155,23 @@ ALWAYS_INLINE void int4_row(const Prepared *p, int64_t r0, const int n, const ui
         __m512 w0 = NIBBLES(words, 0, table), w1 = NIBBLES(words, 1, table);
         __m512 w2 = NIBBLES(words, 2, table), w3 = NIBBLES(words, 3, table);
         const int64_t at = c * CHUNK;
+        /* the chunk's first and second halves (a group of 32 each when group is 32) */
+        __m512 half0[ROW_BLOCK], half1[ROW_BLOCK];
+        for (int r = 0; r < n; r++) {
+            half0[r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x[r] + at + 16), _mm512_mul_ps(w0, _mm512_loadu_ps(x[r] + at)));
+            half1[r] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(x[r] + at + 48), _mm512_mul_ps(w2, _mm512_loadu_ps(x[r] + at + 32)));
+        }
         if (group == 32) { /* two groups per chunk; a padded second half has no scale */
             __m512 s0 = _mm512_set1_ps(f16_to_f32(s[2 * c]));
             __m512 s1 = _mm512_set1_ps(2 * c + 1 < p->groups ? f16_to_f32(s[2 * c + 1]) : 0.0f);
             for (int r = 0; r < n; r++) {
-                __m512 a = _mm512_mul_ps(w0, _mm512_loadu_ps(x[r] + at));
-                a = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x[r] + at + 16), a);
-                __m512 b = _mm512_mul_ps(w2, _mm512_loadu_ps(x[r] + at + 32));
-                b = _mm512_fmadd_ps(w3, _mm512_loadu_ps(x[r] + at + 48), b);
-                acc[r] = _mm512_fmadd_ps(a, s0, acc[r]);
-                acc2[r] = _mm512_fmadd_ps(b, s1, acc2[r]);
+                acc[r] = _mm512_fmadd_ps(half0[r], s0, acc[r]);
+                acc2[r] = _mm512_fmadd_ps(half1[r], s1, acc2[r]);
             }
         } else { /* whole chunks per group: sum the group, then scale it */
             for (int r = 0; r < n; r++) {
-                __m512 a = _mm512_mul_ps(w0, _mm512_loadu_ps(x[r] + at));
-                a = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x[r] + at + 16), a);
-                __m512 b = _mm512_mul_ps(w2, _mm512_loadu_ps(x[r] + at + 32));
-                b = _mm512_fmadd_ps(w3, _mm512_loadu_ps(x[r] + at + 48), b);
-                part[r] = _mm512_add_ps(part[r], a);
-                part2[r] = _mm512_add_ps(part2[r], b);
+                part[r] = _mm512_add_ps(part[r], half0[r]);
+                part2[r] = _mm512_add_ps(part2[r], half1[r]);
             }
             if ((c + 1) % per_group == 0 || c + 1 == chunks) {
                 __m512 sg = _mm512_set1_ps(f16_to_f32(s[c / per_group]));
@@ -448,11 +448,6 @@ void llmkit_quantized_matvec_team(const float *x, int64_t in, int bits, int64_t 
 }
 
 /* ---- bf16 ----------------------------------------------------------------------------------- */
-static inline float bf16_value(uint16_t h) {
-    union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
-    return v.f;
-}
-
 ALWAYS_INLINE void bf16_row(const float *x, int64_t r0, const int n, int64_t in, const uint16_t *row, int64_t o,
                             int64_t out, float *y) {
     float acc[ROW_BLOCK] = {0};
@@ -488,7 +483,7 @@ ALWAYS_INLINE void bf16_row(const float *x, int64_t r0, const int n, int64_t in,
     for (int r = 0; r < n; r++) acc[r] = hsum8(va[r]);
 #endif
     for (; i < in; i++)
-        for (int r = 0; r < n; r++) acc[r] += bf16_value(row[i]) * x[(r0 + r) * in + i];
+        for (int r = 0; r < n; r++) acc[r] += bf16_to_f32(row[i]) * x[(r0 + r) * in + i];
     for (int r = 0; r < n; r++) y[(r0 + r) * out + o] = acc[r];
 }
 
@@ -513,12 +508,6 @@ int llmkit_bf16_matmul(const float *x, int64_t rows, int64_t in, const uint16_t 
 }
 
 /* ---- dequantize ---------------------------------------------------------------------------- */
-/* fp32 -> bf16 rounding to nearest even, as torch's .to(torch.bfloat16) rounds finite values (weights are) */
-static inline uint16_t bf16_rounded(float f) {
-    union { float f; uint32_t u; } v = {.f = f};
-    return (uint16_t)((v.u + 0x7FFFu + ((v.u >> 16) & 1u)) >> 16);
-}
-
 static void dequantize_row_scalar(int bits, const void *q, const uint16_t *scales, const uint16_t *mins, int64_t o,
                                   int64_t in, int64_t group, int64_t groups, int64_t width, float zero, void *out,
                                   int bf16) {
@@ -534,7 +523,7 @@ static void dequantize_row_scalar(int bits, const void *q, const uint16_t *scale
         int64_t g = o * groups + i / group;
         float scaled = f16_to_f32(scales[g]) * (v - zero);
         float value = mins ? scaled + f16_to_f32(mins[g]) : scaled;
-        if (bf16) ((uint16_t *)out)[i] = bf16_rounded(value);
+        if (bf16) ((uint16_t *)out)[i] = f32_to_bf16(value);
         else ((float *)out)[i] = value;
     }
 }
@@ -545,7 +534,7 @@ static inline void dequantize_store(__m512 v, const uint16_t *scales, const uint
                                     int64_t i, int64_t in, void *out, int bf16) {
     __m512 w = _mm512_mul_ps(_mm512_set1_ps(f16_to_f32(scales[g])), _mm512_sub_ps(v, _mm512_set1_ps(zero)));
     if (mins) w = _mm512_add_ps(w, _mm512_set1_ps(f16_to_f32(mins[g])));
-    if (bf16) { /* bf16_rounded on 16 lanes, then the top halves packed */
+    if (bf16) { /* f32_to_bf16 on 16 lanes (weights are finite), then the top halves packed */
         __m512i u = _mm512_castps_si512(w);
         __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
         u = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
