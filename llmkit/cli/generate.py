@@ -274,10 +274,12 @@ def _compile_notice(model, n_prompts: int, overrides: dict[str, Any]) -> str:
     """What --compile is doing during its silent first step, and for about how long (llmkit.inference.compiled
     measured seconds for the tiny presets and about a minute for GPT-2 small on a 2-core CPU); or, where the
     steps run in C anyway (llmkit.inference.native: one sequence of a Llama-family model), that nothing compiles."""
+    from llmkit.inference.engine import resolve_config
     from llmkit.inference.native import unsupported
 
-    one_row = n_prompts == 1 and overrides.get("num_return_sequences", 1) == 1 and overrides.get("num_beams", 1) == 1
-    if one_row and unsupported(model, 1, False) is None:
+    config = resolve_config(model, None, overrides)  # the model's own generation config counts too
+    per_prompt = config.num_beams if config.num_beams > 1 else config.num_return_sequences  # as the engine's rows
+    if n_prompts * per_prompt == 1 and unsupported(model, 1, False) is None:
         return "llmkit generate: --compile has nothing to do: this model's decoding steps run in C (the native step)"
     params = sum(p.numel() for p in model.parameters())
     usual = "a few seconds for a model this small" if params < 20e6 else "up to a minute or two at this size"

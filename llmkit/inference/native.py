@@ -93,7 +93,7 @@ def unsupported(model: nn.Module, rows: int, padded: bool) -> str | None:
         return f"{ENV_SWITCH}=0"
     if _library() is None:
         return f"no C kernels ({cpu_kernels.reason()})"
-    if not isinstance(model, DecoderLM) or type(model) is not DecoderLM:
+    if type(model) is not DecoderLM:
         return "not a decoder-only llmkit model"
     cfg = model.config
     shape = (cfg.pos, cfg.norm, cfg.norm_placement, cfg.mlp, cfg.activation, cfg.decoder_head)
@@ -113,7 +113,7 @@ def unsupported(model: nn.Module, rows: int, padded: bool) -> str | None:
         return "global module hooks"
     if any(t.device.type != "cpu" for t in (*model.parameters(), *model.buffers())):
         return "not on the CPU"
-    if any(t.dtype not in _KINDS for t in (*model.parameters(),)):
+    if any(t.dtype not in _KINDS for t in model.parameters()):
         return "weights other than fp32, bf16, int8 and int4"
     return None
 
@@ -159,11 +159,9 @@ class NativeStep:
         return t.data_ptr()
 
     def _matrix(self, module: nn.Module) -> _Matrix:
-        if isinstance(module, TiedQuantizedHead):
-            if module.bias is not None:
-                raise ValueError("a tied head with a bias")
-            module = module.table
         bias = getattr(module, "bias", None)
+        if isinstance(module, TiedQuantizedHead):  # the table's matrix, the head's own bias
+            module = module.table
         if isinstance(module, (QuantizedLinear, QuantizedEmbedding)):
             q = module.qweight
             return _Matrix(
